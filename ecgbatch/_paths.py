@@ -1,0 +1,20 @@
+"""Where things are: the repository root, the bundled sample archive and ../shared."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+SAMPLE_ARCHIVE = REPO_ROOT / "sample_archive"
+
+
+def shared_dir() -> Path | None:
+    """../shared beside the checkout (or $ECGBATCH_SHARED); None when absent."""
+    env = os.environ.get("ECGBATCH_SHARED")
+    cands = [Path(env)] if env else []
+    cands += [REPO_ROOT.parent / "shared"]
+    for c in cands:
+        if c.is_dir():
+            return c
+    return None
