@@ -10,7 +10,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run ECG-language models (ECG-CoCa, ECG-LLaVA) over whole ECG archives.")
 
 # Each module exposes register(app). Order = order in --help.
-_COMMAND_MODULES = ("io", "models", "train", "archive")
+_COMMAND_MODULES = ("io", "inspect", "models", "train", "archive")
 for _name in _COMMAND_MODULES:
     try:
         _mod = importlib.import_module(f"ecgbatch.commands.{_name}")
