@@ -59,3 +59,50 @@ class UnreadableError(EcgReadError):
     """Permission denied, unreadable directory, I/O error."""
 
     kind = "unreadable"
+
+
+class MissingLeadError(EcgReadError):
+    """The record lacks a lead that the model's PreprocessConfig asks for (missing_leads="error")."""
+
+    kind = "missing_lead"
+
+
+class UnsafeXmlError(HeaderError):
+    """XML with an internal DTD subset or entity declarations (entity-expansion attacks such as
+    "billion laughs"): refused before parsing."""
+
+    kind = "unsafe_xml"
+
+
+class MissingHeaderError(EcgReadError):
+    """A signal file (WFDB .dat, Challenge .mat) whose header is missing."""
+
+    kind = "missing_header"
+
+
+class AmbiguousLayoutError(EcgReadError):
+    """An array whose lead axis cannot be told from its sample axis (pass layout=)."""
+
+    kind = "ambiguous_layout"
+
+
+class LeadMismatchError(EcgReadError):
+    """Lead names given (option, sidecar, attrs) do not match the number of channels."""
+
+    kind = "lead_mismatch"
+
+
+class MissingMetadataError(EcgReadError):
+    """Something the reader needs (sampling rate, ...) is in neither the file, a sidecar nor the options."""
+
+    kind = "missing_metadata"
+
+
+ERROR_TYPES: dict[str, type[EcgReadError]] = {
+    cls.kind: cls for cls in (
+        EcgReadError, UnknownFormatError, EmptyFileError, MissingSignalFileError,
+        TruncatedSignalError, LengthMismatchError, HeaderError, NotAnEcgError, TooFewLeadsError,
+        UnknownLeadError, BadSignalError, UnreadableError, MissingHeaderError,
+        AmbiguousLayoutError, LeadMismatchError, MissingMetadataError,
+    )
+}
