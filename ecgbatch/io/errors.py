@@ -98,11 +98,13 @@ class MissingMetadataError(EcgReadError):
     kind = "missing_metadata"
 
 
-ERROR_TYPES: dict[str, type[EcgReadError]] = {
-    cls.kind: cls for cls in (
-        EcgReadError, UnknownFormatError, EmptyFileError, MissingSignalFileError,
-        TruncatedSignalError, LengthMismatchError, HeaderError, NotAnEcgError, TooFewLeadsError,
-        UnknownLeadError, BadSignalError, UnreadableError, MissingHeaderError,
-        AmbiguousLayoutError, LeadMismatchError, MissingMetadataError,
-    )
-}
+def error_class(kind: str) -> type[EcgReadError]:
+    """The EcgReadError subclass whose ``kind`` is ``kind`` (EcgReadError itself when unknown);
+    used to re-raise an error recorded as (kind, message), e.g. by a deferred scan source."""
+    stack = [EcgReadError]
+    while stack:
+        cls = stack.pop()
+        if cls.kind == kind:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return EcgReadError
