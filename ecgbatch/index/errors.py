@@ -1,0 +1,42 @@
+"""Typed errors of the ECG embedding index. Callers (pipelines, CLI, serving) catch these by type;
+none of them is ever logged and swallowed inside the index package."""
+from __future__ import annotations
+
+
+class EcgIndexError(Exception):
+    """Base class of every error raised by ``ecgbatch.index``."""
+
+
+class IndexModelMismatchError(EcgIndexError):
+    """Vectors from a different model, weights, preprocessing or dimension than the index holds.
+
+    Raised when a query (or an update) comes from another embedding space: mixing spaces gives
+    scores that look valid and mean nothing, so it is refused instead of answered."""
+
+
+class IndexFormatError(EcgIndexError):
+    """An index folder or an embeddings table that is missing parts, inconsistent or malformed."""
+
+
+class EmbeddingTableError(IndexFormatError):
+    """The embeddings parquet shards do not follow the workspace schema (columns, types, nulls)."""
+
+
+class WhereExpressionError(EcgIndexError, ValueError):
+    """A cohort filter (``where=``) that is not valid in the filter language."""
+
+
+class UnknownColumnError(WhereExpressionError):
+    """A cohort filter names a column that the metadata table does not have."""
+
+    def __init__(self, name: str, available: list[str]):
+        self.name = name
+        self.available = list(available)
+        super().__init__(
+            f"unknown column {name!r} in where-expression; available columns: "
+            f"{', '.join(self.available)}"
+        )
+
+
+class GpuUnavailableError(EcgIndexError, RuntimeError):
+    """``gpu=True`` was asked for but this faiss build sees no GPU."""
