@@ -1,0 +1,225 @@
+"""Weight files: ECG-Chat training checkpoints (.pt) and our own folder format.
+
+Our folder format (what training writes and every loader reads)::
+
+    folder/
+      config.json          CocaConfig (arch + preprocess) + format fields
+      model.safetensors    every weight of the CoCa model (text tower included)
+      text_encoder/        HF config.json + tokenizer files of the text tower (no weights)
+
+Loaders never continue silently: a missing, unexpected or mis-shaped key raises
+``CheckpointMismatchError`` listing them; an unreadable file raises ``CheckpointReadError``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ecgbatch.encoders.config import CocaConfig, arch_config
+
+FORMAT_NAME = "ecgbatch-coca"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_SUBDIR = "text_encoder"
+# Written by transformers < 4.31 and deleted by ECG-Chat's loader too.
+_DROP_KEYS = ("text.transformer.embeddings.position_ids",)
+
+
+class CheckpointError(ValueError):
+    """Base class of weight-loading errors."""
+
+
+class CheckpointReadError(CheckpointError):
+    """The file cannot be read (missing, truncated, not a checkpoint)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Keys or shapes of a checkpoint do not match the model."""
+
+    def __init__(self, where: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[tuple[str, tuple, tuple]]):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = [f"checkpoint does not match the model ({where}):"]
+        if missing:
+            parts.append(f"  missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            parts.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
+        if mismatched:
+            parts.append(f"  shape mismatches ({len(mismatched)}): "
+                         + ", ".join(f"{k}: checkpoint {c} vs model {m}" for k, c, m in mismatched))
+        super().__init__("\n".join(parts))
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Copy ``state_dict`` into ``module`` after checking every key and shape (raises with lists)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [(k, tuple(state_dict[k].shape), tuple(own[k].shape))
+                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(where, missing, unexpected, mismatched)
+    module.load_state_dict(state_dict, strict=True)
+
+
+# -- ECG-Chat .pt checkpoints -------------------------------------------------------------------
+def read_torch_checkpoint(path: str | Path, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """State dict of an ECG-Chat checkpoint (``{"state_dict": ...}`` or a raw dict), ``module.``
+    stripped, stale ``position_ids`` dropped. weights_only=True; memory-mapped when possible (the
+    real 4 GB file holds optimizer state that is never materialised)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointReadError(f"checkpoint file not found: {str(p)!r}")
+    try:
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:
+            if not mmap or "mmap" not in str(exc):
+                raise
+            obj = torch.load(p, map_location="cpu", weights_only=True)  # legacy (non-zip) file
+    except Exception as exc:  # torch raises RuntimeError, EOFError, pickle/zip errors, ...
+        raise CheckpointReadError(f"cannot read checkpoint {str(p)!r} ({type(exc).__name__}: {exc})") from None
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointReadError(f"{str(p)!r} holds no state dict of tensors "
+                                  f"(top-level keys: {sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})")
+    keys = list(sd)
+    with_prefix = [k for k in keys if k.startswith("module.")]
+    if with_prefix and len(with_prefix) != len(keys):
+        raise CheckpointReadError(f"{str(p)!r} mixes keys with and without 'module.' "
+                                  f"(e.g. {[k for k in keys if not k.startswith('module.')][:5]})")
+    if with_prefix:
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if k not in _DROP_KEYS}
+
+
+def resolve_config(model_config: str | Path | CocaConfig) -> tuple[CocaConfig, Path | None]:
+    """(config, folder relative text paths are resolved against) from an arch name, an
+    open_clip-style JSON path, one of our model folders, or a CocaConfig."""
+    if isinstance(model_config, CocaConfig):
+        return model_config, None
+    p = Path(model_config)
+    if p.is_dir() and (p / CONFIG_FILE).is_file():
+        return read_folder_config(p), p
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_file():
+            raise ValueError(f"model config file not found: {str(p)!r}")
+        cfg = CocaConfig.from_json(p)
+        if not cfg.name:
+            cfg.name = p.stem
+        return cfg, p.parent
+    return arch_config(str(model_config)), None
+
+
+def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | CocaConfig = "ecg-coca",
+                            text_encoder_dir: str | Path | None = None, ecg_only: bool = False,
+                            device: str | torch.device | None = None, mmap: bool = True):
+    """Load an ECG-Chat training checkpoint.
+
+    ecg_only=False: the full CoCa (needs the text tower's HF folder for its architecture and
+    tokenizer: ``text_encoder_dir``, or a config whose ``hf_model_name`` is a local folder).
+    ecg_only=True: only the ``ecg.*`` keys (other keys are ignored, as ECG-Chat's
+    ``get_ecg_encoder`` does) into an ``EcgTransformer``, frozen: the LLaVA stage's tower.
+    """
+    from ecgbatch.encoders import factory
+
+    cfg, base = resolve_config(model_config)
+    sd = read_torch_checkpoint(checkpoint, mmap=mmap)
+    if ecg_only:
+        from ecgbatch.encoders.ecg_tower import EcgTransformer
+
+        ecg_sd = {k[len("ecg."):]: v for k, v in sd.items() if k.startswith("ecg.")}
+        if not ecg_sd:
+            raise CheckpointMismatchError(f"{checkpoint} (ecg_only)", ["ecg.*"], sorted(sd)[:20], [])
+        tower = EcgTransformer(cfg.ecg_cfg, cfg.embed_dim)
+        load_state_dict_strict(tower, ecg_sd, f"{checkpoint} (ecg.*)")
+        tower.lock()
+        return tower.eval().to(device) if device is not None else tower.eval()
+    model = factory.build_model(cfg, text_encoder_dir=text_encoder_dir, base_dir=base, text_weights=False,
+                                allow_random_text=True)
+    load_state_dict_strict(model, sd, str(checkpoint))
+    model.provenance = {"weights": "ecgchat-checkpoint", "checkpoint": str(checkpoint)}
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+# -- our folder format --------------------------------------------------------------------------
+def read_folder_config(folder: str | Path) -> CocaConfig:
+    p = Path(folder) / CONFIG_FILE
+    try:
+        d: dict[str, Any] = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointReadError(f"cannot read {str(p)!r}: {exc}") from None
+    if d.get("format") != FORMAT_NAME:
+        raise CheckpointReadError(f"{str(p)!r} is not an {FORMAT_NAME} folder config "
+                                  f"(format={d.get('format')!r})")
+    for k in ("format", "format_version", "dtype", "weights_hash", "custom_text"):
+        d.pop(k, None)
+    return CocaConfig.from_dict(d)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True for one of our folders (config.json says format ecgbatch-coca + model.safetensors);
+    an HF model folder (also config.json + model.safetensors) is not one."""
+    p = Path(path)
+    if not (p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()):
+        return False
+    try:
+        return json.loads((p / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def save_pretrained(model, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` as config.json + model.safetensors + text_encoder/ (config + tokenizer).
+    ``dtype`` (e.g. torch.float16) casts floating tensors on the way out."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    (out / TEXT_SUBDIR).mkdir(parents=True, exist_ok=True)
+    sd = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        sd[k] = t.contiguous()
+    save_file(sd, str(out / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+    model.text.transformer.config.save_pretrained(str(out / TEXT_SUBDIR))
+    for junk in ("model.safetensors", "pytorch_model.bin"):  # weights live in the top file only
+        (out / TEXT_SUBDIR / junk).unlink(missing_ok=True)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(out / TEXT_SUBDIR)
+    d = model.cfg.to_dict()
+    d.update(format=FORMAT_NAME, format_version=FORMAT_VERSION,
+             dtype=str(dtype or next(model.parameters()).dtype).replace("torch.", ""),
+             weights_hash=model.weights_hash)
+    (out / CONFIG_FILE).write_text(json.dumps(d, indent=2) + "\n")
+    return out
+
+
+def load_folder(folder: str | Path, device=None):
+    """The CoCa model stored in one of our folders (strict), in float32 unless cast later."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ecgbatch.encoders import factory
+
+    p = Path(folder)
+    if not is_model_folder(p):
+        raise CheckpointReadError(f"{str(p)!r} is not a model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    cfg = read_folder_config(p)
+    try:
+        sd = load_file(str(p / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointReadError(f"cannot read {str(p / WEIGHTS_FILE)!r}: {exc}") from None
+    model = factory.build_model(cfg, text_encoder_dir=p / TEXT_SUBDIR, text_weights=False)
+    load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
+                           str(p / WEIGHTS_FILE))
+    model.provenance = {"weights": "folder", "folder": str(p)}
+    model.eval()
+    return model.to(device) if device is not None else model
