@@ -1,4 +1,10 @@
-"""Signal preprocessing (PreprocessConfig, preprocess) and waveform measurements."""
-from ecgbatch.signal.config import ECGCHAT, PreprocessConfig
+"""Signal preprocessing (PreprocessConfig, preprocess) and waveform measurements.
 
-__all__ = ["ECGCHAT", "PreprocessConfig"]
+Light at import time: numpy/scipy only; NeuroKit2 and matplotlib load inside the functions that
+need them."""
+from ecgbatch.signal.config import ECGCHAT, PreprocessConfig
+from ecgbatch.signal.measure import Measurements, ecgchat_wave_text, measure
+from ecgbatch.signal.preprocess import Preprocessed, lead_key, preprocess, preprocess_batch
+
+__all__ = ["ECGCHAT", "Measurements", "PreprocessConfig", "Preprocessed", "ecgchat_wave_text",
+           "lead_key", "measure", "preprocess", "preprocess_batch"]

@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 
 from ecgbatch.io.errors import BadSignalError, MissingLeadError
+from ecgbatch.io.leads import canonical_lead
 from ecgbatch.signal import filters
 from ecgbatch.signal.config import PreprocessConfig
 
-_ROMAN = {"1": "i", "2": "ii", "3": "iii"}
 # Physical units -> factor to mV.
 _UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
                "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3,
@@ -26,12 +26,9 @@ _NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "float64": np.floa
 
 
 def lead_key(name: str) -> str:
-    """Case- and spelling-insensitive key of a lead name: 'aVR', 'AVR', 'avr' -> 'avr';
-    'I', 'i', 'lead I', '1' -> 'i'; 'V1', 'v1' -> 'v1'."""
-    k = str(name).strip().lower().replace(" ", "").replace("_", "").replace("-", "")
-    if k.startswith("lead") and len(k) > 4:
-        k = k[4:]
-    return _ROMAN.get(k, k)
+    """Case- and spelling-insensitive key of a lead name (ecgbatch.io.leads.canonical_lead,
+    lower-cased): 'aVR', 'AVR', 'avr' -> 'avr'; 'I', 'i', 'Lead I', 'DI' -> 'i'."""
+    return canonical_lead(str(name)).lower()
 
 
 def unit_factor(from_units: str, to_units: str) -> float | None:

@@ -1,0 +1,177 @@
+"""Waveform measurements per record: heart rate, RR, PR, QRS, QT, QTc (Bazett) in ms, and
+ECG-Chat's P/R/T "wave" values (mean peak position in samples, ecg-chat-reference.md 2.6).
+
+method="ecgchat" reproduces ECG-Chat's ``signal_analysis.py::signal_analyse`` step for step
+(lead II, NeuroKit2 ecg_clean -> ecg_peaks("neurokit") -> ecg_delineate("dwt") at 500 Hz, NaN-mean
+over beats, int() of ms, all eight values 0 on any exception). method="multilead" (see
+ecgbatch.signal.delineation) keeps NeuroKit2's R peaks, P onsets and T offsets but measures the
+QRS from all leads; it is what ``ecgbatch inspect`` shows."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ecgbatch.signal import filters
+from ecgbatch.signal.preprocess import lead_key
+
+ECGCHAT_FS = 500
+METHODS = ("ecgchat", "multilead")
+QUALITY_FLAGS = ("ok", "too_few_beats", "noisy", "failed")
+MIN_BEATS = 3
+# Physiological ranges outside which a measurement says more about the signal than the heart.
+HR_RANGE_BPM = (25.0, 250.0)
+
+
+@dataclass
+class Measurements:
+    """Intervals in ms (NaN when unknown; ints for method="ecgchat", 0 when it failed as in
+    ECG-Chat). p_wave/r_wave/t_wave: ECG-Chat's mean P/R/T peak sample index at 500 Hz."""
+
+    hr_bpm: float
+    rr_ms: float
+    pr_ms: float
+    qrs_ms: float
+    qt_ms: float
+    qtc_ms: float
+    p_wave: float
+    r_wave: float
+    t_wave: float
+    n_beats: int
+    quality: str
+    method: str
+    lead: str = "II"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():  # JSON has no NaN
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
+        return d
+
+
+def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...]]:
+    if isinstance(record_or_tuple, tuple):
+        if len(record_or_tuple) != 3:
+            raise ValueError(f"measure() takes a Record or (signal, fs, leads), got a tuple of "
+                             f"{len(record_or_tuple)}")
+        sig, fs, leads = record_or_tuple
+    else:
+        sig, fs, leads = record_or_tuple.signal, record_or_tuple.fs, record_or_tuple.leads
+    sig = np.asarray(sig)
+    if sig.ndim != 2 or sig.shape[0] != len(leads):
+        raise ValueError(f"signal must be [leads, samples] with one name per lead, got shape "
+                         f"{sig.shape} and {len(leads)} names")
+    fs = float(fs)
+    if not fs > 0:
+        raise ValueError(f"sampling rate must be > 0, got {fs!r}")
+    return sig, fs, tuple(leads)
+
+
+def at_500hz(sig: np.ndarray, fs: float) -> np.ndarray:
+    """float64 copy with NaN/inf -> 0 (as ECG-Chat), resampled to 500 Hz when needed."""
+    x = np.nan_to_num(np.asarray(sig, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if abs(fs - ECGCHAT_FS) > 1e-9:
+        x = filters.resample(x, fs, ECGCHAT_FS)
+    return x
+
+
+def lead_index(leads, name: str) -> int:
+    keys = [lead_key(n) for n in leads]
+    try:
+        return keys.index(lead_key(name))
+    except ValueError:
+        raise KeyError(f"lead {name!r} not in record (has {list(leads)})") from None
+
+
+def neurokit_delineate(x: np.ndarray, fs: int = ECGCHAT_FS):
+    """ECG-Chat's NeuroKit2 chain on one lead -> (rpeaks dict, waves dict). Raises on failure."""
+    import neurokit2 as nk
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cleaned = nk.ecg_clean(x, sampling_rate=fs)
+        _, rpeaks = nk.ecg_peaks(cleaned, sampling_rate=fs, method="neurokit")
+        nk.signal_rate(rpeaks, sampling_rate=fs)  # computed (and able to raise) as in ECG-Chat
+        _, waves = nk.ecg_delineate(cleaned, rpeaks, sampling_rate=fs, method="dwt", show=False,
+                                    show_type="all")
+    return cleaned, rpeaks, waves
+
+
+def _nanmean_or_0(values) -> float:
+    a = np.array(values, dtype=float)
+    a = a[~np.isnan(a)]
+    return float(np.mean(a)) if len(a) > 0 else 0
+
+
+def _ecgchat_values(rpeaks, waves, fs: int = ECGCHAT_FS) -> tuple[int, ...]:
+    """signal_analyse's loop, verbatim in arithmetic (seconds, /1000 positions, int())."""
+    qrs, rr, pr, qt, pp, rp, tp = [], [], [], [], [], [], []
+    r = rpeaks["ECG_R_Peaks"]
+    for index, _ in enumerate(r):
+        if index < len(waves["ECG_Q_Peaks"]):
+            pr.append(float(waves["ECG_Q_Peaks"][index] - waves["ECG_P_Onsets"][index]) / fs)
+            qrs.append(float(waves["ECG_S_Peaks"][index] - waves["ECG_Q_Peaks"][index]) / fs)
+        q_t = float(waves["ECG_T_Offsets"][index] - waves["ECG_R_Onsets"][index]) / fs
+        if index > 0:
+            rr.append(float(r[index] - r[index - 1]) / fs)
+        qt.append(q_t)
+        pp.append(waves["ECG_P_Peaks"][index] / 1000)
+        rp.append(r[index] / 1000)
+        tp.append(waves["ECG_T_Peaks"][index] / 1000)
+    m = _nanmean_or_0
+    return (int(m(rr) * 1000), int(m(pr) * 1000), int(m(qrs) * 1000), int(m(qt) * 1000),
+            int((m(qt) / np.sqrt(m(rr))) * 1000), int(m(pp) * 1000), int(m(rp) * 1000),
+            int(m(tp) * 1000))
+
+
+def _quality(n_beats: int, hr: float, interval_ok_fraction: float) -> str:
+    if n_beats < MIN_BEATS:
+        return "too_few_beats"
+    if not (HR_RANGE_BPM[0] <= hr <= HR_RANGE_BPM[1]) or interval_ok_fraction < 0.5:
+        return "noisy"
+    return "ok"
+
+
+def measure_ecgchat(x500: np.ndarray, lead: str = "II") -> Measurements:
+    """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free)."""
+    try:
+        _, rpeaks, waves = neurokit_delineate(x500)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            vals = _ecgchat_values(rpeaks, waves)
+        n_beats = len(rpeaks["ECG_R_Peaks"])
+        qt = np.asarray(waves["ECG_T_Offsets"], float) - np.asarray(waves["ECG_R_Onsets"], float)
+        ok_frac = float(np.mean(np.isfinite(qt))) if len(qt) else 0.0
+    except Exception:  # ECG-Chat: any failure -> all eight values 0 (reported as "failed")
+        return Measurements(0, 0, 0, 0, 0, 0, 0, 0, 0, n_beats=0, quality="failed",
+                            method="ecgchat", lead=lead)
+    rr, pr, qrs, qt_ms, qtc, p, r, t = vals
+    hr = 60000.0 / rr if rr > 0 else 0.0
+    quality = "failed" if rr == 0 else _quality(n_beats, hr, ok_frac)
+    return Measurements(round(hr, 1), rr, pr, qrs, qt_ms, qtc, p, r, t, n_beats=n_beats,
+                        quality=quality, method="ecgchat", lead=lead)
+
+
+def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measurements:
+    """Measurements of a Record or (signal [leads, samples], fs, leads). Resampled to 500 Hz
+    first when needed. method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
+    if method not in METHODS:
+        raise ValueError(f"measure method must be one of {METHODS}, got {method!r}")
+    sig, fs, leads = _unpack(record_or_tuple)
+    i = lead_index(leads, lead)
+    if method == "ecgchat":
+        return measure_ecgchat(at_500hz(sig[i:i + 1], fs)[0], lead=lead)
+    from ecgbatch.signal.delineation import measure_multilead
+
+    return measure_multilead(at_500hz(sig, fs), leads, lead=lead)
+
+
+def ecgchat_wave_text(m: Measurements) -> str:
+    """ECG-Chat's --wfep text suffix (data.py::get_wave_info), leading space, ints."""
+    v = [m.rr_ms, m.pr_ms, m.qrs_ms, m.qt_ms, m.qtc_ms, m.p_wave, m.r_wave, m.t_wave]
+    rr, pr, qrs, qt, qtc, p, r, t = (int(x) if x is not None and math.isfinite(x) else 0 for x in v)
+    return f" RR: {rr} PR: {pr} QRS: {qrs} QT/QTc: {qt}/{qtc} P/R/T Wave: {p}/{r}/{t}"
