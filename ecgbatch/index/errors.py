@@ -40,3 +40,7 @@ class UnknownColumnError(WhereExpressionError):
 
 class GpuUnavailableError(EcgIndexError, RuntimeError):
     """``gpu=True`` was asked for but this faiss build sees no GPU."""
+
+
+class InvalidVectorError(EcgIndexError, ValueError):
+    """Vectors that cannot be indexed or queried: wrong shape, NaN/inf, or all zeros."""

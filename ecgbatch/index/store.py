@@ -187,27 +187,33 @@ class EmbeddingStore:
 
     def iter_batches(self, batch_rows: int = 65_536, vectors: bool = True) -> Iterator[EmbeddingBatch]:
         """Stream the table in row batches (shard order, then row order)."""
+        for shard_no in range(len(self.shards)):
+            yield from self.iter_batches_of(shard_no, batch_rows, vectors)
+
+    def iter_batches_of(self, shard_no: int, batch_rows: int = 65_536,
+                        vectors: bool = True) -> Iterator[EmbeddingBatch]:
+        """Stream one shard in row batches."""
         cols = list(self.metadata_columns) + ([EMBEDDING_COLUMN] if vectors else [])
-        for p, f in zip(self.shards, self._files):
-            have = f.schema_arrow.names
-            for b in f.iter_batches(batch_size=batch_rows, columns=[c for c in cols if c in have]):
-                t = pa.Table.from_batches([b])
-                for c in self.metadata_columns:  # a shard that lacks a metadata column: nulls
-                    if c not in have:
-                        t = t.append_column(c, pa.nulls(len(t)))
-                ids = t.column(ID_COLUMN)
-                if ids.null_count:
-                    raise EmbeddingTableError(f"{p.name}: record_id has {ids.null_count} null rows")
-                vec = (
-                    embeddings_to_numpy(t.column(EMBEDDING_COLUMN), self._dim)
-                    if vectors
-                    else np.zeros((len(t), 0), np.float32)
-                )
-                yield EmbeddingBatch(
-                    record_ids=[str(x) for x in ids.to_pylist()],
-                    vectors=vec,
-                    metadata=t.select(self.metadata_columns),
-                )
+        p, f = self.shards[shard_no], self._files[shard_no]
+        have = f.schema_arrow.names
+        for b in f.iter_batches(batch_size=batch_rows, columns=[c for c in cols if c in have]):
+            t = pa.Table.from_batches([b])
+            for c in self.metadata_columns:  # a shard that lacks a metadata column: nulls
+                if c not in have:
+                    t = t.append_column(c, pa.nulls(len(t)))
+            ids = t.column(ID_COLUMN)
+            if ids.null_count:
+                raise EmbeddingTableError(f"{p.name}: record_id has {ids.null_count} null rows")
+            vec = (
+                embeddings_to_numpy(t.column(EMBEDDING_COLUMN), self._dim)
+                if vectors
+                else np.zeros((len(t), 0), np.float32)
+            )
+            yield EmbeddingBatch(
+                record_ids=[str(x) for x in ids.to_pylist()],
+                vectors=vec,
+                metadata=t.select(self.metadata_columns),
+            )
 
     def sample_vectors(self, n: int, seed: int = 0, batch_rows: int = 65_536) -> np.ndarray:
         """``n`` rows drawn uniformly without replacement over all shards (one streamed pass over

@@ -1,0 +1,137 @@
+"""FAISS building blocks: normalisation, index factories, parameter choices, GPU moves.
+
+Every index uses inner product on L2-normalised float32 vectors (= cosine similarity).
+"""
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from ecgbatch.index.errors import GpuUnavailableError, InvalidVectorError
+
+KINDS = ("flat", "ivfpq", "hnsw")
+AUTO_FLAT_MAX = 100_000  # below this `kind="auto"` uses exact search: fast enough, recall 1.0
+MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
+PQ_NBITS = 8
+
+
+def l2_normalize(x: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Row-normalised C-contiguous float32 copy of ``x`` [N, D]; refuses NaN/inf and zero rows."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise InvalidVectorError(f"{what} must be a [N, D] array, got shape {x.shape!r}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InvalidVectorError(f"{what} must be numeric, got dtype {x.dtype}")
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if x.size and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        raise InvalidVectorError(f"{what}: {bad} rows contain NaN or inf")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    zero = norms[:, 0] == 0
+    if zero.any():
+        raise InvalidVectorError(
+            f"{what}: {int(zero.sum())} rows are all zeros and have no direction "
+            f"(first at row {int(np.flatnonzero(zero)[0])})"
+        )
+    x /= norms
+    return x
+
+
+def choose_kind(n: int, kind: str) -> str:
+    if kind == "auto":
+        return "flat" if n < AUTO_FLAT_MAX else "ivfpq"
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'auto' or one of {KINDS!r}, got {kind!r}")
+    return kind
+
+
+def choose_nlist(n: int) -> int:
+    """~4*sqrt(N) inverted lists, but at least 39 training points per list."""
+    nlist = int(round(4 * math.sqrt(max(n, 1))))
+    return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID))
+
+
+def choose_pq_m(d: int, bytes_per_vector: int | None = None) -> int:
+    """Number of PQ sub-quantizers: a divisor of ``d`` closest to ``bytes_per_vector`` (default
+    d/8, i.e. 8 dimensions per 1-byte code, which with exact re-ranking keeps recall high)."""
+    target = bytes_per_vector or max(1, d // 8)
+    divisors = [m for m in range(1, d + 1) if d % m == 0]
+    return min(divisors, key=lambda m: (abs(m - target), -m))
+
+
+def choose_pq_nbits(n_train: int) -> int:
+    """8-bit PQ codes need 256 * 39 training vectors; tiny collections get smaller codebooks."""
+    bits = PQ_NBITS
+    while bits > 4 and n_train < (1 << bits) * MIN_POINTS_PER_CENTROID:
+        bits -= 1
+    return bits
+
+
+def train_size(n: int, nlist: int) -> int:
+    """Training sample: ~64 points per list (at least 2^nbits * 39 for the PQ codebooks)."""
+    return int(min(n, max(64 * nlist, (1 << PQ_NBITS) * MIN_POINTS_PER_CENTROID, 10_000)))
+
+
+def new_index(kind: str, d: int, *, nlist: int = 0, pq_m: int = 0, pq_nbits: int = PQ_NBITS, hnsw_m: int = 32,
+              ef_construction: int = 80) -> faiss.Index:
+    """An empty (untrained for ivfpq) CPU index of ``kind`` with the inner-product metric."""
+    if kind == "flat":
+        return faiss.IndexFlatIP(d)
+    if kind == "ivfpq":
+        if d % pq_m:
+            raise ValueError(f"pq_m must divide the dimension {d}, got {pq_m!r}")
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+        return index
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    raise ValueError(f"unknown index kind {kind!r}")
+
+
+def num_gpus() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def require_gpu() -> None:
+    if num_gpus() == 0:
+        has_gpu_build = hasattr(faiss, "StandardGpuResources")
+        why = (
+            "this faiss build has GPU support but sees no CUDA device"
+            if has_gpu_build
+            else f"the installed faiss {faiss.__version__} is a CPU-only build"
+        )
+        raise GpuUnavailableError(
+            f"gpu=True, but {why}; install the 'gpu' extra (faiss-gpu) on a CUDA machine or "
+            "pass gpu=False"
+        )
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """Copy a CPU index onto all visible GPUs (sharded); raises GpuUnavailableError if none."""
+    require_gpu()
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = True
+    co.useFloat16LookupTables = True  # IVF-PQ with many sub-quantizers needs it on GPU
+    return faiss.index_cpu_to_all_gpus(index, co=co)
+
+
+def to_cpu(index: faiss.Index) -> faiss.Index:
+    if num_gpus() and hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        return faiss.index_gpu_to_cpu(index)
+    return index
+
+
+def bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """An IDSelectorBitmap for faiss ids 0..N-1 where ``mask`` is True (O(1) membership, N/8
+    bytes). Returns the bitmap too: the caller must keep it alive during the search."""
+    bitmap = np.packbits(np.ascontiguousarray(mask, dtype=bool), bitorder="little")
+    return faiss.IDSelectorBitmap(bitmap), bitmap
