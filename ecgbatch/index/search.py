@@ -144,6 +144,9 @@ class EcgIndex:
         self.params = params
         self.path = Path(path) if path is not None else None
         self.info = dict(info or {})
+        # a cohort this small (rows, or fraction of the index) is searched exactly over its rows
+        self.exact_max_rows = EXACT_MAX_ROWS
+        self.exact_max_fraction = EXACT_MAX_FRACTION
         self._gpu_index = None
         self._row_of: dict[str, int] | None = None
 
@@ -229,7 +232,7 @@ class EcgIndex:
             return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
         n_sel = n if mask is None else int(mask.sum())
         kk = min(k, n_sel)
-        if mask is not None and (n_sel <= EXACT_MAX_ROWS or n_sel < EXACT_MAX_FRACTION * n):
+        if mask is not None and (n_sel <= self.exact_max_rows or n_sel < self.exact_max_fraction * n):
             s, i = exact_topk(q, self.vectors, np.flatnonzero(mask), kk)
         elif self.kind == "flat":
             s, i = self._faiss_search(q, kk, mask)
