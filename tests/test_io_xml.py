@@ -498,10 +498,10 @@ def test_external_doctype_is_never_loaded(tmp_path, muse_file):
 # ---- the bundled sample archive ---------------------------------------------------------------
 
 SAMPLES = {  # file -> (reader, source loader, record, max abs error vs source in mV)
-    "ludb_1.muse.xml": (read_muse, ludb, 1, MUSE_LSB_MV / 2),
-    "cinc2021_A0689.muse.xml": (read_muse, challenge, "A0689", MUSE_LSB_MV / 2),
-    "ludb_3.aecg.xml": (read_hl7_aecg, ludb, 3, 0.5e-3),
-    "cinc2021_HR03961.aecg.xml": (read_hl7_aecg, challenge, "HR03961", 0.5e-3),
+    "ludb_1_muse.xml": (read_muse, ludb, 1, MUSE_LSB_MV / 2),
+    "cinc2021_A0689_muse.xml": (read_muse, challenge, "A0689", MUSE_LSB_MV / 2),
+    "ludb_3_aecg.xml": (read_hl7_aecg, ludb, 3, 0.5e-3),
+    "cinc2021_HR03961_aecg.xml": (read_hl7_aecg, challenge, "HR03961", 0.5e-3),
 }
 
 
@@ -516,3 +516,22 @@ def test_sample_archive_xml_files(sample_archive, shared_data, name):
     assert err.max() <= tol + EPS, err.max()
     assert rec.meta["sex"] == meta["sex"]
     assert rec.meta["diagnosis_statements"] == meta["diagnosis_statements"]
+
+
+def write_samples(shared_data: Path, out_dir: Path) -> list[Path]:
+    """Regenerate sample_archive/xml from the real records named in SAMPLES (run this file)."""
+    out = []
+    for name, (reader, loader, rec_name, _) in sorted(SAMPLES.items()):
+        sig, fs, leads, meta = loader(shared_data, rec_name)
+        writer = write_muse if reader is read_muse else write_hl7_aecg
+        out.append(writer(out_dir / name, sig, fs, leads, meta))
+    return out
+
+
+if __name__ == "__main__":  # python tests/test_io_xml.py -> rewrites sample_archive/xml/*.xml
+    from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
+
+    target = SAMPLE_ARCHIVE / "xml"
+    target.mkdir(parents=True, exist_ok=True)
+    for p in write_samples(shared_dir() / "data", target):
+        print(p, p.stat().st_size)
