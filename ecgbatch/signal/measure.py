@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgbatch.io.errors import MissingLeadError
 from ecgbatch.signal import filters
 from ecgbatch.signal.preprocess import lead_key
 
@@ -84,7 +85,8 @@ def lead_index(leads, name: str) -> int:
     try:
         return keys.index(lead_key(name))
     except ValueError:
-        raise KeyError(f"lead {name!r} not in record (has {list(leads)})") from None
+        raise MissingLeadError(f"lead {name!r} is needed for measurements; the record has "
+                               f"{list(leads)}") from None
 
 
 def neurokit_delineate(x: np.ndarray, fs: int = ECGCHAT_FS):
