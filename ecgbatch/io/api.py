@@ -1,0 +1,126 @@
+"""read_record / read_header: one entry point for every format."""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from typing import Any
+
+from ecgbatch.io.detect import FORMATS, detect_format, split_index
+from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.errors import UnknownFormatError
+from ecgbatch.io.quality import finalize
+from ecgbatch.io.record import Record
+
+_IDENTIFIER = re.compile(
+    r"(^|_)(name|patient|pid|mrn|ssn|dob|birth|address|phone|email)(_|$)|^patient|^id$",
+    re.IGNORECASE)
+
+
+def read_record(path, *, format: str | None = None, index: int | None = None, fs: float | None = None,
+                leads=None, layout: str | None = None, units: str | None = None,
+                target_units: str | None = "mV", strict: bool = False, min_leads: int = 1,
+                check_length: bool = True, **reader_options) -> Record:
+    """Read one ECG record from ``path``, whatever its format, as a ``Record``.
+
+    path: a file (``x.hea``, ``x.dat``, ``x.mat``, ``x.npy``, ``x.h5``, ``x.xml``), a WFDB record
+      name without extension, or ``container.h5#<position>`` for one record of a multi-record file.
+    format: force a format (``detect.FORMATS``) instead of detecting it.
+    index: position of the record inside a multi-record HDF5 / 3-D .npy file.
+    fs, leads, layout ("auto" | "leads_first" | "samples_first"), units: what the file itself does
+      not say (arrays); ``leads`` also renames the channels of any format.
+    target_units: "mV" (default) converts voltage units to mV; None keeps the source's units.
+    strict: raise typed errors (BadSignalError, TooFewLeadsError, UnknownLeadError) instead of
+      recording quality flags in ``meta["quality"]``. min_leads: fewer leads -> TooFewLeadsError.
+    check_length: a WFDB signal file longer than its header says -> LengthMismatchError.
+    Other keyword options go to the XML readers that accept them (e.g. MUSE ``waveform=``).
+    """
+    fmt, p, index = _resolve(path, format, index)
+    if fmt in ("wfdb", "wfdb_mat"):
+        from ecgbatch.io.wfdb_reader import read_wfdb
+
+        rec = read_wfdb(p, check_length=check_length)
+    elif fmt == "cpsc_mat":
+        from ecgbatch.io.matlab import read_cpsc_mat
+
+        rec = read_cpsc_mat(p, fs=fs)
+    elif fmt == "numpy":
+        from ecgbatch.io.numpy_reader import read_numpy
+
+        rec = read_numpy(p, index=index, fs=fs, leads=leads, units=units, layout=layout)
+    elif fmt == "hdf5":
+        from ecgbatch.io.hdf5 import read_hdf5
+
+        rec = read_hdf5(p, index=index, fs=fs, leads=leads, units=units, layout=layout)
+    else:
+        rec = _read_xml(fmt, p, reader_options)
+    if units is not None and fmt not in ("numpy", "hdf5"):
+        rec.units = units  # the caller knows better than the file
+    rec.meta = scrub_identifiers(rec.meta)
+    return finalize(rec, target_units=target_units, strict=strict, min_leads=min_leads, leads=leads)
+
+
+def read_header(path, *, format: str | None = None, index: int | None = None, fs: float | None = None,
+                leads=None, layout: str | None = None, units: str | None = None,
+                target_units: str | None = "mV", check_length: bool = True,
+                **reader_options) -> RecordHeader:
+    """Header-only metadata (record id, fs, leads, n_samples, units, meta) without decoding the
+    signal where the format allows it (WFDB, NumPy, HDF5); XML and CPSC .mat are read whole.
+    For WFDB the signal files are still checked to exist and to have the length the header says."""
+    fmt, p, index = _resolve(path, format, index)
+    if fmt in ("wfdb", "wfdb_mat"):
+        from ecgbatch.io.wfdb_reader import read_wfdb
+
+        h = read_wfdb(p, header_only=True, check_length=check_length)
+    elif fmt == "cpsc_mat":
+        from ecgbatch.io.matlab import read_cpsc_mat
+
+        h = read_cpsc_mat(p, header_only=True, fs=fs)
+    elif fmt == "numpy":
+        from ecgbatch.io.numpy_reader import read_numpy
+
+        h = read_numpy(p, header_only=True, index=index, fs=fs, leads=leads, units=units, layout=layout)
+    elif fmt == "hdf5":
+        from ecgbatch.io.hdf5 import read_hdf5
+
+        h = read_hdf5(p, header_only=True, index=index, fs=fs, leads=leads, units=units, layout=layout)
+    else:
+        rec = _read_xml(fmt, p, reader_options)
+        h = RecordHeader(rec.record_id, rec.source, fmt, rec.fs, rec.leads, rec.n_samples, rec.units,
+                         rec.meta)
+    if units is not None and fmt not in ("numpy", "hdf5"):
+        h.units = units
+    h.meta = scrub_identifiers(h.meta)
+    return h.finalize(target_units=target_units, leads=leads)
+
+
+def scrub_identifiers(meta: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys that name patient identifiers (name, patient id, MRN, birth date, ...)."""
+    return {k: v for k, v in meta.items() if not _IDENTIFIER.search(str(k))}
+
+
+def _resolve(path, format, index):
+    p, idx = split_index(os.fspath(path))
+    if index is None:
+        index = idx
+    if format is None:
+        fmt, p = detect_format(p)
+        return fmt, p, index
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if format in ("wfdb", "wfdb_mat") and not p.lower().endswith(".hea"):
+        p = os.path.splitext(p)[0] + ".hea" if os.path.splitext(p)[1] else p + ".hea"
+    return format, p, index
+
+
+def _read_xml(fmt: str, path: str, options: dict) -> Record:
+    try:
+        if fmt == "muse":
+            from ecgbatch.io.muse import read_muse as reader
+        else:
+            from ecgbatch.io.hl7aecg import read_hl7_aecg as reader
+    except ImportError as exc:
+        raise UnknownFormatError(f"{path}: the {fmt} reader is not available ({exc})", path) from None
+    params = inspect.signature(reader).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return reader(path, **{k: v for k, v in options.items() if takes_any or k in params})
