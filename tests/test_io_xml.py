@@ -43,7 +43,7 @@ def ludb(shared_data: Path, n: int):
             meta["sex"] = c.split(":", 1)[1].strip()
         elif not c.startswith("<"):
             stmts.append(c.strip())
-    meta["diagnosis_statements"] = stmts
+    meta["diagnoses"] = stmts
     return sig.T, float(f["fs"]), list(f["sig_name"]), meta
 
 
@@ -56,7 +56,7 @@ def challenge(shared_data: Path, name: str):
     meta: dict = {}
     if len(first) >= 6:
         when = dt.datetime.strptime(f"{first[4]} {first[5]}", "%d-%b-%Y %H:%M:%S")
-        meta.update(acquisition_date=when.date().isoformat(), acquisition_time=when.time().isoformat())
+        meta["acquired"] = when.isoformat()
     names = {}
     for csv in ("dx_mapping_scored.csv", "dx_mapping_unscored.csv"):
         for line in (d / csv).read_text().splitlines()[1:]:
@@ -69,7 +69,7 @@ def challenge(shared_data: Path, name: str):
         elif key == "Sex":
             meta["sex"] = val.strip()[:1].upper()
         elif key == "Dx":
-            meta["diagnosis_statements"] = [names.get(code.strip(), code.strip()) for code in val.split(",")]
+            meta["diagnoses"] = [names.get(code.strip(), code.strip()) for code in val.split(",")]
     return sig.T, float(f["fs"]), list(f["sig_name"]), meta
 
 
@@ -97,7 +97,7 @@ def test_muse_round_trip_ludb(shared_data, tmp_path):
     assert rec.meta["stored_leads"] == list(MUSE_STORED_LEADS)
     assert rec.meta["derived_leads"] == ["III", "aVR", "aVL", "aVF"]
     assert rec.meta["age"] == meta["age"] and rec.meta["sex"] == meta["sex"]
-    assert rec.meta["diagnosis_statements"] == meta["diagnosis_statements"]
+    assert rec.meta["diagnoses"] == meta["diagnoses"]
     # Einthoven/Goldberger hold exactly on what was read (LUDB's own stored III/aV* are not
     # exactly II-I etc.: up to 0.36 mV apart in record 1, so they are not the reference here)
     i, ii = rec.lead("I").astype(np.float64), rec.lead("II").astype(np.float64)
@@ -115,9 +115,8 @@ def test_muse_derived_leads_match_challenge_originals(shared_data, tmp_path):
     for name in ("III", "aVR", "aVL", "aVF"):
         err = np.abs(rec.lead(name) - rows(sig, leads, [name])[0]).max()
         assert err <= tol, (name, err)
-    assert rec.meta["acquisition_date"] == meta["acquisition_date"]
-    assert rec.meta["acquisition_time"] == meta["acquisition_time"]
-    assert rec.meta["diagnosis_statements"] == ["atrial fibrillation"]
+    assert rec.meta["acquired"] == meta["acquired"]
+    assert rec.meta["diagnoses"] == ["atrial fibrillation"]
 
 
 def test_muse_all_leads_and_median_option(shared_data, tmp_path):
@@ -147,8 +146,8 @@ def test_hl7_round_trip_ludb_microvolts(shared_data, tmp_path):
     assert err.max() <= 0.5e-3 + EPS, err.max()  # half of the 1 uV scale
     assert rec.meta["series_code"] == "RHYTHM" and "derived_leads" not in rec.meta
     assert rec.meta["sex"] == meta["sex"]
-    assert rec.meta["diagnosis_statements"] == meta["diagnosis_statements"]
-    assert "acquisition_date" not in rec.meta and "age" not in rec.meta  # TIME_RELATIVE: no date
+    assert rec.meta["diagnoses"] == meta["diagnoses"]
+    assert "acquired" not in rec.meta and "age" not in rec.meta  # TIME_RELATIVE: no date
     med = read_hl7_aecg(f, waveform="median")
     assert med.meta["series_code"] == "REPRESENTATIVE_BEAT" and med.n_samples == 600
     assert np.abs(med.signal - rows(beat, leads, STANDARD_LEADS)).max() <= 0.5e-3 + EPS
@@ -162,8 +161,7 @@ def test_hl7_millivolt_units_with_origin(shared_data, tmp_path):
     err = np.abs(rec.signal - rows(sig, leads, STANDARD_LEADS))
     assert 1e-4 < err.max() <= 0.0025 / 2 + EPS, err.max()
     assert rec.meta["age"] == meta["age"] == 9  # from the year-precision birthTime
-    assert rec.meta["acquisition_date"] == meta["acquisition_date"]
-    assert rec.meta["acquisition_time"] == meta["acquisition_time"]
+    assert rec.meta["acquired"] == meta["acquired"]
     assert rec.meta["sex"] == "F"
 
 
@@ -193,7 +191,7 @@ def test_identifiers_are_not_copied(shared_data, tmp_path, fmt):
     for secret in ("MRN-7741-QZ", "Kowalczyk", "Henrietta", *BIRTH_STRINGS):
         assert secret not in blob, secret
     if fmt == "hl7":  # full birth date 1944-03-02, acquisition 2020-05-12 -> 76
-        acq = dt.date.fromisoformat(meta["acquisition_date"])
+        acq = dt.datetime.fromisoformat(meta["acquired"])
         assert rec.meta["age"] == acq.year - 1944 - ((acq.month, acq.day) < (3, 2))
     else:
         assert rec.meta["age"] == meta["age"]
@@ -284,8 +282,8 @@ def test_hand_written_muse_file(tmp_path):
     np.testing.assert_allclose(rec.lead("aVF"), ii - i / 2, rtol=1e-6, atol=EPS)
     assert rec.meta["stored_leads"] == ["II", "I", "V1"]
     assert rec.meta["age"] == 1.5 and rec.meta["sex"] == "M"
-    assert rec.meta["acquisition_date"] == "2020-07-31" and rec.meta["acquisition_time"] == "08:27:44"
-    assert rec.meta["diagnosis_statements"] == ["Sinus rhythm with 1st degree A-V block", "Abnormal ECG (réf. 2)"]
+    assert rec.meta["acquired"] == "2020-07-31T08:27:44" and rec.meta["acquisition_device"] == "MAC55"
+    assert rec.meta["diagnoses"] == ["Sinus rhythm with 1st degree A-V block", "Abnormal ECG (réf. 2)"]
     assert rec.meta["measurements"] == {"ventricular_rate_bpm": 72.0, "qrs_ms": 88.0, "qtc_ms": 421.0}
     for secret in ("HX-0042", "Müller", "Zoë", "2019", "Tech", "UNKNOWN"):
         assert secret not in all_text(rec), secret
@@ -339,8 +337,8 @@ def test_hand_written_aecg_file(tmp_path):
     np.testing.assert_allclose(rec.lead("V7"), np.array([1, 2, 3, 4]) * 1e-3, atol=EPS)
     assert rec.meta["nonstandard_leads"] == ["V7"] and "derived_leads" not in rec.meta
     assert rec.meta["age"] == 49 and rec.meta["sex"] == "F"  # 1952-11-23 -> 2002-11-22: one day short of 50
-    assert rec.meta["acquisition_date"] == "2002-11-22" and rec.meta["acquisition_time"] == "09:10:00"
-    assert rec.meta["diagnosis_statements"] == ["Sinus rhythm"]
+    assert rec.meta["acquired"] == "2002-11-22T09:10:00"
+    assert rec.meta["diagnoses"] == ["Sinus rhythm"]
     assert rec.meta["interpretation_summary"] == "Normal ECG"
     for secret in ("SUBJ-99", "J. Doe", "1952"):
         assert secret not in all_text(rec), secret
@@ -515,7 +513,7 @@ def test_sample_archive_xml_files(sample_archive, shared_data, name):
     err = np.abs(rec.signal[[rec.leads.index(n) for n in stored]] - rows(sig, leads, stored))
     assert err.max() <= tol + EPS, err.max()
     assert rec.meta["sex"] == meta["sex"]
-    assert rec.meta["diagnosis_statements"] == meta["diagnosis_statements"]
+    assert rec.meta["diagnoses"] == meta["diagnoses"]
 
 
 def write_samples(shared_data: Path, out_dir: Path) -> list[Path]:

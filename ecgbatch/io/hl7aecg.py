@@ -192,9 +192,7 @@ def _meta(root: ET.Element, head: str | None) -> dict[str, Any]:
     low = find(root, "effectiveTime/low")
     acq = _parse_ts(low.get("value") if low is not None else None) or _parse_ts(head)
     if acq is not None:
-        meta["acquisition_date"] = acq[0].date().isoformat()
-        if acq[1] >= 4:
-            meta["acquisition_time"] = acq[0].time().isoformat()
+        meta["acquired"] = acq[0].isoformat() if acq[1] >= 4 else acq[0].date().isoformat()
     subject = find(root, "componentOf/timepointEvent/componentOf/subjectAssignment/subject/trialSubject")
     if subject is not None:
         person = {local(e.tag): e for e in subject.iter() if local(e.tag) in ("administrativeGenderCode", "birthTime")}
@@ -213,8 +211,7 @@ def _meta(root: ET.Element, head: str | None) -> dict[str, Any]:
         elif t and code == "MDC_ECG_INTERPRETATION_SUMMARY":
             summary.append(t)
     if stmts:
-        meta["diagnosis_statements"] = stmts
-        meta["diagnosis_text"] = "\n".join(stmts)
+        meta["diagnoses"] = stmts
     if summary:
         meta["interpretation_summary"] = "\n".join(summary)
     return meta
@@ -269,9 +266,9 @@ def write_hl7_aecg(path: str | Path, signal_mV: np.ndarray, fs: float, leads, me
     """Write an HL7 aECG file: one RHYTHM series (plus a REPRESENTATIVE_BEAT derivedSeries when
     ``median_mV`` is given); digits = round((value_in_unit - origin) / scale).
 
-    meta keys used: acquisition_date (YYYY-MM-DD) and acquisition_time (HH:MM:SS) -> TIME_ABSOLUTE
+    meta keys used (the reader's own): acquired (ISO 8601 date or datetime) -> TIME_ABSOLUTE
     (else TIME_RELATIVE); sex (M/F); age (written as a year-precision birthTime when the date is
-    known, since aECG has no age field); diagnosis_statements (list of str). patient_id,
+    known, since aECG has no age field); diagnoses (list of str). patient_id,
     patient_name and birth_date are written only so tests can check the reader drops them.
     """
     meta = dict(meta or {})
@@ -284,8 +281,8 @@ def write_hl7_aecg(path: str | Path, signal_mV: np.ndarray, fs: float, leads, me
         raise ValueError(f"signal must be [leads, samples] with {len(leads)} leads, got shape {sig.shape}")
     names = [canonical_lead(n) or n for n in leads]
     start = None
-    if meta.get("acquisition_date"):
-        start = _dt.datetime.fromisoformat(f"{meta['acquisition_date']}T{meta.get('acquisition_time') or '00:00:00'}")
+    if meta.get("acquired"):
+        start = _dt.datetime.fromisoformat(str(meta["acquired"]))
 
     ET.register_namespace("", NS)
     ET.register_namespace("xsi", XSI)
@@ -328,7 +325,7 @@ def write_hl7_aecg(path: str | Path, signal_mV: np.ndarray, fs: float, leads, me
         ds = _el(_el(series, "derivation"), "derivedSeries")
         _el(ds, "code", code="REPRESENTATIVE_BEAT", codeSystem=_CS_ACTCODE)
         _sequence_set(ds, med, fs, names, None, unit, scale, origin)
-    stmts = [str(s).strip() for s in meta.get("diagnosis_statements") or [] if str(s).strip()]
+    stmts = [str(s).strip() for s in meta.get("diagnoses") or [] if str(s).strip()]
     if stmts:
         aset = _el(_el(series, "subjectOf"), "annotationSet")
         interp = _el(_el(aset, "component"), "annotation")

@@ -179,6 +179,23 @@ def _statements(diag: ET.Element | None) -> list[str]:
     return lines
 
 
+def _acquired(date: str | None, time: str | None) -> str | None:
+    """MUSE 'MM-DD-YYYY' + 'HH:MM:SS' -> ISO 8601 (date only when the time is absent); the raw
+    text when it does not parse."""
+    if not date:
+        return None
+    try:
+        d = _dt.datetime.strptime(date, "%m-%d-%Y").date()
+    except ValueError:
+        return " ".join(x for x in (date, time) if x)
+    if time:
+        try:
+            return _dt.datetime.combine(d, _dt.time.fromisoformat(time)).isoformat()
+        except ValueError:
+            pass
+    return d.isoformat()
+
+
 def _meta(root: ET.Element, p: str) -> dict[str, Any]:
     """Whitelisted, non-identifying fields only (no IDs, names, birth date, race, site)."""
     meta: dict[str, Any] = {}
@@ -194,15 +211,11 @@ def _meta(root: ET.Element, p: str) -> dict[str, Any]:
     if sex in ("MALE", "M", "FEMALE", "F"):
         meta["sex"] = sex[0]
     test = find(root, "TestDemographics")
-    date = text(test, "AcquisitionDate")
-    if date:
-        try:
-            meta["acquisition_date"] = _dt.datetime.strptime(date, "%m-%d-%Y").date().isoformat()
-        except ValueError:
-            meta["acquisition_date"] = date
-    for key, tag in (("acquisition_time", "AcquisitionTime"), ("acquisition_device", "AcquisitionDevice")):
-        if text(test, tag):
-            meta[key] = text(test, tag)
+    acquired = _acquired(text(test, "AcquisitionDate"), text(test, "AcquisitionTime"))
+    if acquired:
+        meta["acquired"] = acquired
+    if text(test, "AcquisitionDevice"):
+        meta["acquisition_device"] = text(test, "AcquisitionDevice")
     meas = {}
     for tag, key in _MEASUREMENTS.items():
         v = text(root, f"RestingECGMeasurements/{tag}")
@@ -215,11 +228,10 @@ def _meta(root: ET.Element, p: str) -> dict[str, Any]:
         meta["measurements"] = meas
     stmts = _statements(find(root, "Diagnosis"))
     if stmts:
-        meta["diagnosis_statements"] = stmts
-        meta["diagnosis_text"] = "\n".join(stmts)
+        meta["diagnoses"] = stmts
     orig = _statements(find(root, "OriginalDiagnosis"))
     if orig:
-        meta["original_diagnosis_statements"] = orig
+        meta["original_diagnoses"] = orig
     return meta
 
 
@@ -284,8 +296,8 @@ def write_muse(path: str | Path, signal_mV: np.ndarray, fs: float, leads, meta: 
     """Write a GE MUSE XML file (as MUSE exports it: 8 leads I, II, V1-V6 unless
     ``store_all_leads``; int16 counts of ``units_per_bit`` microvolts).
 
-    meta keys used: age (years), sex (M/F), acquisition_date (YYYY-MM-DD), acquisition_time,
-    acquisition_device, diagnosis_statements (list of str); patient_id, patient_last_name,
+    meta keys used (the reader's own): age (years), sex (M/F), acquired (ISO 8601 date or
+    datetime), acquisition_device, diagnoses (list of str); patient_id, patient_last_name,
     patient_first_name and birth_date are written to the file only so that tests can check the
     reader never copies them. ``median_mV`` (same leads as ``signal_mV``) adds a Median waveform.
     """
@@ -315,12 +327,12 @@ def write_muse(path: str | Path, signal_mV: np.ndarray, fs: float, leads, meta: 
     _sub(test, "DataType", "RESTING")
     if meta.get("acquisition_device"):
         _sub(test, "AcquisitionDevice", meta["acquisition_device"])
-    if meta.get("acquisition_time"):
-        _sub(test, "AcquisitionTime", meta["acquisition_time"])
-    if meta.get("acquisition_date"):
-        d = _dt.date.fromisoformat(str(meta["acquisition_date"]))
-        _sub(test, "AcquisitionDate", d.strftime("%m-%d-%Y"))
-    stmts = [s for s in meta.get("diagnosis_statements") or [] if str(s).strip()]
+    if meta.get("acquired"):
+        when = _dt.datetime.fromisoformat(str(meta["acquired"]))
+        if "T" in str(meta["acquired"]):
+            _sub(test, "AcquisitionTime", when.strftime("%H:%M:%S"))
+        _sub(test, "AcquisitionDate", when.strftime("%m-%d-%Y"))
+    stmts = [s for s in meta.get("diagnoses") or [] if str(s).strip()]
     if stmts:
         diag = _sub(root, "Diagnosis")
         _sub(diag, "Modality", "RESTING")
