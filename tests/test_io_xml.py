@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -445,6 +444,11 @@ def test_aecg_errors(tmp_path, aecg_file):
         read_hl7_aecg(_edit(aecg_file, tmp_path / "d.xml", lambda s: s.replace("<digits>", "<digits>12 abc ", 1)))
     with pytest.raises(NotAnEcgError, match="median|REPRESENTATIVE_BEAT"):
         read_hl7_aecg(aecg_file, waveform="median")
+    # decimals in <digits> (outside the INT type, but some producers write them) still read
+    first = int(re.search(r"<digits>(-?\d+)", aecg_file.read_text()).group(1))
+    dec = read_hl7_aecg(_edit(aecg_file, tmp_path / "dec.xml",
+                              lambda s: re.sub(r"<digits>(-?\d+)", r"<digits>\1.25", s, count=1)))
+    assert dec.lead("I")[0] == pytest.approx((first + np.sign(first or 1) * 0.25) * 1e-3, abs=EPS)
     rec = read_hl7_aecg(_edit(aecg_file, tmp_path / "v7.xml", lambda s: s.replace("MDC_ECG_LEAD_V6", "MDC_ECG_LEAD_V7")))
     assert rec.leads[-1] == "V7" and rec.meta["nonstandard_leads"] == ["V7"]
 

