@@ -16,19 +16,16 @@ from ecgbatch.io.entries import Failure, RecordHeader, RecordSource
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.leads import canonical_lead, canonical_leads
 from ecgbatch.io.record import STANDARD_LEADS, Record
+from ecgbatch.io.scanner import Scan, ScanStats, list_records, scan
 
 __all__ = [
     "Record", "RecordHeader", "RecordSource", "Failure", "EcgReadError", "STANDARD_LEADS", "FORMATS",
     "read_record", "read_header", "detect_format", "canonical_lead", "canonical_leads",
-    "scrub_identifiers", "list_records", "scan", "Scan", "write_manifest",
+    "scrub_identifiers", "list_records", "scan", "Scan", "ScanStats", "write_manifest",
 ]
 
 
-def __getattr__(name):  # scan / manifest load lazily (pyarrow only when a manifest is written)
-    if name in ("list_records", "scan", "Scan", "ScanStats"):
-        from ecgbatch.io import scan as _scan
-
-        return getattr(_scan, name)
+def __getattr__(name):  # pyarrow loads only when a manifest is written
     if name == "write_manifest":
         from ecgbatch.io.manifest import write_manifest
 
