@@ -537,3 +537,18 @@ if __name__ == "__main__":  # python tests/test_io_xml.py -> rewrites sample_arc
     target.mkdir(parents=True, exist_ok=True)
     for p in write_samples(shared_dir() / "data", target):
         print(p, p.stat().st_size)
+
+
+def test_aecg_several_sequence_sets(tmp_path, aecg_file):
+    # some devices split one strip into several sequenceSets: the first is read by default,
+    # the count is reported, others are reachable by index
+    def double(s):
+        m = re.search(r"\n(\s*)<component>\s*<sequenceSet>.*?</sequenceSet>\s*</component>", s, re.S)
+        second = m.group(0).replace("<digits>", "<digits>5 ").replace("</digits>", " 5</digits>")
+        return s[:m.end()] + second + s[m.end():]
+    f = _edit(aecg_file, tmp_path / "two.xml", double)
+    a, b = read_hl7_aecg(f), read_hl7_aecg(f, sequence_set=1)
+    assert a.meta["n_sequence_sets"] == 2 and a.n_samples + 2 == b.n_samples
+    np.testing.assert_array_equal(a.signal, b.signal[:, 1:-1])
+    with pytest.raises(ValueError, match="sequence_set"):
+        read_hl7_aecg(f, sequence_set=2)
