@@ -1,0 +1,92 @@
+"""`ecgbatch inspect` through typer's CliRunner on real records."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ecgbatch._paths import REPO_ROOT
+from ecgbatch.commands.inspect import register
+from ecgbatch.signal.plot import paper_size_px
+
+pytest.importorskip("neurokit2")
+
+
+@pytest.fixture(scope="module")
+def app():
+    # A group with a callback keeps `inspect` a sub-command even when it is the only one.
+    a = typer.Typer()
+
+    @a.callback()
+    def _root():
+        pass
+
+    register(a)
+    return a
+
+
+@pytest.fixture(scope="module")
+def ludb(shared_data):
+    return shared_data / "ludb" / "data"
+
+
+def _ludb_reference(path):
+    spec = importlib.util.spec_from_file_location("ludb_intervals", REPO_ROOT / "bench" / "ludb_intervals.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.reference_intervals(path)
+
+
+def test_inspect_is_registered_in_the_cli():
+    from ecgbatch.cli import app as cli_app
+
+    names = {c.name for c in cli_app.registered_commands}
+    assert "inspect" in names
+
+
+def test_inspect_json(app, ludb):
+    res = CliRunner().invoke(app, ["inspect", str(ludb / "1.hea"), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    r = info["record"]
+    assert r["fs"] == 500 and r["n_samples"] == 5000 and r["duration_s"] == 10
+    assert r["leads"][:4] == ["I", "II", "III", "aVR"] and r["units"] == "mV"
+    assert info["quality_flags"] == []
+    assert not any(k.lower() in ("name", "patient_id", "mrn", "dob") for k in info["meta"])
+    ml, ec = info["measurements"]["multilead"], info["measurements"]["ecgchat"]
+    assert ml["quality"] == "ok" and ec["quality"] == "ok"
+    ref = _ludb_reference(ludb / "1")
+    assert abs(ml["hr_bpm"] - ref["hr_bpm"]) < 3
+    assert abs(ml["qrs_ms"] - ref["qrs_ms"]) < 25 and abs(ml["qt_ms"] - ref["qt_ms"]) < 40
+    assert info["ecgchat_wave_text"].startswith(" RR: ") and isinstance(ec["rr_ms"], int)
+
+
+def test_inspect_challenge_record_hides_exam_date(app, shared_data):
+    path = shared_data / "cinc2021" / "A0689.hea"
+    res = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert "12-May-2020" not in res.stdout and "2020-05-12" not in res.stdout
+    assert info["meta"].get("acquired_year") == "2020"
+
+
+def test_inspect_plot_and_table(app, ludb, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "plots" / "ludb1.png"
+    res = CliRunner().invoke(app, ["inspect", str(ludb / "1.hea"), "--plot", str(out), "--dpi", "100"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and Image.open(out).size == paper_size_px(100)
+    for word in ("QRS", "QTc", "multilead", "ecgchat", "plot written"):
+        assert word in res.stdout
+
+
+def test_inspect_bad_file_is_a_typed_error(app, tmp_path):
+    bad = tmp_path / "empty.hea"
+    bad.write_text("")
+    res = CliRunner().invoke(app, ["inspect", str(bad)])
+    assert res.exit_code == 2
+    assert "error:" in res.output
