@@ -1,0 +1,451 @@
+"""`ecgbatch embed`: a Ray Data streaming job that turns an ECG archive into embeddings.
+
+    scan (driver) -> blocks of record sources -> ray.data.from_items
+      -> map_batches(read_and_preprocess)                 CPU tasks, the model's PreprocessConfig
+      -> map_batches(EncoderUDF, ActorPoolStrategy(N))    one model per actor, GPU when asked
+      -> iter_batches on the driver -> one Parquet shard per block, committed atomically
+
+A block (work unit) is a fixed-size chunk of the sorted records still to do; the driver collects
+the rows of a block as they stream in and commits the block (failures file, then shard) once
+every record of it has come back, so a crash at any point loses at most the blocks in flight and
+never duplicates a record (see ecgbatch.pipelines.workspace).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.workspace import ModelTable, default_workspace, make_blocks, model_key
+
+DEFAULT_MODEL = "ecg-coca-mini"
+DEFAULT_BLOCK_SIZE = 128
+LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
+# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm.
+MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms")
+FAILURE_FIELDS = ("source", "record_id", "stage", "error_type", "error_kind", "message")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: read + preprocess (plain function, runs as Ray tasks; testable without Ray)
+# ---------------------------------------------------------------------------------------------
+def _meta_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """age, sex, diagnoses text and label codes from a Record's meta (never identifiers)."""
+    age = meta.get("age")
+    try:
+        age = float(age) if age is not None and str(age).strip() != "" else math.nan
+    except (TypeError, ValueError):
+        age = math.nan
+    sex = meta.get("sex")
+    sex = str(sex) if sex is not None else ""
+    diag = next((meta[k] for k in ("diagnoses", "diagnosis_text", "diagnosis_statements", "report")
+                 if meta.get(k)), "")
+    if isinstance(diag, (list, tuple)):
+        diag = "; ".join(str(d) for d in diag)
+    labels = next((meta[k] for k in ("labels", "label_codes", "dx_codes", "scp_codes") if meta.get(k)), ())
+    if isinstance(labels, dict):  # e.g. PTB-XL scp_codes {code: likelihood}
+        labels = list(labels)
+    elif isinstance(labels, str):
+        labels = [p.strip() for p in labels.replace(";", ",").split(",") if p.strip()]
+    labels = [str(v) for v in (labels or ())]
+    return {"age": age, "sex": sex, "diagnoses": str(diag or ""), "labels": LABEL_SEP.join(labels)}
+
+
+def _measure(record) -> dict[str, float]:
+    from ecgbatch.signal.measure import measure
+
+    m = measure(record)
+    failed = m.quality == "failed"
+    out = {}
+    for k in MEASUREMENT_COLUMNS:
+        v = float(getattr(m, k))
+        out[k] = math.nan if failed or not math.isfinite(v) else v
+    return out
+
+
+def read_one(source, config, measure: bool) -> dict[str, Any]:
+    """One record -> a row dict (ok=True with x, or ok=False with stage/error fields).
+
+    Typed input errors (ecgbatch.io.errors.EcgReadError) become failure rows with their kind;
+    any other exception is recorded too (error_kind="unexpected") so one odd file cannot stop an
+    archive-wide job, and it is visible in the failures table and the summary."""
+    from ecgbatch.io.errors import EcgReadError
+    from ecgbatch.signal import preprocess
+
+    row: dict[str, Any] = {"source": source.key, "ok": False, "stage": "read", "error_type": "",
+                           "error_kind": "", "message": "", "x": None, "notes": ""}
+    stage = "read"
+    try:
+        with src.local_source(source) as local:
+            rec = local.read()
+        stage = "preprocess"
+        pre = preprocess(rec, config)
+        row.update(_meta_fields(rec.meta or {}))
+        row["fs"] = float(rec.fs)
+        row["duration_s"] = float(rec.duration_s)
+        row["notes"] = "; ".join(pre.notes)
+        stage = "measure"
+        if measure:
+            row.update(_measure(rec))
+        row.update(ok=True, stage="", x=pre.x)
+    except EcgReadError as exc:
+        row.update(stage=stage, error_type=type(exc).__name__, error_kind=exc.kind, message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - recorded as a failure row, never dropped
+        row.update(stage=stage, error_type=type(exc).__name__, error_kind="unexpected",
+                   message=f"{type(exc).__name__}: {exc}")
+    return row
+
+
+def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True
+                        ) -> dict[str, np.ndarray]:
+    """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
+
+    Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
+    (zeros for failed rows), age, sex, diagnoses, labels, fs, duration_s, notes, measurements."""
+    from ecgbatch.signal.config import PreprocessConfig
+
+    cfg = PreprocessConfig.from_dict(preprocess)
+    n_leads, n_samples = len(cfg.leads), cfg.n_samples
+    rows = []
+    for blk, sources, ids in zip(batch["block"], batch["sources"], batch["ids"]):
+        for s, rid in zip(list(sources), list(ids)):
+            r = read_one(src.source_from_json(str(s)), cfg, measure)
+            r["block"], r["record_id"] = str(blk), str(rid)
+            rows.append(r)
+    if n_samples is None:
+        shapes = {r["x"].shape for r in rows if r["ok"]}
+        if len(shapes) > 1:
+            raise ValueError(f"PreprocessConfig.n_samples=None gives records of different lengths "
+                             f"{sorted(shapes)}; the embed pipeline needs a fixed length")
+        n_samples = next(iter(shapes))[1] if shapes else 1
+    out: dict[str, np.ndarray] = {}
+    for k in ("block", "source", "record_id", "stage", "error_type", "error_kind", "message",
+              "sex", "diagnoses", "labels", "notes"):
+        out[k] = np.array([str(r.get(k, "")) for r in rows], dtype=object)
+    out["ok"] = np.array([r["ok"] for r in rows], dtype=bool)
+    for k in ("age", "fs", "duration_s", *MEASUREMENT_COLUMNS):
+        out[k] = np.array([r.get(k, math.nan) for r in rows], dtype=np.float64)
+    x = np.zeros((len(rows), n_leads, n_samples), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if r["ok"]:
+            x[i] = r["x"]
+    out["x"] = x
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: encode (callable class: the model is loaded once per actor)
+# ---------------------------------------------------------------------------------------------
+def load_model(name: str, pretrained: str | None = None, device: str | None = None,
+               allow_random_init: bool = False, warn: Callable[[str], None] | None = None):
+    """The model and the exact create_model arguments that rebuild it (for the actors).
+
+    ``pretrained`` None means: a zoo name's trained weights ("default"), a folder's own weights.
+    With ``allow_random_init``, a zoo model whose trained weights are not available falls back to
+    its seeded random init (identical in every actor), and ``warn`` says so loudly."""
+    from ecgbatch.encoders import create_model
+    from ecgbatch.models import registry
+
+    if pretrained is None and registry.get(str(name)) is not None:
+        pretrained = "default"
+    spec: dict[str, Any] = {"pretrained": pretrained}
+    try:
+        return create_model(name, device=device, **spec), spec
+    except FileNotFoundError as exc:
+        if not (allow_random_init and pretrained == "default"):
+            raise
+        if warn is not None:
+            warn(f"trained weights for {name!r} are not available ({exc}); using the model's "
+                 f"RANDOM INITIALISATION (seed 0): embeddings and scores are meaningless")
+        spec = {"pretrained": None, "seed": 0}
+        return create_model(name, device=device, **spec), spec
+
+
+def model_weights_hash(model) -> str:
+    """``model.weights_hash``; until ecgbatch.encoders handles 0-d tensors (logit_scale) there,
+    the same sha256-over-sorted-state-dict computed on flattened views."""
+    try:
+        return model.weights_hash
+    except RuntimeError:
+        import hashlib
+
+        import torch
+
+        h = hashlib.sha256()
+        sd = model.state_dict()
+        for k in sorted(sd):
+            t = sd[k].detach().cpu().contiguous()
+            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+
+class EncoderUDF:
+    """Ray Data actor: the ECG tower of one model, loaded once, on the actor's GPU when it has one."""
+
+    def __init__(self, model: str, spec: dict[str, Any], weights_hash: str, use_gpu: bool = False,
+                 torch_threads: int | None = None):
+        import torch
+
+        from ecgbatch.encoders import create_model
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = create_model(model, device=device, **spec)
+        self.model.eval()
+        got = model_weights_hash(self.model)
+        if got != weights_hash:  # every actor must encode into the driver's embedding space
+            raise RuntimeError(f"encoder actor loaded weights {got!r}, the driver expected "
+                               f"{weights_hash!r} (model {model!r} changed on disk?)")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = batch.pop("x")
+        ok = np.asarray(batch["ok"], dtype=bool)
+        dim = int(self.model.embed_dim)
+        emb = np.zeros((len(ok), dim), dtype=np.float32)
+        if ok.any():
+            emb[ok] = self.model.embed_ecgs(x[ok])
+        batch["embedding"] = emb
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------
+def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str, spec: dict[str, Any],
+                  weights_hash: str, preprocess: dict, batch_size: int = 64, encoders: int = 1,
+                  gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True):
+    """The Ray Dataset of the embed job (lazy; iterate it to run). ``blocks``: [(key, sources, ids)]."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    if batch_size < 1 or encoders < 1:
+        raise ValueError(f"batch_size and encoders must be >= 1, got {batch_size!r}, {encoders!r}")
+    items = [{"block": k, "sources": list(s), "ids": list(i)} for k, s, i in blocks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # Each read task holds one block of model inputs (plus the decoded records): declaring that
+    # memory lets Ray pack tasks safely, and (as different remote args) keeps this CPU stage out
+    # of the encoder actors, so reading overlaps encoding instead of taking turns with it.
+    n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
+    block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
+    ds = ds.map_batches(read_and_preprocess, batch_size=1,
+                        fn_kwargs={"preprocess": preprocess, "measure": measure},
+                        num_cpus=1, memory=block_bytes)
+    use_gpu = gpus_per_encoder > 0
+    ds = ds.map_batches(
+        EncoderUDF,
+        fn_constructor_kwargs={"model": model, "spec": spec, "weights_hash": weights_hash,
+                               "use_gpu": use_gpu,
+                               "torch_threads": None if use_gpu else max(1, int(cpus_per_encoder))},
+        compute=ActorPoolStrategy(size=encoders), batch_size=batch_size,
+        num_gpus=gpus_per_encoder if use_gpu else 0, num_cpus=cpus_per_encoder)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: shards
+# ---------------------------------------------------------------------------------------------
+def embeddings_table(rows: list[dict[str, Any]], signature: dict[str, str], dim: int) -> pa.Table:
+    """The shard of one block (ok rows only); an empty table with the full schema when none."""
+    emb = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
+    cols: dict[str, pa.Array] = {
+        "record_id": pa.array([r["record_id"] for r in rows], pa.string()),
+        "source": pa.array([r["source"] for r in rows], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), dim),
+        "model": pa.array([signature["model"]] * len(rows), pa.string()),
+        "weights_hash": pa.array([signature["weights_hash"]] * len(rows), pa.string()),
+        "preprocess_hash": pa.array([signature["preprocess_hash"]] * len(rows), pa.string()),
+        "age": pa.array([None if math.isnan(r["age"]) else r["age"] for r in rows], pa.float64()),
+        "sex": pa.array([r["sex"] or None for r in rows], pa.string()),
+        "diagnoses": pa.array([r["diagnoses"] for r in rows], pa.string()),
+        "labels": pa.array([[v for v in r["labels"].split(LABEL_SEP) if v] for r in rows],
+                           pa.list_(pa.string())),
+    }
+    for k in ("fs", "duration_s", *MEASUREMENT_COLUMNS):
+        cols[k] = pa.array([None if math.isnan(r[k]) else r[k] for r in rows], pa.float64())
+    cols["preprocess_notes"] = pa.array([r["notes"] for r in rows], pa.string())
+    return pa.table(cols)
+
+
+def failures_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.table({k: pa.array([str(r[k]) for r in rows], pa.string()) for k in FAILURE_FIELDS})
+
+
+@dataclass
+class EmbedSummary:
+    table: str
+    model: str
+    total_records: int
+    already_done: int
+    embedded: int = 0
+    failed: int = 0
+    blocks_committed: int = 0
+    seconds: float = 0.0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    index: dict[str, Any] | None = None
+
+    @property
+    def records_per_s(self) -> float:
+        return (self.embedded + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterator[None]:
+    """A local Ray started here (and shut down after), an existing cluster (``address``: "auto"
+    or "ray://host:port"), or the session the caller already started (left running)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ctx_kwargs: dict[str, Any] = {"log_to_driver": False}
+    if address in (None, "", "local"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
+    else:
+        ray.init(address=address, **ctx_kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _jsonable(d: dict) -> dict:
+    return {str(k): (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in d.items()}
+
+
+def list_sources(root: str) -> list:
+    """Every RecordSource of an archive, via ecgbatch.io's cheap listing (no signal decoding);
+    pyarrow filesystem URIs are listed by sources.list_remote."""
+    if src.is_uri(root):
+        return src.list_remote(root)
+    from ecgbatch.io import list_records
+
+    return list(list_records(root))
+
+
+def _quiet_ray_data() -> None:
+    import logging
+
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver draws one rich bar instead
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def run(archive: str, workspace: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, *,
+        pretrained: str | None = None, address: str | None = None, batch_size: int = 64,
+        encoders: int = 1, gpus_per_encoder: float | None = None, cpus_per_encoder: float = 1.0,
+        block_size: int = DEFAULT_BLOCK_SIZE, measure: bool = True, build_index: bool = True,
+        index_kind: str = "auto", allow_random_init: bool = False, num_cpus: int | None = 2,
+        console=None, progress: bool = True, sources: list | None = None) -> EmbedSummary:
+    """Embed every record of ``archive`` not yet in the workspace; returns the summary.
+
+    Exactly-once and resumable: records already committed (embedded or failed) are skipped, the
+    rest is cut into blocks of ``block_size`` and committed block by block."""
+    from ecgbatch.pipelines.progress import RecordProgress
+
+    t0 = time.perf_counter()
+    root = src.normalize_root(archive)
+    ws = default_workspace() if workspace is None else workspace
+    warn = (console.print if console is not None else print)
+    mdl, spec = load_model(model, pretrained, device="cpu", allow_random_init=allow_random_init,
+                           warn=lambda m: warn(f"WARNING: {m}"))
+    pcfg = mdl.preprocess_config
+    signature = {"model": str(model), "weights_hash": model_weights_hash(mdl), "preprocess_hash": pcfg.hash()}
+    dim = int(mdl.embed_dim)
+    mdl_provenance = dict(getattr(mdl, "provenance", {}) or {})
+    del mdl
+
+    by_key = {s.key: s for s in (sources if sources is not None else list_sources(root))}
+    all_sources = sorted(by_key)
+    ids = src.record_ids(all_sources, root)
+    table = ModelTable(ws, model_key(signature["model"], signature["weights_hash"],
+                                     signature["preprocess_hash"]))
+    with table:
+        if table.exists():
+            prev = table.read_meta()
+            if prev.get("archive") != root:
+                raise ValueError(f"{table.root} holds embeddings of archive {prev.get('archive')!r}, "
+                                 f"not {root!r}: use another --workspace for another archive")
+        table.write_meta({**signature, "dim": dim, "create_args": spec,
+                          "provenance": _jsonable(mdl_provenance), "archive": root,
+                          "preprocess": pcfg.to_dict(), "block_size": block_size})
+        done = table.committed_sources()
+        todo = [s for s in all_sources if s not in done]
+        summary = EmbedSummary(table=str(table.root), model=str(model), total_records=len(all_sources),
+                               already_done=len(all_sources) - len(todo))
+        blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])
+                  for k, chunk in make_blocks(todo, block_size)]
+        if blocks:
+            with ray_session(address, num_cpus):
+                import ray
+
+                _quiet_ray_data()
+                if gpus_per_encoder is None:
+                    gpus_per_encoder = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+                ds = build_dataset(blocks, model=str(model), spec=spec,
+                                   weights_hash=signature["weights_hash"], preprocess=pcfg.to_dict(),
+                                   batch_size=batch_size, encoders=encoders,
+                                   gpus_per_encoder=gpus_per_encoder, cpus_per_encoder=cpus_per_encoder,
+                                   measure=measure)
+                expected = {k: len(chunk) for k, chunk, _ in blocks}
+                with RecordProgress(len(todo), console=console, enabled=progress) as bar:
+                    _consume(ds, table, expected, signature, dim, summary, bar)
+        summary.seconds = time.perf_counter() - t0
+    if build_index and table.shard_files():
+        summary.index = build_or_update_index(table, kind=index_kind)
+    return summary
+
+
+def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[str, str], dim: int,
+             summary: EmbedSummary, bar) -> None:
+    """Group the streamed rows by block and commit each block as soon as it is complete."""
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        n = len(batch["block"])
+        cols = list(batch)
+        for i in range(n):
+            row = {c: batch[c][i] for c in cols}
+            pending.setdefault(str(row["block"]), []).append(row)
+        bar.advance(n)
+        for key in [k for k, rows in pending.items() if len(rows) >= expected[k]]:
+            rows = pending.pop(key)
+            if len(rows) != expected[key] or len({r["source"] for r in rows}) != len(rows):
+                raise RuntimeError(f"block {key}: got {len(rows)} rows for {expected[key]} records")
+            ok = [r for r in rows if r["ok"]]
+            bad = [r for r in rows if not r["ok"]]
+            table.commit_block(key, embeddings_table(ok, signature, dim), failures_table(bad))
+            summary.embedded += len(ok)
+            summary.failed += len(bad)
+            summary.blocks_committed += 1
+            for r in bad:
+                summary.failure_kinds[str(r["error_kind"])] = summary.failure_kinds.get(str(r["error_kind"]), 0) + 1
+    if pending:
+        raise RuntimeError(f"the dataset ended with {len(pending)} incomplete blocks")
+
+
+def build_or_update_index(table: ModelTable, kind: str = "auto", gpu: bool = False,
+                          rebuild: bool = False) -> dict[str, Any]:
+    """Build the table's FAISS index, or add the records it lacks when one exists (same kind)."""
+    from ecgbatch import index as ix
+
+    t0 = time.perf_counter()
+    manifest = table.index_dir / "index.json"
+    if manifest.is_file() and not rebuild and kind in ("auto", None):
+        rep = ix.update_index(table.root, index_dir=table.index_dir)
+        return {"action": "updated", "kind": rep.index.kind, "rows": len(rep.index), "added": rep.added,
+                "path": str(table.index_dir), "seconds": round(time.perf_counter() - t0, 3)}
+    idx = ix.build_index(table.root, kind=kind, gpu=gpu, out_dir=table.index_dir)
+    return {"action": "built", "kind": idx.kind, "rows": len(idx), "added": len(idx),
+            "path": str(table.index_dir), "seconds": round(time.perf_counter() - t0, 3)}
