@@ -55,12 +55,14 @@ class CheckpointMismatchError(CheckpointError):
         super().__init__("\n".join(parts))
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """Copy ``state_dict`` into ``module`` after checking every key and shape (raises with lists)."""
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str,
+                           prefix: str = "") -> None:
+    """Copy ``state_dict`` into ``module`` after checking every key and shape (raises with lists;
+    key names in the error carry ``prefix``, e.g. "ecg." for the tower alone)."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [(k, tuple(state_dict[k].shape), tuple(own[k].shape))
+    missing = sorted(prefix + k for k in set(own) - set(state_dict))
+    unexpected = sorted(prefix + k for k in set(state_dict) - set(own))
+    mismatched = [(prefix + k, tuple(state_dict[k].shape), tuple(own[k].shape))
                   for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(where, missing, unexpected, mismatched)
@@ -137,7 +139,7 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
         if not ecg_sd:
             raise CheckpointMismatchError(f"{checkpoint} (ecg_only)", ["ecg.*"], sorted(sd)[:20], [])
         tower = EcgTransformer(cfg.ecg_cfg, cfg.embed_dim)
-        load_state_dict_strict(tower, ecg_sd, f"{checkpoint} (ecg.*)")
+        load_state_dict_strict(tower, ecg_sd, f"{checkpoint} (ecg.*)", prefix="ecg.")
         tower.lock()
         return tower.eval().to(device) if device is not None else tower.eval()
     model = factory.build_model(cfg, text_encoder_dir=text_encoder_dir, base_dir=base, text_weights=False,

@@ -52,7 +52,7 @@ class CoCa(nn.Module):
         h = hashlib.sha256()
         sd = self.state_dict()
         for k in sorted(sd):
-            t = sd[k].detach().cpu().contiguous()
+            t = sd[k].detach().cpu().contiguous().reshape(-1)
             h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:16]
