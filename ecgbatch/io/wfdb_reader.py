@@ -24,6 +24,7 @@ from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EmptyFileError, HeaderError, LengthMismatchError,
                                 MissingSignalFileError, NotAnEcgError, TooFewLeadsError,
                                 TruncatedSignalError, UnknownFormatError, UnreadableError)
+from ecgbatch.io.leads import canonical_leads
 from ecgbatch.io.record import Record
 from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, parse_header, read_header_text
 
@@ -102,7 +103,7 @@ def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = 
         " in .mat" if any(f.name.lower().endswith(".mat") for f in files) else "")
     units = {s.units for s in h.signals}
     rec_units = units.pop() if len(units) == 1 else "mixed"
-    leads = tuple(s.description or f"ch{i + 1}" for i, s in enumerate(h.signals))
+    leads = canonical_leads(s.description or f"ch{i + 1}" for i, s in enumerate(h.signals))
     record_id = os.path.splitext(os.path.basename(hea_path))[0]  # the record line's name may
     # differ (Georgia headers write 'E00271.mat'); the file stem is what identifies it on disk
     fmt_name = "wfdb_mat" if "in .mat" in meta["storage"] else "wfdb"
