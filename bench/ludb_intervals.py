@@ -103,6 +103,9 @@ def evaluate(methods=("ecgchat", "multilead"), limit: int | None = None) -> dict
         pos = {k: [] for k in INTERVALS}
         miss = {k: 0 for k in INTERVALS}
         q: dict[str, int] = {}
+        no_p = [ms for ms, ref in zip(meas, refs) if not np.isfinite(ref["pr_ms"])]
+        res.setdefault("pr_withheld", {})[m] = (
+            sum(1 for ms in no_p if not (np.isfinite(ms.pr_ms) and ms.pr_ms != 0)), len(no_p))
         for i, (ms, ref) in enumerate(zip(meas, refs)):
             q[ms.quality] = q.get(ms.quality, 0) + 1
             for k in INTERVALS:
@@ -148,6 +151,8 @@ def main(argv=None) -> int:
         for k, r in rows.items():
             print(f"{m:<10} {k:<8} {r['mae']:7.1f} {r['median']:7.1f} {r['n']:4d} {r['missing']:7d} "
                   f"{held[m][k]['mae']:13.1f}")
+        w, n = res["pr_withheld"][m]
+        print(f"{m:<10} PR withheld on {w} of the {n} records without annotated P waves (AF, flutter)")
         print(f"{m:<10} speed    {res['n_records'] / res['seconds'][m]:7.1f} records/s (1 process); "
               f"quality {res['quality'][m]}")
     return 0

@@ -126,6 +126,9 @@ def test_all_ludb_records_both_methods(ludb):
     res = b.evaluate(("ecgchat", "multilead"))
     s = b.summary(res)
     ml, ec = s["multilead"], s["ecgchat"]
+    withheld, no_p = res["pr_withheld"]["multilead"]
+    assert no_p >= 5 and withheld >= no_p / 2  # no PR invented in atrial fibrillation
+    assert ml["pr_ms"]["missing"] <= 3  # ... while sinus records keep theirs
     assert ml["hr_bpm"]["mae"] < 3 and ml["pr_ms"]["mae"] < 10
     assert ml["qrs_ms"]["mae"] < 15 and ml["qt_ms"]["mae"] < 28
     assert ec["hr_bpm"]["mae"] < 3 and ec["pr_ms"]["mae"] < 20

@@ -11,6 +11,10 @@ lead and ends at the latest offset), which a single-lead wavelet delineator cann
 - T end: per lead, T peak = largest deviation from the QRS-onset level between QRS offset +
   40 ms and min(0.6 RR, 500 ms) after R; T end by the trapezium-area method (Zhang et al.,
   IEEE TBME 2006) after the steepest T downslope; median over leads.
+- PR is reported only when P waves are conducted: a P onset before at least half of the QRS
+  complexes and per-beat PR with an interquartile range <= 40 ms (conducted P waves keep a
+  near-constant PR; in atrial fibrillation the "P onsets" a delineator finds are fibrillation
+  waves at random distances from the QRS, and a PR value would be meaningless). NaN otherwise.
 The 5 % threshold and the windows were chosen on every other LUDB record (sorted by number) and
 checked on the other half (bench/ludb_intervals.py prints both)."""
 from __future__ import annotations
@@ -25,6 +29,8 @@ from ecgbatch.signal import filters
 QRS_THRESHOLD = 0.05  # fraction of peak spatial velocity above noise
 QRS_SEARCH_S = 0.15  # max distance of a QRS bound from the R peak
 SMOOTH_S = 0.010
+PR_MAX_IQR_MS = 40.0
+PR_MIN_FRACTION = 0.5
 
 
 def spatial_velocity(y: np.ndarray, fs: float) -> np.ndarray:
@@ -129,6 +135,11 @@ def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
     ms = 1000.0 / fs
     rr = np.diff(r) * ms
     pr = (ons - p_on) * ms
+    pr = np.where(pr > 0, pr, np.nan)
+    ok_pr = pr[np.isfinite(pr)]
+    if (len(ok_pr) < PR_MIN_FRACTION * len(r) or len(ok_pr) < 2
+            or np.subtract(*np.percentile(ok_pr, [75, 25])) > PR_MAX_IQR_MS):
+        pr = np.full_like(pr, np.nan)  # no conducted P waves (e.g. atrial fibrillation)
     qrs = (offs - ons) * ms
     qt = (tend - ons) * ms
     rr_mean = _nanmean(rr)

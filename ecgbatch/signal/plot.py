@@ -125,8 +125,11 @@ def plot_ecg(record, out_path, measurements=None, dpi: int = 200, title: str | N
     head = title or ""
     if measurements is not None and measurements.quality != "failed":
         m = measurements
-        head += (f"   HR {m.hr_bpm:.0f} bpm   PR {m.pr_ms:.0f} ms   QRS {m.qrs_ms:.0f} ms   "
-                 f"QT/QTc {m.qt_ms:.0f}/{m.qtc_ms:.0f} ms")
+        def v(x):
+            return "-" if x is None or not np.isfinite(x) else f"{x:.0f}"
+
+        head += (f"   HR {v(m.hr_bpm)} bpm   PR {v(m.pr_ms)} ms   QRS {v(m.qrs_ms)} ms   "
+                 f"QT/QTc {v(m.qt_ms)}/{v(m.qtc_ms)} ms")
     ax.text(2, PAPER_H_MM - 2, head.strip(), fontsize=8, va="top", zorder=4)
     ax.text(PAPER_W_MM - 2, PAPER_H_MM - 2,
             f"{MM_PER_S:g} mm/s   {MM_PER_MV:g} mm/mV   {DISPLAY_BAND_HZ[0]:g}-{min(DISPLAY_BAND_HZ[1], 0.45 * fs):g} Hz   "
