@@ -220,3 +220,16 @@ def test_preprocess_batch(ludb):
     short = dataclasses.replace(recs[0], signal=recs[0].signal[:, :4000])
     with pytest.raises(ValueError, match="different lengths"):
         preprocess_batch([recs[1], short], PreprocessConfig(n_samples=None))
+
+
+@pytest.mark.parametrize("rel", ["ludb/data/1", "ludb/data/57", "ludb/data/199", "cinc2021/A0689"])
+def test_ecgchat_bit_exact_through_read_record(shared_data, rel):
+    """The project's own reader + preprocess == ECG-Chat's wfdb.rdsamp loader, bit for bit."""
+    from ecgbatch.io import read_record
+
+    path = shared_data / rel
+    if not path.with_suffix(".hea").exists():
+        pytest.skip(f"{rel} not in shared data")
+    sig, _ = _rdsamp(path)
+    got = preprocess(read_record(str(path) + ".hea"), ECGCHAT).x
+    assert np.array_equal(got, _ecgchat_reference(sig))
