@@ -1,0 +1,152 @@
+"""`ecgbatch search`: text-to-ECG and ECG-to-ECG retrieval over a workspace's index.
+
+Text queries go through the same model's text tower. A query that names a label of a built-in
+zero-shot label set (its code, e.g. "AFIB", or the first phrase of its prompt, e.g. "atrial
+fibrillation") is ensembled with that label's prompts: the mean of the L2-normalised text
+embeddings, renormalised (the zero-shot classifier's rule). ``like`` finds ECGs similar to an
+embedded record (by record id) or to any ECG file (read, preprocessed and encoded here).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ecgbatch.pipelines.workspace import ModelTable
+
+RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses")
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.lower().replace("-", " ").split())
+
+
+def query_prompts(text: str) -> tuple[list[str], list[str]]:
+    """(prompts to ensemble, "labelset:LABEL" names matched) for a text query."""
+    from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
+
+    q = _norm(text)
+    if not q:
+        raise ValueError(f"empty text query {text!r}")
+    prompts, matched = [text], []
+    for name in BUILTIN:
+        ls = load_labelset(name)
+        for label, ps in zip(ls.labels, ls.prompts):
+            first = {_norm(p.split(",")[0].split(":")[0]) for p in ps}
+            if q == _norm(label) or q in first:
+                matched.append(f"{name}:{label}")
+                prompts.extend(p for p in ps if p not in prompts)
+    return prompts, matched
+
+
+def load_table_model(table: ModelTable, device: str = "cpu"):
+    """The model that wrote ``table`` (same create_model arguments); refuses other weights."""
+    from ecgbatch.encoders import create_model
+    from ecgbatch.pipelines.embed import model_weights_hash
+
+    meta = table.read_meta()
+    model = create_model(meta["model"], device=device, **meta.get("create_args", {}))
+    got = model_weights_hash(model)
+    if got != meta["weights_hash"]:
+        raise ValueError(f"model {meta['model']!r} now has weights {got!r}, but {table.root} was "
+                         f"embedded with {meta['weights_hash']!r}: re-run `ecgbatch embed`")
+    return model
+
+
+def text_vector(model, text: str) -> tuple[np.ndarray, list[str], list[str]]:
+    prompts, matched = query_prompts(text)
+    emb = model.embed_texts(prompts, normalize=True)             # [P, D]
+    v = emb.mean(axis=0)
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32), prompts, matched
+
+
+def record_vector(model, path: str) -> np.ndarray:
+    """Read, preprocess (the model's PreprocessConfig) and encode one ECG file."""
+    from ecgbatch.io import read_record
+    from ecgbatch.signal import preprocess
+
+    rec = read_record(path)
+    x = preprocess(rec, model.preprocess_config).x
+    return model.embed_ecgs(x[None])[0]
+
+
+@dataclass
+class SearchResult:
+    table: str
+    query: str
+    mode: str                    # "text" | "like-id" | "like-file"
+    k: int
+    where: str | None
+    prompts: list[str] = field(default_factory=list)
+    matched_labels: list[str] = field(default_factory=list)
+    hits: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "query": self.query, "mode": self.mode, "k": self.k,
+                "where": self.where, "prompts": self.prompts, "matched_labels": self.matched_labels,
+                "hits": self.hits}
+
+
+def _hit_row(rank: int, h) -> dict[str, Any]:
+    m = h.metadata
+    diag = m.get("diagnoses") or ", ".join(m.get("labels") or [])
+    age = m.get("age")
+    return {"rank": rank, "score": round(float(h.score), 4), "record_id": h.record_id,
+            "source": m.get("source"), "age": None if age is None else float(age),
+            "sex": m.get("sex"), "diagnoses": diag}
+
+
+def search(table: ModelTable, query: str | None = None, *, like: str | None = None, k: int = 10,
+           where: str | None = None, model=None) -> SearchResult:
+    """Top-``k`` records for a text ``query`` or ``like`` a record id / ECG file."""
+    from ecgbatch.index import EcgIndex, ModelSignature
+
+    if (query is None) == (like is None):
+        raise ValueError("give exactly one of a text query or like=RECORD_OR_ID")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    meta = table.read_meta()
+    idx = EcgIndex.load(table.index_dir)
+    sig = {"model": meta["model"], "weights_hash": meta["weights_hash"], "dim": int(meta["dim"])}
+    exclude = None
+    res = SearchResult(str(table.root), query if query is not None else str(like), "text", k, where)
+    if query is not None:
+        model = model or load_table_model(table)
+        vec, res.prompts, res.matched_labels = text_vector(model, query)
+        qsig = ModelSignature(**sig)  # text vectors: no preprocessing involved
+    elif like in set(idx.record_ids):
+        vec = np.asarray(idx.vectors[idx.row_of(like)], dtype=np.float32)
+        exclude, res.mode = like, "like-id"
+        qsig = ModelSignature(**sig, preprocess_hash=meta["preprocess_hash"])
+    elif Path(like).exists():
+        model = model or load_table_model(table)
+        vec = record_vector(model, like)
+        res.mode = "like-file"
+        qsig = ModelSignature(**sig, preprocess_hash=model.preprocess_config.hash())
+    else:
+        raise ValueError(f"--like {like!r} is neither a record id in {table.root} nor an existing file")
+    hits = idx.search(vec[None], k=k + (exclude is not None), where=where, model=qsig)[0]
+    hits = [h for h in hits if h.record_id != exclude][:k]
+    res.hits = [_hit_row(i + 1, h) for i, h in enumerate(hits)]
+    return res
+
+
+def plot_hits(result: SearchResult, out_dir: str | Path) -> list[Path]:
+    """One 12-lead plot per hit (ecgbatch.signal.plot) in ``out_dir``; returns the files."""
+    from ecgbatch.io import read_record
+    from ecgbatch.pipelines import sources as src
+    from ecgbatch.signal.plot import plot_ecg
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for h in result.hits:
+        source = src.source_from_json(src.source_to_json(h["source"]))
+        with src.local_source(source) as local:
+            rec = read_record(local.path, index=local.index)
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in h["record_id"])
+        files.append(plot_ecg(rec, out / f"{h['rank']:02d}_{name}.png",
+                              title=f"#{h['rank']} {h['record_id']} (score {h['score']:.3f})"))
+    return files
