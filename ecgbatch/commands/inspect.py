@@ -105,7 +105,7 @@ def _print_rich(info: dict[str, Any]) -> None:
         if "error" in info["measurements"][name]:
             con.print(f"[yellow]{name}: {info['measurements'][name]['error']}[/yellow]")
     if "ecgchat_wave_text" in info:
-        con.print(f"ECG-Chat wave text: {info['ecgchat_wave_text']!r}")
+        con.print(f"ECG-Chat wave text: {info['ecgchat_wave_text']!r}", soft_wrap=True)
     if "plot" in info:
         con.print(f"plot written to {info['plot']}")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy import ndimage
 from scipy import signal as sps
 
 # Largest denominator allowed when approximating fs_out / fs_in by a fraction: keeps the
@@ -66,15 +65,34 @@ def notch(x: np.ndarray, fs: float, freq_hz: float, quality: float = 30.0) -> np
     return sps.filtfilt(b, a, np.asarray(x, dtype=np.float64), axis=-1)
 
 
-def baseline(x: np.ndarray, fs: float, windows_s: tuple[float, float] = (0.2, 0.6)) -> np.ndarray:
+def baseline(x: np.ndarray, fs: float, windows_s: tuple[float, float] = (0.2, 0.6),
+             work_fs: float = 50.0) -> np.ndarray:
     """Baseline wander estimate by two cascaded median filters (200 ms removes QRS and P,
-    600 ms removes T; de Chazal et al. 2004)."""
+    600 ms removes T; de Chazal et al. 2004). The medians run on every k-th sample
+    (about ``work_fs`` Hz: baseline wander lives below 1 Hz) and are linearly interpolated
+    back, which makes this about 100x faster than at 500 Hz."""
     x = np.asarray(x, dtype=np.float64)
-    est = x
+    step = max(1, int(fs // work_fs))
+    sub_fs = fs / step
+    est = x[..., ::step]
     for w in windows_s:
-        k = max(1, int(round(w * fs)) // 2 * 2 + 1)  # odd window length in samples
-        est = ndimage.median_filter(est, size=(1,) * (x.ndim - 1) + (k,), mode="nearest")
-    return est
+        k = max(1, int(round(w * sub_fs)) // 2 * 2 + 1)  # odd window length in samples
+        est = _running_median(est, k)
+    if step == 1:
+        return est
+    t_sub = np.arange(est.shape[-1]) * step
+    t = np.arange(x.shape[-1])
+    flat = est.reshape(-1, est.shape[-1])
+    out = np.stack([np.interp(t, t_sub, row) for row in flat])
+    return out.reshape(x.shape)
+
+
+def _running_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Centred running median over the last axis, edges padded with the edge value."""
+    h = k // 2
+    pad = [(0, 0)] * (x.ndim - 1) + [(h, h)]
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(x, pad, mode="edge"), k, axis=-1)
+    return np.median(win, axis=-1)
 
 
 def remove_baseline(x: np.ndarray, fs: float) -> np.ndarray:
