@@ -9,6 +9,13 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Run ECG-language models (ECG-CoCa, ECG-LLaVA) over whole ECG archives.")
 
+
+
+@app.callback()
+def _root() -> None:
+    """Run ECG-language models (ECG-CoCa, ECG-LLaVA) over whole ECG archives."""
+
+
 # Each module exposes register(app). Order = order in --help.
 _COMMAND_MODULES = ("io", "inspect", "models", "train", "archive")
 for _name in _COMMAND_MODULES:
