@@ -14,7 +14,6 @@ from collections import Counter
 import numpy as np
 
 from ecgbatch.training.augment import AugmentConfig, augment, sample_rng
-from ecgbatch.training.pairs import PairSet
 from ecgbatch.training.texts import keyword_labels, join_statements, with_wave_suffix
 
 
@@ -57,16 +56,18 @@ def split_by_group(groups: list[str], strata: list[str], val_fraction: float | d
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def balance_weights(pairs: PairSet, keys: list[str]) -> np.ndarray:
+def balance_weights(texts: list[str], sources: list[str], keys: list[str]) -> np.ndarray:
     """Sampling weight per pair = product over ``keys`` of 1 / frequency of the pair's value:
-    "source" balances data sets, a KEYWORD_LABELS name (e.g. "af") balances that label.
-    Normalised to sum to 1."""
-    w = np.ones(len(pairs))
+    "source" balances data sets, a KEYWORD_LABELS name (e.g. "af") balances that label (read
+    from the diagnosis text). Normalised to sum to 1."""
+    if len(texts) != len(sources):
+        raise ValueError(f"texts and sources differ in length: {len(texts)} vs {len(sources)}")
+    w = np.ones(len(texts))
     for key in keys:
         if key == "source":
-            vals = list(pairs.source)
+            vals = list(sources)
         else:
-            vals = [keyword_labels(t, [key])[key] for t in pairs.text]
+            vals = [keyword_labels(t, [key])[key] for t in texts]
         counts = Counter(vals)
         w *= np.array([1.0 / counts[v] for v in vals])
     return w / w.sum()

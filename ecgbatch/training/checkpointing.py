@@ -1,0 +1,188 @@
+"""Training checkpoints and the shipped "trained-only" weights folder.
+
+A training checkpoint (one per epoch, reported to Ray Train) is a directory::
+
+    model/              our model folder (ecgbatch.encoders.save_pretrained): weights only,
+                        loadable by ``create_model(<ckpt>/model)`` directly
+    train_state.pt      optimizer + GradScaler state, LR-schedule step, epoch, torch RNG state,
+                        the job config and the epoch's metrics (torch.load(weights_only=True))
+    progress.json       {"epoch", "global_step"}: lets a resume find the latest checkpoint
+                        without opening the large files
+
+A trained-only folder (what ships in ecgbatch/models/weights/<name>/) is the same folder
+format, but ``model.safetensors`` holds only the tensors training changed; config.json's
+``base_weights`` says where the rest comes from (the frozen text transformer: the locally
+installed text encoder, checked by hash) and ``omitted`` lists modules not stored at all (an
+untrained caption decoder). ``load_trained_only`` rebuilds the full model from both.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+MODEL_SUBDIR = "model"
+STATE_FILE = "train_state.pt"
+PROGRESS_FILE = "progress.json"
+TRAINED_ONLY = "trained-only"
+
+
+def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict) -> Path:
+    """Write one training checkpoint (see module doc) into ``folder``."""
+    from ecgbatch.encoders import save_pretrained
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_pretrained(model, out / MODEL_SUBDIR)
+    payload = dict(state)
+    payload["optimizer"] = optimizer.state_dict()
+    payload["scaler"] = scaler.state_dict() if scaler is not None else None
+    payload["torch_rng"] = torch.get_rng_state()
+    torch.save(payload, out / STATE_FILE)
+    (out / PROGRESS_FILE).write_text(json.dumps({"epoch": int(state["epoch"]),
+                                                 "global_step": int(state["global_step"])}))
+    return out
+
+
+def read_train_state(folder: str | Path) -> dict:
+    p = Path(folder) / STATE_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a training checkpoint (no {STATE_FILE})")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest global step under ``run_dir`` (None when there is none).
+    Only complete checkpoints count (progress.json is written last)."""
+    best, best_key = None, None
+    root = Path(run_dir)
+    if not root.is_dir():
+        return None
+    for prog in root.rglob(PROGRESS_FILE):
+        try:
+            d = json.loads(prog.read_text())
+            key = (int(d["global_step"]), int(d["epoch"]))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            continue
+        ck = prog.parent
+        if (ck / STATE_FILE).is_file() and (ck / MODEL_SUBDIR).is_dir() and (best_key is None or key > best_key):
+            best, best_key = ck, key
+    return best
+
+
+def load_training_model(folder: str | Path):
+    """The model of a training checkpoint directory (or of a model folder)."""
+    from ecgbatch.encoders import create_model
+
+    p = Path(folder)
+    return create_model(p / MODEL_SUBDIR if (p / MODEL_SUBDIR).is_dir() else p)
+
+
+# --- trained-only folders --------------------------------------------------------------------
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().float().contiguous()
+        h.update(f"{k}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def save_trained_only(model, folder: str | Path, trained: set[str], base_prefix: str = "text.transformer.",
+                      omit_prefixes: tuple[str, ...] = (), dtype: torch.dtype | None = torch.float16,
+                      extra: dict | None = None) -> Path:
+    """Write ``model`` keeping only the tensors named in ``trained`` (plus any tensor under
+    neither ``base_prefix`` nor ``omit_prefixes``). Tensors under ``base_prefix`` are recorded by
+    hash and must come back identical from the locally installed text encoder."""
+    from safetensors.torch import save_file
+
+    from ecgbatch.encoders import save_pretrained
+
+    out = Path(folder)
+    save_pretrained(model, out)            # config.json + text_encoder/ (+ full weights, replaced below)
+    sd = model.state_dict()
+    keep, base = {}, {}
+    for k, v in sd.items():
+        if k in trained or not (k.startswith(base_prefix) or k.startswith(omit_prefixes)):
+            t = v.detach().cpu()
+            keep[k] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+        elif k.startswith(base_prefix):
+            base[k] = v
+    save_file(keep, str(out / "model.safetensors"), metadata={"format": "ecgbatch-coca",
+                                                              "stored_weights": TRAINED_ONLY})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(stored_weights=TRAINED_ONLY, dtype=str(dtype).replace("torch.", "") if dtype else "float32",
+               base_weights={base_prefix: {"source": model.cfg.text_cfg.hf_model_name,
+                                           "n_tensors": len(base), "sha256_16": tensors_hash(base)}},
+               omitted=list(omit_prefixes))
+    cfg.pop("weights_hash", None)
+    cfg.update(extra or {})
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+def is_trained_only(folder: str | Path) -> bool:
+    p = Path(folder) / "config.json"
+    try:
+        return json.loads(p.read_text()).get("stored_weights") == TRAINED_ONLY
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def load_trained_only(folder: str | Path, device=None):
+    """Rebuild the model of a trained-only folder: the base text weights from the locally
+    installed text encoder (hash-checked), the stored tensors on top (strict: every model
+    tensor is either stored, base, or under an omitted prefix; nothing unexpected)."""
+    from safetensors.torch import load_file
+
+    from ecgbatch.encoders.checkpoint import CheckpointMismatchError, read_folder_config
+    from ecgbatch.encoders.factory import build_model
+
+    p = Path(folder)
+    meta = json.loads((p / "config.json").read_text())
+    if meta.get("stored_weights") != TRAINED_ONLY:
+        raise ValueError(f"{str(p)!r} is not a trained-only folder")
+    cfg = read_folder_config(p)
+    model = build_model(cfg, text_weights=True, allow_random_text=False)
+    if model.provenance.get("text") != "pretrained":
+        raise FileNotFoundError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
+    sd = model.state_dict()
+    for prefix, info in meta.get("base_weights", {}).items():
+        base = {k: v for k, v in sd.items() if k.startswith(prefix)}
+        if tensors_hash(base) != info["sha256_16"]:
+            raise ValueError(f"{str(p)!r}: the installed text encoder's weights differ from the ones "
+                             f"this model was trained with ({prefix}* hash {tensors_hash(base)} != "
+                             f"{info['sha256_16']})")
+    stored = load_file(str(p / "model.safetensors"))
+    unexpected = sorted(set(stored) - set(sd))
+    covered = set(stored) | {k for k in sd if any(k.startswith(q) for q in meta.get("base_weights", {}))}
+    missing = sorted(k for k in sd if k not in covered and not k.startswith(tuple(meta.get("omitted", []))))
+    if unexpected or missing:
+        raise CheckpointMismatchError(str(p), missing, unexpected, [])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()}, strict=False)
+    model.provenance = {"weights": TRAINED_ONLY, "folder": str(p), "omitted": meta.get("omitted", [])}
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def load_model(name_or_path: str | Path, device=None):
+    """Any model an eval command may be given: a trained-only folder, a training checkpoint,
+    one of our model folders, or a zoo name (its shipped weights)."""
+    from ecgbatch.encoders import create_model
+
+    p = Path(name_or_path)
+    if p.is_dir():
+        if (p / MODEL_SUBDIR).is_dir() and (p / STATE_FILE).is_file():
+            p = p / MODEL_SUBDIR
+        return load_trained_only(p, device) if is_trained_only(p) else create_model(p, device=device)
+    from ecgbatch.models import registry
+
+    if registry.get(str(name_or_path)) is not None:
+        folder = registry.weights_folder(str(name_or_path))
+        if is_trained_only(folder):
+            return load_trained_only(folder, device)
+        return create_model(str(name_or_path), pretrained="default", device=device)
+    raise FileNotFoundError(f"model {str(name_or_path)!r} is neither a folder nor a zoo name")

@@ -1,0 +1,51 @@
+"""Validation of an ECG-CoCa on held-out pairs, with the eval code: retrieval R@1/5/10 both
+directions (ECG-Chat's protocol, texts with the measurement suffix when WDE is on), zero-shot
+AUC for keyword labels read from the reports, and the precision of the top-k ECGs for a text
+query ("atrial fibrillation": the judged use)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, flat_metrics, precision_at_k, retrieval_metrics
+from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
+
+
+def label_prompts(name: str) -> list[str]:
+    """Zero-shot prompts of a KEYWORD_LABELS label (one or more, ensembled)."""
+    p = KEYWORD_LABELS[name][1]
+    return [p] if isinstance(p, str) else list(p)
+
+
+def keyword_labelset(names):
+    from ecgbatch.encoders.zeroshot import labelset_from_mapping
+
+    return labelset_from_mapping("keywords", {n: label_prompts(n) for n in names})
+
+
+def validate(model, x: np.ndarray, texts: list[str], base_texts: list[str], labels=("af",),
+             query: str | None = "atrial fibrillation", query_label: str = "af", query_k: int = 8,
+             tokenizer=None, device: str = "cpu") -> dict[str, float]:
+    """Flat metrics dict ("val/ecg_to_text/R@1", "val/zeroshot/af/auc", "val/query/p@8", ...).
+    ``texts``: what the model is trained to match (with the WDE suffix); ``base_texts``: the
+    diagnosis statements only, where labels are read."""
+    from ecgbatch.encoders.zeroshot import ZeroShotClassifier
+    from ecgbatch.eval import metrics as M
+
+    tok = tokenizer or model.tokenizer
+    e = embed_ecgs(model, x, device=device)
+    t = embed_texts(model, tok, texts, device=device)
+    out = flat_metrics(retrieval_metrics(e, t), "val/")
+    out["val/n"] = float(len(texts))
+    names = [n for n in labels]
+    if names:
+        y = np.array([[keyword_labels(b, names)[n] for n in names] for b in base_texts])
+        zs = ZeroShotClassifier(model, keyword_labelset(names), tokenizer=tok, lower=True)
+        s = zs.scores(e)
+        for j, n in enumerate(names):
+            out[f"val/zeroshot/{n}/auc"] = float(M.roc_auc(y[:, j], s[:, j]))
+            out[f"val/zeroshot/{n}/n_pos"] = float(y[:, j].sum())
+    if query:
+        q = embed_texts(model, tok, [query], device=device)[0]
+        rel = [keyword_labels(b, [query_label])[query_label] for b in base_texts]
+        out[f"val/query/p@{query_k}"] = precision_at_k(q, e, rel, query_k)
+    return out
