@@ -10,6 +10,7 @@ differs and a model trained on standard leads should not be told otherwise.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable
 
 from ecgbatch.io.record import STANDARD_LEADS
@@ -21,6 +22,7 @@ _ALIASES.update({"DI": "I", "DII": "II", "DIII": "III", "D1": "I", "D2": "II", "
 _PREFIX = re.compile(r"^(?:LEAD|ECG|EKG)[\s_\-:]*", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def canonical_lead(name: str) -> str:
     """Canonical spelling of one lead name (``'avr'`` -> ``'aVR'``); unknown names come back stripped
     but otherwise unchanged."""

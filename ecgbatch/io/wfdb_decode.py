@@ -16,6 +16,7 @@ BITS = {8: 8, 16: 16, 61: 16, 80: 8, 160: 16, 212: 12, 310: 10, 311: 10, 24: 24,
 INVALID = {16: -(1 << 15), 61: -(1 << 15), 160: -(1 << 15), 80: -(1 << 7), 212: -(1 << 11),
            310: -(1 << 9), 311: -(1 << 9), 24: -(1 << 23), 32: -(1 << 31)}
 SUPPORTED = frozenset(BITS)
+OFFSET = {80: 128, 160: 32768}  # offset-binary formats: stored value - offset = digital value
 # plain-dtype formats readable straight from the file with np.fromfile
 ALIGNED_DTYPE = {16: "<i2", 61: ">i2", 32: "<i4", 80: "u1", 160: "<u2", 8: "i1"}
 
@@ -44,16 +45,15 @@ def decode(raw: np.ndarray, fmt: int, n: int) -> np.ndarray:
     if fmt in ALIGNED_DTYPE:  # returned in the stored integer type (no copy for 16/61/32/8)
         a = raw if raw.dtype == np.dtype(ALIGNED_DTYPE[fmt]) else raw.view(ALIGNED_DTYPE[fmt])
         a = a[:n]
-        if fmt == 80:
-            return a.astype(np.int16) - 128
-        if fmt == 160:
-            return a.astype(np.int32) - 32768
-        return a
+        return a  # 80 / 160 stay offset binary: subtract OFFSET[fmt] when converting
     b = raw.view(np.uint8)
-    if fmt == 24:
-        b = b[: 3 * n].reshape(-1, 3).astype(np.int32)
-        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
-        return (v ^ 0x800000) - 0x800000
+    if fmt == 24:  # copy the 3 bytes into little-endian int32 slots, sign-extend the top byte
+        b = b[: 3 * n].reshape(-1, 3)
+        out = np.empty(b.shape[0], "<i4")
+        ob = out.view(np.uint8).reshape(-1, 4)
+        ob[:, :3] = b
+        ob[:, 3] = (b[:, 2] >> 7) * np.uint8(0xFF)
+        return out
     if fmt == 212:
         groups = -(-n // 2)
         b = _padded(b, 3 * groups).reshape(-1, 3).astype(np.int32)
@@ -79,7 +79,7 @@ def decode(raw: np.ndarray, fmt: int, n: int) -> np.ndarray:
 
 def undiff(frames: np.ndarray, init_values: np.ndarray) -> np.ndarray:
     """Format 8: first differences [frames, signals] -> absolute samples (cumsum + initial value)."""
-    return np.cumsum(frames, axis=0, dtype=np.int64).astype(np.int32) + init_values[None, :]
+    return np.cumsum(frames, axis=0, dtype=np.int32) + init_values[None, :]
 
 
 def _padded(b: np.ndarray, size: int) -> np.ndarray:

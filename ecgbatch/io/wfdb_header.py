@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownFormatError, UnreadableError
@@ -106,10 +107,10 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
     parts = line.split(None, 8)
     if len(parts) < 2:
         raise HeaderError(f"{path}: signal line without a format: {line!r}", path)
-    m = _FMT.match(parts[1])
-    if not m:
+    fmt_field = _format_field(parts[1])
+    if fmt_field is None:
         raise HeaderError(f"{path}: bad format field {parts[1]!r}", path)
-    fmt, spf, skew, offset = (int(g) if g else d for g, d in zip(m.groups(), (0, 1, 0, 0)))
+    fmt, spf, skew, offset = fmt_field
     gain, baseline, units = DEFAULT_GAIN, None, "mV"
     try:
         adc_res = int(parts[3]) if len(parts) > 3 else 0
@@ -117,12 +118,7 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
         init_value = int(parts[5]) if len(parts) > 5 else None
         checksum = int(parts[6]) if len(parts) > 6 else None
         if len(parts) > 2:
-            g = _GAIN.match(parts[2])
-            if not g:
-                raise ValueError
-            gain = float(g.group(1))
-            baseline = int(g.group(2)) if g.group(2) is not None else None
-            units = g.group(3) or "mV"
+            gain, baseline, units = _gain_field(parts[2])
     except ValueError:
         raise HeaderError(f"{path}: malformed signal line {line!r}", path) from None
     if gain == 0:
@@ -131,6 +127,25 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
     return SignalSpec(parts[0], fmt, spf, skew, offset, gain,
                       adc_zero if baseline is None else baseline, units, adc_res, adc_zero,
                       init_value, checksum, description)
+
+
+@lru_cache(maxsize=4096)
+def _format_field(text: str) -> tuple[int, int, int, int] | None:
+    m = _FMT.match(text)
+    if not m:
+        return None
+    return tuple(int(g) if g else d for g, d in zip(m.groups(), (0, 1, 0, 0)))  # type: ignore
+
+
+@lru_cache(maxsize=65536)
+def _gain_field(text: str) -> tuple[float, int | None, str]:
+    """'1716(6)/mV' -> (1716.0, 6, 'mV'); raises ValueError when malformed (cached: archives
+    repeat the same few gain fields millions of times)."""
+    g = _GAIN.match(text)
+    if not g:
+        raise ValueError(text)
+    return (float(g.group(1)), int(g.group(2)) if g.group(2) is not None else None,
+            g.group(3) or "mV")
 
 
 def header_meta(h: WfdbHeader) -> dict[str, Any]:

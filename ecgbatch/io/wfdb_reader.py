@@ -135,6 +135,9 @@ def _physical(d: np.ndarray, f: "_File", rows: list[int], specs: list[SignalSpec
     float32 buffer holds the integers exactly below 2**24, sums run in float64)."""
     block = np.empty(d.shape, np.float32)
     block[...] = d
+    offset = dec.OFFSET.get(f.fmt)
+    if offset:
+        block -= offset
     if d.dtype.kind == "f":
         checksums[rows] = np.nan  # averaged frames: the stored checksum does not apply
     elif d.dtype.itemsize <= 2 or f.fmt in (212, 310, 311, 24):
@@ -142,12 +145,13 @@ def _physical(d: np.ndarray, f: "_File", rows: list[int], specs: list[SignalSpec
     else:
         checksums[rows] = d.sum(axis=1, dtype=np.int64) % 65536
     invalid = dec.INVALID.get(f.fmt)
-    mask = (block == invalid) if invalid is not None else None
+    # invalid codes are each format's most negative value: test the minimum before building a mask
+    mask = block == invalid if invalid is not None and block.min() <= invalid else None
     base = np.array([specs[i].baseline for i in rows], np.float32)[:, None]
     gain = np.array([specs[i].gain for i in rows], np.float32)[:, None]
     block -= base
     block /= gain
-    if mask is not None and mask.any():
+    if mask is not None:
         block[mask] = np.nan
     if rows == list(range(rows[0], rows[0] + len(rows))):
         out[rows[0]:rows[0] + len(rows)] = block
