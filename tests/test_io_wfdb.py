@@ -202,3 +202,19 @@ def test_mat_v5_signal_file_goes_through_loadmat(tmp_path, sample_archive):
     v4 = read_record(str(src) + ".hea")
     np.testing.assert_array_equal(v5.signal, v4.signal)
     assert os.path.getsize(tmp_path / "A0689.mat") != os.path.getsize(str(src) + ".mat")
+
+
+def test_samples_per_frame_averaged_like_wfdb(tmp_path, ludb1):
+    """'16x2': lead II stored at twice the frame rate; wfdb.rdsamp (smooth_frames) averages."""
+    d, gain, base, names = ludb1
+    frames = np.empty((500, 3), np.int64)  # lead I once, lead II twice per frame
+    frames[:, 0] = d[:500, 0]
+    frames[:, 1] = d[0:1000:2, 1]
+    frames[:, 2] = d[1:1000:2, 1]
+    (tmp_path / "spf.dat").write_bytes(frames.astype("<i2").tobytes())
+    (tmp_path / "spf.hea").write_text(
+        "spf 2 250 500\n"
+        f"spf.dat 16 {gain[0]}({base[0]})/mV 16 0 0 0 0 I\n"
+        f"spf.dat 16x2 {gain[1]}({base[1]})/mV 16 0 0 0 0 II\n")
+    ours, _ = _compare_with_wfdb(str(tmp_path / "spf.hea"))
+    assert ours.signal.shape == (2, 500)

@@ -138,8 +138,8 @@ def _physical(d: np.ndarray, f: "_File", rows: list[int], specs: list[SignalSpec
     offset = dec.OFFSET.get(f.fmt)
     if offset:
         block -= offset
-    if d.dtype.kind == "f":
-        checksums[rows] = np.nan  # averaged frames: the stored checksum does not apply
+    if f.frame != len(f.specs):
+        checksums[rows] = np.nan  # averaged frames: the stored checksum covers the raw samples
     elif d.dtype.itemsize <= 2 or f.fmt in (212, 310, 311, 24):
         checksums[rows] = block.sum(axis=1, dtype=np.float64)
     else:
@@ -191,11 +191,13 @@ def _load_raw(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
         frames = dec.undiff(frames, init)
     if f.frame == len(f.specs):
         return frames.T
-    # several samples per frame: average them, as wfdb.rdsamp(smooth_frames=True) does
-    out = np.empty((len(f.specs), n), np.float64)
+    # several samples per frame: one value per frame, the integer mean truncated toward zero, as
+    # the WFDB library's getvec and wfdb.rdsamp(smooth_frames=True) compute it
+    out = np.empty((len(f.specs), n), np.int64)
     starts = np.cumsum([0] + f.spf)
     for col in range(len(f.specs)):
-        out[col] = frames[:, starts[col]:starts[col + 1]].mean(axis=1)
+        total = frames[:, starts[col]:starts[col + 1]].sum(axis=1, dtype=np.int64)
+        out[col] = np.trunc(total / f.spf[col])
     return out
 
 
