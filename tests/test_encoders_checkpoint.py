@@ -159,6 +159,14 @@ def test_mini_factory_uses_packaged_minilm():
     assert {"ecg-coca", "ecg-coca-mini"} <= set(list_models())
     m = create_model("ecg-coca-mini", seed=0)
     assert m.provenance["text"] == "pretrained"
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    src = load_file(str(Path(m.provenance["text_source"]) / "model.safetensors"))
+    assert torch.equal(m.text.transformer.embeddings.word_embeddings.weight, src["embeddings.word_embeddings.weight"])
+    assert torch.equal(m.text.transformer.encoder.layer[5].output.dense.weight,
+                       src["encoder.layer.5.output.dense.weight"])
     pre = m.preprocess_config
     assert isinstance(pre, PreprocessConfig)
     assert (pre.fs, pre.n_samples, pre.bandpass, pre.normalize) == (500.0, 5000, (0.5, 40.0), "zscore")

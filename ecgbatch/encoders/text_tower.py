@@ -25,14 +25,43 @@ def build_hf_transformer(source: str | Path | None, hf_config: dict[str, Any] | 
         source = Path(source)
         if not (source / "config.json").is_file():
             raise FileNotFoundError(f"text encoder folder {str(source)!r} has no config.json")
-        if load_weights:
-            return AutoModel.from_pretrained(str(source), add_pooling_layer=False)
         config = AutoConfig.from_pretrained(str(source))
     elif hf_config is not None:
         config = BertConfig(**hf_config)
     else:
         raise ValueError("text tower needs a local HF folder or text_cfg.hf_config, got neither")
-    return AutoModel.from_config(config, add_pooling_layer=False)
+    model = AutoModel.from_config(config, add_pooling_layer=False)
+    if source is not None and load_weights:
+        load_hf_weights(model, source)
+    return model
+
+
+def load_hf_weights(model: nn.Module, folder: Path) -> None:
+    """The folder's encoder weights, strictly: only the pooler (ECG-Chat builds BERT without it)
+    and the legacy position_ids buffer are skipped; any other difference raises."""
+    from ecgbatch.encoders.checkpoint import CheckpointReadError, load_state_dict_strict
+
+    st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
+    try:
+        if st.is_file():
+            from safetensors.torch import load_file
+
+            sd = load_file(str(st))
+        elif pt.is_file():
+            sd = torch.load(pt, map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointReadError(f"text encoder folder {str(folder)!r} has no model.safetensors "
+                                      "or pytorch_model.bin")
+    except CheckpointReadError:
+        raise
+    except Exception as exc:
+        raise CheckpointReadError(f"cannot read text encoder weights in {str(folder)!r}: {exc}") from None
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    if prefix != "." and all(k.startswith(prefix) for k in sd):   # e.g. "bert.embeddings..."
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items()
+          if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    load_state_dict_strict(model, sd, f"text encoder {folder}")
 
 
 class HFTextEncoder(nn.Module):
