@@ -13,7 +13,7 @@ def scan_command(
     archive: Path = typer.Argument(..., help="Directory (or single file) to scan."),
     output: Path = typer.Option(Path("manifest.parquet"), "-o", "--output", help="Manifest parquet."),
     failures: Optional[Path] = typer.Option(None, "--failures",
-                                            help="Failures parquet [default: <manifest>.failures.parquet]."),
+                                            help="Failures parquet (default: <manifest>.failures.parquet)."),
     decode: bool = typer.Option(True, "--decode/--headers-only",
                                 help="Decode every signal (quality flags, corrupt data found) or read "
                                      "headers only (much faster; sizes still checked for WFDB)."),

@@ -61,9 +61,18 @@ def _files(h: WfdbHeader, hea_path: str) -> list[_File]:
 
 
 def signal_file_names(hea_path: str) -> list[str]:
-    """Signal files a header refers to (for grouping files into records)."""
-    h = parse_header(read_header_text(hea_path), hea_path)
-    return list(dict.fromkeys(s.file_name for s in h.signals if s.file_name != "~"))
+    """Signal files a header refers to (for grouping files into records): the first field of each
+    signal line, without parsing the rest (a scan calls this once per header before reading)."""
+    text = read_header_text(hea_path)
+    lines = [ln.split("#", 1)[0].split() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise HeaderError(f"{hea_path}: no record line (only comments or blank lines)", hea_path)
+    try:
+        n_sig = int(lines[0][1]) if len(lines[0]) > 1 else 0
+    except ValueError:
+        raise HeaderError(f"{hea_path}: malformed record line {' '.join(lines[0])!r}", hea_path) from None
+    return list(dict.fromkeys(ln[0] for ln in lines[1:1 + n_sig] if ln[0] != "~"))
 
 
 def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True):
