@@ -67,6 +67,9 @@ def test_list_records_is_cheap_and_picklable(sample_archive):
     s = pickle.loads(pickle.dumps(ludb))
     assert s.read().n_samples == 5000
     assert all(isinstance(v, (str, int, list, type(None))) for v in srcs[0].to_dict().values())
+    from ecgbatch.io import RecordSource
+
+    assert [RecordSource.from_dict(x.to_dict()) for x in srcs] == srcs
 
 
 def test_write_manifest(sample_archive, tmp_path):

@@ -87,6 +87,14 @@ class RecordSource:
         d["files"] = list(self.files)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RecordSource":
+        """Inverse of ``to_dict`` (e.g. a Ray Data row; missing/None fields take their defaults)."""
+        index = d.get("index")
+        return cls(str(d["path"]), str(d["format"]), tuple(d.get("files") or ()),
+                   None if index is None or index != index else int(index),  # NaN from pandas
+                   str(d.get("key") or ""), d.get("error_kind") or None, d.get("error_message") or None)
+
 
 @dataclass
 class Failure:
