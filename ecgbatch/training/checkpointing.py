@@ -132,7 +132,7 @@ def is_trained_only(folder: str | Path) -> bool:
         return False
 
 
-def load_trained_only(folder: str | Path, device=None):
+def load_trained_only(folder: str | Path, device=None, text_encoder_dir=None):
     """Rebuild the model of a trained-only folder: the base text weights from the locally
     installed text encoder (hash-checked), the stored tensors on top (strict: every model
     tensor is either stored, base, or under an omitted prefix; nothing unexpected)."""
@@ -146,7 +146,7 @@ def load_trained_only(folder: str | Path, device=None):
     if meta.get("stored_weights") != TRAINED_ONLY:
         raise ValueError(f"{str(p)!r} is not a trained-only folder")
     cfg = read_folder_config(p)
-    model = build_model(cfg, text_weights=True, allow_random_text=False)
+    model = build_model(cfg, text_encoder_dir=text_encoder_dir, text_weights=True, allow_random_text=False)
     if model.provenance.get("text") != "pretrained":
         raise FileNotFoundError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
     sd = model.state_dict()

@@ -1,0 +1,266 @@
+"""`ecgbatch train coca ...` (Ray Train job) and `ecgbatch eval retrieval|zeroshot ...`.
+
+Heavy imports (torch, ray, transformers) happen inside the command bodies."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train).")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
+    app.add_typer(eval_app, name="eval")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@train_app.command("coca")
+def train_coca(
+    config: Path = typer.Option(..., "--config", "-c", help="job YAML (configs/*.yaml)"),
+    workers: int = typer.Option(1, "--workers", help="Ray Train workers (DDP ranks)"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per worker (0 = CPU)"),
+    address: Optional[str] = typer.Option(None, "--address",
+                                          help="Ray cluster: auto | ray://host:10001 (default: a local Ray)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run's latest checkpoint"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set optim.epochs=3"),
+) -> None:
+    """Contrastive (+ caption) training of ECG-CoCa as a Ray Train TorchTrainer job."""
+    import yaml
+
+    from ecgbatch.training.coca_job import run_job
+    from ecgbatch.training.job_config import load_job_config
+
+    overrides = {}
+    for item in set_:
+        if "=" not in item:
+            _fail(f"--set needs key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k] = yaml.safe_load(v)
+    try:
+        job = load_job_config(config, overrides)
+        result = run_job(job, num_workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                         resume=resume, log=lambda m: typer.echo(m))
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        _fail(str(exc))
+    if result is None:
+        return
+    _print_metrics(result.metrics, f"{job.name}: final epoch")
+    if result.checkpoint is not None:
+        typer.echo(f"checkpoint: {result.checkpoint.path}  (model folder: {result.checkpoint.path}/model)")
+
+
+def _print_metrics(metrics: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in metrics.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+# --- shared eval inputs -------------------------------------------------------------------------
+
+def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, statements, table,
+                read_option: list[str], split: Optional[Path], split_part: str, measure_method: str):
+    import yaml
+
+    from ecgbatch.training.pairs import PairSet, SourceSpec, build_pairs, resolve_path
+
+    opts = {}
+    for item in read_option:
+        if "=" not in item:
+            _fail(f"--read-option needs key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k] = yaml.safe_load(v)
+    p = resolve_path(data)
+    if p.suffix == ".npz":
+        pairs = PairSet.load(p)
+    else:
+        if text_source == "header" and dx_mapping is None and p.is_dir() and any(p.glob("dx_mapping_*.csv")):
+            dx_mapping = str(p)
+        spec = SourceSpec(name="eval", records=str(p), text=text_source, dx_mapping=dx_mapping,
+                          metadata=metadata, statements=statements, table=table, read_options=opts or None)
+        pairs = build_pairs([spec], model_pre, measure_method=measure_method, on_error="skip")
+        if pairs.skipped:
+            typer.secho(f"{len(pairs.skipped)} records left out (unreadable or no text), e.g. "
+                        f"{pairs.skipped[0]['path']}: {pairs.skipped[0]['error']}", fg="yellow", err=True)
+    if split is not None:
+        keep = set(json.loads(Path(split).read_text())[split_part])
+        idx = [i for i, q in enumerate(pairs.path) if q in keep]
+        if not idx:
+            _fail(f"no record of {data!r} is in the {split_part!r} part of {str(split)!r}")
+        pairs = pairs.subset(idx)
+    return pairs
+
+
+_DATA_HELP = "records folder, manifest (.parquet/.csv with 'path') or a pair cache (.npz)"
+_TS_HELP = "text per record: header (LUDB free text / Challenge #Dx) | ptbxl | table | mimic"
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, model folder or training checkpoint"),
+    data: str = typer.Option(..., "--data", help=_DATA_HELP),
+    text_source: str = typer.Option("header", "--text-source", help=_TS_HELP),
+    dx_mapping: Optional[str] = typer.Option(None, help="folder with dx_mapping_*.csv (Challenge codes)"),
+    metadata: Optional[str] = typer.Option(None, help="ptbxl: database CSV; mimic: machine_measurements.csv"),
+    statements: Optional[str] = typer.Option(None, help="ptbxl: scp_statements.csv"),
+    table: Optional[str] = typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
+    read_option: list[str] = typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
+    wde: bool = typer.Option(True, "--wde/--no-wde", help="append the measurement suffix to every report"),
+    split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
+    split_part: str = typer.Option("val", help="train | val"),
+    out: Path = typer.Option(Path("eval-retrieval.json"), "--out", "-o", help="JSON output"),
+) -> None:
+    """ECG <-> report retrieval over the full similarity matrix (ECG-Chat's protocol)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
+    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.training.data import fit_texts, token_counter
+
+    try:
+        m = load_model(model)
+        pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
+                            read_option, split, split_part, "ecgchat")
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    texts = fit_texts(pairs.text, pairs.wave if wde else None, token_counter(m.tokenizer),
+                      m.cfg.text_cfg.context_length)
+    res = retrieval_metrics(embed_ecgs(m, pairs.x), embed_texts(m, m.tokenizer, texts))
+    t = Table(title=f"retrieval: {model} on {res['n']} pairs ({'with' if wde else 'without'} WDE)")
+    cols = ["R@1", "R@5", "R@10", "mean_rank", "median_rank"]
+    t.add_column("direction")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for d in ("ecg_to_text", "text_to_ecg"):
+        t.add_row(d, *[f"{res[d][c]:.3f}" if c.startswith("R@") else f"{res[d][c]:.1f}" for c in cols])
+    Console().print(t)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "data": data, "text_source": text_source, "wde": wde, **res},
+                              indent=2))
+    typer.echo(f"wrote {out}")
+
+
+@eval_app.command("zeroshot")
+def eval_zeroshot(
+    model: str = typer.Option(..., "--model", "-m", help="zoo name, model folder or training checkpoint"),
+    data: str = typer.Option(..., "--data", help=_DATA_HELP),
+    labels: str = typer.Option("af", "--labels",
+                               help="comma list of keyword labels read from the reports (af, sinus_rhythm, "
+                                    "lbbb, rbbb, lvh, avb1, lad), or a CSV (record_id/path + one 0/1 column per label)"),
+    prompts: Optional[Path] = typer.Option(None, help="JSON/YAML {label: prompt | [prompts]} (default: built-in)"),
+    text_source: str = typer.Option("header", "--text-source", help=_TS_HELP),
+    dx_mapping: Optional[str] = typer.Option(None, help="folder with dx_mapping_*.csv (Challenge codes)"),
+    metadata: Optional[str] = typer.Option(None, help="ptbxl: database CSV; mimic: machine_measurements.csv"),
+    statements: Optional[str] = typer.Option(None, help="ptbxl: scp_statements.csv"),
+    table: Optional[str] = typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
+    read_option: list[str] = typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
+    threshold: float = typer.Option(0.5, help="fixed threshold for the fixed-threshold F1"),
+    query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first)"),
+    k: int = typer.Option(8, help="top-k for --query"),
+    split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
+    split_part: str = typer.Option("val", help="train | val"),
+    out: Path = typer.Option(Path("eval-zeroshot"), "--out", "-o", help="output folder (JSON + roc.png)"),
+) -> None:
+    """Zero-shot classification: per-class AUC, best-threshold F1, fixed-threshold F1, ROC PNG."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
+    from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, precision_at_k
+    from ecgbatch.eval.zeroshot_eval import per_class_metrics, save_roc_png
+    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
+    from ecgbatch.training.validation import keyword_labelset
+
+    try:
+        m = load_model(model)
+        pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
+                            read_option, split, split_part, "ecgchat")
+        if Path(labels).suffix.lower() == ".csv":
+            names, y = _labels_from_csv(Path(labels), pairs)
+        else:
+            names = [n.strip() for n in labels.split(",") if n.strip()]
+            y = np.array([[keyword_labels(t, names)[n] for n in names] for t in pairs.text])
+        if prompts is not None:
+            ls = load_labelset(prompts)
+            missing = [n for n in names if n not in ls.labels]
+            if missing:
+                _fail(f"prompts file {str(prompts)!r} has no prompt for {missing}")
+            from ecgbatch.encoders.zeroshot import LabelSet
+
+            ls = LabelSet(ls.name, tuple(names), tuple(ls.prompts[ls.labels.index(n)] for n in names))
+        else:
+            unknown = [n for n in names if n not in KEYWORD_LABELS]
+            if unknown:
+                _fail(f"no built-in prompt for {unknown}: pass --prompts")
+            ls = keyword_labelset(names)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    emb = embed_ecgs(m, pairs.x)
+    zs = ZeroShotClassifier(m, ls, lower=True)
+    scores = zs.scores(emb)
+    res = per_class_metrics(y, scores, list(names), threshold)
+    if query:
+        q = embed_texts(m, m.tokenizer, [query])[0]
+        res["query"] = {"text": query, "label": names[0], "k": k,
+                        "precision": precision_at_k(q, emb, y[:, 0], k), "prevalence": float(y[:, 0].mean())}
+    out.mkdir(parents=True, exist_ok=True)
+    png = save_roc_png(y, scores, list(names), out / "roc.png", title=f"zero-shot ROC: {model}")
+    t = Table(title=f"zero-shot: {model} on {len(pairs)} records")
+    for c in ("label", "n+", "AUC", "F1 best (oracle thr)", f"F1 @ {threshold}"):
+        t.add_column(c, justify="right" if c != "label" else "left")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for n in names:
+        r = res["per_class"][n]
+        t.add_row(n, str(r["n_pos"]), fmt(r["auc"]), fmt(r["f1_best"]), fmt(r["f1_fixed"]))
+    mac = res["macro"]
+    t.add_row("macro", "", fmt(mac["auc"]), fmt(mac["f1_best"]), fmt(mac["f1_fixed"]))
+    Console().print(t)
+    if query:
+        typer.echo(f"query {query!r}: {res['query']['precision']:.3f} of the top {k} are {names[0]} "
+                   f"(prevalence {res['query']['prevalence']:.3f})")
+    (out / "zeroshot.json").write_text(json.dumps({"model": model, "data": data, "labels": list(names), **res},
+                                                  indent=2))
+    typer.echo(f"wrote {out / 'zeroshot.json'} and {png}")
+
+
+def _labels_from_csv(path: Path, pairs):
+    import csv
+
+    import numpy as np
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"labels CSV {str(path)!r} is empty")
+    key = next((c for c in ("record_id", "path") if c in rows[0]), None)
+    if key is None:
+        raise ValueError(f"labels CSV {str(path)!r} needs a record_id or path column")
+    names = [c for c in rows[0] if c != key]
+    by_key = {r[key]: r for r in rows}
+    y = []
+    for rid, p in zip(pairs.record_id, pairs.path):
+        r = by_key.get(rid if key == "record_id" else p)
+        if r is None:
+            raise ValueError(f"record {rid!r} has no row in {str(path)!r}")
+        try:
+            y.append([int(r[n]) for n in names])
+        except ValueError:
+            raise ValueError(f"labels CSV {str(path)!r}: row {rid!r} has a non 0/1 value") from None
+    return names, np.array(y)

@@ -1,0 +1,133 @@
+"""The CoCa training job on a real Ray local cluster, real records (LUDB + CinC 2021) and the
+ECG-Chat-shaped tiny model: 2 CPU workers, a few steps; loss falls, the checkpoint loads with
+create_model, and a crash + --resume ends with the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ray")
+
+from ecgbatch._paths import REPO_ROOT  # noqa: E402
+
+CONFIG = REPO_ROOT / "configs" / "coca-tiny-test.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, shared_data, fixtures_dir):
+    if not (fixtures_dir / "ecgcoca_tiny" / "model_config.json").is_file():
+        pytest.skip("tiny ECG-CoCa fixture missing")
+    return tmp_path_factory.mktemp("coca-job")
+
+
+def _job(workdir, **over):
+    from ecgbatch.training.job_config import load_job_config
+
+    return load_job_config(CONFIG, {"run_dir": str(workdir / "runs"), "data.cache_dir": str(workdir / "cache"),
+                                    **over})
+
+
+def _weights(ckpt):
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt / "model" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_cluster, workdir):
+    """One full 2-worker run (3 epochs x 2 steps of a global batch of 8)."""
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.coca_job import run_job
+
+    job = _job(workdir, name="straight")
+    result = run_job(job, num_workers=2)
+    return job, result, latest_checkpoint(job.run_path())
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_worker_run_loss_falls_and_checkpoint_loads(uninterrupted):
+    from ecgbatch.encoders import create_model
+    from ecgbatch.training.checkpointing import read_train_state
+
+    job, result, ckpt = uninterrupted
+    hist = [json.loads(line) for line in (job.run_path() / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0, 1, 2] and hist[-1]["global_step"] == 6
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    assert hist[-1]["train/caption_loss"] < hist[0]["train/caption_loss"]
+    assert 0.0 <= hist[-1]["val/ecg_to_text/R@1"] <= 1.0 and "val/zeroshot/af/auc" in hist[-1]
+    assert result.metrics["global_step"] == 6
+    state = read_train_state(ckpt)                                   # weights_only load
+    assert state["epoch"] == 2 and state["world_size"] == 2 and state["optimizer"]["state"]
+    model = create_model(ckpt / "model")                             # our folder format, directly
+    x = torch.zeros(2, 12, 5000)
+    emb = model.embed_ecgs(x)
+    assert emb.shape == (2, 32) and np.isfinite(emb).all()
+    assert not (ckpt / "model" / "train_state.pt").exists()          # the model folder holds weights only
+    split = json.loads((job.run_path() / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["val"]) and len(split["val"]) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workdir):
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.coca_job import run_job
+
+    _, _, straight = uninterrupted
+    crashed = _job(workdir, name="crashed", fail_after_steps=3)      # dies in epoch 1
+    with pytest.raises(Exception, match="simulated crash"):
+        run_job(crashed, num_workers=2)
+    mid = latest_checkpoint(crashed.run_path())
+    assert json.loads((mid / "progress.json").read_text()) == {"epoch": 0, "global_step": 2}
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_job(_job(workdir, name="crashed"), num_workers=2)       # never silently restarts
+    run_job(_job(workdir, name="crashed"), num_workers=2, resume=True)
+    final = latest_checkpoint(crashed.run_path())
+    a, b = _weights(straight), _weights(final)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= 1e-6, worst
+    changed = max(float((_weights(mid)[k].float() - b[k].float()).abs().max()) for k in a)
+    assert changed > 1e-4   # the resumed run really trained
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+
+    job, _, ckpt = uninterrupted
+    cache = next((workdir / "cache").glob("pairs-*.npz"))
+    split = job.run_path() / "split.json"
+    r = CliRunner().invoke(app, ["eval", "retrieval", "--model", str(ckpt), "--data", str(cache),
+                                 "--split", str(split), "--out", str(workdir / "ret.json")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((workdir / "ret.json").read_text())
+    assert res["n"] == 6 and 0 <= res["ecg_to_text"]["R@10"] <= 1 and res["text_to_ecg"]["mean_rank"] >= 1
+    r = CliRunner().invoke(app, ["eval", "zeroshot", "--model", str(ckpt), "--data", str(cache),
+                                 "--labels", "af,sinus_rhythm", "--query", "atrial fibrillation", "--k", "4",
+                                 "--out", str(workdir / "zs")])
+    assert r.exit_code == 0, r.output
+    zs = json.loads((workdir / "zs" / "zeroshot.json").read_text())
+    assert set(zs["per_class"]) == {"af", "sinus_rhythm"} and zs["per_class"]["af"]["n_pos"] > 0
+    assert (workdir / "zs" / "roc.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["eval", "zeroshot", "--model", str(ckpt), "--data", str(cache),
+                                 "--labels", "nope", "--out", str(workdir / "zs2")])
+    assert r.exit_code == 2 and "nope" in r.output
