@@ -152,7 +152,7 @@ def _physical(d: np.ndarray, f: "_File", rows: list[int], specs: list[SignalSpec
     elif d.dtype.itemsize <= 2 or f.fmt in (212, 310, 311, 24):
         checksums[rows] = block.sum(axis=1, dtype=np.float64)
     else:
-        checksums[rows] = d.sum(axis=1, dtype=np.int64) % 65536
+        checksums[rows] = np.ascontiguousarray(d).sum(axis=1, dtype=np.int64) % 65536
     invalid = dec.INVALID.get(f.fmt)
     # invalid codes are each format's most negative value: test the minimum before building a mask
     mask = block == invalid if invalid is not None and block.min() <= invalid else None
