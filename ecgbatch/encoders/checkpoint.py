@@ -204,8 +204,29 @@ def save_pretrained(model, folder: str | Path, dtype: torch.dtype | None = None)
     return out
 
 
-def load_folder(folder: str | Path, device=None):
-    """The CoCa model stored in one of our folders (strict), in float32 unless cast later."""
+TRAINED_ONLY = "trained-only"
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 prefix over (name, shape, float32 bytes) in sorted order: identifies base weights
+    independently of their storage dtype (same rule as ecgbatch.training's trained-only folders)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().float().contiguous()
+        h.update(f"{k}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def load_folder(folder: str | Path, device=None, text_encoder_dir=None):
+    """The CoCa model stored in one of our folders (strict), in float32 unless cast later.
+
+    A "trained-only" folder (config ``stored_weights: "trained-only"``, written by
+    ecgbatch.training) stores only the tensors training changed: the frozen text transformer comes
+    from the locally installed text encoder (its hash must match ``base_weights``) and modules
+    under ``omitted`` keep a fixed-seed initialisation, so ``weights_hash`` stays stable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -215,13 +236,49 @@ def load_folder(folder: str | Path, device=None):
     if not is_model_folder(p):
         raise CheckpointReadError(f"{str(p)!r} is not a model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     cfg = read_folder_config(p)
+    meta = json.loads((p / CONFIG_FILE).read_text())
     try:
         sd = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
         raise CheckpointReadError(f"cannot read {str(p / WEIGHTS_FILE)!r}: {exc}") from None
-    model = factory.build_model(cfg, text_encoder_dir=p / TEXT_SUBDIR, text_weights=False)
-    load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
-                           str(p / WEIGHTS_FILE))
-    model.provenance = {"weights": "folder", "folder": str(p)}
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    if meta.get("stored_weights") == TRAINED_ONLY:
+        model = _load_trained_only(p, cfg, meta, sd, text_encoder_dir)
+    else:
+        model = factory.build_model(cfg, text_encoder_dir=p / TEXT_SUBDIR, text_weights=False)
+        load_state_dict_strict(model, sd, str(p / WEIGHTS_FILE))
+        model.provenance = {"weights": "folder", "folder": str(p)}
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def _load_trained_only(p: Path, cfg: CocaConfig, meta: dict, stored: dict, text_encoder_dir):
+    from ecgbatch.encoders import factory
+
+    base = meta.get("base_weights") or {}
+    omitted = tuple(meta.get("omitted") or ())
+    model = factory.build_model(cfg, text_encoder_dir=text_encoder_dir, text_weights=True,
+                                allow_random_text=False, seed=0)
+    if model.provenance.get("text") != "pretrained":
+        raise CheckpointReadError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
+    if (p / TEXT_SUBDIR / "tokenizer_config.json").is_file() and model.tokenizer is None:
+        from ecgbatch.encoders.tokenizer import HFTokenizer
+
+        model.tokenizer = HFTokenizer(p / TEXT_SUBDIR, cfg.text_cfg.context_length)
+    own = model.state_dict()
+    for prefix, info in base.items():
+        got = tensors_hash({k: v for k, v in own.items() if k.startswith(prefix)})
+        if got != info.get("sha256_16"):
+            raise CheckpointMismatchError(
+                f"{p}: installed base weights {prefix}* (hash {got}) differ from the ones it was trained "
+                f"with ({info.get('sha256_16')})", [], [], [])
+    covered = tuple(base) + omitted
+    missing = sorted(k for k in own if k not in stored and not k.startswith(covered))
+    unexpected = sorted(set(stored) - set(own))
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in stored.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(str(p / WEIGHTS_FILE), missing, unexpected, mismatched)
+    model.load_state_dict(stored, strict=False)
+    model.provenance = {"weights": TRAINED_ONLY, "folder": str(p), "omitted": list(omitted)}
+    return model

@@ -63,11 +63,15 @@ def build_model(cfg: CocaConfig, text_encoder_dir=None, base_dir=None, text_weig
         raise FileNotFoundError(
             f"text encoder {cfg.text_cfg.hf_model_name!r} is not available locally (HF hub is offline): "
             "pass text_encoder_dir=<folder with config.json + weights + tokenizer>")
-    if seed is not None:
-        torch.manual_seed(seed)
-    transformer = build_hf_transformer(src, None if src is not None else cfg.text_cfg.hf_config,
-                                       load_weights=text_weights and src is not None)
-    model = CoCa(cfg, transformer)
+    from contextlib import nullcontext
+
+    # a seed here never changes the caller's RNG stream; without one the global stream is used
+    with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+        if seed is not None:
+            torch.manual_seed(seed)
+        transformer = build_hf_transformer(src, None if src is not None else cfg.text_cfg.hf_config,
+                                           load_weights=text_weights and src is not None)
+        model = CoCa(cfg, transformer)
     text_state = "pretrained" if (text_weights and src is not None) else "random"
     model.provenance = {"weights": "random", "text": text_state,
                         "text_source": str(src) if src is not None else None}
