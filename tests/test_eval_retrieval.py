@@ -41,3 +41,14 @@ def test_topk_precision_and_errors():
         R.true_ranks(np.ones((2, 3)), np.ones((3, 3)))
     flat = R.flat_metrics(R.retrieval_metrics(np.eye(2), np.eye(2)), "val/")
     assert flat["val/text_to_ecg/R@1"] == 1.0
+
+
+def test_precision_at_prevalence_pools():
+    keys = np.array([[1.0, 0.0]] * 5 + [[0.0, 1.0]] * 20)
+    rel = [1] * 5 + [0] * 20
+    r = R.precision_at_k_at_prevalence([1.0, 0.0], keys, rel, k=2, prevalence=0.1, trials=20)
+    assert r["pool"] == 22 and r["relevant_in_pool"] == 2 and r["mean"] == 1.0 and r["min"] == 1.0
+    r = R.precision_at_k_at_prevalence([0.0, 1.0], keys, rel, k=4, prevalence=0.1, trials=5)
+    assert r["mean"] == 0.0
+    with pytest.raises(ValueError, match="need"):
+        R.precision_at_k_at_prevalence([1.0, 0.0], keys, rel, k=2, prevalence=0.5)

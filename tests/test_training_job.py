@@ -131,3 +131,16 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
     r = CliRunner().invoke(app, ["eval", "zeroshot", "--model", str(ckpt), "--data", str(cache),
                                  "--labels", "nope", "--out", str(workdir / "zs2")])
     assert r.exit_code == 2 and "nope" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_one_worker_run(ray_cluster, workdir):
+    from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
+    from ecgbatch.training.coca_job import run_job
+
+    job = _job(workdir, name="single", **{"optim.epochs": 1})
+    result = run_job(job, num_workers=1)
+    ck = latest_checkpoint(job.run_path())
+    assert result.metrics["global_step"] == 2 and read_train_state(ck)["world_size"] == 1
+    assert np.isfinite(result.metrics["train/loss"])

@@ -73,7 +73,8 @@ def _print_metrics(metrics: dict, title: str) -> None:
 # --- shared eval inputs -------------------------------------------------------------------------
 
 def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, statements, table,
-                read_option: list[str], split: Optional[Path], split_part: str, measure_method: str):
+                read_option: list[str], split: Optional[Path], split_part: str, measure_method: str,
+                source: Optional[str] = None):
     import yaml
 
     from ecgbatch.training.pairs import PairSet, SourceSpec, build_pairs, resolve_path
@@ -102,6 +103,11 @@ def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, st
         if not idx:
             _fail(f"no record of {data!r} is in the {split_part!r} part of {str(split)!r}")
         pairs = pairs.subset(idx)
+    if source is not None:
+        idx = [i for i, s in enumerate(pairs.source) if s == source]
+        if not idx:
+            _fail(f"no pair of {data!r} comes from source {source!r} (sources: {sorted(set(pairs.source))})")
+        pairs = pairs.subset(idx)
     return pairs
 
 
@@ -122,6 +128,7 @@ def eval_retrieval(
     wde: bool = typer.Option(True, "--wde/--no-wde", help="append the measurement suffix to every report"),
     split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
     split_part: str = typer.Option("val", help="train | val"),
+    source: Optional[str] = typer.Option(None, help="pair cache (.npz) only: keep one data source"),
     out: Path = typer.Option(Path("eval-retrieval.json"), "--out", "-o", help="JSON output"),
 ) -> None:
     """ECG <-> report retrieval over the full similarity matrix (ECG-Chat's protocol)."""
@@ -135,7 +142,7 @@ def eval_retrieval(
     try:
         m = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
-                            read_option, split, split_part, "ecgchat")
+                            read_option, split, split_part, "ecgchat", source)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     texts = fit_texts(pairs.text, pairs.wave if wde else None, token_counter(m.tokenizer),
@@ -172,8 +179,11 @@ def eval_zeroshot(
     threshold: float = typer.Option(0.5, help="fixed threshold for the fixed-threshold F1"),
     query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first)"),
     k: int = typer.Option(8, help="top-k for --query"),
+    query_prevalence: Optional[float] = typer.Option(
+        None, help="also: --query precision on random pools where the label has this prevalence (e.g. 0.08)"),
     split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
     split_part: str = typer.Option("val", help="train | val"),
+    source: Optional[str] = typer.Option(None, help="pair cache (.npz) only: keep one data source"),
     out: Path = typer.Option(Path("eval-zeroshot"), "--out", "-o", help="output folder (JSON + roc.png)"),
 ) -> None:
     """Zero-shot classification: per-class AUC, best-threshold F1, fixed-threshold F1, ROC PNG."""
@@ -191,7 +201,7 @@ def eval_zeroshot(
     try:
         m = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
-                            read_option, split, split_part, "ecgchat")
+                            read_option, split, split_part, "ecgchat", source)
         if Path(labels).suffix.lower() == ".csv":
             names, y = _labels_from_csv(Path(labels), pairs)
         else:
@@ -220,6 +230,14 @@ def eval_zeroshot(
         q = embed_texts(m, m.tokenizer, [query])[0]
         res["query"] = {"text": query, "label": names[0], "k": k,
                         "precision": precision_at_k(q, emb, y[:, 0], k), "prevalence": float(y[:, 0].mean())}
+        if query_prevalence:
+            from ecgbatch.eval.retrieval import precision_at_k_at_prevalence
+
+            try:
+                res["query"]["at_prevalence"] = {"prevalence": query_prevalence, **precision_at_k_at_prevalence(
+                    q, emb, y[:, 0], k, query_prevalence)}
+            except ValueError as exc:
+                _fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     png = save_roc_png(y, scores, list(names), out / "roc.png", title=f"zero-shot ROC: {model}")
     t = Table(title=f"zero-shot: {model} on {len(pairs)} records")
@@ -235,6 +253,10 @@ def eval_zeroshot(
     if query:
         typer.echo(f"query {query!r}: {res['query']['precision']:.3f} of the top {k} are {names[0]} "
                    f"(prevalence {res['query']['prevalence']:.3f})")
+        ap = res["query"].get("at_prevalence")
+        if ap:
+            typer.echo(f"  at prevalence {ap['prevalence']:.2f} ({ap['relevant_in_pool']} of {ap['pool']}, "
+                       f"{ap['trials']} pools): mean {ap['mean']:.3f}, p10 {ap['p10']:.3f}, min {ap['min']:.3f}")
     (out / "zeroshot.json").write_text(json.dumps({"model": model, "data": data, "labels": list(names), **res},
                                                   indent=2))
     typer.echo(f"wrote {out / 'zeroshot.json'} and {png}")
@@ -264,3 +286,37 @@ def _labels_from_csv(path: Path, pairs):
         except ValueError:
             raise ValueError(f"labels CSV {str(path)!r}: row {rid!r} has a non 0/1 value") from None
     return names, np.array(y)
+
+
+@train_app.command("export")
+def train_export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a training checkpoint directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write (e.g. ecgbatch/models/weights/NAME)"),
+    dtype: str = typer.Option("float32", help="float32 | float16 for the stored tensors"),
+) -> None:
+    """Write a checkpoint as a trained-only weights folder: only the tensors training changed
+    (the frozen text transformer comes from the installed text encoder, hash-checked; an
+    untrained caption decoder is left out)."""
+    import torch
+
+    from ecgbatch.training import checkpointing as C
+    from ecgbatch.training.coca_task import configure_trainable, trainable_names
+    from ecgbatch.training.job_config import CocaJobConfig
+
+    if dtype not in ("float32", "float16"):
+        _fail(f"--dtype must be float32 or float16, got {dtype!r}")
+    try:
+        state = C.read_train_state(checkpoint)
+        job = CocaJobConfig.from_dict(state["job"])
+        model = C.load_training_model(checkpoint)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    use_decoder = job.loss.caption_weight > 0
+    configure_trainable(model, job.text_tower.lock, job.text_tower.freeze_layer_norm, use_decoder)
+    folder = C.save_trained_only(
+        model, out, trainable_names(model), omit_prefixes=() if use_decoder else ("text_decoder.",),
+        dtype=torch.float16 if dtype == "float16" else None,
+        extra={"training": {"job": job.name, "epoch": state["epoch"], "global_step": state["global_step"],
+                            "metrics": state.get("metrics", {})}})
+    size = (folder / "model.safetensors").stat().st_size
+    typer.echo(f"wrote {folder} (model.safetensors {size / 1e6:.1f} MB)")

@@ -108,3 +108,27 @@ def embed_texts(model, tokenizer, texts: list[str], batch_size: int = 64, device
             ids = tokenizer(list(texts[s:s + batch_size]), lower=lower).to(device)
             outs.append(model.encode_text(ids).float().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, model.embed_dim), np.float32)
+
+
+def precision_at_k_at_prevalence(query_emb, keys_emb, relevant, k: int, prevalence: float, n: int | None = None,
+                                 trials: int = 200, seed: int = 0) -> dict[str, float]:
+    """Top-k precision of a query on random pools with a fixed share of relevant keys: each
+    trial keeps all irrelevant keys (or ``n`` in total) and draws relevant ones so that they make
+    ``prevalence`` of the pool. Mean, 10th percentile and minimum over ``trials`` pools."""
+    rel = np.asarray(relevant).astype(bool)
+    pos, neg = np.flatnonzero(rel), np.flatnonzero(~rel)
+    if not 0 < prevalence < 1:
+        raise ValueError(f"prevalence must be in (0, 1), got {prevalence!r}")
+    n_neg = len(neg) if n is None else int(round(n * (1 - prevalence)))
+    n_pos = max(1, int(round(n_neg * prevalence / (1 - prevalence))))
+    if n_pos > len(pos) or n_neg > len(neg):
+        raise ValueError(f"need {n_pos} relevant and {n_neg} other keys, have {len(pos)} and {len(neg)}")
+    keys = _as_2d(keys_emb, "keys_emb")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(trials):
+        pool = np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]
+        vals.append(float(rel[pool][top_k(query_emb, keys[pool], k)].mean()))
+    v = np.array(vals)
+    return {"mean": float(v.mean()), "p10": float(np.percentile(v, 10)), "min": float(v.min()),
+            "pool": int(n_pos + n_neg), "relevant_in_pool": int(n_pos), "trials": int(trials)}
