@@ -22,6 +22,8 @@ def table():
                               "426177001", "1648890030"]),
         "qtc_ms": pa.array([480, 410, 500, None, 390, 455], pa.int32()),
         "paced": pa.array([False, False, True, False, None, True]),
+        "labels": pa.array([["AF", "LVH"], ["SR"], ["af"], None, [], ["AFL", "1AVB"]],
+                           pa.list_(pa.string())),
     })
 
 
@@ -45,6 +47,9 @@ CASES = [
     ("age > -1 and startswith(diagnoses, 'sinus')", [0, 1, 0, 0, 1, 0]),
     ("lower(sex) == 'f'", [1, 0, 1, 0, 1, 0]),
     ("isnull(sex) or notnull(sex) and sex == 'M'", [0, 1, 0, 1, 0, 1]),
+    ("labels contains 'AF'", [1, 0, 0, 0, 0, 0]),  # list column: exact element
+    ("has_code(labels, '1AVB') or labels is null", [0, 0, 0, 1, 0, 1]),
+    ("not labels contains 'SR'", [1, 0, 1, 0, 1, 1]),
 ]
 
 

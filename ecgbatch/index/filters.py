@@ -5,6 +5,7 @@ Examples::
     age >= 60 and sex == 'F'
     diagnoses contains 'fibrillation'          # case-insensitive substring
     has_code(dx_codes, '164889003')            # whole code in a comma/space separated list
+    labels contains 'AF'                       # list<string> column: an element equals 'AF'
     sex in ('F', 'M') and not (age < 18)
     qtc_ms > 470 or age is null
 
@@ -50,7 +51,29 @@ def _code_pattern(code: str) -> str:
     return r"(^|[,;|\s])" + re.escape(code) + r"($|[,;|\s])"
 
 
+def _is_string_list(value) -> bool:
+    t = getattr(value, "type", None)
+    return (
+        isinstance(value, (pa.Array, pa.ChunkedArray))
+        and (pa.types.is_list(t) or pa.types.is_large_list(t))
+        and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))
+    )
+
+
+def _list_has(col, item: str):
+    """Per row: does the list hold an element equal to ``item``? (null list -> null)"""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    flat = pc.list_flatten(arr)
+    parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+    hit = pc.fill_null(pc.equal(flat, item), False).to_numpy(zero_copy_only=False)
+    out = np.zeros(len(arr), bool)
+    out[parents[hit]] = True
+    return pa.array(out, mask=pc.is_null(arr).to_numpy(zero_copy_only=False))
+
+
 def _fn_contains(col, needle):
+    if _is_string_list(col):  # list<string> column (e.g. labels): element membership
+        return _list_has(col, _str_const(needle, "contains"))
     return pc.match_substring(_strings(col, "contains"), _str_const(needle, "contains"), ignore_case=True)
 
 
@@ -63,6 +86,8 @@ def _fn_endswith(col, suffix):
 
 
 def _fn_has_code(col, code):
+    if _is_string_list(col):
+        return _list_has(col, _str_const(code, "has_code"))
     return pc.match_substring_regex(
         _strings(col, "has_code"), _code_pattern(_str_const(code, "has_code"))
     )
