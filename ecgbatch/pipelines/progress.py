@@ -8,8 +8,10 @@ from rich.text import Text
 
 class RecordsPerSecondColumn(ProgressColumn):
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- rec/s" if speed is None else f"{speed:,.1f} rec/s", style="cyan")
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or not task.completed:
+            return Text("-- rec/s", style="cyan")
+        return Text(f"{task.completed / elapsed:,.1f} rec/s", style="cyan")
 
 
 class RecordProgress:

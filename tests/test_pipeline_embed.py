@@ -1,0 +1,229 @@
+"""The embed pipeline on the bundled sample archive: real Ray (one local session for the module),
+real readers, real model, real FAISS. The UDF tests at the top need no Ray."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ecgbatch.io import list_records
+from ecgbatch.pipelines import embed
+from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.workspace import ModelTable, list_tables, open_table
+
+MODEL = "ecg-coca-mini"
+
+
+@pytest.fixture(scope="module")
+def model_and_spec():
+    return embed.load_model(MODEL, allow_random_init=True)
+
+
+def _main_table(ws):
+    """The table of the module's embed run (not the pretrained="random" one)."""
+    return next(t for t in list_tables(ws) if t.read_meta()["create_args"].get("pretrained") != "random")
+
+
+def _sources(root):
+    return {s.key: s for s in list_records(root)}
+
+
+# ------------------------------------------------------------------ UDFs, no Ray
+def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
+    model, _ = model_and_spec
+    cfg = model.preprocess_config
+    by_key = _sources(sample_archive)
+    good = next(k for k in sorted(by_key) if "/ludb/" in k)
+    bad = next(k for k in sorted(by_key) if k.endswith("bad/truncated.hea"))
+    batch = {"block": np.array(["b1"], dtype=object),
+             "sources": np.array([[src.source_to_json(by_key[good]), src.source_to_json(by_key[bad])]],
+                                 dtype=object),
+             "ids": np.array([["ludb/x", "bad/truncated"]], dtype=object)}
+    out = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=True)
+    assert list(out["ok"]) == [True, False]
+    assert out["x"].shape == (2, len(cfg.leads), cfg.n_samples) and out["x"].dtype == np.float32
+    assert np.abs(out["x"][0]).sum() > 0 and not out["x"][1].any()
+    assert out["error_kind"][1] == "truncated_signal" and out["stage"][1] == "read"
+    assert out["error_type"][1] == "TruncatedSignalError" and "truncated" in out["message"][1].lower()
+    assert 20 < out["hr_bpm"][0] < 250 and out["age"][0] > 0 and out["sex"][0] in ("M", "F")
+    assert "rhythm" in out["diagnoses"][0].lower()
+    assert np.isnan(out["hr_bpm"][1])
+    # the same record through the model directly == what the encoder UDF returns
+    udf = embed.EncoderUDF.__new__(embed.EncoderUDF)
+    udf.model = model
+    enc = udf(dict(out))
+    assert enc["embedding"].shape == (2, model.embed_dim) and "x" not in enc
+    np.testing.assert_allclose(np.linalg.norm(enc["embedding"][0]), 1.0, rtol=1e-5)
+    assert not enc["embedding"][1].any()
+
+
+# ------------------------------------------------------------------ with Ray
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedded(ray_local, sample_archive, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws")
+    summary = embed.run(str(sample_archive), ws, MODEL, allow_random_init=True, progress=False,
+                        batch_size=8)
+    return ws, summary
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_every_record_once_bad_files_in_failures(embedded, sample_archive):
+    ws, s = embedded
+    t = _main_table(ws)
+    want = set(_sources(sample_archive))
+    got = t.read_table(["source", "record_id", "quality"]).to_pylist()
+    fails = t.read_failures().to_pylist()
+    sources = [r["source"] for r in got] + [f["source"] for f in fails]
+    assert len(sources) == len(set(sources)), "a record was written twice"
+    assert set(sources) == want
+    assert s.embedded == len(got) and s.failed == len(fails) and s.total_records == len(want)
+    assert len({r["record_id"] for r in got}) == len(got)
+    bad = {k for k in want if "/bad/" in k}
+    failed = {f["source"] for f in fails}
+    assert failed <= bad, f"good records failed: {failed - bad}"
+    flagged = {r["source"] for r in got if r["quality"]}
+    assert bad <= failed | flagged, f"bad files neither failed nor flagged: {bad - failed - flagged}"
+    assert all(f["error_kind"] and f["error_type"].endswith("Error") and f["message"] for f in fails)
+    # schema: fixed-size float32 vectors, one model signature, index built
+    sch = pq.read_schema(t.shard_files()[0])
+    assert str(sch.field("embedding").type) == "fixed_size_list<element: float>[256]"
+    meta = t.read_meta()
+    assert meta["archive"] == str(Path(sample_archive).resolve()) and meta["model"] == MODEL
+    tb = t.read_table(["model", "weights_hash", "preprocess_hash"])
+    assert {tuple(r.values()) for r in tb.to_pylist()} == {(MODEL, meta["weights_hash"], meta["preprocess_hash"])}
+    assert s.index and s.index["rows"] == len(got)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_rerun_skips_everything_committed(embedded, sample_archive):
+    ws, first = embedded
+    t = _main_table(ws)
+    before = sorted(p.name for p in t.shard_files())
+    s = embed.run(str(sample_archive), ws, MODEL, allow_random_init=True, progress=False)
+    assert s.already_done == first.total_records and s.embedded == 0 and s.failed == 0
+    assert sorted(p.name for p in t.shard_files()) == before
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_grown_archive_adds_only_new_records(ray_local, sample_archive, tmp_path):
+    arch = tmp_path / "arch"
+    shutil.copytree(Path(sample_archive) / "ludb", arch / "ludb")
+    ws = tmp_path / "ws"
+    files = sorted((arch / "ludb").glob("*.hea"))
+    hidden = files[-1]
+    keep = {hidden.with_suffix(e).name: hidden.with_suffix(e).read_bytes() for e in (".hea", ".dat")}
+    for name in keep:
+        (arch / "ludb" / name).unlink()
+    s1 = embed.run(str(arch), ws, MODEL, allow_random_init=True, progress=False, block_size=2)
+    for name, data in keep.items():  # the archive gains a record: sorted blocks shift
+        (arch / "ludb" / name).write_bytes(data)
+    s2 = embed.run(str(arch), ws, MODEL, allow_random_init=True, progress=False, block_size=2)
+    assert s2.already_done == s1.total_records and s2.embedded == 1
+    ids = open_table(ws).read_table(["source"]).column("source").to_pylist()
+    assert len(ids) == len(set(ids)) == len(files)
+    idx_rows = s2.index["rows"]
+    assert s2.index["action"] == "updated" and idx_rows == len(files)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_another_model_gets_another_table_and_the_index_refuses_it(embedded, ray_local, sample_archive):
+    from ecgbatch.index import EcgIndex, IndexModelMismatchError, ModelSignature, update_index
+
+    ws, _ = embedded
+    by_key = _sources(sample_archive)
+    few = [by_key[k] for k in sorted(by_key) if "/ludb/" in k][:3]
+    # same architecture, other weights (fully random text tower too) -> another embedding space
+    s = embed.run(str(sample_archive), ws, MODEL, pretrained="random", progress=False, sources=few)
+    tables = list_tables(ws)
+    assert len(tables) == 2 and len({t.key for t in tables}) == 2
+    a = _main_table(ws)
+    b = ModelTable(ws, Path(s.table).name)
+    assert b.count() == (3, 0)
+    idx = EcgIndex.load(a.index_dir)
+    mb = b.read_meta()
+    vec = np.asarray(b.read_table(["embedding"]).column("embedding").to_pylist(), np.float32)
+    with pytest.raises(IndexModelMismatchError):
+        idx.search(vec, k=3, model=ModelSignature(mb["model"], mb["weights_hash"], mb["dim"], mb["preprocess_hash"]))
+    with pytest.raises(IndexModelMismatchError):
+        update_index(b.root, index_dir=a.index_dir)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_uri_archive_matches_local(embedded, ray_local, sample_archive, tmp_path):
+    ws, _ = embedded
+    local = _main_table(ws)
+    uri = "file://" + str((Path(sample_archive) / "ludb").resolve())
+    s = embed.run(uri, tmp_path / "ws", MODEL, allow_random_init=True, progress=False, build_index=False)
+    remote = open_table(tmp_path / "ws").read_table(["record_id", "source", "embedding"]).to_pylist()
+    assert s.failed == 0 and len(remote) == s.embedded > 0
+    assert all(r["source"].startswith(uri + "/") for r in remote)
+    loc = {r["source"]: r["embedding"] for r in local.read_table(["source", "embedding"]).to_pylist()}
+    for r in remote:
+        lp = str(Path(sample_archive).resolve() / "ludb" / r["source"][len(uri) + 1:])
+        np.testing.assert_allclose(r["embedding"], loc[lp], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_exactly_once(sample_archive, tmp_path):
+    """A separate process (own local Ray) is SIGKILLed after its first commits; a rerun finishes
+    the job without duplicating any record."""
+    ws = tmp_path / "ws"
+    code = ("import sys; from ecgbatch.pipelines import embed; "
+            "embed.run(sys.argv[1], sys.argv[2], 'ecg-coca-mini', allow_random_init=True, "
+            "progress=False, block_size=2, batch_size=2, build_index=False)")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(sample_archive), str(ws)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        shards: list[Path] = []
+        while time.time() < deadline and proc.poll() is None:
+            shards = list(ws.glob("*/embeddings/part-*.parquet"))
+            if len(shards) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the job finished (or died) before it could be killed"
+        assert shards, "no block committed within the time limit"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+    table = list_tables(ws)[0]
+    n_ok, n_bad = table.count()
+    total = len(_sources(sample_archive))
+    assert 0 < n_ok + n_bad < total, "the kill did not interrupt the job"
+    r = subprocess.run([sys.executable, "-c", code, str(sample_archive), str(ws)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sources = (table.read_table(["source"]).column("source").to_pylist()
+               + table.read_failures().column("source").to_pylist())
+    assert len(sources) == len(set(sources)) == total
+    assert not list(table.root.rglob("*.tmp"))
