@@ -172,6 +172,15 @@ def test_mini_factory_uses_packaged_minilm():
     assert (pre.fs, pre.n_samples, pre.bandpass, pre.normalize) == (500.0, 5000, (0.5, 40.0), "zscore")
     ids = m.tokenizer(["Sinus rhythm", "atrial fibrillation"])
     assert ids.shape == (2, 77)
+    from ecgbatch.encoders import get_tokenizer
+
+    tok = get_tokenizer("ecg-coca-mini")
+    assert torch.equal(tok(["Sinus rhythm", "atrial fibrillation"]), ids)
+    # whitespace cleaning: html entities and whitespace runs do not change the ids
+    assert torch.equal(tok(["  Sinus\n\t rhythm &amp; AF "]), tok(["Sinus rhythm & AF"]))
+    # long texts are truncated to 77 with [SEP] last; short ones padded with 0
+    long_ids = tok(["sinus rhythm " * 60])[0]
+    assert long_ids[-1].item() == tok.tokenizer.sep_token_id and (ids[0, 10:] == 0).all()
     with torch.inference_mode():
         t = m.encode_text(ids)
         e = m.encode_ecg(torch.randn(2, 12, 5000))
