@@ -229,8 +229,10 @@ def search_command(
     _emit_rows(res.hits, RESULT_COLUMNS, as_json, as_csv, title, console,
                extra={k_: v for k_, v in res.to_dict().items() if k_ != "hits"})
     if plot is not None:
-        files = plot_hits(res, plot)
+        files, skipped = plot_hits(res, plot)
         console.print(f"{len(files)} plots written to {plot}")
+        for rid, why in skipped:
+            console.print(f"[yellow]not plotted[/yellow] {rid}: {why}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,20 +133,24 @@ def search(table: ModelTable, query: str | None = None, *, like: str | None = No
     return res
 
 
-def plot_hits(result: SearchResult, out_dir: str | Path) -> list[Path]:
-    """One 12-lead plot per hit (ecgbatch.signal.plot) in ``out_dir``; returns the files."""
+def plot_hits(result: SearchResult, out_dir: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """One 12-lead plot per hit (ecgbatch.signal.plot) in ``out_dir``. Returns (files written,
+    [(record id, reason)] for hits that cannot be drawn on ECG paper, e.g. z-scored signals)."""
     from ecgbatch.io import read_record
     from ecgbatch.pipelines import sources as src
     from ecgbatch.signal.plot import plot_ecg
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = []
+    files, skipped = [], []
     for h in result.hits:
         source = src.source_from_json(src.source_to_json(h["source"]))
         with src.local_source(source) as local:
             rec = read_record(local.path, index=local.index)
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in h["record_id"])
-        files.append(plot_ecg(rec, out / f"{h['rank']:02d}_{name}.png",
-                              title=f"#{h['rank']} {h['record_id']} (score {h['score']:.3f})"))
-    return files
+        try:
+            files.append(plot_ecg(rec, out / f"{h['rank']:02d}_{name}.png",
+                                  title=f"#{h['rank']} {h['record_id']} (score {h['score']:.3f})"))
+        except ValueError as exc:
+            skipped.append((h["record_id"], str(exc)))
+    return files, skipped
