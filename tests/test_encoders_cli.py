@@ -75,3 +75,14 @@ def test_convert_rejects_bad_checkpoint(tmp_path, fixtures_dir):
                             "-o", str(tmp_path / "o"), "--config", str(fx / "model_config.json")])
     assert r.exit_code == 2 and "cannot read checkpoint" in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_encode_without_installed_weights_says_so(shared_data, monkeypatch, tmp_path):
+    import ecgbatch.models.registry as reg
+
+    monkeypatch.setenv("ECGBATCH_MODELS_DIR", str(tmp_path))
+    if reg.find_weights("ecg-coca") is not None:
+        pytest.skip("ecg-coca weights are installed here")
+    r = runner.invoke(app, ["encode", str(shared_data / "ludb" / "data" / "1.hea"), "--model", "ecg-coca"])
+    assert r.exit_code == 2
+    assert "no weights for 'ecg-coca'" in r.output and "--random" in r.output

@@ -19,9 +19,14 @@ def load_model(model: str, random: bool = False):
     from ecgbatch.encoders import create_model
     from ecgbatch.encoders.checkpoint import is_model_folder
 
-    if is_model_folder(model):
-        return create_model(model)
-    return create_model(model, pretrained=None if random else "default", seed=0 if random else None)
+    try:
+        if is_model_folder(model):
+            return create_model(model)
+        return create_model(model, pretrained=None if random else "default", seed=0 if random else None)
+    except (FileNotFoundError, ValueError) as exc:   # CheckpointError is a ValueError
+        hint = "" if random else " (use --random to try the mechanics with untrained weights)"
+        typer.echo(f"error: cannot load model {model!r}: {exc}{hint}", err=True)
+        raise typer.Exit(code=2)
 
 
 def _read_batch(records: List[str], cfg, fs: Optional[float]):
