@@ -183,15 +183,23 @@ def _emit_rows(rows: list[dict], columns: tuple[str, ...], as_json: bool, as_csv
     from rich.console import Console
     from rich.table import Table
 
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # pipes and logs: do not squeeze the table into 80 columns
     t = Table(title=title)
     for c in columns:
         t.add_column(c, justify="right" if c in ("rank", "score", "age", "records", "percent") else "left",
-                     overflow="fold", max_width=60 if c == "diagnoses" else None)
+                     overflow="ellipsis", no_wrap=c != "diagnoses", max_width=70 if c == "diagnoses" else None)
     for r in rows:
-        t.add_row(*["" if r.get(c) is None else (f"{r[c]:.4f}" if c == "score" else
-                                                 f"{r[c]:g}" if isinstance(r.get(c), float) else str(r[c]))
-                    for c in columns])
-    Console().print(t)
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            if c == "diagnoses" and isinstance(v, str) and len(v) > 140:
+                v = v[:137] + "..."
+            cells.append("" if v is None else f"{v:.4f}" if c == "score" else
+                         f"{v:g}" if isinstance(v, float) else str(v))
+        t.add_row(*cells)
+    out.print(t)
 
 
 def search_command(
@@ -226,8 +234,16 @@ def search_command(
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
     title = f"{res.mode} search: {res.query!r}" + (f" where {where}" if where else "")
-    _emit_rows(res.hits, RESULT_COLUMNS, as_json, as_csv, title, console,
-               extra={k_: v for k_, v in res.to_dict().items() if k_ != "hits"})
+    if as_json or as_csv:
+        _emit_rows(res.hits, RESULT_COLUMNS, as_json, as_csv, title, console,
+                   extra={k_: v for k_, v in res.to_dict().items() if k_ != "hits"})
+    else:  # the table shows paths relative to the archive (JSON/CSV give the full source)
+        from ecgbatch.pipelines.sources import relative
+
+        root = table.read_meta().get("archive", "")
+        rows = [dict(h, path=relative(h["source"], root)) for h in res.hits]
+        _emit_rows(rows, ("rank", "score", "record_id", "path", "age", "sex", "diagnoses"), False, False,
+                   title, console)
     if plot is not None:
         files, skipped = plot_hits(res, plot)
         console.print(f"{len(files)} plots written to {plot}")
