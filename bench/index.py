@@ -98,7 +98,9 @@ def main() -> None:
     ap.add_argument("--kinds", default="flat,ivfpq", help="comma list of flat, ivfpq, hnsw")
     ap.add_argument("--nprobe", default="", help="comma list of nprobe values for IVF-PQ "
                     "(default: the index's own choice and twice it)")
-    ap.add_argument("--rerank", type=int, default=10)
+    ap.add_argument("--rerank", default="10", help="comma list of re-rank factors R (top k*R "
+                    "PQ candidates re-scored exactly)")
+    ap.add_argument("--pq-m", type=int, default=0, help="PQ sub-quantizers (default: D/8)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="faiss OpenMP threads (0: all)")
     ap.add_argument("--workdir", default=None, help="where index files are written (temp dir)")
@@ -125,7 +127,8 @@ def main() -> None:
     for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
         rss0 = rss_mb()
         t0 = time.perf_counter()
-        idx = build_index(x, ids, kind=kind, model=sig, rerank=args.rerank)
+        reranks = [int(r) for r in args.rerank.split(",") if r]
+        idx = build_index(x, ids, kind=kind, model=sig, rerank=reranks[0], pq_m=args.pq_m or None)
         build_s = time.perf_counter() - t0
         out = work / kind
         idx.save(out)
@@ -138,11 +141,12 @@ def main() -> None:
             print(f"  flat: build {build_s:.1f}s, {flat_qps:.0f} q/s", flush=True)
         elif kind == "ivfpq":
             probes = [int(p) for p in args.nprobe.split(",") if p] or [idx.params.nprobe, 2 * idx.params.nprobe]
-            for nprobe in probes:
-                r, (s, got) = qps(lambda: idx.search_arrays(q, args.k, nprobe=nprobe), args.queries, args.repeats)
+            for nprobe, rr in [(p, r) for r in reranks for p in probes]:
+                r, (s, got) = qps(lambda: idx.search_arrays(q, args.k, nprobe=nprobe, rerank=rr),
+                                  args.queries, args.repeats)
                 rec = recall(got, truth) if truth is not None else float("nan")
                 p = idx.params
-                cfg = f"nlist={p.nlist} m={p.pq_m}x{p.pq_nbits}b nprobe={nprobe} rerank={p.rerank}"
+                cfg = f"nlist={p.nlist} m={p.pq_m}x{p.pq_nbits}b nprobe={nprobe} rerank={rr}"
                 rows.append((kind, cfg, build_s, size, vec, rss1 - rss0, r,
                              r / flat_qps if flat_qps else float("nan"), rec))
                 print(f"  ivfpq {cfg}: build {build_s:.1f}s, {r:.0f} q/s, recall@{args.k} {rec:.3f}", flush=True)

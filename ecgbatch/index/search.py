@@ -124,6 +124,13 @@ def _rerank(q: np.ndarray, vectors: np.ndarray, cand: np.ndarray, k: int) -> tup
 class EcgIndex:
     """Search ECG embeddings by cosine similarity, optionally inside a metadata cohort.
 
+    Filtered search: the where-expression becomes a boolean mask over the rows. A selective
+    cohort (<= ``exact_max_rows`` rows or < ``exact_max_fraction`` of the index) is searched
+    exactly over its own vectors (numpy on the memory-mapped vectors.npy); a broad one goes
+    through FAISS with an IDSelectorBitmap. IVF-PQ or HNSW with a selector may find fewer than
+    k members in the lists it visits: those queries are retried with 4x nprobe up to nlist, and
+    finally searched exactly, so a cohort of >= k rows always yields k hits.
+
     Build with :func:`ecgbatch.index.build_index`, reopen with :meth:`EcgIndex.load`.
     """
 
