@@ -47,3 +47,17 @@ def test_fit_texts_keeps_the_suffix():
     assert out[0].endswith("p/r/t wave: 1/2/3") and count(out[0]) <= 16
     assert out[0].startswith("sinus rhythm. left axis deviation")
     assert D.fit_texts(base, None, count, 100) == [base[0]]
+
+
+def test_text_variants_and_their_seeded_choice():
+    base = ["atrial fibrillation. left axis deviation"]
+    wave = [" RR: 700 PR: 0 QRS: 90 QT/QTc: 350/418 P/R/T Wave: 0/2500/2600"]
+    assert D.variant_texts(base, wave, "first") == (["atrial fibrillation"], None)
+    assert D.variant_texts(base, wave, "first_wave") == (["atrial fibrillation"], wave)
+    assert D.variant_texts(base, wave, "no_wave") == (base, None)
+    with pytest.raises(ValueError, match="text variant"):
+        D.variant_texts(base, wave, "shuffled")
+    a = D.choose_variants(range(400), seed=0, epoch=2, probs=[0.5, 0.5, 0, 0])
+    assert np.array_equal(a, D.choose_variants(range(400), 0, 2, [0.5, 0.5, 0, 0]))
+    assert set(a.tolist()) == {0, 1} and 150 < (a == 0).sum() < 250
+    assert np.array_equal(a[100:200], D.choose_variants(range(100, 200), 0, 2, [0.5, 0.5, 0, 0]))

@@ -96,15 +96,22 @@ def train_loop_per_worker(config: dict) -> None:
 
     model = _build_model(job)
     tok = model.tokenizer
-    texts = D.fit_texts(base_texts, waves if job.data.wde else None, D.token_counter(tok),
-                        model.cfg.text_cfg.context_length)
-    ids_all = tok(texts, lower=True)
+    count, ctx_len = D.token_counter(tok), model.cfg.text_cfg.context_length
+    wv = waves if job.data.wde else None
+    texts = D.fit_texts(base_texts, wv, count, ctx_len)           # "full": validation, checkpoints
+    kinds = list(job.data.text_variants)
+    probs = [float(job.data.text_variants[k]) for k in kinds]
+    ids_var = torch.stack([tok(D.fit_texts(*D.variant_texts(base_texts, wv, k), count, ctx_len), lower=True)
+                           for k in kinds])                         # [V, N, L]
     use_decoder = job.loss.caption_weight > 0
     K.configure_trainable(model, job.text_tower.lock, job.text_tower.freeze_layer_norm, use_decoder)
     cached = job.text_tower.cache_frozen_features and K.text_tower_frozen(model)
-    pooled_all = states_all = None
-    if cached:
-        pooled_all, states_all = K.cache_text_features(model, ids_all[train_idx], with_states=use_decoder)
+    pooled_var = states_var = None
+    if cached:   # [V, N_train, width] (+ token states for the decoder)
+        feats = [K.cache_text_features(model, ids_var[v][train_idx], with_states=use_decoder)
+                 for v in range(len(kinds))]
+        pooled_var = torch.stack([f[0] for f in feats])
+        states_var = torch.stack([f[1] for f in feats]) if use_decoder else None
     model.to(device)
     task = ray.train.torch.prepare_model(K.CocaTask(model, use_decoder), move_to_device=True)
     optimizer = torch.optim.AdamW(K.param_groups(model, job.optim.weight_decay), lr=job.optim.lr,
@@ -165,12 +172,15 @@ def train_loop_per_worker(config: dict) -> None:
             xb = torch.from_numpy(D.augmented_batch(x_train, order, positions, fs, job.augment,
                                                     job.seed, epoch)).to(device)
             local = order[list(positions)]
-            ib = ids_all[train_idx[local]].to(device)
+            var = (D.choose_variants(positions, job.seed, epoch, probs) if len(kinds) > 1
+                   else np.zeros(len(local), dtype=int))
+            vt, lt = torch.as_tensor(var), torch.as_tensor(local)
+            ib = ids_var[vt, torch.as_tensor(train_idx)[lt]].to(device)
             kw = {}
             if cached:
-                kw["pooled"] = pooled_all[local].to(device)
+                kw["pooled"] = pooled_var[vt, lt].to(device)
                 if use_decoder:
-                    kw["states"] = states_all[local].to(device)
+                    kw["states"] = states_var[vt, lt].to(device)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(global_step, job.optim.lr, job.optim.warmup_steps, total_steps)
             with amp():

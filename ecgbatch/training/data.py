@@ -128,3 +128,29 @@ def augmented_batch(x: np.ndarray, order: np.ndarray, positions: range, fs: floa
     (seed, epoch, p)."""
     return np.stack([augment(x[order[p]], fs, cfg, sample_rng(seed, epoch, p)) for p in positions]
                     ).astype(np.float32)
+
+
+# Text variants (a text-side augmentation of ours, not ECG-Chat's): besides the full report with
+# its measurement suffix, a pair may show the report alone, its first statement (the rhythm for
+# LUDB and PTB-XL texts) alone, or that statement with the suffix. The model then also learns to
+# match the short queries people type ("atrial fibrillation"), not only whole reports.
+TEXT_VARIANTS = ("full", "no_wave", "first", "first_wave")
+
+
+def variant_texts(base: list[str], waves: list[str] | None, kind: str) -> tuple[list[str], list[str] | None]:
+    """(statement texts, suffixes) of one variant, ready for ``fit_texts``."""
+    if kind not in TEXT_VARIANTS:
+        raise ValueError(f"text variant must be one of {TEXT_VARIANTS}, got {kind!r}")
+    first = kind in ("first", "first_wave")
+    texts = [t.split(". ")[0] if first else t for t in base]
+    return texts, (waves if kind in ("full", "first_wave") else None)
+
+
+def choose_variants(positions, seed: int, epoch: int, probs: list[float]) -> np.ndarray:
+    """Variant index for each global position of an epoch (keyed by (seed, epoch, position))."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1 or len(p) == 0 or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"variant probabilities must be non-negative with a positive sum, got {probs!r}")
+    p = p / p.sum()
+    return np.array([np.random.default_rng([int(seed), int(epoch), int(q), 11]).choice(len(p), p=p)
+                     for q in positions], dtype=int)

@@ -89,6 +89,9 @@ class DataConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     cache_dir: str = ".ecgbatch/cache"
     wde: bool = True                # append ECG-Chat's measurement suffix to every text
+    # Training-text variants and their probabilities (ecgbatch.training.data.TEXT_VARIANTS):
+    # full (ECG-Chat: always), no_wave, first, first_wave. Validation always uses "full".
+    text_variants: dict = field(default_factory=lambda: {"full": 1.0})
     measure_method: str = "ecgchat"
     on_error: str = "raise"         # "skip": leave unreadable/textless records out (listed)
 
@@ -115,6 +118,12 @@ class CocaJobConfig:
     fail_after_steps: int | None = None
 
     def __post_init__(self):
+        from ecgbatch.training.data import TEXT_VARIANTS
+
+        bad = [k for k in self.data.text_variants if k not in TEXT_VARIANTS]
+        if bad or not self.data.text_variants:
+            raise ValueError(f"data.text_variants keys must be among {TEXT_VARIANTS}, got "
+                             f"{sorted(self.data.text_variants)!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
         if not self.name or "/" in self.name:
