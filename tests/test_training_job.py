@@ -128,6 +128,12 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
     zs = json.loads((workdir / "zs" / "zeroshot.json").read_text())
     assert set(zs["per_class"]) == {"af", "sinus_rhythm"} and zs["per_class"]["af"]["n_pos"] > 0
     assert (workdir / "zs" / "roc.png").stat().st_size > 1000
+    r = CliRunner().invoke(app, ["eval", "zeroshot", "--model", str(ckpt), "--data", str(cache), "--labels", "af",
+                                 "--contrast", "--query", "atrial fibrillation", "--query-prevalence", "0.2",
+                                 "--k", "2", "--out", str(workdir / "zsc")])
+    assert r.exit_code == 0, r.output
+    zc = json.loads((workdir / "zsc" / "zeroshot.json").read_text())
+    assert zc["scoring"] == "contrast" and zc["query"]["at_prevalence"]["trials"] == 200
     r = CliRunner().invoke(app, ["eval", "zeroshot", "--model", str(ckpt), "--data", str(cache),
                                  "--labels", "nope", "--out", str(workdir / "zs2")])
     assert r.exit_code == 2 and "nope" in r.output

@@ -177,6 +177,9 @@ def eval_zeroshot(
     table: Optional[str] = typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
     read_option: list[str] = typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
     threshold: float = typer.Option(0.5, help="fixed threshold for the fixed-threshold F1"),
+    contrast: bool = typer.Option(False, "--contrast/--no-contrast",
+                                  help="binary scores against each label's counter-prompt (af vs 'sinus "
+                                       "rhythm'), instead of ECG-Chat's per-class sigmoid"),
     query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first)"),
     k: int = typer.Option(8, help="top-k for --query"),
     query_prevalence: Optional[float] = typer.Option(
@@ -225,6 +228,17 @@ def eval_zeroshot(
     emb = embed_ecgs(m, pairs.x)
     zs = ZeroShotClassifier(m, ls, lower=True)
     scores = zs.scores(emb)
+    if contrast:
+        from ecgbatch.encoders.zeroshot import labelset_from_mapping
+        from ecgbatch.eval.zeroshot_eval import contrast_scores
+        from ecgbatch.training.texts import KEYWORD_COUNTER_PROMPTS
+
+        missing = [n for n in names if n not in KEYWORD_COUNTER_PROMPTS]
+        if missing:
+            _fail(f"--contrast: no counter-prompt for {missing} (known: {sorted(KEYWORD_COUNTER_PROMPTS)})")
+        neg = ZeroShotClassifier(m, labelset_from_mapping("counter", {n: KEYWORD_COUNTER_PROMPTS[n] for n in names}),
+                                 lower=True)
+        scores = contrast_scores(zs, neg, emb)
     res = per_class_metrics(y, scores, list(names), threshold)
     if query:
         q = embed_texts(m, m.tokenizer, [query])[0]
@@ -257,7 +271,8 @@ def eval_zeroshot(
         if ap:
             typer.echo(f"  at prevalence {ap['prevalence']:.2f} ({ap['relevant_in_pool']} of {ap['pool']}, "
                        f"{ap['trials']} pools): mean {ap['mean']:.3f}, p10 {ap['p10']:.3f}, min {ap['min']:.3f}")
-    (out / "zeroshot.json").write_text(json.dumps({"model": model, "data": data, "labels": list(names), **res},
+    (out / "zeroshot.json").write_text(json.dumps({"model": model, "data": data, "labels": list(names),
+                                                   "scoring": "contrast" if contrast else "per-class sigmoid", **res},
                                                   indent=2))
     typer.echo(f"wrote {out / 'zeroshot.json'} and {png}")
 

@@ -48,6 +48,14 @@ def per_class_metrics(y_true, scores, labels, threshold: float = 0.5) -> dict:
     return {"per_class": per, "macro": macro}
 
 
+def contrast_scores(classifier, counter, ecg_emb) -> np.ndarray:
+    """Binary zero-shot scores against counter-prompts: sigmoid(scale * (cos(ECG, class) -
+    cos(ECG, counter class))), [N, C]. ``classifier`` and ``counter`` are ZeroShotClassifiers
+    over the same labels (the second built from the counter-prompts)."""
+    z = classifier.logits(ecg_emb).astype(np.float64) - counter.logits(ecg_emb).astype(np.float64)
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
 def roc_points(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates at every distinct score (descending), from (0,0) to (1,1)."""
     y = np.asarray(y_true).astype(int)

@@ -398,6 +398,15 @@ KEYWORD_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
+# Counter-prompts for a binary zero-shot decision "label vs its usual alternative": the score
+# is then cos(ECG, label prompt) - cos(ECG, counter prompt) (opt-in; ECG-Chat scores each class
+# on its own prompt).
+KEYWORD_COUNTER_PROMPTS: dict[str, str] = {
+    "af": "sinus rhythm",
+    "sinus_rhythm": "atrial fibrillation",
+}
+
+
 def keyword_labels(text: str, names=None) -> dict[str, int]:
     """{label: 0/1} for the KEYWORD_LABELS named (all by default), read from ``text``."""
     names = list(KEYWORD_LABELS) if names is None else list(names)

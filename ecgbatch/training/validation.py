@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, flat_metrics, precision_at_k, retrieval_metrics
-from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
+from ecgbatch.training.texts import KEYWORD_COUNTER_PROMPTS, KEYWORD_LABELS, keyword_labels
 
 
 def label_prompts(name: str) -> list[str]:
@@ -44,6 +44,18 @@ def validate(model, x: np.ndarray, texts: list[str], base_texts: list[str], labe
         for j, n in enumerate(names):
             out[f"val/zeroshot/{n}/auc"] = float(M.roc_auc(y[:, j], s[:, j]))
             out[f"val/zeroshot/{n}/n_pos"] = float(y[:, j].sum())
+        with_counter = [n for n in names if n in KEYWORD_COUNTER_PROMPTS]
+        if with_counter:
+            from ecgbatch.encoders.zeroshot import labelset_from_mapping
+            from ecgbatch.eval.zeroshot_eval import contrast_scores
+
+            cols = [names.index(n) for n in with_counter]
+            pos = ZeroShotClassifier(model, keyword_labelset(with_counter), tokenizer=tok, lower=True)
+            neg = ZeroShotClassifier(model, labelset_from_mapping(
+                "counter", {n: KEYWORD_COUNTER_PROMPTS[n] for n in with_counter}), tokenizer=tok, lower=True)
+            sc = contrast_scores(pos, neg, e)
+            for j, n in zip(cols, with_counter):
+                out[f"val/zeroshot/{n}/auc_contrast"] = float(M.roc_auc(y[:, j], sc[:, with_counter.index(n)]))
     if query:
         q = embed_texts(model, tok, [query], device=device)[0]
         rel = [keyword_labels(b, [query_label])[query_label] for b in base_texts]
