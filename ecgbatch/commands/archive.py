@@ -119,6 +119,8 @@ def embed_command(
         raise typer.Exit(130)
     except (FileNotFoundError, ValueError, WorkspaceLockedError) as exc:
         _fail(console, str(exc))
+    except ConnectionError as exc:  # --address with no cluster there
+        _fail(console, f"cannot connect to the Ray cluster at {address!r}: {exc}")
     if as_json:
         d = dict(s.__dict__, records_per_s=round(s.records_per_s, 2))
         print(json.dumps(d, indent=2, default=str))

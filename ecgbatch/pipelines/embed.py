@@ -92,10 +92,13 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
         row.update(_meta_fields(rec.meta or {}))
         row["fs"] = float(rec.fs)
         row["duration_s"] = float(rec.duration_s)
-        row["notes"] = "; ".join(pre.notes)
-        stage = "measure"
-        if measure:
-            row.update(_measure(rec))
+        notes = list(pre.notes)
+        if measure:  # a record that cannot be measured is still embedded: null columns + a note
+            try:
+                row.update(_measure(rec))
+            except Exception as exc:  # noqa: BLE001 - kept in preprocess_notes
+                notes.append(f"measurements failed: {type(exc).__name__}: {exc}")
+        row["notes"] = "; ".join(notes)
         row.update(ok=True, stage="", x=pre.x)
     except EcgReadError as exc:
         row.update(stage=stage, error_type=type(exc).__name__, error_kind=exc.kind, message=str(exc))
@@ -298,6 +301,10 @@ class EmbedSummary:
     seconds: float = 0.0
     failure_kinds: dict[str, int] = field(default_factory=dict)
     index: dict[str, Any] | None = None
+    # the streaming part alone: from starting the dataset to the last commit, and the rate after
+    # the first results arrived (actor start-up and model loading excluded)
+    pipeline_seconds: float = 0.0
+    steady_records_per_s: float = 0.0
 
     @property
     def records_per_s(self) -> float:
@@ -426,8 +433,13 @@ def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[st
              summary: EmbedSummary, bar) -> None:
     """Group the streamed rows by block and commit each block as soon as it is complete."""
     pending: dict[str, list[dict[str, Any]]] = {}
+    t_start = time.perf_counter()
+    t_first, n_first, n_seen = None, 0, 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         n = len(batch["block"])
+        n_seen += n
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), n
         cols = list(batch)
         for i in range(n):
             row = {c: batch[c][i] for c in cols}
@@ -447,6 +459,10 @@ def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[st
                 summary.failure_kinds[str(r["error_kind"])] = summary.failure_kinds.get(str(r["error_kind"]), 0) + 1
     if pending:
         raise RuntimeError(f"the dataset ended with {len(pending)} incomplete blocks")
+    t_end = time.perf_counter()
+    summary.pipeline_seconds = t_end - t_start
+    if t_first is not None and t_end > t_first and n_seen > n_first:
+        summary.steady_records_per_s = (n_seen - n_first) / (t_end - t_first)
 
 
 def build_or_update_index(table: ModelTable, kind: str = "auto", gpu: bool = False,
