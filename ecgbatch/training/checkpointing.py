@@ -133,39 +133,14 @@ def is_trained_only(folder: str | Path) -> bool:
 
 
 def load_trained_only(folder: str | Path, device=None, text_encoder_dir=None):
-    """Rebuild the model of a trained-only folder: the base text weights from the locally
-    installed text encoder (hash-checked), the stored tensors on top (strict: every model
-    tensor is either stored, base, or under an omitted prefix; nothing unexpected)."""
-    from safetensors.torch import load_file
+    """Rebuild the model of a trained-only folder (the encoders' loader does it: base text
+    weights from the installed text encoder, hash-checked; stored tensors on top; strict about
+    anything else)."""
+    from ecgbatch.encoders.checkpoint import load_folder
 
-    from ecgbatch.encoders.checkpoint import CheckpointMismatchError, read_folder_config
-    from ecgbatch.encoders.factory import build_model
-
-    p = Path(folder)
-    meta = json.loads((p / "config.json").read_text())
-    if meta.get("stored_weights") != TRAINED_ONLY:
-        raise ValueError(f"{str(p)!r} is not a trained-only folder")
-    cfg = read_folder_config(p)
-    model = build_model(cfg, text_encoder_dir=text_encoder_dir, text_weights=True, allow_random_text=False)
-    if model.provenance.get("text") != "pretrained":
-        raise FileNotFoundError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
-    sd = model.state_dict()
-    for prefix, info in meta.get("base_weights", {}).items():
-        base = {k: v for k, v in sd.items() if k.startswith(prefix)}
-        if tensors_hash(base) != info["sha256_16"]:
-            raise ValueError(f"{str(p)!r}: the installed text encoder's weights differ from the ones "
-                             f"this model was trained with ({prefix}* hash {tensors_hash(base)} != "
-                             f"{info['sha256_16']})")
-    stored = load_file(str(p / "model.safetensors"))
-    unexpected = sorted(set(stored) - set(sd))
-    covered = set(stored) | {k for k in sd if any(k.startswith(q) for q in meta.get("base_weights", {}))}
-    missing = sorted(k for k in sd if k not in covered and not k.startswith(tuple(meta.get("omitted", []))))
-    if unexpected or missing:
-        raise CheckpointMismatchError(str(p), missing, unexpected, [])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.items()}, strict=False)
-    model.provenance = {"weights": TRAINED_ONLY, "folder": str(p), "omitted": meta.get("omitted", [])}
-    model.eval()
-    return model.to(device) if device is not None else model
+    if not is_trained_only(folder):
+        raise ValueError(f"{str(folder)!r} is not a trained-only folder")
+    return load_folder(folder, device=device, text_encoder_dir=text_encoder_dir)
 
 
 def load_model(name_or_path: str | Path, device=None):
@@ -177,12 +152,9 @@ def load_model(name_or_path: str | Path, device=None):
     if p.is_dir():
         if (p / MODEL_SUBDIR).is_dir() and (p / STATE_FILE).is_file():
             p = p / MODEL_SUBDIR
-        return load_trained_only(p, device) if is_trained_only(p) else create_model(p, device=device)
+        return create_model(p, device=device)
     from ecgbatch.models import registry
 
     if registry.get(str(name_or_path)) is not None:
-        folder = registry.weights_folder(str(name_or_path))
-        if is_trained_only(folder):
-            return load_trained_only(folder, device)
         return create_model(str(name_or_path), pretrained="default", device=device)
     raise FileNotFoundError(f"model {str(name_or_path)!r} is neither a folder nor a zoo name")
