@@ -113,6 +113,7 @@ def save_trained_only(model, folder: str | Path, trained: set[str], base_prefix:
             base[k] = v
     save_file(keep, str(out / "model.safetensors"), metadata={"format": "ecgbatch-coca",
                                                               "stored_weights": TRAINED_ONLY})
+    (out / "model.safetensors").chmod(0o644)   # shipped in the package: readable by everyone
     cfg = json.loads((out / "config.json").read_text())
     cfg.update(stored_weights=TRAINED_ONLY, dtype=str(dtype).replace("torch.", "") if dtype else "float32",
                base_weights={base_prefix: {"source": model.cfg.text_cfg.hf_model_name,
