@@ -206,7 +206,10 @@ class EncoderUDF:
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        if use_gpu and not torch.cuda.is_available():
+            raise RuntimeError("this encoder actor was given a GPU by Ray, but torch sees no CUDA "
+                               f"device (torch {torch.__version__}): install a CUDA build of torch")
+        device = "cuda" if use_gpu else "cpu"
         self.model = create_model(model, device=device, **spec)
         self.model.eval()
         got = model_weights_hash(self.model)
