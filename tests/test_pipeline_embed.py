@@ -227,3 +227,26 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(sample_archive, tmp_path):
                + table.read_failures().column("source").to_pylist())
     assert len(sources) == len(set(sources)) == total
     assert not list(table.root.rglob("*.tmp"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_classify_as_ray_job_equals_in_process(embedded, ray_local):
+    from ecgbatch.pipelines import classify
+    from ecgbatch.pipelines.search import load_table_model
+
+    ws, _ = embedded
+    t = _main_table(ws)
+    model = load_table_model(t)
+    res = classify.run(t, "cpsc2018", model=model, output=ws / "preds.parquet")
+    _, udf = classify.make_udf(model, "cpsc2018")
+    rows = {}
+    for b in classify.build_dataset(t, udf).iter_batches(batch_size=None, batch_format="numpy"):
+        for rid, s, p in zip(b["record_id"], b["scores"], b["predicted"]):
+            rows[rid] = (s, p)
+    local = res.preds.to_pylist()
+    assert len(rows) == len(local) == res.n_records
+    for r in local:
+        s, p = rows[r["record_id"]]
+        np.testing.assert_allclose(s, [r[f"score_{lab}"] for lab in res.labels], rtol=1e-6)
+        assert p.split(";") == r["predicted"]

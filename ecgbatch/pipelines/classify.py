@@ -61,7 +61,10 @@ class ZeroShotUDF:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        s = self.scores(np.asarray(batch.pop("embedding"), dtype=np.float32))
+        emb = batch.pop("embedding")
+        if emb.dtype == object:  # Ray Data reads fixed-size lists as an object array of vectors
+            emb = np.stack(list(emb)) if len(emb) else np.zeros((0, self.c.shape[1]), np.float32)
+        s = self.scores(np.asarray(emb, dtype=np.float32))
         batch["scores"] = s
         batch["predicted"] = np.array([";".join(p) for p in self.predicted(s)], dtype=object)
         return batch
