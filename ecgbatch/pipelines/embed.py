@@ -177,22 +177,8 @@ def load_model(name: str, pretrained: str | None = None, device: str | None = No
 
 
 def model_weights_hash(model) -> str:
-    """``model.weights_hash``; until ecgbatch.encoders handles 0-d tensors (logit_scale) there,
-    the same sha256-over-sorted-state-dict computed on flattened views."""
-    try:
-        return model.weights_hash
-    except RuntimeError:
-        import hashlib
-
-        import torch
-
-        h = hashlib.sha256()
-        sd = model.state_dict()
-        for k in sorted(sd):
-            t = sd[k].detach().cpu().contiguous()
-            h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+    """The identity of a model's weights (ecgbatch.encoders: sha256 over the sorted state dict)."""
+    return str(model.weights_hash)
 
 
 class EncoderUDF:
