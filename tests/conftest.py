@@ -38,3 +38,30 @@ def fixtures_dir(shared):
 def sample_archive():
     assert SAMPLE_ARCHIVE.is_dir(), f"bundled sample archive missing at {SAMPLE_ARCHIVE}"
     return SAMPLE_ARCHIVE
+
+
+# --- the ecgcoca_tiny reference fixture (ECG-Chat's own outputs), shared by encoder tests ----
+
+@pytest.fixture(scope="session")
+def ecgcoca_dir(fixtures_dir):
+    d = fixtures_dir / "ecgcoca_tiny"
+    if not d.is_dir():
+        pytest.skip(f"fixture folder missing: {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ecgcoca_model(ecgcoca_dir):
+    from ecgbatch.encoders import load_ecgchat_checkpoint
+
+    d = ecgcoca_dir
+    return load_ecgchat_checkpoint(d / "checkpoint.pt", d / "model_config.json", d / "text_encoder")
+
+
+@pytest.fixture(scope="session")
+def ecgcoca_inputs(ecgcoca_dir):
+    import numpy as np
+    import torch
+
+    return (torch.from_numpy(np.load(ecgcoca_dir / "inputs_ecg.npy")),
+            torch.from_numpy(np.load(ecgcoca_dir / "inputs_text_ids.npy")))

@@ -13,24 +13,18 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 @pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    d = fixtures_dir / "ecgcoca_tiny"
-    if not d.is_dir():
-        pytest.skip(f"fixture folder missing: {d}")
-    return d
+def fx(ecgcoca_dir):
+    return ecgcoca_dir
 
 
 @pytest.fixture(scope="module")
-def model(fx):
-    from ecgbatch.encoders import load_ecgchat_checkpoint
-
-    return load_ecgchat_checkpoint(fx / "checkpoint.pt", fx / "model_config.json", fx / "text_encoder")
+def model(ecgcoca_model):
+    return ecgcoca_model
 
 
 @pytest.fixture(scope="module")
-def inputs(fx):
-    return (torch.from_numpy(np.load(fx / "inputs_ecg.npy")),
-            torch.from_numpy(np.load(fx / "inputs_text_ids.npy")))
+def inputs(ecgcoca_inputs):
+    return ecgcoca_inputs
 
 
 @pytest.fixture(scope="module")

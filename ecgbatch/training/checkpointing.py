@@ -17,7 +17,6 @@ untrained caption decoder). ``load_trained_only`` rebuilds the full model from b
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -82,13 +81,8 @@ def load_training_model(folder: str | Path):
 
 # --- trained-only folders --------------------------------------------------------------------
 
-def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().float().contiguous()
-        h.update(f"{k}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+# One hash rule for base weights, shared with the loader that checks it.
+from ecgbatch.encoders.checkpoint import tensors_hash  # noqa: E402
 
 
 def save_trained_only(model, folder: str | Path, trained: set[str], base_prefix: str = "text.transformer.",
