@@ -182,6 +182,10 @@ def header_meta(h: WfdbHeader) -> dict[str, Any]:
                 diagnoses.append(value)
         elif key == "dx":
             meta["dx_codes"] = [c.strip() for c in re.split(r"[,;\s]+", value) if c.strip()]
+            if meta["dx_codes"]:  # readable names beside the codes (unknown codes kept as is)
+                from ecgbatch.io.snomed import snomed_names
+
+                meta["dx_names"] = snomed_names(meta["dx_codes"])
         elif key in ("rx", "hx", "sx"):
             if value and value.lower() != "unknown":
                 meta[key] = value

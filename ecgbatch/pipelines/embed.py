@@ -45,7 +45,8 @@ def _meta_fields(meta: dict[str, Any]) -> dict[str, Any]:
         age = math.nan
     sex = meta.get("sex")
     sex = str(sex) if sex is not None else ""
-    diag = next((meta[k] for k in ("diagnoses", "diagnosis_text", "diagnosis_statements", "report")
+    diag = next((meta[k] for k in ("diagnoses", "diagnosis_text", "diagnosis_statements", "report",
+                                   "dx_names")
                  if meta.get(k)), "")
     if isinstance(diag, (list, tuple)):
         diag = "; ".join(str(d) for d in diag)
