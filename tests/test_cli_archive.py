@@ -61,7 +61,7 @@ def test_search_text_json_where_and_csv(ws):
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert rows and all(float(x["age"]) >= 60 and x["sex"] == "F" for x in rows)
-    assert list(rows[0]) == ["rank", "score", "record_id", "source", "age", "sex", "diagnoses"]
+    assert list(rows[0]) == ["rank", "score", "record_id", "source", "age", "sex", "diagnoses", "quality"]
     cohort = open_table(w).read_table(["age", "sex"]).to_pylist()
     assert len(rows) == sum(1 for c in cohort if c["age"] is not None and c["age"] >= 60 and c["sex"] == "F")
     r = _run("search", "sinus rhythm", "-w", w)  # rich table on stdout

@@ -16,7 +16,7 @@ import numpy as np
 
 from ecgbatch.pipelines.workspace import ModelTable
 
-RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses")
+RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses", "quality")
 
 
 def _norm(s: str) -> str:
@@ -95,7 +95,9 @@ def _hit_row(rank: int, h) -> dict[str, Any]:
     age = m.get("age")
     return {"rank": rank, "score": round(float(h.score), 4), "record_id": h.record_id,
             "source": m.get("source"), "age": None if age is None else float(age),
-            "sex": m.get("sex"), "diagnoses": diag}
+            "sex": m.get("sex"), "diagnoses": diag,
+            # reader flags (flat/NaN leads, absurd amplitude, ...): a hit to look at with care
+            "quality": ", ".join(m.get("quality") or [])}
 
 
 def search(table: ModelTable, query: str | None = None, *, like: str | None = None, k: int = 10,
