@@ -122,6 +122,15 @@ def train_loop_per_worker(config: dict) -> None:
                            pad_id=model.text.pad_token_id, rank=rank, world_size=world)
     else:
         loss_fn = ClipLoss(rank=rank, world_size=world)
+    label_w = float(job.loss.label_weight)
+    pos_labels = None
+    if label_w > 0:
+        from ecgbatch.training.label_loss import multi_positive_clip_loss
+        from ecgbatch.training.texts import keyword_labels
+
+        names = list(job.loss.label_positives)
+        pos_labels = torch.tensor([[keyword_labels(t, names)[n] for n in names] for t in base_texts],
+                                  dtype=torch.float32)
 
     n_train = len(train_idx)
     x_train = x_all[train_idx]
@@ -187,6 +196,11 @@ def train_loop_per_worker(config: dict) -> None:
                 out = task(xb, ib, **kw)
                 if use_decoder:
                     losses = loss_fn(**out, output_dict=True)
+                elif pos_labels is not None:
+                    lb = pos_labels[torch.as_tensor(train_idx)[lt]].to(device)
+                    losses = {"contrastive_loss": job.loss.clip_weight * multi_positive_clip_loss(
+                        out["ecg_features"].float(), out["text_features"].float(), out["logit_scale"].float(),
+                        lb, label_w, rank=rank, world_size=world)}
                 else:
                     losses = {"contrastive_loss": job.loss.clip_weight * loss_fn(
                         out["ecg_features"], out["text_features"], out["logit_scale"])}

@@ -50,6 +50,19 @@ class OptimConfig:
 class LossConfig:
     clip_weight: float = 1.0        # ECG-Chat: 1.0
     caption_weight: float = 2.0     # ECG-Chat: 2.0; 0 skips the decoder (and does not train it)
+    # Ours (training/label_loss.py): pairs whose texts share one of these keyword labels are
+    # soft positives with total target mass label_weight (0 = ECG-Chat's InfoNCE).
+    label_positives: list[str] = field(default_factory=list)
+    label_weight: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= float(self.label_weight) <= 1.0:
+            raise ValueError(f"loss.label_weight must be in [0, 1], got {self.label_weight!r}")
+        if self.label_weight > 0 and not self.label_positives:
+            raise ValueError("loss.label_weight > 0 needs loss.label_positives (e.g. [af])")
+        if self.label_weight > 0 and self.caption_weight > 0:
+            raise ValueError("loss.label_weight is implemented for the contrastive-only loss "
+                             f"(caption_weight 0), got caption_weight={self.caption_weight!r}")
 
 
 @dataclass
