@@ -170,7 +170,8 @@ def test_challenge_header_variants():
     assert h.signals[0].units == "mv" and h.signals[0].byte_offset == 24 and h.signals[0].spf == 1
     meta = header_meta(h)
     assert meta == {"acquired": "2020-05-05T14:50:55", "age": 78, "sex": "F",
-                    "dx_codes": ["67741000119109", "426177001"]}  # no identifiers, no 'Unknown'
+                    "dx_codes": ["67741000119109", "426177001"],
+                    "dx_names": ["left atrial enlargement", "sinus bradycardia"]}  # no identifiers, no 'Unknown'
 
 
 def test_georgia_header_that_wfdb_rejects(sample_archive):
