@@ -18,9 +18,9 @@ from xml.parsers import expat
 import numpy as np
 
 from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownLeadError, UnreadableError, UnsafeXmlError
-from ecgbatch.io.record import STANDARD_LEADS
+from ecgbatch.io import leads as _leads
+from ecgbatch.io.record import STANDARD_LEADS, Record
 
-_LEAD_BY_KEY = {name.upper(): name for name in STANDARD_LEADS}
 LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
 
 
@@ -127,8 +127,10 @@ def text(el: ET.Element | None, path: str | None = None) -> str | None:
 # ---- leads ---------------------------------------------------------------------------------
 
 def canonical_lead(name: str) -> str | None:
-    """Case-insensitive match to the canonical 12 names ('AVR' -> 'aVR'); None when not one."""
-    return _LEAD_BY_KEY.get(name.strip().upper())
+    """The canonical standard name ('AVR' -> 'aVR', through ecgbatch.io.leads, the one lead-name
+    table of the package); None when the name is not one of the standard 12."""
+    c = _leads.canonical_lead(name)
+    return c if _leads.is_standard(c) else None
 
 
 def derive_limb_leads(leads: dict[str, np.ndarray]) -> list[str]:
@@ -166,3 +168,14 @@ def stack_leads(leads: dict[str, np.ndarray], path: str) -> tuple[np.ndarray, tu
     names = tuple(standard + others)
     signal = np.stack([np.asarray(leads[n], dtype=np.float32) for n in names])
     return signal, names, others
+
+
+def xml_record(signal: np.ndarray, names: tuple[str, ...], others: list[str], derived: list[str],
+               fs: float, path: str, meta: dict) -> Record:
+    """The Record both XML readers return (mV), noting derived and non-standard leads in meta."""
+    if derived:
+        meta["derived_leads"] = derived
+    if others:
+        meta["nonstandard_leads"] = others
+    return Record(signal=signal, fs=fs, leads=names, units="mV", record_id=Path(path).stem,
+                  source=path, meta=meta)

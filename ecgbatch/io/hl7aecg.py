@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ecgbatch.io._xmlutil import (
-    canonical_lead, child, derive_limb_leads, find, find_all, local, parse_xml, stack_leads,
+    canonical_lead, xml_record, child, derive_limb_leads, find, find_all, local, parse_xml, stack_leads,
 )
 from ecgbatch.io.errors import HeaderError, LengthMismatchError, NotAnEcgError
 from ecgbatch.io.record import Record
@@ -111,12 +111,7 @@ def read_hl7_aecg(path: str | Path, *, waveform: str = "rhythm", sequence_set: i
     meta.update(format="hl7_aecg", series_code=_code(chosen[0]), stored_leads=stored)
     if len(sets) > 1:
         meta.update(n_sequence_sets=len(sets), sequence_set=sequence_set)
-    if derived:
-        meta["derived_leads"] = derived
-    if others:
-        meta["nonstandard_leads"] = others
-    return Record(signal=signal, fs=fs, leads=names, units="mV", record_id=Path(p).stem,
-                  source=p, meta=meta)
+    return xml_record(signal, names, others, derived, fs, p, meta)
 
 
 def _code(el: ET.Element) -> str | None:

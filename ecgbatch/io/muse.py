@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ecgbatch.io._xmlutil import (
-    canonical_lead, children, derive_limb_leads, find, local, parse_xml, stack_leads, text,
+    canonical_lead, xml_record, children, derive_limb_leads, find, local, parse_xml, stack_leads, text,
 )
 from ecgbatch.io.errors import (
     HeaderError, LengthMismatchError, NotAnEcgError, TruncatedSignalError,
@@ -90,12 +90,7 @@ def read_muse(path: str | Path, *, waveform: str = "rhythm", derive_leads: bool 
     signal, names, others = stack_leads(leads, p)
     meta = _meta(root, p)
     meta.update(format="muse", waveform_type=text(wf, "WaveformType"), stored_leads=stored)
-    if derived:
-        meta["derived_leads"] = derived
-    if others:
-        meta["nonstandard_leads"] = others
-    return Record(signal=signal, fs=fs, leads=names, units="mV", record_id=Path(p).stem,
-                  source=p, meta=meta)
+    return xml_record(signal, names, others, derived, fs, p, meta)
 
 
 def _sampling_rate(wf: ET.Element, p: str) -> float:
