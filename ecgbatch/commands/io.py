@@ -62,25 +62,13 @@ def _summary(console, st, result, seconds: float) -> None:
     console.print(f"[bold]{st.records}[/bold] records, [bold]{st.failures}[/bold] failures, "
                   f"{sum(st.ignored.values())} files ignored, {st.files} files in "
                   f"{st.directories} directories, {seconds:.1f} s ({n / max(seconds, 1e-9):.0f} records/s)")
-    t = Table(title="records by format")
-    t.add_column("format")
-    t.add_column("records", justify="right")
-    for k, v in st.by_format.most_common():
-        t.add_row(k, str(v))
-    console.print(t)
-    t = Table(title="lead sets")
-    t.add_column("leads")
-    t.add_column("records", justify="right")
-    for k, v in st.lead_sets.most_common(8):
-        t.add_row(" ".join(k) if len(k) <= 16 else f"{len(k)} leads: {' '.join(k[:8])} ...", str(v))
-    console.print(t)
+    console.print(_count_table("records by format", "format", st.by_format.most_common()))
+    console.print(_count_table(
+        "lead sets", "leads",
+        ((" ".join(k) if len(k) <= 16 else f"{len(k)} leads: {' '.join(k[:8])} ...", v)
+         for k, v in st.lead_sets.most_common(8))))
     if st.failures:
-        t = Table(title="failures by type")
-        t.add_column("error type")
-        t.add_column("records", justify="right")
-        for k, v in st.failures_by_type.most_common():
-            t.add_row(k, str(v))
-        console.print(t)
+        console.print(_count_table("failures by type", "error type", st.failures_by_type.most_common()))
     if st.ignored:
         t = Table(title="ignored files")
         t.add_column("reason")
@@ -93,6 +81,18 @@ def _summary(console, st, result, seconds: float) -> None:
         console.print(f"[red]accounting error: {st.files} files seen, {st.accounted()} accounted[/red]")
     console.print(f"manifest: {result.manifest_path} ({result.n_records} rows)\n"
                   f"failures: {result.failures_path} ({result.n_failures} rows)")
+
+
+def _count_table(title: str, key: str, rows) -> "Table":
+    """A two-column summary table: (key, records) rows, counts right-aligned."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column(key)
+    t.add_column("records", justify="right")
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t
 
 
 def register(app: typer.Typer) -> None:
