@@ -65,3 +65,23 @@ def ecgcoca_inputs(ecgcoca_dir):
 
     return (torch.from_numpy(np.load(ecgcoca_dir / "inputs_ecg.npy")),
             torch.from_numpy(np.load(ecgcoca_dir / "inputs_text_ids.npy")))
+
+
+# --- real-signal stand-in embeddings for the index tests (read once per session) -----------
+
+@pytest.fixture(scope="session")
+def real_index_vectors(shared_data):
+    """(table, vectors): 256-d random projections of the real PTB-XL and CinC records in
+    ../shared/data with their metadata, exact-duplicate signals dropped (CinC E07509/E07510
+    carry the same signal) so rankings have no ties and ids compare exactly."""
+    import numpy as np
+
+    from ecgbatch.index.random_projection import real_ecg_table
+    from ecgbatch.index.store import embeddings_to_numpy
+
+    t = real_ecg_table(shared_data, dim=256)
+    v = embeddings_to_numpy(t["embedding"])
+    s = v @ v.T
+    np.fill_diagonal(s, 0)
+    keep = ~np.triu(s > 0.9999).any(axis=0)
+    return t.filter(keep), v[keep]
