@@ -179,7 +179,7 @@ def test_mini_factory_uses_packaged_minilm():
         t = m.encode_text(ids)
         e = m.encode_ecg(torch.randn(2, 12, 5000))
         tok = m.ecg_tokens(torch.randn(1, 12, 5000))
-    assert t.shape == e.shape == (2, 256)
+    assert t.shape == e.shape == (2, m.embed_dim) and m.embed_dim == 256 + m.rhythm.dim   # + RR block
     assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-5)
     assert tok.shape == (1, 101, 384)
     # the two text embeddings differ: real pretrained MiniLM weights, not constants

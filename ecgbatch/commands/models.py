@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             w = registry.find_weights(name)
             pre = cfg.preprocess
             rows.append({
-                "name": name, "embed_dim": cfg.embed_dim,
+                "name": name, "embed_dim": cfg.output_dim,
                 "ecg_tower": f"{cfg.ecg_cfg.layers}x{cfg.ecg_cfg.width} patch {cfg.ecg_cfg.patch_size}",
                 "text_tower": cfg.text_cfg.hf_model_name,
                 "preprocess": (f"{pre.fs:g} Hz, {pre.n_samples} samples, bandpass {pre.bandpass}, "

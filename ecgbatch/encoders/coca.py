@@ -28,6 +28,12 @@ class CoCa(nn.Module):
         self.ecg = EcgTransformer(cfg.ecg_cfg, cfg.embed_dim)
         self.text_decoder = MultimodalTransformer(cfg.multimodal_cfg, cfg.text_cfg.vocab_size)
         self.logit_scale = nn.Parameter(torch.ones([]) * cfg.init_logit_scale)
+        self.rhythm = None
+        if cfg.rhythm_cfg is not None:
+            from ecgbatch.encoders.rhythm import RhythmChannel
+
+            self.rhythm = RhythmChannel(cfg.rhythm_cfg, cfg.ecg_cfg.width,
+                                        list(cfg.preprocess.leads).index(cfg.rhythm_cfg.lead), cfg.preprocess.fs)
         self.tokenizer = None          # set by the factory when a tokenizer is available
         self.provenance: dict = {}     # where the weights came from (factory / loaders fill it)
 
@@ -38,7 +44,8 @@ class CoCa(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.cfg.embed_dim
+        """Width of the embeddings: the projection's, plus the rhythm channel's RR block."""
+        return self.cfg.embed_dim + (self.rhythm.dim if self.rhythm is not None else 0)
 
     @property
     def n_ecg_tokens(self) -> int:
@@ -59,12 +66,40 @@ class CoCa(nn.Module):
 
     # -- towers ----------------------------------------------------------------------------
     def _encode_ecg(self, ecg: torch.Tensor, normalize: bool = True):
-        latent, tokens = self.ecg(ecg)
-        return (F.normalize(latent, dim=-1) if normalize else latent), tokens
+        if self.rhythm is None:
+            latent, tokens = self.ecg(ecg)
+            return (F.normalize(latent, dim=-1) if normalize else latent), tokens
+        # Rhythm channel: always [learned (unit), RR block] with unit norm, whatever ``normalize``.
+        feats, rr = self.rhythm.measure(ecg)
+        latent, tokens = self.ecg(ecg, cls_bias=self.rhythm.cls_bias(feats, ecg.dtype))
+        unit = F.normalize(latent.float(), dim=-1)
+        return self.rhythm.combine(unit, self.rhythm.rr_block(rr, unknown_slot=True)), tokens
 
-    def _encode_text(self, ids: torch.Tensor, normalize: bool = True):
+    def _encode_text(self, ids: torch.Tensor, normalize: bool = True, rr_ms=None):
         latent, tokens = self.text(ids)
-        return (F.normalize(latent, dim=-1) if normalize else latent), tokens
+        return self.text_output(latent, ids, normalize, rr_ms), tokens
+
+    def text_output(self, latent: torch.Tensor, ids: torch.Tensor, normalize: bool = True, rr_ms=None):
+        """The text embedding from the projected pooled state ``latent``: as is for ECG-Chat's
+        model; with the rhythm channel, [learned, RR block of the RR the text states] (the RR
+        is read from ``ids`` through the tokenizer unless ``rr_ms`` gives it)."""
+        if self.rhythm is None:
+            return F.normalize(latent, dim=-1) if normalize else latent
+        if rr_ms is None:
+            rr_ms = self.text_rr_ms(ids)
+        out = self.rhythm.combine(F.normalize(latent.float(), dim=-1),
+                                  self.rhythm.rr_block(rr_ms, unknown_slot=False))
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def text_rr_ms(self, ids: torch.Tensor) -> np.ndarray:
+        """The RR interval (ms, NaN if none) each tokenised text states (rhythm channel)."""
+        from ecgbatch.encoders.rhythm import text_rr_ms
+
+        if self.tokenizer is None:
+            raise ValueError("this model's rhythm channel reads RR values from the text and needs "
+                             "its tokenizer attached")
+        return np.array([text_rr_ms(self.tokenizer.decode(row.tolist())) for row in ids.cpu()],
+                        dtype=np.float64)
 
     def encode_ecg(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """x float [B, leads, samples] -> [B, embed_dim] (L2-normalised by default)."""
@@ -80,7 +115,7 @@ class CoCa(nn.Module):
 
     def forward(self, ecg: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         text_latent, text_states = self._encode_text(text)
-        ecg_latent, ecg_tok = self._encode_ecg(ecg)
+        ecg_latent, ecg_tok = self._encode_ecg(ecg)   # normalised (unit) features, as ClipLoss wants
         # Decoder queries: text states [:, :-1]; position t predicts text[:, t + 1].
         logits = self.text_decoder(ecg_tok, text_states[:, :-1])
         return {

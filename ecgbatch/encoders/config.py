@@ -116,6 +116,8 @@ class CocaConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     preprocess: PreprocessConfig = ECGCHAT
     name: str = ""             # free label (architecture name or checkpoint name)
+    # ecgbatch's optional rhythm channel (ecgbatch.encoders.rhythm); None = ECG-Chat's model.
+    rhythm_cfg: Any = None
 
     def __post_init__(self):
         if self.arch not in KNOWN_ARCHS:
@@ -133,9 +135,17 @@ class CocaConfig:
         if self.preprocess.n_samples is not None and self.preprocess.n_samples != self.ecg_cfg.seq_length:
             raise ValueError(f"preprocess.n_samples ({self.preprocess.n_samples!r}) must equal "
                              f"ecg_cfg.seq_length ({self.ecg_cfg.seq_length!r})")
+        if self.rhythm_cfg is not None and self.rhythm_cfg.lead not in self.preprocess.leads:
+            raise ValueError(f"rhythm_cfg.lead {self.rhythm_cfg.lead!r} is not among preprocess.leads "
+                             f"{list(self.preprocess.leads)}")
         if len(self.preprocess.leads) != self.ecg_cfg.lead_num:
             raise ValueError(f"preprocess.leads has {len(self.preprocess.leads)} leads, the ECG tower "
                              f"expects lead_num={self.ecg_cfg.lead_num!r}")
+
+    @property
+    def output_dim(self) -> int:
+        """Embedding width: embed_dim plus the rhythm channel's RR block when there is one."""
+        return self.embed_dim + (self.rhythm_cfg.dim if self.rhythm_cfg is not None else 0)
 
     # -- (de)serialisation ------------------------------------------------------------------
     @classmethod
@@ -147,6 +157,11 @@ class CocaConfig:
             raise ValueError(f"model config lacks {missing} (need embed_dim, ecg_cfg, text_cfg, "
                              "multimodal_cfg)")
         pre = d.get("preprocess")
+        rhythm = d.get("rhythm_cfg")
+        if rhythm is not None:
+            from ecgbatch.encoders.rhythm import RhythmCfg
+
+            rhythm = RhythmCfg.from_dict(rhythm)
         return cls(
             arch=d.get("arch", "ecg-coca"),
             embed_dim=int(d["embed_dim"]),
@@ -157,6 +172,7 @@ class CocaConfig:
             init_logit_scale=float(d.get("init_logit_scale", math.log(1 / 0.07))),
             preprocess=ECGCHAT if pre is None else PreprocessConfig.from_dict(pre),
             name=str(d.get("name", "")),
+            rhythm_cfg=rhythm,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +185,7 @@ class CocaConfig:
             "multimodal_cfg": asdict(self.multimodal_cfg),
             "init_logit_scale": self.init_logit_scale,
             "preprocess": self.preprocess.to_dict(),
+            **({"rhythm_cfg": self.rhythm_cfg.to_dict()} if self.rhythm_cfg is not None else {}),
             # "custom_text" is what ECG-Chat's factory expects for an HF text tower
             "custom_text": True,
         }

@@ -46,14 +46,19 @@ class EcgTransformer(nn.Module):
         x = self.ln_pre(x)
         return self.transformer(x)
 
-    def forward(self, x: torch.Tensor, output_last_transformer_layer: bool = False):
+    def forward(self, x: torch.Tensor, output_last_transformer_layer: bool = False,
+                cls_bias: torch.Tensor | None = None):
         """x: [B, leads, samples] -> (pooled [B, embed] = CLS@proj, tokens [B, n_patches, width])
-        with tokens after ln_post and without CLS (what the caption decoder attends to)."""
+        with tokens after ln_post and without CLS (what the caption decoder attends to).
+        ``cls_bias`` [B, width] is added to the CLS state before the projection (the rhythm
+        channel of ecgbatch's own variants; None for ECG-Chat's model)."""
         x = self.transformer_output(x)
         if output_last_transformer_layer:
             return x
         x = self.ln_post(x)
         pooled, tokens = x[:, 0], x[:, 1:]
+        if cls_bias is not None:
+            pooled = pooled + cls_bias.to(pooled.dtype)
         return pooled @ self.proj, tokens
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

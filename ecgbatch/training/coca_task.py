@@ -88,7 +88,7 @@ class CocaTask(nn.Module):
                 states: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         m = self.model
         if pooled is not None:   # frozen tower: only the projection runs
-            text_features = F.normalize(m.text.proj(pooled), dim=-1)
+            text_features = m.text_output(m.text.proj(pooled), ids)
         else:
             text_features, states = m._encode_text(ids)
         ecg_features, ecg_tokens = m._encode_ecg(ecg)
