@@ -68,6 +68,47 @@ def test_search_text_json_where_and_csv(ws):
     assert r.exit_code == 0 and "record_id" in r.stdout
 
 
+def test_search_contrast_is_the_explicit_vector_difference(ws):
+    """A query naming a label is ranked against its label set's normal class by default; the
+    scores are those of normalise(q - c) over the stored embeddings, --no-contrast gives q alone
+    and --versus any other contrast."""
+    from ecgbatch.pipelines.search import contrast_prompts, load_table_model, query_prompts
+
+    w, _ = ws
+    table = open_table(w)
+    model = load_table_model(table)
+    tab = table.read_table(["record_id", "embedding"]).to_pydict()
+    ids, emb = tab["record_id"], np.asarray(tab["embedding"], dtype=np.float32)
+
+    def unit(prompts):
+        v = model.embed_texts(prompts, normalize=True).mean(axis=0)
+        return v / np.linalg.norm(v)
+
+    def expected(q, k=5):
+        s = emb @ (q / np.linalg.norm(q))
+        o = np.argsort(-s, kind="stable")[:k]
+        return [ids[i] for i in o], s[o]
+
+    prompts, matched = query_prompts("atrial fibrillation")
+    counter = contrast_prompts(matched)
+    assert counter[0] == "sinus rhythm" and "normal ecg" in counter
+    assert contrast_prompts(query_prompts("sinus rhythm")[1]) == []     # a normal class is not contrasted
+    assert contrast_prompts([]) == []                                     # free text: no contrast
+    cases = [((), unit(prompts) - unit(counter)), (("--no-contrast",), unit(prompts)),
+             (("--versus", "left bundle branch block"),
+              unit(prompts) - unit(query_prompts("left bundle branch block")[0]))]
+    for extra, q in cases:
+        r = _run("search", "atrial fibrillation", "-w", w, "-k", 5, "--json", *extra)
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout)
+        want_ids, want_scores = expected(q)
+        assert [h["record_id"] for h in out["rows"]] == want_ids, extra
+        assert np.allclose([h["score"] for h in out["rows"]], want_scores, atol=2e-4), extra
+        assert bool(out["contrast"]) == (extra != ("--no-contrast",))
+    r = _run("search", "atrial fibrillation", "-w", w, "-k", 3)
+    assert r.exit_code == 0 and "ranked against 'sinus rhythm'" in r.output
+
+
 def test_search_like_id_and_file_and_plot(ws, sample_archive, tmp_path):
     w, _ = ws
     t = open_table(w)

@@ -216,6 +216,10 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a 12-lead plot of every hit to this folder."),
+    versus: Optional[str] = typer.Option(None, "--versus", help="Rank by QUERY rather than this text "
+                                         "(the query vector minus this one), e.g. --versus \"sinus rhythm\"."),
+    no_contrast: bool = typer.Option(False, "--no-contrast", help="Do not contrast a query that names a "
+                                     "built-in label with its label set's normal class (SR / NORM)."),
 ) -> None:
     """Search the embedded archive by text or by example ECG."""
     _quiet_libraries()
@@ -229,12 +233,15 @@ def search_command(
         _fail(console, "--json and --csv are exclusive")
     table = _open(console, workspace, model)
     try:
-        res = search(table, query, like=like, k=k, where=where)
+        res = search(table, query, like=like, k=k, where=where, contrast=not no_contrast, versus=versus)
     except (EcgIndexError, ValueError, FileNotFoundError) as exc:
         _fail(console, str(exc))
     if res.matched_labels and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
+    if res.contrast and not (as_json or as_csv):
+        console.print(f"ranked against {res.contrast[0]!r} ({len(res.contrast)} prompts subtracted; "
+                      "--no-contrast to switch off)")
     title = f"{res.mode} search: {res.query!r}" + (f" where {where}" if where else "")
     if as_json or as_csv:
         _emit_rows(res.hits, RESULT_COLUMNS, as_json, as_csv, title, console,

@@ -180,7 +180,10 @@ def eval_zeroshot(
     contrast: bool = typer.Option(False, "--contrast/--no-contrast",
                                   help="binary scores against each label's counter-prompt (af vs 'sinus "
                                        "rhythm'), instead of ECG-Chat's per-class sigmoid"),
-    query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first)"),
+    query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first), "
+                                        "with the query vector `ecgbatch search` uses (label prompts, contrast)"),
+    plain_query: bool = typer.Option(False, "--plain-query", help="--query embedded alone (no label prompts, "
+                                     "no contrast), as training validation does"),
     k: int = typer.Option(8, help="top-k for --query"),
     query_prevalence: Optional[float] = typer.Option(
         None, help="also: --query precision on random pools where the label has this prevalence (e.g. 0.08)"),
@@ -241,8 +244,14 @@ def eval_zeroshot(
         scores = contrast_scores(zs, neg, emb)
     res = per_class_metrics(y, scores, list(names), threshold)
     if query:
-        q = embed_texts(m, m.tokenizer, [query])[0]
-        res["query"] = {"text": query, "label": names[0], "k": k,
+        if plain_query:
+            q, how = embed_texts(m, m.tokenizer, [query])[0], "plain"
+        else:
+            from ecgbatch.pipelines.search import text_vector
+
+            q, qp, _, qc = text_vector(m, query)
+            how = f"as `ecgbatch search` ranks it: {len(qp)} prompts" + (f", against {qc[0]!r}" if qc else "")
+        res["query"] = {"text": query, "label": names[0], "k": k, "vector": how,
                         "precision": precision_at_k(q, emb, y[:, 0], k), "prevalence": float(y[:, 0].mean())}
         if query_prevalence:
             from ecgbatch.eval.retrieval import precision_at_k_at_prevalence
@@ -265,8 +274,8 @@ def eval_zeroshot(
     t.add_row("macro", "", fmt(mac["auc"]), fmt(mac["f1_best"]), fmt(mac["f1_fixed"]))
     Console().print(t)
     if query:
-        typer.echo(f"query {query!r}: {res['query']['precision']:.3f} of the top {k} are {names[0]} "
-                   f"(prevalence {res['query']['prevalence']:.3f})")
+        typer.echo(f"query {query!r} ({res['query']['vector']}): {res['query']['precision']:.3f} of the top {k} "
+                   f"are {names[0]} (prevalence {res['query']['prevalence']:.3f})")
         ap = res["query"].get("at_prevalence")
         if ap:
             typer.echo(f"  at prevalence {ap['prevalence']:.2f} ({ap['relevant_in_pool']} of {ap['pool']}, "

@@ -3,7 +3,12 @@
 Text queries go through the same model's text tower. A query that names a label of a built-in
 zero-shot label set (its code, e.g. "AFIB", or the first phrase of its prompt, e.g. "atrial
 fibrillation") is ensembled with that label's prompts: the mean of the L2-normalised text
-embeddings, renormalised (the zero-shot classifier's rule). ``like`` finds ECGs similar to an
+embeddings, renormalised (the zero-shot classifier's rule), and, unless switched off, contrasted
+with the normal class of that label set (SR for a rhythm, NORM otherwise): the query vector
+becomes normalise(q - c), with c the normal class's ensembled prompts, so the ranking prefers
+"this finding rather than a normal ECG" over "close to any description of this finding". On the
+held-out split of ecg-coca-mini this lifted the "atrial fibrillation" AUC from 0.961 to 0.974
+(MODEL_CARD.md). ``versus`` gives any other contrast text. ``like`` finds ECGs similar to an
 embedded record (by record id) or to any ECG file (read, preprocessed and encoded here).
 """
 from __future__ import annotations
@@ -23,6 +28,15 @@ def _norm(s: str) -> str:
     return " ".join(s.lower().replace("-", " ").split())
 
 
+# The normal class of each built-in label set: what a query naming one of its other labels is
+# contrasted with (ptbxl-form has none).
+NORMAL_LABEL = {"ptbxl-rhythm": "SR", "ptbxl-super": "NORM", "ptbxl-sub": "NORM", "cpsc2018": "NORM"}
+
+
+def _first_phrase(prompt: str) -> str:
+    return prompt.split(",")[0].split(":")[0].strip()
+
+
 def query_prompts(text: str) -> tuple[list[str], list[str]]:
     """(prompts to ensemble, "labelset:LABEL" names matched) for a text query."""
     from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
@@ -34,11 +48,32 @@ def query_prompts(text: str) -> tuple[list[str], list[str]]:
     for name in BUILTIN:
         ls = load_labelset(name)
         for label, ps in zip(ls.labels, ls.prompts):
-            first = {_norm(p.split(",")[0].split(":")[0]) for p in ps}
+            first = {_norm(_first_phrase(p)) for p in ps}
             if q == _norm(label) or q in first:
                 matched.append(f"{name}:{label}")
                 prompts.extend(p for p in ps if p not in prompts)
     return prompts, matched
+
+
+def contrast_prompts(matched: list[str]) -> list[str]:
+    """The prompts of the normal classes of the label sets a query matched (none when the
+    query is itself a normal class, or matched nothing): the default contrast of a search."""
+    from ecgbatch.encoders.zeroshot import load_labelset
+
+    if any(NORMAL_LABEL.get(m.split(":", 1)[0]) == m.split(":", 1)[1] for m in matched):
+        return []
+    out: list[str] = []
+    for m in matched:
+        name = m.split(":", 1)[0]
+        normal = NORMAL_LABEL.get(name)
+        if normal is None:
+            continue
+        ls = load_labelset(name)
+        for p in ls.prompts[ls.labels.index(normal)]:
+            for c in (_first_phrase(p).lower(), p):
+                if c and c not in out:
+                    out.append(c)
+    return out
 
 
 def load_table_model(table: ModelTable, device: str = "cpu"):
@@ -55,11 +90,27 @@ def load_table_model(table: ModelTable, device: str = "cpu"):
     return model
 
 
-def text_vector(model, text: str) -> tuple[np.ndarray, list[str], list[str]]:
+def _mean_unit(model, prompts: list[str]) -> np.ndarray:
+    v = model.embed_texts(prompts, normalize=True).mean(axis=0)  # [P, D] -> [D]
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def text_vector(model, text: str, contrast: bool = True, versus: str | None = None
+                ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """(query vector, prompts ensembled, labels matched, contrast prompts subtracted)."""
     prompts, matched = query_prompts(text)
-    emb = model.embed_texts(prompts, normalize=True)             # [P, D]
-    v = emb.mean(axis=0)
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32), prompts, matched
+    v = _mean_unit(model, prompts)
+    if versus is not None:
+        counter, _ = query_prompts(versus)
+    else:
+        counter = contrast_prompts(matched) if contrast else []
+    if counter:
+        v = v - _mean_unit(model, counter)
+        n = float(np.linalg.norm(v))
+        if n < 1e-6:
+            raise ValueError(f"the query {text!r} and its contrast {counter[0]!r} embed to the same vector")
+        v = v / n
+    return v.astype(np.float32), prompts, matched, counter
 
 
 def record_vector(model, path: str) -> np.ndarray:
@@ -81,12 +132,13 @@ class SearchResult:
     where: str | None
     prompts: list[str] = field(default_factory=list)
     matched_labels: list[str] = field(default_factory=list)
+    contrast: list[str] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "query": self.query, "mode": self.mode, "k": self.k,
                 "where": self.where, "prompts": self.prompts, "matched_labels": self.matched_labels,
-                "hits": self.hits}
+                "contrast": self.contrast, "hits": self.hits}
 
 
 def _hit_row(rank: int, h) -> dict[str, Any]:
@@ -101,14 +153,18 @@ def _hit_row(rank: int, h) -> dict[str, Any]:
 
 
 def search(table: ModelTable, query: str | None = None, *, like: str | None = None, k: int = 10,
-           where: str | None = None, model=None) -> SearchResult:
-    """Top-``k`` records for a text ``query`` or ``like`` a record id / ECG file."""
+           where: str | None = None, model=None, contrast: bool = True, versus: str | None = None) -> SearchResult:
+    """Top-``k`` records for a text ``query`` or ``like`` a record id / ECG file. Text queries
+    naming a built-in label are contrasted with its set's normal class unless ``contrast`` is
+    False; ``versus`` contrasts with any other text instead."""
     from ecgbatch.index import EcgIndex, ModelSignature
 
     if (query is None) == (like is None):
         raise ValueError("give exactly one of a text query or like=RECORD_OR_ID")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
+    if versus is not None and query is None:
+        raise ValueError("versus contrasts a text query; it does not apply to like=")
     meta = table.read_meta()
     idx = EcgIndex.load(table.index_dir)
     sig = {"model": meta["model"], "weights_hash": meta["weights_hash"], "dim": int(meta["dim"])}
@@ -116,7 +172,7 @@ def search(table: ModelTable, query: str | None = None, *, like: str | None = No
     res = SearchResult(str(table.root), query if query is not None else str(like), "text", k, where)
     if query is not None:
         model = model or load_table_model(table)
-        vec, res.prompts, res.matched_labels = text_vector(model, query)
+        vec, res.prompts, res.matched_labels, res.contrast = text_vector(model, query, contrast, versus)
         qsig = ModelSignature(**sig)  # text vectors: no preprocessing involved
     elif like in set(idx.record_ids):
         vec = np.asarray(idx.vectors[idx.row_of(like)], dtype=np.float32)
