@@ -23,6 +23,30 @@ def test_split_by_group_no_leakage_and_every_source_and_label_in_val():
         D.split_by_group(["a", "a"], ["x", "y"], 0.5)
 
 
+def test_kfold_holds_every_record_out_once_without_leakage():
+    groups = [f"p{i // 2}" for i in range(40)] + [f"l{i}" for i in range(20)]
+    strata = ["ptbxl"] * 40 + ["ludb"] * 20
+    labels = [1 if i % 8 < 2 else 0 for i in range(40)] + [1 if i < 5 else 0 for i in range(20)]
+    held = []
+    for f in range(5):
+        tr, va = D.kfold_by_group(groups, strata, 5, f, seed=3, labels=labels)
+        assert set(tr).isdisjoint(va) and len(tr) + len(va) == 60
+        assert {groups[i] for i in tr}.isdisjoint({groups[i] for i in va})
+        assert sum(labels[i] for i in va if strata[i] == "ludb") == 1      # 5 LUDB positives, 1 per fold
+        assert 10 <= len(va) <= 14
+        held.extend(va.tolist())
+    assert sorted(held) == list(range(60))                                 # each record held out once
+    again = D.kfold_by_group(groups, strata, 5, 2, seed=3, labels=labels)[1]
+    assert np.array_equal(again, D.kfold_by_group(groups, strata, 5, 2, seed=3, labels=labels)[1])
+    for bad in [(1, 0), (5, 5), (5, -1)]:
+        with pytest.raises(ValueError, match="folds"):
+            D.kfold_by_group(groups, strata, *bad)
+    from ecgbatch.training.job_config import SplitConfig
+
+    with pytest.raises(ValueError, match="go together"):
+        SplitConfig(folds=5)
+
+
 def test_epoch_order_is_seeded_and_weighted():
     a = D.epoch_order(10, epoch=3, seed=0)
     assert sorted(a.tolist()) == list(range(10)) and np.array_equal(a, D.epoch_order(10, 3, 0))

@@ -56,6 +56,38 @@ def split_by_group(groups: list[str], strata: list[str], val_fraction: float | d
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+def kfold_by_group(groups: list[str], strata: list[str], folds: int, fold: int, seed: int = 0,
+                   labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train/val indices of fold ``fold`` of a ``folds``-fold cross-validation by group
+    (patient): within each stratum and label the groups are shuffled (seeded) and dealt to the
+    folds in turn, so over all folds every record is held out exactly once, every group stays
+    on one side, and each fold gets its share of every source and label."""
+    if not (isinstance(folds, int) and folds >= 2 and isinstance(fold, int) and 0 <= fold < folds):
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds!r}, fold={fold!r}")
+    n = len(groups)
+    if len(strata) != n or (labels is not None and len(labels) != n):
+        raise ValueError(f"groups, strata and labels must have one entry per record, got "
+                         f"{n}, {len(strata)}, {None if labels is None else len(labels)}")
+    group_stratum: dict[str, str] = {}
+    group_label: dict[str, int] = {}
+    for i, g in enumerate(groups):
+        if group_stratum.setdefault(g, strata[i]) != strata[i]:
+            raise ValueError(f"group {g!r} appears in two strata ({group_stratum[g]!r}, {strata[i]!r})")
+        group_label[g] = max(group_label.get(g, 0), int(labels[i]) if labels is not None else 0)
+    val_groups: set[str] = set()
+    offset = 0   # continue dealing across strata/labels so small classes spread over the folds
+    for stratum in sorted(set(strata)):
+        for lab in sorted({group_label[g] for g, s in group_stratum.items() if s == stratum}):
+            gs = sorted(g for g, s in group_stratum.items() if s == stratum and group_label[g] == lab)
+            rng = np.random.default_rng(_stable_int(seed, stratum, lab, "kfold"))
+            for j, gi in enumerate(rng.permutation(len(gs))):
+                if (offset + j) % folds == fold:
+                    val_groups.add(gs[gi])
+            offset += len(gs)
+    is_val = np.array([g in val_groups for g in groups])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
 def balance_weights(texts: list[str], sources: list[str], keys: list[str]) -> np.ndarray:
     """Sampling weight per pair = product over ``keys`` of 1 / frequency of the pair's value:
     "source" balances data sets, a KEYWORD_LABELS name (e.g. "af") balances that label (read

@@ -78,6 +78,16 @@ class TextTowerConfig:
 class SplitConfig:
     val_fraction: Any = 0.2         # float, or {source: fraction, default: fraction}
     seed: int = 0
+    # k-fold cross-validation by patient instead of val_fraction: hold out fold ``fold`` of
+    # ``folds`` (run each fold as its own job; over all folds every record is held out once).
+    folds: int | None = None
+    fold: int | None = None
+
+    def __post_init__(self):
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError(f"split.folds and split.fold go together, got folds={self.folds!r}, fold={self.fold!r}")
+        if self.folds is not None and not (int(self.folds) >= 2 and 0 <= int(self.fold) < int(self.folds)):
+            raise ValueError(f"split needs folds >= 2 and 0 <= fold < folds, got {self.folds!r}, {self.fold!r}")
 
 
 @dataclass
