@@ -150,3 +150,38 @@ def test_one_worker_run(ray_cluster, workdir):
     ck = latest_checkpoint(job.run_path())
     assert result.metrics["global_step"] == 2 and read_train_state(ck)["world_size"] == 1
     assert np.isfinite(result.metrics["train/loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_kfold_runs_and_crossval_score_every_record_once(ray_cluster, workdir):
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+    from ecgbatch.eval.metrics import roc_auc
+    from ecgbatch.training.coca_job import run_job
+    from ecgbatch.training.pairs import PairSet
+
+    runs = []
+    for f in (0, 1):
+        job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
+                                              "optim.max_steps_per_epoch": 1})
+        run_job(job, num_workers=1)
+        runs.append(job.run_path())
+    cache = next((workdir / "cache").glob("pairs-*.npz"))
+    pairs = PairSet.load(cache)
+    out = workdir / "cv.json"
+    r = CliRunner().invoke(app, ["eval", "crossval", *map(str, runs), "--data", str(cache), "--k", "2",
+                                 "--prevalence", "0.2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert sorted(rec["path"] for rec in res["records"]) == sorted(pairs.path)     # each record once
+    assert [f["n"] for f in res["folds"]] == [len(json.loads((p / "split.json").read_text())["val"]) for p in runs]
+    y = np.array([rec["y"] for rec in res["records"]])
+    s = np.array([rec["prompt_score"] for rec in res["records"]])
+    assert res["all"]["n_pos"] == int(y.sum()) > 0
+    assert res["all"]["auc_prompt"] == pytest.approx(roc_auc(y, s))
+    assert all(0 <= f["retrieval_r10"] <= 1 for f in res["folds"])
+    r = CliRunner().invoke(app, ["eval", "crossval", str(runs[0]), str(runs[0]), "--data", str(cache),
+                                 "--out", str(workdir / "dup.json")])
+    assert r.exit_code == 2 and "held out by two runs" in r.output

@@ -286,6 +286,57 @@ def eval_zeroshot(
     typer.echo(f"wrote {out / 'zeroshot.json'} and {png}")
 
 
+@eval_app.command("crossval")
+def eval_crossval(
+    runs: list[Path] = typer.Argument(..., help="training run folders of one k-fold split (--set split.folds=K "
+                                             "--set split.fold=i), e.g. .ecgbatch/runs/coca-mini-cv*"),
+    data: str = typer.Option(..., "--data", help="the pair cache (.npz) the runs trained on"),
+    label: str = typer.Option("af", help="keyword label read from the reports"),
+    query: str = typer.Option("atrial fibrillation", help="text query ranked as `ecgbatch search` does"),
+    k: int = typer.Option(8, help="top-k for the query precision"),
+    prevalence: float = typer.Option(0.08, help="share of the label in the random pools for the query precision"),
+    out: Path = typer.Option(Path("eval-crossval.json"), "--out", "-o", help="JSON output"),
+) -> None:
+    """Pooled held-out scores of a k-fold cross-validation: AUC and query precision per source."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ecgbatch.eval.crossval import crossval_scores, summary
+    from ecgbatch.training.texts import KEYWORD_LABELS
+
+    if label not in KEYWORD_LABELS:
+        _fail(f"unknown keyword label {label!r} (known: {sorted(KEYWORD_LABELS)})")
+    try:
+        from ecgbatch.eval.crossval import run_model_and_split
+
+        first, _ = run_model_and_split(runs[0])
+        pairs = _eval_pairs(first.preprocess_config, data, "header", None, None, None, None, [], None, "val",
+                            "ecgchat")
+        cv = crossval_scores(runs, pairs, label, query)
+        res = summary(cv, k=k, prevalence=prevalence)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    key = f"query_p@{k}_at_{prevalence:g}"
+    t = Table(title=f"{len(runs)}-fold cross-validation, pooled held-out scores: {label!r}, query {query!r}")
+    for c in ("part", "n", label, "AUC (prompt)", "AUC (query)", f"query p@{k} at {prevalence:g} (mean / p10)"):
+        t.add_column(c, justify="left" if c == "part" else "right")
+    parts = [("all", res["all"])] + list(res["by_source"].items())
+    for name, r in parts:
+        p = r.get(key) or {}
+        t.add_row(name, str(r["n"]), str(r["n_pos"]), f"{r['auc_prompt']:.3f}" if "auc_prompt" in r else "-",
+                  f"{r['auc_query']:.3f}" if "auc_query" in r else "-",
+                  f"{p['mean']:.3f} / {p['p10']:.3f}" if "mean" in p else "-")
+    Console().print(t)
+    typer.echo(f"ECG -> own report R@10 within each fold's held-out pairs: {res['retrieval_r10_mean']:.3f} with the "
+               f"measurement suffix, {res['retrieval_r10_no_wde_mean']:.3f} without (mean over folds of "
+               f"{', '.join(str(f['n']) for f in res['folds'])} pairs)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"path": p, "source": s_, "y": int(y), "prompt_score": float(a), "query_score": float(b)}
+               for p, s_, y, a, b in zip(cv.path, cv.source, cv.y, cv.prompt_score, cv.query_score)]
+    out.write_text(json.dumps({"runs": [str(r) for r in runs], "data": data, **res, "records": records}, indent=2))
+    typer.echo(f"wrote {out}")
+
+
 def _labels_from_csv(path: Path, pairs):
     import csv
 
