@@ -4,6 +4,10 @@ run). Inputs are real PTB-XL records from ../shared/data (tiled), falling back t
 
     .venv/bin/python bench/encode.py                      # both models, batch 1 8 32 128
     .venv/bin/python bench/encode.py --models ecg-coca-mini --batch-sizes 1 8 32 128 256 --seconds 5
+    .venv/bin/python bench/encode.py --models ecg-coca-mini ecg-coca-mini:no-rhythm   # the rhythm channel's cost
+
+A name ending in ":no-rhythm" is that architecture without its rhythm channel (R-peak detection
++ rhythm MLP + RR block); when both are run, a last table gives the ratio at each batch size.
 
 Prints one table per model: batch size, ECG/s, ms per ECG, speed-up vs batch 1. Timing starts
 after one warm-up call per batch size; each point runs until --seconds have passed (at least one
@@ -37,7 +41,15 @@ def bench_model(name: str, batch_sizes: list[int], seconds: float) -> list[dict]
 
     from ecgbatch.encoders import create_model
 
-    model = create_model(name, pretrained="random", seed=0)
+    if name.endswith(":no-rhythm"):
+        from ecgbatch.encoders.config import arch_config
+        from ecgbatch.encoders.factory import build_model
+
+        cfg = arch_config(name.rsplit(":", 1)[0])
+        cfg.rhythm_cfg = None
+        model = build_model(cfg, seed=0).eval()
+    else:
+        model = create_model(name, pretrained="random", seed=0)
     ecfg = model.cfg.ecg_cfg
     pool = real_inputs(ecfg.lead_num, ecfg.seq_length)
     n_params = sum(p.numel() for p in model.ecg.parameters())
@@ -95,6 +107,17 @@ def main() -> None:
         for r in mr:
             t.add_row(str(r["batch"]), f"{r['ecg_per_s']:.1f}", f"{r['ms_per_ecg']:.2f}",
                       f"{r['vs_batch_1']:.2f}x", f"{r['ecg_per_cpu_s']:.1f}", str(r["calls"]))
+        con.print(t)
+    for m in a.models:
+        base = [r for r in rows if r["model"] == f"{m}:no-rhythm"]
+        if not base:
+            continue
+        t = Table(title=f"{m}: with its rhythm channel vs without (same run)")
+        for col in ("batch", "ECG/s with", "ECG/s without", "ratio", "ms/ECG added"):
+            t.add_column(col, justify="right")
+        for r, b in zip([r for r in rows if r["model"] == m], base):
+            t.add_row(str(r["batch"]), f"{r['ecg_per_s']:.1f}", f"{b['ecg_per_s']:.1f}",
+                      f"{r['ecg_per_s'] / b['ecg_per_s']:.2f}x", f"{r['ms_per_ecg'] - b['ms_per_ecg']:.2f}")
         con.print(t)
 
 

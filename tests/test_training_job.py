@@ -172,7 +172,7 @@ def test_kfold_runs_and_crossval_score_every_record_once(ray_cluster, workdir):
     pairs = PairSet.load(cache)
     out = workdir / "cv.json"
     r = CliRunner().invoke(app, ["eval", "crossval", *map(str, runs), "--data", str(cache), "--k", "2",
-                                 "--prevalence", "0.2", "--out", str(out)])
+                                 "--prevalence", "0.2", "--pool", "0", "--out", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert sorted(rec["path"] for rec in res["records"]) == sorted(pairs.path)     # each record once

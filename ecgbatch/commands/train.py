@@ -295,6 +295,7 @@ def eval_crossval(
     query: str = typer.Option("atrial fibrillation", help="text query ranked as `ecgbatch search` does"),
     k: int = typer.Option(8, help="top-k for the query precision"),
     prevalence: float = typer.Option(0.08, help="share of the label in the random pools for the query precision"),
+    pool: int = typer.Option(100, help="records per random pool (0 = every record without the label)"),
     out: Path = typer.Option(Path("eval-crossval.json"), "--out", "-o", help="JSON output"),
 ) -> None:
     """Pooled held-out scores of a k-fold cross-validation: AUC and query precision per source."""
@@ -313,12 +314,13 @@ def eval_crossval(
         pairs = _eval_pairs(first.preprocess_config, data, "header", None, None, None, None, [], None, "val",
                             "ecgchat")
         cv = crossval_scores(runs, pairs, label, query)
-        res = summary(cv, k=k, prevalence=prevalence)
+        res = summary(cv, k=k, prevalence=prevalence, pool=pool or None)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     key = f"query_p@{k}_at_{prevalence:g}"
-    t = Table(title=f"{len(runs)}-fold cross-validation, pooled held-out scores: {label!r}, query {query!r}")
-    for c in ("part", "n", label, "AUC (prompt)", "AUC (query)", f"query p@{k} at {prevalence:g} (mean / p10)"):
+    t = Table(title=f"held-out scores pooled over {len(runs)} cross-validation runs: {label!r}, query {query!r}")
+    pools = f"pools of {pool}" if pool else "pools"
+    for c in ("part", "n", label, "AUC (prompt)", "AUC (query)", f"query p@{k}, {pools} at {prevalence:g} (mean / p10)"):
         t.add_column(c, justify="left" if c == "part" else "right")
     parts = [("all", res["all"])] + list(res["by_source"].items())
     for name, r in parts:
@@ -333,7 +335,8 @@ def eval_crossval(
     out.parent.mkdir(parents=True, exist_ok=True)
     records = [{"path": p, "source": s_, "y": int(y), "prompt_score": float(a), "query_score": float(b)}
                for p, s_, y, a, b in zip(cv.path, cv.source, cv.y, cv.prompt_score, cv.query_score)]
-    out.write_text(json.dumps({"runs": [str(r) for r in runs], "data": data, **res, "records": records}, indent=2))
+    out.write_text(json.dumps({"runs": [str(r) for r in runs], "data": data, "pool": pool or None, **res,
+                               "records": records}, indent=2))
     typer.echo(f"wrote {out}")
 
 

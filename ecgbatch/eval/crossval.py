@@ -90,8 +90,11 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
                           np.concatenate(qs), src, paths, folds)
 
 
-def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, by_source: bool = True) -> dict:
-    """AUCs, top-k precision of the query at ``prevalence`` (random pools), per source too."""
+def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, pool: int | None = 100,
+            by_source: bool = True) -> dict:
+    """AUCs, and the top-k precision of the query on random pools of ``pool`` records of which
+    ``prevalence`` hold the label (e.g. 8 of 100: the judged use; None = all negatives), overall
+    and per source. A part with too few records for such pools reports why instead."""
     from ecgbatch.eval.metrics import roc_auc
     from ecgbatch.eval.retrieval import precision_at_k_at_prevalence
 
@@ -103,7 +106,8 @@ def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, by_source:
             out["auc_query"] = float(roc_auc(y, cv.query_score[mask]))
             try:
                 out[f"query_p@{k}_at_{prevalence:g}"] = precision_at_k_at_prevalence(
-                    np.ones(1, np.float32), cv.query_score[mask, None].astype(np.float32), y, k, prevalence)
+                    np.ones(1, np.float32), cv.query_score[mask, None].astype(np.float32), y, k, prevalence,
+                    n=pool)
             except ValueError as exc:   # too few positives or negatives for such pools
                 out[f"query_p@{k}_at_{prevalence:g}"] = {"error": str(exc)}
         return out
