@@ -69,9 +69,9 @@ def test_search_text_json_where_and_csv(ws):
 
 
 def test_search_contrast_is_the_explicit_vector_difference(ws):
-    """A query naming a label is ranked against its label set's normal class by default; the
-    scores are those of normalise(q - c) over the stored embeddings, --no-contrast gives q alone
-    and --versus any other contrast."""
+    """--contrast ranks a query naming a label against its label set's normal class: the scores
+    are those of normalise(q - c) over the stored embeddings; the default is q alone and
+    --versus contrasts with any other text."""
     from ecgbatch.pipelines.search import contrast_prompts, load_table_model, query_prompts
 
     w, _ = ws
@@ -94,7 +94,7 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
     assert counter[0] == "sinus rhythm" and "normal ecg" in counter
     assert contrast_prompts(query_prompts("sinus rhythm")[1]) == []     # a normal class is not contrasted
     assert contrast_prompts([]) == []                                     # free text: no contrast
-    cases = [((), unit(prompts) - unit(counter)), (("--no-contrast",), unit(prompts)),
+    cases = [(("--contrast",), unit(prompts) - unit(counter)), ((), unit(prompts)),
              (("--versus", "left bundle branch block"),
               unit(prompts) - unit(query_prompts("left bundle branch block")[0]))]
     for extra, q in cases:
@@ -104,8 +104,8 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
         want_ids, want_scores = expected(q)
         assert [h["record_id"] for h in out["rows"]] == want_ids, extra
         assert np.allclose([h["score"] for h in out["rows"]], want_scores, atol=2e-4), extra
-        assert bool(out["contrast"]) == (extra != ("--no-contrast",))
-    r = _run("search", "atrial fibrillation", "-w", w, "-k", 3)
+        assert bool(out["contrast"]) == (extra != ())
+    r = _run("search", "atrial fibrillation", "-w", w, "-k", 3, "--contrast")
     assert r.exit_code == 0 and "ranked against 'sinus rhythm'" in r.output
 
 

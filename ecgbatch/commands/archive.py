@@ -218,8 +218,8 @@ def search_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a 12-lead plot of every hit to this folder."),
     versus: Optional[str] = typer.Option(None, "--versus", help="Rank by QUERY rather than this text "
                                          "(the query vector minus this one), e.g. --versus \"sinus rhythm\"."),
-    no_contrast: bool = typer.Option(False, "--no-contrast", help="Do not contrast a query that names a "
-                                     "built-in label with its label set's normal class (SR / NORM)."),
+    contrast: bool = typer.Option(False, "--contrast", help="Rank a query that names a built-in label against "
+                                  "its label set's normal class (SR / NORM)."),
 ) -> None:
     """Search the embedded archive by text or by example ECG."""
     _quiet_libraries()
@@ -233,15 +233,14 @@ def search_command(
         _fail(console, "--json and --csv are exclusive")
     table = _open(console, workspace, model)
     try:
-        res = search(table, query, like=like, k=k, where=where, contrast=not no_contrast, versus=versus)
+        res = search(table, query, like=like, k=k, where=where, contrast=contrast, versus=versus)
     except (EcgIndexError, ValueError, FileNotFoundError) as exc:
         _fail(console, str(exc))
     if res.matched_labels and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
     if res.contrast and not (as_json or as_csv):
-        console.print(f"ranked against {res.contrast[0]!r} ({len(res.contrast)} prompts subtracted; "
-                      "--no-contrast to switch off)")
+        console.print(f"ranked against {res.contrast[0]!r} ({len(res.contrast)} prompts subtracted)")
     title = f"{res.mode} search: {res.query!r}" + (f" where {where}" if where else "")
     if as_json or as_csv:
         _emit_rows(res.hits, RESULT_COLUMNS, as_json, as_csv, title, console,

@@ -181,9 +181,9 @@ def eval_zeroshot(
                                   help="binary scores against each label's counter-prompt (af vs 'sinus "
                                        "rhythm'), instead of ECG-Chat's per-class sigmoid"),
     query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first), "
-                                        "with the query vector `ecgbatch search` uses (label prompts, contrast)"),
-    plain_query: bool = typer.Option(False, "--plain-query", help="--query embedded alone (no label prompts, "
-                                     "no contrast), as training validation does"),
+                                        "with the query vector `ecgbatch search` uses (label prompts ensembled)"),
+    plain_query: bool = typer.Option(False, "--plain-query", help="--query embedded alone (no label prompts), "
+                                     "as training validation does"),
     k: int = typer.Option(8, help="top-k for --query"),
     query_prevalence: Optional[float] = typer.Option(
         None, help="also: --query precision on random pools where the label has this prevalence (e.g. 0.08)"),

@@ -3,12 +3,13 @@
 Text queries go through the same model's text tower. A query that names a label of a built-in
 zero-shot label set (its code, e.g. "AFIB", or the first phrase of its prompt, e.g. "atrial
 fibrillation") is ensembled with that label's prompts: the mean of the L2-normalised text
-embeddings, renormalised (the zero-shot classifier's rule), and, unless switched off, contrasted
-with the normal class of that label set (SR for a rhythm, NORM otherwise): the query vector
-becomes normalise(q - c), with c the normal class's ensembled prompts, so the ranking prefers
-"this finding rather than a normal ECG" over "close to any description of this finding". On the
-held-out split of ecg-coca-mini this lifted the "atrial fibrillation" AUC from 0.961 to 0.974
-(MODEL_CARD.md). ``versus`` gives any other contrast text. ``like`` finds ECGs similar to an
+embeddings, renormalised (the zero-shot classifier's rule). On request (``contrast``) it is
+contrasted with the normal class of that label set (SR for a rhythm, NORM otherwise): the query
+vector becomes normalise(q - c), with c the normal class's ensembled prompts, ranking "this
+finding rather than a normal ECG". This is not the default: for "atrial fibrillation" with
+ecg-coca-mini it raised the AUC on one held-out split (0.961 -> 0.974) but lowered the top-8
+precision on the 100 cross-validated LUDB records (0.76 -> 0.64, MODEL_CARD.md). ``versus``
+contrasts with any other text. ``like`` finds ECGs similar to an
 embedded record (by record id) or to any ECG file (read, preprocessed and encoded here).
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _norm(s: str) -> str:
     return " ".join(s.lower().replace("-", " ").split())
 
 
-# The normal class of each built-in label set: what a query naming one of its other labels is
-# contrasted with (ptbxl-form has none).
+# The normal class of each built-in label set: what `--contrast` ranks a query naming one of its
+# other labels against (ptbxl-form has none).
 NORMAL_LABEL = {"ptbxl-rhythm": "SR", "ptbxl-super": "NORM", "ptbxl-sub": "NORM", "cpsc2018": "NORM"}
 
 
@@ -57,7 +58,7 @@ def query_prompts(text: str) -> tuple[list[str], list[str]]:
 
 def contrast_prompts(matched: list[str]) -> list[str]:
     """The prompts of the normal classes of the label sets a query matched (none when the
-    query is itself a normal class, or matched nothing): the default contrast of a search."""
+    query is itself a normal class, or matched nothing): what `search --contrast` subtracts."""
     from ecgbatch.encoders.zeroshot import load_labelset
 
     if any(NORMAL_LABEL.get(m.split(":", 1)[0]) == m.split(":", 1)[1] for m in matched):
@@ -95,7 +96,7 @@ def _mean_unit(model, prompts: list[str]) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
-def text_vector(model, text: str, contrast: bool = True, versus: str | None = None
+def text_vector(model, text: str, contrast: bool = False, versus: str | None = None
                 ) -> tuple[np.ndarray, list[str], list[str], list[str]]:
     """(query vector, prompts ensembled, labels matched, contrast prompts subtracted)."""
     prompts, matched = query_prompts(text)
@@ -153,10 +154,10 @@ def _hit_row(rank: int, h) -> dict[str, Any]:
 
 
 def search(table: ModelTable, query: str | None = None, *, like: str | None = None, k: int = 10,
-           where: str | None = None, model=None, contrast: bool = True, versus: str | None = None) -> SearchResult:
-    """Top-``k`` records for a text ``query`` or ``like`` a record id / ECG file. Text queries
-    naming a built-in label are contrasted with its set's normal class unless ``contrast`` is
-    False; ``versus`` contrasts with any other text instead."""
+           where: str | None = None, model=None, contrast: bool = False, versus: str | None = None) -> SearchResult:
+    """Top-``k`` records for a text ``query`` or ``like`` a record id / ECG file. With
+    ``contrast`` a text query naming a built-in label is ranked against its set's normal class;
+    ``versus`` ranks it against any other text."""
     from ecgbatch.index import EcgIndex, ModelSignature
 
     if (query is None) == (like is None):
