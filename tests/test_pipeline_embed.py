@@ -89,7 +89,7 @@ def embedded(ray_local, sample_archive, tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_every_record_once_bad_files_in_failures(embedded, sample_archive):
+def test_every_record_once_bad_files_in_failures(embedded, sample_archive, model_and_spec):
     ws, s = embedded
     t = _main_table(ws)
     want = set(_sources(sample_archive))
@@ -108,8 +108,10 @@ def test_every_record_once_bad_files_in_failures(embedded, sample_archive):
     assert all(f["error_kind"] and f["error_type"].endswith("Error") and f["message"] for f in fails)
     # schema: fixed-size float32 vectors, one model signature, index built
     sch = pq.read_schema(t.shard_files()[0])
-    assert str(sch.field("embedding").type) == "fixed_size_list<element: float>[256]"
     meta = t.read_meta()
+    dim = model_and_spec[0].embed_dim
+    assert dim == 352 and int(meta["dim"]) == dim     # 256 learned + 96 RR block (rhythm channel)
+    assert str(sch.field("embedding").type) == f"fixed_size_list<element: float>[{dim}]"
     assert meta["archive"] == str(Path(sample_archive).resolve()) and meta["model"] == MODEL
     tb = t.read_table(["model", "weights_hash", "preprocess_hash"])
     assert {tuple(r.values()) for r in tb.to_pylist()} == {(MODEL, meta["weights_hash"], meta["preprocess_hash"])}
