@@ -63,6 +63,15 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
     assert enc["embedding"].shape == (2, model.embed_dim) and "x" not in enc
     np.testing.assert_allclose(np.linalg.norm(enc["embedding"][0]), 1.0, rtol=1e-5)
     assert not enc["embedding"][1].any()
+    # rhythm-channel inputs computed in the read stage give the embeddings the model computes itself
+    spec = model.rhythm_spec
+    assert spec == {"lead_index": 1, "fs": 500.0}
+    out2 = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False, rhythm=spec)
+    assert out2["rhythm_features"].shape == (2, 7) and np.isnan(out2["rhythm_rr_ms"][1])
+    assert 300 < out2["rhythm_rr_ms"][0] < 2000
+    enc2 = udf(dict(out2))
+    assert "rhythm_features" not in enc2 and "rhythm_rr_ms" not in enc2
+    np.testing.assert_allclose(enc2["embedding"], enc["embedding"], atol=1e-6)
 
 
 # ------------------------------------------------------------------ with Ray

@@ -48,6 +48,14 @@ class CoCa(nn.Module):
         return self.cfg.embed_dim + (self.rhythm.dim if self.rhythm is not None else 0)
 
     @property
+    def rhythm_spec(self) -> dict | None:
+        """What a read stage needs to compute the rhythm inputs: {"lead_index", "fs"} (None
+        without a rhythm channel)."""
+        if self.rhythm is None:
+            return None
+        return {"lead_index": self.rhythm.lead_index, "fs": self.rhythm.fs}
+
+    @property
     def n_ecg_tokens(self) -> int:
         return self.cfg.ecg_cfg.n_tokens
 
@@ -65,12 +73,12 @@ class CoCa(nn.Module):
         return h.hexdigest()[:16]
 
     # -- towers ----------------------------------------------------------------------------
-    def _encode_ecg(self, ecg: torch.Tensor, normalize: bool = True):
+    def _encode_ecg(self, ecg: torch.Tensor, normalize: bool = True, rhythm=None):
         if self.rhythm is None:
             latent, tokens = self.ecg(ecg)
             return (F.normalize(latent, dim=-1) if normalize else latent), tokens
         # Rhythm channel: always [learned (unit), RR block] with unit norm, whatever ``normalize``.
-        feats, rr = self.rhythm.measure(ecg)
+        feats, rr = self.rhythm.measure(ecg, given=rhythm)
         latent, tokens = self.ecg(ecg, cls_bias=self.rhythm.cls_bias(feats, ecg.dtype))
         unit = F.normalize(latent.float(), dim=-1)
         return self.rhythm.combine(unit, self.rhythm.rr_block(rr, unknown_slot=True)), tokens
@@ -101,9 +109,10 @@ class CoCa(nn.Module):
         return np.array([text_rr_ms(self.tokenizer.decode(row.tolist())) for row in ids.cpu()],
                         dtype=np.float64)
 
-    def encode_ecg(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """x float [B, leads, samples] -> [B, embed_dim] (L2-normalised by default)."""
-        return self._encode_ecg(x, normalize)[0]
+    def encode_ecg(self, x: torch.Tensor, normalize: bool = True, rhythm=None) -> torch.Tensor:
+        """x float [B, leads, samples] -> [B, embed_dim] (L2-normalised by default). ``rhythm``:
+        the rhythm channel's inputs when already computed (``ecgbatch.encoders.rhythm.rhythm_inputs``)."""
+        return self._encode_ecg(x, normalize, rhythm)[0]
 
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """token_ids long [B, L] -> [B, embed_dim] (L2-normalised by default)."""
@@ -140,14 +149,16 @@ class CoCa(nn.Module):
             return torch.autocast("cuda", dtype=dt)
         return nullcontext()   # CPU: float32 as stored
 
-    def embed_ecgs(self, x, normalize: bool = True, amp_dtype: torch.dtype | None = None) -> np.ndarray:
+    def embed_ecgs(self, x, normalize: bool = True, amp_dtype: torch.dtype | None = None,
+                   rhythm=None) -> np.ndarray:
         """Batch inference: array/tensor [B, leads, samples] -> float32 numpy [B, embed_dim].
-        Runs under inference_mode; bf16 (or fp16) autocast on CUDA, float32 on CPU."""
+        Runs under inference_mode; bf16 (or fp16) autocast on CUDA, float32 on CPU. ``rhythm``:
+        precomputed rhythm-channel inputs (features, RR) for x, else they are computed here."""
         dev = next(self.parameters()).device
         xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
         xt = xt.to(dev, torch.float32, non_blocking=True)
         with torch.inference_mode(), self._amp(dev, amp_dtype):
-            out = self.encode_ecg(xt, normalize=False).float()
+            out = self.encode_ecg(xt, normalize=False, rhythm=rhythm).float()
         if normalize:
             out = F.normalize(out, dim=-1)   # normalise in fp32 after autocast
         return out.cpu().numpy()

@@ -115,6 +115,20 @@ def rhythm_features(peaks: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
     return f, mean * 1000.0
 
 
+def rhythm_inputs(lead: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
+    """What the channel needs of a batch, from one lead [B, samples] of the preprocessed input:
+    (features [B, N_FEATURES] float32, mean RR ms [B] with NaN where no rhythm was found). The
+    embed pipeline calls this in its CPU read tasks, so encoder actors (GPUs) never wait on it."""
+    lead = np.asarray(lead)
+    feats, rr = [], []
+    for x in lead:
+        f, r = rhythm_features(r_peaks(x, fs), fs)
+        feats.append(f)
+        rr.append(r)
+    return (np.stack(feats) if feats else np.zeros((0, N_FEATURES), np.float32),
+            np.asarray(rr, dtype=np.float64))
+
+
 _NUM = r"(\d+(?:\.\d+)?)"
 _RR_RE = re.compile(r"\brr(?:\s*interval)?\s*[:=]?\s*" + _NUM)
 _HR_RE = re.compile(r"\b(?:hr|heart\s*rate|ventricular\s*rate|vent\s*\.?\s*rate)\s*(?:of|is)?\s*[:=]?\s*" + _NUM)
@@ -153,17 +167,18 @@ class RhythmChannel(nn.Module):
     def dim(self) -> int:
         return self.cfg.dim
 
-    def measure(self, ecg: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    def measure(self, ecg: torch.Tensor, given=None) -> tuple[torch.Tensor, np.ndarray]:
         """ECG batch [B, leads, samples] -> (features [B, N_FEATURES] on ecg's device, mean RR ms
-        [B] with NaN where no rhythm was found)."""
-        lead = ecg[:, self.lead_index].detach().float().cpu().numpy()
-        feats, rr = [], []
-        for x in lead:
-            f, r = rhythm_features(r_peaks(x, self.fs), self.fs)
-            feats.append(f)
-            rr.append(r)
-        return torch.from_numpy(np.stack(feats) if feats else np.zeros((0, N_FEATURES), np.float32)
-                                ).to(ecg.device), np.asarray(rr, dtype=np.float64)
+        [B] with NaN where no rhythm was found). ``given``: (features, rr) computed earlier by
+        ``rhythm_inputs`` on the same input (the embed pipeline's read stage)."""
+        if given is None:
+            feats, rr = rhythm_inputs(ecg[:, self.lead_index].detach().float().cpu().numpy(), self.fs)
+        else:
+            feats, rr = np.asarray(given[0], dtype=np.float32), np.asarray(given[1], dtype=np.float64)
+            if feats.shape != (ecg.shape[0], N_FEATURES) or rr.shape != (ecg.shape[0],):
+                raise ValueError(f"rhythm inputs must be features [{ecg.shape[0]}, {N_FEATURES}] and RR "
+                                 f"[{ecg.shape[0]}], got {feats.shape} and {rr.shape}")
+        return torch.from_numpy(feats).to(ecg.device), rr
 
     def cls_bias(self, feats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self.mlp(feats.to(self.mlp[0].weight.dtype)).to(dtype)

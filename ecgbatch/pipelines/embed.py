@@ -109,13 +109,15 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
     return row
 
 
-def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True
-                        ) -> dict[str, np.ndarray]:
+def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True,
+                        rhythm: dict | None = None) -> dict[str, np.ndarray]:
     """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
 
     Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
     (zeros for failed rows), age, sex, diagnoses, labels, quality (reader flags), fs, duration_s,
-    notes, measurements (NaN unless ``measure``)."""
+    notes, measurements (NaN unless ``measure``); with ``rhythm`` (the model's ``rhythm_spec``)
+    also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
+    so that the encoder actors only run the network."""
     from ecgbatch.signal.config import PreprocessConfig
 
     cfg = PreprocessConfig.from_dict(preprocess)
@@ -144,6 +146,11 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
         if r["ok"]:
             x[i] = r["x"]
     out["x"] = x
+    if rhythm is not None:
+        from ecgbatch.encoders.rhythm import rhythm_inputs
+
+        out["rhythm_features"], out["rhythm_rr_ms"] = rhythm_inputs(x[:, int(rhythm["lead_index"])],
+                                                                    float(rhythm["fs"]))
     return out
 
 
@@ -209,8 +216,10 @@ class EncoderUDF:
         ok = np.asarray(batch["ok"], dtype=bool)
         dim = int(self.model.embed_dim)
         emb = np.zeros((len(ok), dim), dtype=np.float32)
+        feats, rr = batch.pop("rhythm_features", None), batch.pop("rhythm_rr_ms", None)
         if ok.any():
-            emb[ok] = self.model.embed_ecgs(x[ok])
+            given = None if feats is None else (np.asarray(feats)[ok], np.asarray(rr)[ok])
+            emb[ok] = self.model.embed_ecgs(x[ok], rhythm=given)
         batch["embedding"] = emb
         return batch
 
@@ -220,7 +229,8 @@ class EncoderUDF:
 # ---------------------------------------------------------------------------------------------
 def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str, spec: dict[str, Any],
                   weights_hash: str, preprocess: dict, batch_size: int = 64, encoders: int = 1,
-                  gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True):
+                  gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True,
+                  rhythm: dict | None = None):
     """The Ray Dataset of the embed job (lazy; iterate it to run). ``blocks``: [(key, sources, ids)]."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -235,7 +245,7 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
     n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
     block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
     ds = ds.map_batches(read_and_preprocess, batch_size=1,
-                        fn_kwargs={"preprocess": preprocess, "measure": measure},
+                        fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm},
                         num_cpus=1, memory=block_bytes)
     use_gpu = gpus_per_encoder > 0
     ds = ds.map_batches(
@@ -373,6 +383,7 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
     pcfg = mdl.preprocess_config
     signature = {"model": str(model), "weights_hash": model_weights_hash(mdl), "preprocess_hash": pcfg.hash()}
     dim = int(mdl.embed_dim)
+    rhythm = getattr(mdl, "rhythm_spec", None)   # rhythm-channel inputs are computed in the read tasks
     mdl_provenance = dict(getattr(mdl, "provenance", {}) or {})
     del mdl
 
@@ -409,7 +420,7 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
                                    weights_hash=signature["weights_hash"], preprocess=pcfg.to_dict(),
                                    batch_size=batch_size, encoders=encoders,
                                    gpus_per_encoder=gpus_per_encoder, cpus_per_encoder=cpus_per_encoder,
-                                   measure=measure)
+                                   measure=measure, rhythm=rhythm)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), console=console, enabled=progress) as bar:
                     _consume(ds, table, expected, signature, dim, summary, bar)
