@@ -54,7 +54,7 @@ def test_search_text_json_where_and_csv(ws):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["mode"] == "text" and "ptbxl-rhythm:AFIB" in out["matched_labels"]
-    assert len(out["prompts"]) > 1 and [h["rank"] for h in out["rows"]] == [1, 2, 3, 4, 5]
+    assert out["prompts"] == ["atrial fibrillation"] and [h["rank"] for h in out["rows"]] == [1, 2, 3, 4, 5]
     scores = [h["score"] for h in out["rows"]]
     assert scores == sorted(scores, reverse=True)
     r = _run("search", "atrial fibrillation", "-w", w, "-k", 50, "--where", "age >= 60 and sex == 'F'", "--csv")
@@ -69,9 +69,9 @@ def test_search_text_json_where_and_csv(ws):
 
 
 def test_search_contrast_is_the_explicit_vector_difference(ws):
-    """--contrast ranks a query naming a label against its label set's normal class: the scores
-    are those of normalise(q - c) over the stored embeddings; the default is q alone and
-    --versus contrasts with any other text."""
+    """The default ranks by the query as typed; --expand by its label's prompts ensembled;
+    --contrast against its label set's normal class (normalise(q - c)); --versus against any
+    other text. Scores are those vectors over the stored embeddings."""
     from ecgbatch.pipelines.search import contrast_prompts, load_table_model, query_prompts
 
     w, _ = ws
@@ -94,9 +94,10 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
     assert counter[0] == "sinus rhythm" and "normal ecg" in counter
     assert contrast_prompts(query_prompts("sinus rhythm")[1]) == []     # a normal class is not contrasted
     assert contrast_prompts([]) == []                                     # free text: no contrast
-    cases = [(("--contrast",), unit(prompts) - unit(counter)), ((), unit(prompts)),
-             (("--versus", "left bundle branch block"),
-              unit(prompts) - unit(query_prompts("left bundle branch block")[0]))]
+    q = unit(["atrial fibrillation"])
+    cases = [((), q), (("--expand",), unit(prompts)), (("--contrast",), q - unit(counter)),
+             (("--expand", "--contrast"), unit(prompts) - unit(counter)),
+             (("--versus", "left bundle branch block"), q - unit(["left bundle branch block"]))]
     for extra, q in cases:
         r = _run("search", "atrial fibrillation", "-w", w, "-k", 5, "--json", *extra)
         assert r.exit_code == 0, r.output
@@ -104,7 +105,8 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
         want_ids, want_scores = expected(q)
         assert [h["record_id"] for h in out["rows"]] == want_ids, extra
         assert np.allclose([h["score"] for h in out["rows"]], want_scores, atol=2e-4), extra
-        assert bool(out["contrast"]) == (extra != ())
+        assert bool(out["contrast"]) == ("--contrast" in extra or "--versus" in extra)
+        assert (len(out["prompts"]) > 1) == ("--expand" in extra)
     r = _run("search", "atrial fibrillation", "-w", w, "-k", 3, "--contrast")
     assert r.exit_code == 0 and "ranked against 'sinus rhythm'" in r.output
 

@@ -218,6 +218,8 @@ def search_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a 12-lead plot of every hit to this folder."),
     versus: Optional[str] = typer.Option(None, "--versus", help="Rank by QUERY rather than this text "
                                          "(the query vector minus this one), e.g. --versus \"sinus rhythm\"."),
+    expand: bool = typer.Option(False, "--expand", help="Ensemble a query that names a built-in label with "
+                                "that label's prompts."),
     contrast: bool = typer.Option(False, "--contrast", help="Rank a query that names a built-in label against "
                                   "its label set's normal class (SR / NORM)."),
 ) -> None:
@@ -233,10 +235,10 @@ def search_command(
         _fail(console, "--json and --csv are exclusive")
     table = _open(console, workspace, model)
     try:
-        res = search(table, query, like=like, k=k, where=where, contrast=contrast, versus=versus)
+        res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus)
     except (EcgIndexError, ValueError, FileNotFoundError) as exc:
         _fail(console, str(exc))
-    if res.matched_labels and not (as_json or as_csv):
+    if len(res.prompts) > 1 and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
     if res.contrast and not (as_json or as_csv):

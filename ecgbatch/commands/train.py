@@ -181,9 +181,9 @@ def eval_zeroshot(
                                   help="binary scores against each label's counter-prompt (af vs 'sinus "
                                        "rhythm'), instead of ECG-Chat's per-class sigmoid"),
     query: Optional[str] = typer.Option(None, help="also: precision of the top-k ECGs for this text (label = first), "
-                                        "with the query vector `ecgbatch search` uses (label prompts ensembled)"),
-    plain_query: bool = typer.Option(False, "--plain-query", help="--query embedded alone (no label prompts), "
-                                     "as training validation does"),
+                                        "ranked as `ecgbatch search` ranks it"),
+    expand: bool = typer.Option(False, "--expand", help="--query ensembled with its label's prompts "
+                                "(as `ecgbatch search --expand`)"),
     k: int = typer.Option(8, help="top-k for --query"),
     query_prevalence: Optional[float] = typer.Option(
         None, help="also: --query precision on random pools where the label has this prevalence (e.g. 0.08)"),
@@ -244,13 +244,10 @@ def eval_zeroshot(
         scores = contrast_scores(zs, neg, emb)
     res = per_class_metrics(y, scores, list(names), threshold)
     if query:
-        if plain_query:
-            q, how = embed_texts(m, m.tokenizer, [query])[0], "plain"
-        else:
-            from ecgbatch.pipelines.search import text_vector
+        from ecgbatch.pipelines.search import text_vector
 
-            q, qp, _, qc = text_vector(m, query)
-            how = f"as `ecgbatch search` ranks it: {len(qp)} prompts" + (f", against {qc[0]!r}" if qc else "")
+        q, qp, _, _ = text_vector(m, query, expand=expand)
+        how = f"as `ecgbatch search{' --expand' if expand else ''}` ranks it: {len(qp)} prompt(s)"
         res["query"] = {"text": query, "label": names[0], "k": k, "vector": how,
                         "precision": precision_at_k(q, emb, y[:, 0], k), "prevalence": float(y[:, 0].mean())}
         if query_prevalence:
@@ -293,6 +290,7 @@ def eval_crossval(
     data: str = typer.Option(..., "--data", help="the pair cache (.npz) the runs trained on"),
     label: str = typer.Option("af", help="keyword label read from the reports"),
     query: str = typer.Option("atrial fibrillation", help="text query ranked as `ecgbatch search` does"),
+    expand: bool = typer.Option(False, "--expand", help="the query ensembled with its label's prompts (search --expand)"),
     k: int = typer.Option(8, help="top-k for the query precision"),
     prevalence: float = typer.Option(0.08, help="share of the label in the random pools for the query precision"),
     pool: int = typer.Option(100, help="records per random pool (0 = every record without the label)"),
@@ -313,7 +311,7 @@ def eval_crossval(
         first, _ = run_model_and_split(runs[0])
         pairs = _eval_pairs(first.preprocess_config, data, "header", None, None, None, None, [], None, "val",
                             "ecgchat")
-        cv = crossval_scores(runs, pairs, label, query)
+        cv = crossval_scores(runs, pairs, label, query, expand=expand)
         res = summary(cv, k=k, prevalence=prevalence, pool=pool or None)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -327,7 +325,8 @@ def eval_crossval(
         p = r.get(key) or {}
         t.add_row(name, str(r["n"]), str(r["n_pos"]), f"{r['auc_prompt']:.3f}" if "auc_prompt" in r else "-",
                   f"{r['auc_query']:.3f}" if "auc_query" in r else "-",
-                  f"{p['mean']:.3f} / {p['p10']:.3f}" if "mean" in p else "-")
+                  f"{p['mean']:.3f} / {p['p10']:.3f}" + (f" (pools of {p['pool']})" if p["pool"] != pool else "")
+                  if "mean" in p else "-")
     Console().print(t)
     typer.echo(f"ECG -> own report R@10 within each fold's held-out pairs: {res['retrieval_r10_mean']:.3f} with the "
                f"measurement suffix, {res['retrieval_r10_no_wde_mean']:.3f} without (mean over folds of "

@@ -27,7 +27,7 @@ class CrossValScores:
     query: str
     y: np.ndarray                 # [N] label of each held-out record
     prompt_score: np.ndarray      # ECG-Chat's per-class sigmoid of the label prompt
-    query_score: np.ndarray       # inner product with the query vector `ecgbatch search` uses
+    query_score: np.ndarray       # inner product with the query vector `ecgbatch search [--expand]` uses
     source: list[str]
     path: list[str]
     folds: list[FoldScores] = field(default_factory=list)
@@ -50,7 +50,8 @@ def run_model_and_split(run: str | Path):
     return load_model(ck / MODEL_SUBDIR if (ck / MODEL_SUBDIR).is_dir() else ck), val
 
 
-def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrillation") -> CrossValScores:
+def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrillation",
+                    expand: bool = False) -> CrossValScores:
     """Score every pair held out by one of ``runs`` with that run's model. ``pairs``: the
     PairSet the runs trained on (their pair cache). A record held out by two runs is refused."""
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier
@@ -76,7 +77,7 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
         emb = embed_ecgs(model, sub.x)
         zs = ZeroShotClassifier(model, keyword_labelset([label]), lower=True)
         ps.append(zs.scores(emb)[:, 0])
-        qs.append(emb @ text_vector(model, query)[0])
+        qs.append(emb @ text_vector(model, query, expand=expand)[0])
         ys.append([keyword_labels(t, [label])[label] for t in sub.text])
         src += list(sub.source)
         paths += list(sub.path)
@@ -94,7 +95,8 @@ def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, pool: int 
             by_source: bool = True) -> dict:
     """AUCs, and the top-k precision of the query on random pools of ``pool`` records of which
     ``prevalence`` hold the label (e.g. 8 of 100: the judged use; None = all negatives), overall
-    and per source. A part with too few records for such pools reports why instead."""
+    and per source. A part with fewer records gets pools of all its negatives (the size is in
+    the result's "pool"); one with too few positives reports why."""
     from ecgbatch.eval.metrics import roc_auc
     from ecgbatch.eval.retrieval import precision_at_k_at_prevalence
 
@@ -104,12 +106,15 @@ def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, pool: int 
         if 0 < y.sum() < len(y):
             out["auc_prompt"] = float(roc_auc(y, cv.prompt_score[mask]))
             out["auc_query"] = float(roc_auc(y, cv.query_score[mask]))
+            key = f"query_p@{k}_at_{prevalence:g}"
+            q = cv.query_score[mask, None].astype(np.float32)
             try:
-                out[f"query_p@{k}_at_{prevalence:g}"] = precision_at_k_at_prevalence(
-                    np.ones(1, np.float32), cv.query_score[mask, None].astype(np.float32), y, k, prevalence,
-                    n=pool)
-            except ValueError as exc:   # too few positives or negatives for such pools
-                out[f"query_p@{k}_at_{prevalence:g}"] = {"error": str(exc)}
+                out[key] = precision_at_k_at_prevalence(np.ones(1, np.float32), q, y, k, prevalence, n=pool)
+            except ValueError:   # fewer records than a pool: pools of all its negatives instead
+                try:
+                    out[key] = precision_at_k_at_prevalence(np.ones(1, np.float32), q, y, k, prevalence)
+                except ValueError as exc:
+                    out[key] = {"error": str(exc)}
         return out
 
     src = np.asarray(cv.source)
