@@ -10,7 +10,7 @@ prompt, e.g. "atrial fibrillation"):
   otherwise): the query vector becomes normalise(q - c), c the normal class's prompts;
 - ``versus``: rank it against any other text.
 
-Neither is the default. For "atrial fibrillation" with ecg-coca-mini, on the 100 LUDB records
+None is the default. For "atrial fibrillation" with ecg-coca-mini, on the 100 LUDB records
 held out by the 5-fold cross-validation (10 AF; pools of 98 with 8 AF), the top-8 precision was
 0.875 as typed, 0.756 expanded and 0.641 expanded + contrasted (AUC 0.984 / 0.983 / 0.977); over
 all 477 held-out records the three were within noise (0.652 / 0.666 / 0.671). MODEL_CARD.md.
