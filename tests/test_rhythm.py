@@ -65,6 +65,9 @@ def test_rr_block_is_a_gaussian_kernel_of_log_rr():
 def test_rhythm_cfg_rejects_bad_values(cfg):
     with pytest.raises(ValueError, match="rhythm_cfg"):
         RhythmCfg(**cfg)
+
+
+def test_rhythm_cfg_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown rhythm_cfg keys"):
         RhythmCfg.from_dict({"weight": 0.5, "bins": 3})
 

@@ -198,7 +198,7 @@ def eval_zeroshot(
     from rich.table import Table
 
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
-    from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, precision_at_k
+    from ecgbatch.eval.retrieval import embed_ecgs, precision_at_k
     from ecgbatch.eval.zeroshot_eval import per_class_metrics, save_roc_png
     from ecgbatch.training.checkpointing import load_model
     from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
@@ -305,13 +305,13 @@ def eval_crossval(
 
     if label not in KEYWORD_LABELS:
         _fail(f"unknown keyword label {label!r} (known: {sorted(KEYWORD_LABELS)})")
-    try:
-        from ecgbatch.eval.crossval import run_model_and_split
+    from ecgbatch.training.pairs import PairSet, resolve_path
 
-        first, _ = run_model_and_split(runs[0])
-        pairs = _eval_pairs(first.preprocess_config, data, "header", None, None, None, None, [], None, "val",
-                            "ecgchat")
-        cv = crossval_scores(runs, pairs, label, query, expand=expand)
+    cache = resolve_path(data)
+    if cache.suffix != ".npz" or not cache.is_file():
+        _fail(f"--data must be the pair cache (.npz) the runs trained on, got {data!r}")
+    try:
+        cv = crossval_scores(runs, PairSet.load(cache), label, query, expand=expand)
         res = summary(cv, k=k, prevalence=prevalence, pool=pool or None)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

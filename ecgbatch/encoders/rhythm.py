@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -65,11 +65,9 @@ class RhythmCfg:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RhythmCfg":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown rhythm_cfg keys: {sorted(unknown)}")
-        return cls(**d)
+        from ecgbatch.encoders.config import _from_known
+
+        return _from_known(cls, d, "rhythm_cfg")
 
     def to_dict(self) -> dict:
         return asdict(self)

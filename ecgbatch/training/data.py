@@ -21,14 +21,9 @@ def _stable_int(*parts) -> int:
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
-def split_by_group(groups: list[str], strata: list[str], val_fraction: float | dict[str, float],
-                   seed: int = 0, labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Train/val indices with every group (patient) on one side only.
-
-    Within each stratum (the data source) the groups are split separately, and within a stratum
-    separately per label (a group's label = max over its records), so every source with at least
-    two groups and every label of it lands in both sides. ``val_fraction`` may be a dict per
-    stratum (key "default" for the rest). Deterministic in ``seed``."""
+def _group_cells(groups: list[str], strata: list[str], labels: list[int] | None):
+    """[(stratum, label, sorted groups)] in a fixed order: each group (patient) in the stratum
+    of its records (two strata for one group raise) with label = max over its records."""
     n = len(groups)
     if len(strata) != n or (labels is not None and len(labels) != n):
         raise ValueError(f"groups, strata and labels must have one entry per record, got "
@@ -39,19 +34,31 @@ def split_by_group(groups: list[str], strata: list[str], val_fraction: float | d
         if group_stratum.setdefault(g, strata[i]) != strata[i]:
             raise ValueError(f"group {g!r} appears in two strata ({group_stratum[g]!r}, {strata[i]!r})")
         group_label[g] = max(group_label.get(g, 0), int(labels[i]) if labels is not None else 0)
+    return [(stratum, lab, sorted(g for g, s in group_stratum.items() if s == stratum and group_label[g] == lab))
+            for stratum in sorted(set(strata))
+            for lab in sorted({group_label[g] for g, s in group_stratum.items() if s == stratum})]
+
+
+def split_by_group(groups: list[str], strata: list[str], val_fraction: float | dict[str, float],
+                   seed: int = 0, labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train/val indices with every group (patient) on one side only.
+
+    Within each stratum (the data source) the groups are split separately, and within a stratum
+    separately per label (a group's label = max over its records), so every source with at least
+    two groups and every label of it lands in both sides. ``val_fraction`` may be a dict per
+    stratum (key "default" for the rest). Deterministic in ``seed``."""
+    cells = _group_cells(groups, strata, labels)
     val_groups: set[str] = set()
-    for stratum in sorted(set(strata)):
+    for stratum, lab, gs in cells:
         frac = val_fraction.get(stratum, val_fraction.get("default", 0.0)) \
             if isinstance(val_fraction, dict) else float(val_fraction)
         if not 0.0 <= frac < 1.0:
             raise ValueError(f"val fraction for {stratum!r} must be in [0, 1), got {frac!r}")
-        for lab in sorted({group_label[g] for g, s in group_stratum.items() if s == stratum}):
-            gs = sorted(g for g, s in group_stratum.items() if s == stratum and group_label[g] == lab)
-            rng = np.random.default_rng(_stable_int(seed, stratum, lab))
-            k = int(round(frac * len(gs)))
-            if frac > 0 and k == 0 and len(gs) >= 2:
-                k = 1
-            val_groups.update(gs[j] for j in rng.permutation(len(gs))[:k])
+        rng = np.random.default_rng(_stable_int(seed, stratum, lab))
+        k = int(round(frac * len(gs)))
+        if frac > 0 and k == 0 and len(gs) >= 2:
+            k = 1
+        val_groups.update(gs[j] for j in rng.permutation(len(gs))[:k])
     is_val = np.array([g in val_groups for g in groups])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
@@ -64,26 +71,15 @@ def kfold_by_group(groups: list[str], strata: list[str], folds: int, fold: int, 
     on one side, and each fold gets its share of every source and label."""
     if not (isinstance(folds, int) and folds >= 2 and isinstance(fold, int) and 0 <= fold < folds):
         raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds!r}, fold={fold!r}")
-    n = len(groups)
-    if len(strata) != n or (labels is not None and len(labels) != n):
-        raise ValueError(f"groups, strata and labels must have one entry per record, got "
-                         f"{n}, {len(strata)}, {None if labels is None else len(labels)}")
-    group_stratum: dict[str, str] = {}
-    group_label: dict[str, int] = {}
-    for i, g in enumerate(groups):
-        if group_stratum.setdefault(g, strata[i]) != strata[i]:
-            raise ValueError(f"group {g!r} appears in two strata ({group_stratum[g]!r}, {strata[i]!r})")
-        group_label[g] = max(group_label.get(g, 0), int(labels[i]) if labels is not None else 0)
+    cells = _group_cells(groups, strata, labels)
     val_groups: set[str] = set()
     offset = 0   # continue dealing across strata/labels so small classes spread over the folds
-    for stratum in sorted(set(strata)):
-        for lab in sorted({group_label[g] for g, s in group_stratum.items() if s == stratum}):
-            gs = sorted(g for g, s in group_stratum.items() if s == stratum and group_label[g] == lab)
-            rng = np.random.default_rng(_stable_int(seed, stratum, lab, "kfold"))
-            for j, gi in enumerate(rng.permutation(len(gs))):
-                if (offset + j) % folds == fold:
-                    val_groups.add(gs[gi])
-            offset += len(gs)
+    for stratum, lab, gs in cells:
+        rng = np.random.default_rng(_stable_int(seed, stratum, lab, "kfold"))
+        for j, gi in enumerate(rng.permutation(len(gs))):
+            if (offset + j) % folds == fold:
+                val_groups.add(gs[gi])
+        offset += len(gs)
     is_val = np.array([g in val_groups for g in groups])
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
