@@ -1,10 +1,17 @@
-"""WFDB header (.hea) parsing: record line, signal lines, and comment lines -> meta.
+"""WFDB header (.hea) parsing: record line, signal lines (or segment lines), comment lines -> meta.
 
 Follows the WFDB header specification (https://physionet.org/physiotools/wag/header-5.htm) for
-single-segment records, and tolerates what real archives write: dates such as ``12-May-2020``
+single-segment records and the master headers of multi-segment records (``name/n_segments`` on
+the record line, then ``segment length`` lines), and tolerates what real archives write: dates such as ``12-May-2020``
 (PhysioNet/CinC Challenge), lower-case units (``1000/mv``), ``# Age:`` with a space, and LUDB's
 ``#<age>:`` / ``#<diagnoses>:`` blocks. Patient identifiers in comments (name, MRN, patient id,
 birth date, ...) are dropped, never copied into meta.
+
+Absurd fields are refused with ``HeaderError`` before anything is allocated: a sampling frequency
+that is not a finite positive number, a gain that is not finite, a baseline outside the 32-bit
+range the WFDB library stores it in, zero samples per frame, a signal count the lines do not back.
+A gain of 0 is not absurd: the specification reads it as "uncalibrated", 200 adu per unit, as
+``wfdb.rdsamp`` and the C library do.
 """
 from __future__ import annotations
 
@@ -12,11 +19,13 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+import math
 from typing import Any
 
 from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownFormatError, UnreadableError
 
 DEFAULT_GAIN = 200.0  # WFDB: an uncalibrated (gain 0 or absent) signal is read with 200 adu/unit
+_INT32 = 1 << 31      # the WFDB library holds baselines and samples in (32-bit) ints
 
 # signal-file field: "name fmt[xspf][:skew][+offset]"
 _FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
@@ -57,6 +66,8 @@ class WfdbHeader:
     base_date: str | None
     signals: list[SignalSpec]
     comments: list[str] = field(default_factory=list)
+    # multi-segment master header: (segment record name or "~" for a gap, samples), else None
+    segments: list[tuple[str, int]] | None = None
 
 
 def read_header_text(path: str) -> str:
@@ -82,25 +93,45 @@ def parse_header(text: str, path: str = "") -> WfdbHeader:
     if not body:
         raise HeaderError(f"{path}: no record line (only comments or blank lines)", path)
     rec = body[0].split()
-    if "/" in rec[0]:
-        raise UnknownFormatError(
-            f"{path}: multi-segment WFDB record {rec[0]!r} is not supported", path)
+    name, _, n_seg = rec[0].partition("/")
     try:
         n_sig = int(rec[1]) if len(rec) > 1 else 0
         fs = float(rec[2].split("/")[0].split("(")[0]) if len(rec) > 2 else 250.0
         n_samples = int(rec[3]) if len(rec) > 3 else None
+        n_seg = int(n_seg) if n_seg else None
     except ValueError:
         raise HeaderError(f"{path}: malformed record line {body[0]!r}", path) from None
-    if n_sig < 0 or fs <= 0 or (n_samples is not None and n_samples < 0):
+    if (n_sig < 0 or not math.isfinite(fs) or fs <= 0 or (n_samples is not None and n_samples < 0)
+            or (n_seg is not None and n_seg < 1)):
         raise HeaderError(f"{path}: implausible record line {body[0]!r}", path)
     base_time = rec[4] if len(rec) > 4 else None
     base_date = rec[5] if len(rec) > 5 else None
+    if n_seg is not None:
+        segments = _parse_segments(body[1:], n_seg, path)
+        return WfdbHeader(name, n_sig, fs, n_samples, base_time, base_date, [], comments, segments)
     if len(body) - 1 < n_sig:
         raise HeaderError(
             f"{path}: record line announces {n_sig} signals but {len(body) - 1} signal lines follow",
             path)
     signals = [_parse_signal(ln, path) for ln in body[1:1 + n_sig]]
     return WfdbHeader(rec[0], n_sig, fs, n_samples, base_time, base_date, signals, comments)
+
+
+def _parse_segments(lines: list[str], n_seg: int, path: str) -> list[tuple[str, int]]:
+    if len(lines) < n_seg:
+        raise HeaderError(f"{path}: record line announces {n_seg} segments but {len(lines)} "
+                          "segment lines follow", path)
+    segments = []
+    for ln in lines[:n_seg]:
+        parts = ln.split()
+        try:
+            length = int(parts[1])
+        except (IndexError, ValueError):
+            raise HeaderError(f"{path}: malformed segment line {ln!r}", path) from None
+        if length < 0 or "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
+            raise HeaderError(f"{path}: implausible segment line {ln!r}", path)
+        segments.append((parts[0], length))
+    return segments
 
 
 def _parse_signal(line: str, path: str) -> SignalSpec:
@@ -111,6 +142,8 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
     if fmt_field is None:
         raise HeaderError(f"{path}: bad format field {parts[1]!r}", path)
     fmt, spf, skew, offset = fmt_field
+    if spf < 1:
+        raise HeaderError(f"{path}: zero samples per frame in {parts[1]!r}", path)
     gain, baseline, units = DEFAULT_GAIN, None, "mV"
     try:
         adc_res = int(parts[3]) if len(parts) > 3 else 0
@@ -121,11 +154,16 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
             gain, baseline, units = _gain_field(parts[2])
     except ValueError:
         raise HeaderError(f"{path}: malformed signal line {line!r}", path) from None
+    if not math.isfinite(gain):
+        raise HeaderError(f"{path}: gain {parts[2]!r} is not a finite number", path)
     if gain == 0:
         gain = DEFAULT_GAIN
+    baseline = adc_zero if baseline is None else baseline
+    if not -_INT32 <= baseline < _INT32 or (init_value is not None and not -_INT32 <= init_value < _INT32):
+        raise HeaderError(f"{path}: baseline or initial value outside the 32-bit range in {line!r}",
+                          path)
     description = parts[8].strip() if len(parts) > 8 else ""
-    return SignalSpec(parts[0], fmt, spf, skew, offset, gain,
-                      adc_zero if baseline is None else baseline, units, adc_res, adc_zero,
+    return SignalSpec(parts[0], fmt, spf, skew, offset, gain, baseline, units, adc_res, adc_zero,
                       init_value, checksum, description)
 
 

@@ -1,12 +1,14 @@
 """WFDB records (.hea + signal files), including PhysioNet/CinC Challenge records whose signal file
-is a MATLAB .mat holding ``val``.
+is a MATLAB .mat holding ``val``; multi-segment records are assembled in ``wfdb_segments``.
 
-Decoding is vectorised: each signal file is read with one ``np.fromfile`` and decoded with NumPy
-(``wfdb_decode``); physical values are ``(digital - baseline) / gain`` per lead, invalid-sample
-codes become NaN, exactly as ``wfdb.rdsamp`` computes them. Challenge .mat files are MATLAB v4
-matrices whose data start at the byte offset the header gives (``16+24``); when the .mat header
-confirms that layout the file is read the same fast way, otherwise (MATLAB v5, other offsets)
-``scipy.io.loadmat`` reads ``val`` and the header's gains are applied to it.
+Every value is ``wfdb.rdsamp``'s, rounded once to float32: the same digital samples (every signal
+format, byte offsets, skew, several samples per frame averaged to one per frame as rdsamp's default
+``smooth_frames=True`` does, so ``fs`` is the frame rate), ``(digital - baseline) / gain`` in
+float64, invalid-sample codes as NaN. Decoding is vectorised: each signal file is read with one
+``np.fromfile`` (FLAC with one ``soundfile`` read) and decoded with NumPy (``wfdb_decode``).
+Challenge .mat files are MATLAB v4 matrices whose data start at the byte offset the header gives
+(``16+24``); when the .mat header confirms that layout the file is read the same fast way,
+otherwise (MATLAB v5, other offsets) ``scipy.io.loadmat`` reads ``val``.
 
 The header-only path (``header_only=True``) parses the .hea and checks each signal file's size
 against what the header promises (one ``os.stat`` per file), so a manifest catches missing,
@@ -42,12 +44,16 @@ class _File:
         self.fmt = fmts.pop()
         self.offset = specs[0][1].byte_offset
         self.spf = [s.spf for _, s in specs]
+        self.skew = [s.skew for _, s in specs]
         self.frame = sum(self.spf)
+        self.rows = [i for i, _ in specs]
+        self.flac = self.fmt in dec.FLAC_BITS
         if self.fmt not in dec.SUPPORTED:
             raise UnknownFormatError(f"{path}: WFDB signal format {self.fmt} is not supported "
                                      f"(supported: {sorted(dec.SUPPORTED)})", path)
-        if any(s.skew for _, s in specs):
-            raise UnknownFormatError(f"{path}: WFDB skew is not supported", path)
+        if self.flac and len(set(self.spf)) > 1:
+            raise HeaderError(f"{path}: signals in FLAC file {name!r} differ in samples per frame",
+                              path)
 
 
 def _files(h: WfdbHeader, hea_path: str) -> list[_File]:
@@ -61,31 +67,69 @@ def _files(h: WfdbHeader, hea_path: str) -> list[_File]:
 
 
 def signal_file_names(hea_path: str) -> list[str]:
-    """Signal files a header refers to (for grouping files into records): the first field of each
-    signal line, without parsing the rest (a scan calls this once per header before reading)."""
+    """Files a header refers to (for grouping files into records): the first field of each signal
+    line (the segment headers, ``name.hea``, for a multi-segment record), without parsing the rest
+    (a scan calls this once per header before reading)."""
     text = read_header_text(hea_path)
     lines = [ln.split("#", 1)[0].split() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     if not lines:
         raise HeaderError(f"{hea_path}: no record line (only comments or blank lines)", hea_path)
+    name, _, n_seg = lines[0][0].partition("/")
     try:
-        n_sig = int(lines[0][1]) if len(lines[0]) > 1 else 0
+        n_lines = int(n_seg) if n_seg else int(lines[0][1]) if len(lines[0]) > 1 else 0
     except ValueError:
         raise HeaderError(f"{hea_path}: malformed record line {' '.join(lines[0])!r}", hea_path) from None
-    return list(dict.fromkeys(ln[0] for ln in lines[1:1 + n_sig] if ln[0] != "~"))
+    names = [ln[0] for ln in lines[1:1 + n_lines] if ln[0] != "~"]
+    return list(dict.fromkeys(n + ".hea" if n_seg else n for n in names))
 
 
 def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True):
     """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader)."""
     h = parse_header(read_header_text(hea_path), hea_path)
+    if h.segments is not None:
+        from ecgbatch.io.wfdb_segments import read_multisegment
+
+        return read_multisegment(h, hea_path, header_only=header_only, check_length=check_length)
+    n, plans = plan_record(h, hea_path, check_length=check_length)
+    files = [f for f, _, _ in plans]
+    meta = header_meta(h)
+    meta["storage"] = "wfdb " + "/".join(sorted({str(f.fmt) for f in files})) + (
+        " in .mat" if any(f.name.lower().endswith(".mat") for f in files) else "")
+    rec_units = record_units(h.signals)
+    leads = canonical_leads(s.description or f"ch{i + 1}" for i, s in enumerate(h.signals))
+    record_id = os.path.splitext(os.path.basename(hea_path))[0]  # the record line's name may
+    # differ (Georgia headers write 'E00271.mat'); the file stem is what identifies it on disk
+    fmt_name = "wfdb_mat" if "in .mat" in meta["storage"] else "wfdb"
+    if header_only:
+        return RecordHeader(record_id, hea_path, fmt_name, h.fs, leads, int(n), rec_units, meta)
+    signal, bad = read_signals(h, hea_path, n, plans)
+    if rec_units == "mixed":  # bring every lead to mV when the units allow it
+        signal, rec_units = to_common_units(signal, [s.units for s in h.signals])
+    meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in bad]
+    return Record(signal, float(h.fs), leads, rec_units, record_id, hea_path, meta)
+
+
+def record_units(specs: list[SignalSpec]) -> str:
+    units = {s.units for s in specs}
+    return units.pop() if len(units) == 1 else "mixed"
+
+
+def plan_record(h: WfdbHeader, hea_path: str, *, check_length: bool = True):
+    """Check a single-segment header against its signal files without decoding: each file exists,
+    holds the samples the header promises (TruncatedSignalError) and no more (LengthMismatchError,
+    when check_length). Returns (samples per signal, [(file, path, how)])."""
     if h.n_sig == 0:
         raise TooFewLeadsError(f"{hea_path}: header declares no signals", hea_path)
     folder = os.path.dirname(hea_path)
-    files = _files(h, hea_path)
     n = h.n_samples
     plans = []
-    for f in files:
+    for f in _files(h, hea_path):
         fpath = os.path.join(folder, f.name)
+        if f.flac:
+            n = _check_flac(fpath, f, n, hea_path, check_length)
+            plans.append((f, fpath, "flac"))
+            continue
         mat = _mat_layout(fpath, f, hea_path) if f.name.lower().endswith(".mat") else None
         size = _size(fpath, hea_path)
         if n is None:  # record line without a length: the first file decides
@@ -99,69 +143,87 @@ def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = 
                 f"{hea_path}: {f.name} holds {size} bytes, the header needs {need} "
                 f"({n} samples x {f.frame} per frame, format {f.fmt}, offset {f.offset})", hea_path)
         extra = dec.samples_in(f.fmt, size - f.offset) // f.frame - n
-        if check_length and extra > 0:
+        if check_length and extra > 0 and size > f.offset + dec.padded_bytes(f.fmt, n * f.frame):
             raise LengthMismatchError(
                 f"{hea_path}: {f.name} holds {n + extra} samples per signal, the header says {n}",
                 hea_path)
         plans.append((f, fpath, "raw"))
     if n == 0:
         raise EmptyFileError(f"{hea_path}: record has 0 samples", hea_path)
+    return n, plans
 
-    meta = header_meta(h)
-    meta["storage"] = "wfdb " + "/".join(sorted({str(f.fmt) for f in files})) + (
-        " in .mat" if any(f.name.lower().endswith(".mat") for f in files) else "")
-    units = {s.units for s in h.signals}
-    rec_units = units.pop() if len(units) == 1 else "mixed"
-    leads = canonical_leads(s.description or f"ch{i + 1}" for i, s in enumerate(h.signals))
-    record_id = os.path.splitext(os.path.basename(hea_path))[0]  # the record line's name may
-    # differ (Georgia headers write 'E00271.mat'); the file stem is what identifies it on disk
-    fmt_name = "wfdb_mat" if "in .mat" in meta["storage"] else "wfdb"
-    if header_only:
-        return RecordHeader(record_id, hea_path, fmt_name, h.fs, leads, int(n), rec_units, meta)
 
+def read_signals(h: WfdbHeader, hea_path: str, n: int, plans) -> tuple[np.ndarray, list[int]]:
+    """Decode every file of a planned record: physical float32 [signals, n] in the header's units
+    (float64 arithmetic, rounded once, so each value is wfdb.rdsamp's rounded to float32) and the
+    signals whose stored checksum disagrees with the data."""
     signal = np.empty((h.n_sig, n), np.float32)
-    checksums = np.full(h.n_sig, np.nan)
+    checksums: dict[int, int] = {}
     for f, fpath, how in plans:
-        rows = [i for i, _ in f.specs]
         if how == "loadmat":
-            d = _load_loadmat(fpath, f, n, hea_path)
+            frames = _load_loadmat(fpath, f, n, hea_path)
+        elif how == "flac":
+            frames = _load_flac(fpath, f, n, hea_path)
         else:
-            d = _load_raw(fpath, f, n, hea_path)
-        _physical(d, f, rows, h.signals, signal, checksums)
+            frames = _load_raw(fpath, f, n, hea_path)
+        checksums.update(zip(f.rows, _checksums(frames, f)))
+        d, tails = _per_signal(frames, f, n)
+        _physical(d, f, tails, h.signals, signal)
     bad = [i for i, s in enumerate(h.signals)
-           if s.checksum is not None and not np.isnan(checksums[i])
-           and (int(checksums[i]) - s.checksum) % 65536]
-    if rec_units == "mixed":  # bring every lead to mV when the units allow it
-        signal, rec_units = _to_common_units(signal, [s.units for s in h.signals], hea_path)
-    meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in bad]
-    return Record(signal, float(h.fs), leads, rec_units, record_id, hea_path, meta)
+           if s.checksum is not None and (checksums[i] - s.checksum) % 65536]
+    return signal, bad
 
 
-def _physical(d: np.ndarray, f: "_File", rows: list[int], specs: list[SignalSpec],
-              out: np.ndarray, checksums: np.ndarray) -> None:
-    """Digital [signals in file, n] (integer, maybe a transposed view) -> physical float32 rows of
-    ``out``: (d - baseline) / gain, invalid codes -> NaN; also the per-lead checksums (exact: the
-    float32 buffer holds the integers exactly below 2**24, sums run in float64)."""
-    block = np.empty(d.shape, np.float32)
-    block[...] = d
-    offset = dec.OFFSET.get(f.fmt)
-    if offset:
-        block -= offset
+def _checksums(frames: np.ndarray, f: _File) -> list[int]:
+    """Per signal: the 16-bit sum of all its stored samples (every sample of every frame)."""
+    cols = frames.sum(axis=0, dtype=np.int64)
     if f.frame != len(f.specs):
-        checksums[rows] = np.nan  # averaged frames: the stored checksum covers the raw samples
-    elif d.dtype.itemsize <= 2 or f.fmt in (212, 310, 311, 24):
-        checksums[rows] = block.sum(axis=1, dtype=np.float64)
+        cols = np.add.reduceat(cols, np.cumsum([0] + f.spf[:-1]))
+    return [int(c) % 65536 for c in cols]
+
+
+def _per_signal(frames: np.ndarray, f: _File, n: int) -> tuple[np.ndarray, list[int]]:
+    """Digital frames [n, samples per frame] -> one row per signal [signals in file, n] (a transposed
+    view when possible), and per signal how many trailing samples its skew leaves unknown.
+
+    Several samples per frame: one value per frame, the integer mean truncated toward zero, as
+    wfdb.rdsamp (smooth_frames=True, its default) and the WFDB library's getvec compute it; the
+    Record's rate is then the frame rate, as wfdb.rdsamp's ``fs``. Skew (in frames, as
+    wfdb.rdsamp applies it): signal i at frame t is the sample stored in frame t + skew_i; the last
+    skew_i samples lie beyond the record and are NaN."""
+    if f.frame == len(f.specs):
+        d = frames.T
     else:
-        checksums[rows] = np.ascontiguousarray(d).sum(axis=1, dtype=np.int64) % 65536
+        d = np.empty((len(f.specs), n), np.int64)
+        starts = np.cumsum([0] + f.spf)
+        for col in range(len(f.specs)):
+            total = frames[:, starts[col]:starts[col + 1]].sum(axis=1, dtype=np.int64)
+            d[col] = np.trunc(total / f.spf[col])
+    tails = [min(k, n) for k in f.skew]
+    if any(tails):
+        shifted = np.zeros(d.shape, d.dtype)
+        for i, k in enumerate(tails):
+            shifted[i, :n - k] = d[i, k:]
+        d = shifted
+    return d, tails
+
+
+def _physical(d: np.ndarray, f: _File, tails: list[int], specs: list[SignalSpec],
+              out: np.ndarray) -> None:
+    """Digital [signals in file, n] -> physical rows of ``out``: (d - baseline) / gain in float64
+    like wfdb.rdsamp, rounded to float32 once; invalid-sample codes and skew tails -> NaN."""
+    rows = f.rows
     invalid = dec.INVALID.get(f.fmt)
     # invalid codes are each format's most negative value: test the minimum before building a mask
-    mask = block == invalid if invalid is not None and block.min() <= invalid else None
-    base = np.array([specs[i].baseline for i in rows], np.float32)[:, None]
-    gain = np.array([specs[i].gain for i in rows], np.float32)[:, None]
-    block -= base
-    block /= gain
+    mask = d == invalid if invalid is not None and d.size and d.min() <= invalid else None
+    block = d.astype(np.float64)
+    block -= np.array([specs[i].baseline for i in rows], np.float64)[:, None]
+    block /= np.array([specs[i].gain for i in rows], np.float64)[:, None]
     if mask is not None:
         block[mask] = np.nan
+    for i, k in enumerate(tails):
+        if k:
+            block[i, block.shape[1] - k:] = np.nan
     if rows == list(range(rows[0], rows[0] + len(rows))):
         out[rows[0]:rows[0] + len(rows)] = block
     else:
@@ -182,7 +244,7 @@ def _size(fpath: str, hea_path: str) -> int:
 
 
 def _load_raw(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
-    """Digital samples [signals in file, n] as integers (a transposed view when possible)."""
+    """Digital samples [n, samples per frame] as integers, in the file's frame order."""
     total = n * f.frame
     try:
         if f.fmt in dec.ALIGNED_DTYPE:
@@ -195,19 +257,44 @@ def _load_raw(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
     if d.size < total:
         raise TruncatedSignalError(f"{hea_path}: {f.name} ended early", hea_path)
     frames = d.reshape(n, f.frame)
+    if f.fmt in dec.OFFSET:
+        frames = frames.astype(np.int32) - dec.OFFSET[f.fmt]
     if f.fmt == 8:
-        init = np.array([s.init_value or 0 for _, s in f.specs for _ in range(s.spf)], np.int32)
-        frames = dec.undiff(frames, init)
-    if f.frame == len(f.specs):
-        return frames.T
-    # several samples per frame: one value per frame, the integer mean truncated toward zero, as
-    # the WFDB library's getvec and wfdb.rdsamp(smooth_frames=True) compute it
-    out = np.empty((len(f.specs), n), np.int64)
-    starts = np.cumsum([0] + f.spf)
-    for col in range(len(f.specs)):
-        total = frames[:, starts[col]:starts[col + 1]].sum(axis=1, dtype=np.int64)
-        out[col] = np.trunc(total / f.spf[col])
-    return out
+        init = np.array([s.init_value or 0 for _, s in f.specs], np.int32)
+        frames = dec.undiff(frames, init, f.spf)
+    return frames
+
+
+def _check_flac(fpath: str, f: _File, n: int | None, hea_path: str, check_length: bool) -> int:
+    """Samples per signal a FLAC signal file holds, checked against the header (FLAC byte offsets
+    count samples per channel, as wfdb reads them)."""
+    _size(fpath, hea_path)
+    try:
+        held = (dec.flac_frames(fpath) - f.offset) // f.spf[0]
+    except Exception as exc:  # soundfile raises its own LibsndfileError / RuntimeError
+        raise NotAnEcgError(f"{hea_path}: {f.name} is not a readable FLAC file ({exc})",
+                            hea_path) from None
+    if n is None:
+        return max(held, 0)
+    if held < n:
+        raise TruncatedSignalError(
+            f"{hea_path}: {f.name} holds {max(held, 0)} samples per signal, the header says {n}",
+            hea_path)
+    if check_length and held > n:
+        raise LengthMismatchError(
+            f"{hea_path}: {f.name} holds {held} samples per signal, the header says {n}", hea_path)
+    return n
+
+
+def _load_flac(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
+    try:
+        return dec.read_flac(fpath, f.fmt, len(f.specs), f.spf[0], n, f.offset)
+    except ImportError as exc:
+        raise UnknownFormatError(f"{hea_path}: FLAC formats need the soundfile package ({exc})",
+                                 hea_path) from None
+    except Exception as exc:  # soundfile raises its own LibsndfileError / RuntimeError
+        raise NotAnEcgError(f"{hea_path}: {f.name} cannot be read as WFDB format {f.fmt} ({exc})",
+                            hea_path) from None
 
 
 def _mat_layout(fpath: str, f: _File, hea_path: str) -> str | None:
@@ -239,11 +326,11 @@ def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
         raise NotAnEcgError(f"{fpath}: not a readable MATLAB file ({exc})", hea_path) from None
     if val is None or val.ndim != 2 or not np.issubdtype(val.dtype, np.number):
         raise NotAnEcgError(f"{fpath}: no numeric 2-D 'val' matrix", hea_path)
-    if val.shape[0] != len(f.specs) and val.shape[1] == len(f.specs):
+    if val.shape[0] != f.frame and val.shape[1] == f.frame:
         val = val.T
-    if val.shape[0] != len(f.specs):
+    if val.shape[0] != f.frame:
         raise LengthMismatchError(
-            f"{hea_path}: 'val' has shape {val.shape}, header expects {len(f.specs)} signals", hea_path)
+            f"{hea_path}: 'val' has shape {val.shape}, header expects {f.frame} rows", hea_path)
     if val.shape[1] < n:
         raise TruncatedSignalError(
             f"{hea_path}: 'val' holds {val.shape[1]} samples, the header says {n}", hea_path)
@@ -255,10 +342,10 @@ def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
             raise NotAnEcgError(f"{fpath}: 'val' holds non-integer values; WFDB gains do not apply",
                                 hea_path)
         val = val.astype(np.int64)
-    return val
+    return val.T  # [n, samples per frame], as the raw reader returns
 
 
-def _to_common_units(signal: np.ndarray, units: list[str], path: str):
+def to_common_units(signal: np.ndarray, units: list[str]):
     from ecgbatch.io.quality import canonical_units
 
     scales = [canonical_units(u)[1] for u in units]
