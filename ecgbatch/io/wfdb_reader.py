@@ -39,6 +39,9 @@ class _File:
     def __init__(self, name: str, specs: list[tuple[int, SignalSpec]], path: str):
         self.name, self.specs, self.path = name, specs, path
         fmts = {s.fmt for _, s in specs}
+        if not fmts <= dec.SUPPORTED:
+            raise UnknownFormatError(f"{path}: WFDB signal format {sorted(fmts - dec.SUPPORTED)} "
+                                     f"is not supported (supported: {sorted(dec.SUPPORTED)})", path)
         if len(fmts) != 1:
             raise HeaderError(f"{path}: signals in {name!r} mix formats {sorted(fmts)}", path)
         self.fmt = fmts.pop()
@@ -48,9 +51,6 @@ class _File:
         self.frame = sum(self.spf)
         self.rows = [i for i, _ in specs]
         self.flac = self.fmt in dec.FLAC_BITS
-        if self.fmt not in dec.SUPPORTED:
-            raise UnknownFormatError(f"{path}: WFDB signal format {self.fmt} is not supported "
-                                     f"(supported: {sorted(dec.SUPPORTED)})", path)
         if self.flac and len(set(self.spf)) > 1:
             raise HeaderError(f"{path}: signals in FLAC file {name!r} differ in samples per frame",
                               path)
