@@ -21,6 +21,7 @@ import wfdb
 from ecgbatch.io import read_header, read_record
 from ecgbatch.io.errors import (EcgReadError, HeaderError, MissingSignalFileError, NotAnEcgError,
                                 TruncatedSignalError, UnknownFormatError)
+from ecgbatch.io.leads import canonical_leads
 
 WFDB_WRITES = ("80", "212", "16", "24", "32", "508", "516", "524")
 PACKED_HERE = ("8", "61", "160", "310", "311")
@@ -114,11 +115,13 @@ def _write_with_wfdb(tmp_path, name, fmt, signals, spf, skew, offset, gains, bas
     rec.wrsamp(expanded=True, write_dir=str(tmp_path))
 
 
-def write_record(tmp_path, name, fmt, layout, seed, n=N):
+def write_record(tmp_path, name, fmt, layout, seed, n=N, whole_gains=False):
+    """whole_gains: gains exact in float32 (the reader's float32 arithmetic), else 3 decimals
+    (its float64 arithmetic)."""
     rng = np.random.default_rng(seed)
     spf, skew, offset = layout["spf"], layout["skew"], layout["offset"]
     signals = [_digital(rng, fmt, n * k) for k in spf]
-    gains = [round(float(g), 3) for g in rng.uniform(5, 2000, len(spf))]
+    gains = [round(float(g), 0 if whole_gains else 3) for g in rng.uniform(5, 2000, len(spf))]
     bases = [int(b) for b in rng.integers(-1000, 1000, len(spf))]
     if fmt in PACKED_HERE:
         _write_packed(tmp_path, name, fmt, signals, spf, skew, offset, gains, bases, rng)
@@ -144,7 +147,8 @@ def assert_like_wfdb(hea, unknown_tail: dict[int, int] | None = None, deskew: li
     ref, fields = _deskewed_reference(hea, deskew) if deskew else wfdb.rdsamp(str(hea)[:-4])
     ref32 = ref.T.astype(np.float32)
     assert ours.fs == fields["fs"]
-    assert list(ours.leads) == list(fields["sig_name"])
+    assert list(ours.leads) == list(canonical_leads(fields["sig_name"]))  # LUDB's 'avf' -> 'aVF'
+
     assert ours.signal.shape == ref32.shape
     for i, k in (unknown_tail or {}).items():
         assert np.isnan(ours.signal[i, -k:]).all()
@@ -159,7 +163,7 @@ def assert_like_wfdb(hea, unknown_tail: dict[int, int] | None = None, deskew: li
 def test_corpus_reads_like_wfdb(tmp_path, fmt, layout):
     lay = (FLAC_LAYOUTS if fmt.startswith("5") else LAYOUTS)[layout]
     seed = int(fmt) * 100 + list(LAYOUTS).index(layout)
-    hea = write_record(tmp_path, f"r{fmt}", fmt, lay, seed)
+    hea = write_record(tmp_path, f"r{fmt}", fmt, lay, seed, whole_gains=layout in ("plain", "spf"))
     skewed = any(lay["skew"])
     if skewed and (fmt == "8" or fmt.startswith("5")):  # wfdb.rdsamp fails on these
         ours = assert_like_wfdb(hea, deskew=lay["skew"])
@@ -170,6 +174,11 @@ def test_corpus_reads_like_wfdb(tmp_path, fmt, layout):
     assert ours.meta["storage"] == f"wfdb {fmt}"
     h = read_header(hea)
     assert (h.n_samples, h.fs, h.leads) == (ours.n_samples, ours.fs, ours.leads)
+
+
+def test_real_ludb_records_match_wfdb_exactly(sample_archive):
+    for hea in sorted((sample_archive / "ludb").glob("*.hea")):
+        assert_like_wfdb(hea)
 
 
 @pytest.mark.parametrize("fmt", ["212", "310", "311", "24", "16", "61", "80", "160", "32"])

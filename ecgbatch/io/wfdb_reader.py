@@ -155,8 +155,8 @@ def plan_record(h: WfdbHeader, hea_path: str, *, check_length: bool = True):
 
 def read_signals(h: WfdbHeader, hea_path: str, n: int, plans) -> tuple[np.ndarray, list[int]]:
     """Decode every file of a planned record: physical float32 [signals, n] in the header's units
-    (float64 arithmetic, rounded once, so each value is wfdb.rdsamp's rounded to float32) and the
-    signals whose stored checksum disagrees with the data."""
+    (each value wfdb.rdsamp's float64 value rounded to float32) and the signals whose stored
+    checksum disagrees with the data."""
     signal = np.empty((h.n_sig, n), np.float32)
     checksums: dict[int, int] = {}
     for f, fpath, how in plans:
@@ -166,9 +166,13 @@ def read_signals(h: WfdbHeader, hea_path: str, n: int, plans) -> tuple[np.ndarra
             frames = _load_flac(fpath, f, n, hea_path)
         else:
             frames = _load_raw(fpath, f, n, hea_path)
-        checksums.update(zip(f.rows, _checksums(frames, f)))
-        d, tails = _per_signal(frames, f, n)
-        _physical(d, f, tails, h.signals, signal)
+        if f.frame == len(f.specs) and not any(f.skew):  # the common case: sums come with
+            d, tails, sums = frames.T, [0] * len(f.specs), None  # the conversion, one pass
+        else:
+            sums = _checksums(frames, f)
+            d, tails = _per_signal(frames, f, n)
+        block_sums = _physical(d, f, tails, h.signals, signal)
+        checksums.update(zip(f.rows, sums if sums is not None else block_sums))
     bad = [i for i, s in enumerate(h.signals)
            if s.checksum is not None and (checksums[i] - s.checksum) % 65536]
     return signal, bad
@@ -209,16 +213,30 @@ def _per_signal(frames: np.ndarray, f: _File, n: int) -> tuple[np.ndarray, list[
 
 
 def _physical(d: np.ndarray, f: _File, tails: list[int], specs: list[SignalSpec],
-              out: np.ndarray) -> None:
-    """Digital [signals in file, n] -> physical rows of ``out``: (d - baseline) / gain in float64
-    like wfdb.rdsamp, rounded to float32 once; invalid-sample codes and skew tails -> NaN."""
+              out: np.ndarray) -> list[int]:
+    """Digital [signals in file, n] -> physical rows of ``out``: (d - baseline) / gain as
+    wfdb.rdsamp computes it in float64, rounded to float32; invalid-sample codes and skew tails ->
+    NaN. Returns each row's digital sum mod 2**16 (the WFDB checksum, when d holds every sample).
+
+    When the digital values, the baselines and the gains are all exact in float32 and the
+    differences stay below 2**24 (every format up to 24 bits with the gains real headers carry),
+    the arithmetic runs in float32: the subtraction is exact and a float32 division is the
+    correctly rounded quotient, which equals the float64 quotient rounded to float32 (double
+    rounding is harmless for division when 53 >= 2 * 24 + 2). Otherwise it runs in float64."""
     rows = f.rows
+    base = np.array([specs[i].baseline for i in rows], np.float64)[:, None]
+    gain = np.array([specs[i].gain for i in rows], np.float64)[:, None]
+    lo, hi = (int(d.min()), int(d.max())) if d.size else (0, 0)
+    exact32 = (max(-lo, hi) + np.abs(base).max() < 1 << 24
+               and np.array_equal(gain.astype(np.float32), gain))
+    block = np.empty(d.shape, np.float32 if exact32 else np.float64)
+    block[...] = d
+    sums = block.sum(axis=1, dtype=np.float64) if exact32 else d.sum(axis=1, dtype=np.int64)
     invalid = dec.INVALID.get(f.fmt)
     # invalid codes are each format's most negative value: test the minimum before building a mask
-    mask = d == invalid if invalid is not None and d.size and d.min() <= invalid else None
-    block = d.astype(np.float64)
-    block -= np.array([specs[i].baseline for i in rows], np.float64)[:, None]
-    block /= np.array([specs[i].gain for i in rows], np.float64)[:, None]
+    mask = block == invalid if invalid is not None and lo <= invalid else None
+    block -= base.astype(block.dtype)
+    block /= gain.astype(block.dtype)
     if mask is not None:
         block[mask] = np.nan
     for i, k in enumerate(tails):
@@ -228,6 +246,7 @@ def _physical(d: np.ndarray, f: _File, tails: list[int], specs: list[SignalSpec]
         out[rows[0]:rows[0] + len(rows)] = block
     else:
         out[rows] = block
+    return [int(x) % 65536 for x in sums]
 
 
 def _size(fpath: str, hea_path: str) -> int:
