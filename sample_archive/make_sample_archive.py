@@ -104,8 +104,8 @@ def _bad(data: Path) -> None:
     (out / "long_signal.hea").write_text(header("long_signal", sig_lines, n=500))
     (out / "long_signal.dat").write_bytes(dat)                                # length_mismatch
     (out / "missing_signal.hea").write_text(header("missing_signal", sig_lines))  # missing_signal_file
-    (out / "flac_format.hea").write_text(                                    # unknown_format
-        "flac_format 1 500 5000\nflac_format.dat 516 200/mV 16 0 0 0 0 II\n")
+    (out / "unknown_format.hea").write_text(                                 # unknown_format
+        "unknown_format 1 500 5000\nunknown_format.dat 999 200/mV 16 0 0 0 0 II\n")
     (out / "garbage.hea").write_text("hello world, not a header\n")          # bad_header
     (out / "not_ecg.xml").write_text("<?xml version='1.0'?>\n<html><body>no ECG</body></html>\n")
     np.save(out / "square.npy", np.zeros((10, 10), np.float32))              # ambiguous_layout

@@ -26,7 +26,7 @@ def bad(sample_archive):
     ("orphan.dat", E.MissingHeaderError),
     ("long_signal.hea", E.LengthMismatchError),
     ("missing_signal.hea", E.MissingSignalFileError),
-    ("flac_format.hea", E.UnknownFormatError),
+    ("unknown_format.hea", E.UnknownFormatError),
     ("garbage.hea", E.HeaderError),
     ("square.npy", E.AmbiguousLayoutError),
     ("no_rate.npy", E.MissingMetadataError),
