@@ -14,6 +14,8 @@ shifted by the skew.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import wfdb
@@ -295,3 +297,20 @@ def test_bad_multisegment_and_flac_records_give_typed_errors(tmp_path):
     (tmp_path / "f.hea").write_text("f 1 500 10\nf.dat 516 200/mV 16 0 0 0 0 I\n")
     with pytest.raises(NotAnEcgError):
         read_record(tmp_path / "f.hea")
+
+
+def test_scan_lists_a_multisegment_record_once(tmp_path):
+    """The scanner groups a master header with its segment headers and their signal files: one
+    record, every file accounted for, the segments not listed again on their own."""
+    from ecgbatch.io.scanner import ScanStats, list_records
+
+    _segment(tmp_path, "v1", "16", 100, 4, ["II", "I"])
+    _segment(tmp_path, "v3", "24", 90, 6, ["I", "II", "V1"])
+    (tmp_path / "var_layout.hea").write_text(
+        "var_layout 3 500 0\n" + "".join(f"~ 0 200/mV 16 0 0 0 0 {n}\n" for n in NAMES))
+    (tmp_path / "var.hea").write_text("var/4 3 500 230\nvar_layout 0\nv1 100\n~ 40\nv3 90\n")
+    stats = ScanStats()
+    sources = list(list_records(tmp_path, stats=stats))
+    assert [os.path.basename(s.path) for s in sources] == ["var.hea"]
+    assert sorted(sources[0].files) == sorted(p.name for p in tmp_path.iterdir())
+    assert read_record(sources[0].path).n_samples == 230

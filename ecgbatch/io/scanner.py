@@ -117,19 +117,26 @@ def _group(folder: str, names: list[str], stats: ScanStats) -> Iterator[RecordSo
     claimed: set[str] = set()
     sources: list[RecordSource] = []
     record_stems: set[str] = set()
+    headers: dict[str, tuple[list[str], EcgReadError | None]] = {}
     for name in names:
         if not name.lower().endswith(".hea"):
             continue
         stem = name[:-4]
         record_stems.add(stem)
-        path = os.path.join(folder, name)
         try:
-            signal_files = signal_file_names(path)
-            err = None
+            headers[name] = (signal_file_names(os.path.join(folder, name)), None)
         except EcgReadError as exc:
-            signal_files = [by_lower[stem.lower() + e] for e in (".dat", ".mat") if stem.lower() + e in by_lower]
-            err = exc
-        files = (name, *[f for f in signal_files if f in present and f != name])
+            headers[name] = ([by_lower[stem.lower() + e] for e in (".dat", ".mat")
+                              if stem.lower() + e in by_lower], exc)
+    # segments of multi-segment records are read through their master header, not on their own
+    segments = {f for files, _ in headers.values() for f in files if f.lower().endswith(".hea")}
+    for name, (signal_files, err) in headers.items():
+        if name in segments:
+            continue
+        path = os.path.join(folder, name)
+        for seg in [f for f in signal_files if f in segments and f in headers]:
+            signal_files = signal_files + headers[seg][0]
+        files = tuple(dict.fromkeys((name, *[f for f in signal_files if f in present and f != name])))
         claimed.update(files)
         fmt = "wfdb_mat" if any(f.lower().endswith(".mat") for f in signal_files) else "wfdb"
         sources.append(RecordSource(path, fmt, files, error_kind=err.kind if err else None,
