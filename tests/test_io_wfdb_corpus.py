@@ -260,6 +260,7 @@ def _small_record(tmp_path, header_line=None, signal_line=None):
     ("x 3 500 1000000000000", None, TruncatedSignalError),
     (None, "x.dat 16 1e999/mV 16 0 0 0 0 I", HeaderError),
     (None, "x.dat 16 nan/mV 16 0 0 0 0 I", HeaderError),
+    (None, "x.dat 16 1e-300/mV 16 0 0 0 0 I", HeaderError),
     (None, "x.dat 16 200(99999999999)/mV 16 0 0 0 0 I", HeaderError),
     (None, "x.dat 16x0 200/mV 16 0 0 0 0 I", HeaderError),
     (None, "x.dat 16+1000000000000000 200/mV 16 0 0 0 0 I", TruncatedSignalError),

@@ -8,7 +8,8 @@ the record line, then ``segment length`` lines), and tolerates what real archive
 birth date, ...) are dropped, never copied into meta.
 
 Absurd fields are refused with ``HeaderError`` before anything is allocated: a sampling frequency
-that is not a finite positive number, a gain that is not finite, a baseline outside the 32-bit
+that is not a finite positive number, a gain that is not finite (or so close to 0 that physical
+values would overflow float32), a baseline outside the 32-bit
 range the WFDB library stores it in, zero samples per frame, a signal count the lines do not back.
 A gain of 0 is not absurd: the specification reads it as "uncalibrated", 200 adu per unit, as
 ``wfdb.rdsamp`` and the C library do.
@@ -26,6 +27,7 @@ from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownFormatError, 
 
 DEFAULT_GAIN = 200.0  # WFDB: an uncalibrated (gain 0 or absent) signal is read with 200 adu/unit
 _INT32 = 1 << 31      # the WFDB library holds baselines and samples in (32-bit) ints
+_MIN_GAIN = 2.0 * _INT32 / 3.4028234663852886e38  # smaller: a 32-bit sample overflows float32
 
 # signal-file field: "name fmt[xspf][:skew][+offset]"
 _FMT = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
@@ -154,8 +156,9 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
             gain, baseline, units = _gain_field(parts[2])
     except ValueError:
         raise HeaderError(f"{path}: malformed signal line {line!r}", path) from None
-    if not math.isfinite(gain):
-        raise HeaderError(f"{path}: gain {parts[2]!r} is not a finite number", path)
+    if not math.isfinite(gain) or 0 < abs(gain) < _MIN_GAIN:
+        raise HeaderError(f"{path}: gain {parts[2]!r} is not a finite number that keeps physical "
+                          "values finite", path)
     if gain == 0:
         gain = DEFAULT_GAIN
     baseline = adc_zero if baseline is None else baseline
