@@ -174,6 +174,8 @@ def test_corpus_reads_like_wfdb(tmp_path, fmt, layout):
         ours = assert_like_wfdb(hea, tail)
     assert not [q for q in ours.meta["quality"] if q.startswith("checksum")], ours.meta["quality"]
     assert ours.meta["storage"] == f"wfdb {fmt}"
+    averaged = {NAMES[i]: k for i, k in enumerate(lay["spf"]) if k > 1}
+    assert ours.meta.get("samples_per_frame", {}) == averaged
     h = read_header(hea)
     assert (h.n_samples, h.fs, h.leads) == (ours.n_samples, ours.fs, ours.leads)
 

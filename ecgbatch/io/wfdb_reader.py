@@ -98,6 +98,8 @@ def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = 
         " in .mat" if any(f.name.lower().endswith(".mat") for f in files) else "")
     rec_units = record_units(h.signals)
     leads = canonical_leads(s.description or f"ch{i + 1}" for i, s in enumerate(h.signals))
+    if any(s.spf > 1 for s in h.signals):  # these leads were averaged to the frame rate
+        meta["samples_per_frame"] = {lead: s.spf for lead, s in zip(leads, h.signals) if s.spf > 1}
     record_id = os.path.splitext(os.path.basename(hea_path))[0]  # the record line's name may
     # differ (Georgia headers write 'E00271.mat'); the file stem is what identifies it on disk
     fmt_name = "wfdb_mat" if "in .mat" in meta["storage"] else "wfdb"
