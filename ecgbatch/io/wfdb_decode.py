@@ -31,7 +31,7 @@ _GROUP = {212: (2, 3), 310: (3, 4), 311: (3, 4)}  # bit-packed formats: (samples
 
 def n_bytes(fmt: int, n_samples: int) -> int:
     """Bytes that n_samples samples of format fmt occupy (a trailing partial group rounded up to
-    the bytes that hold its samples; format 310 stores a partial pair of samples in a whole group)."""
+    the bytes that hold its samples; format 310 stores a trailing pair in a whole group)."""
     if fmt == 212:
         return (3 * n_samples + 1) // 2
     if fmt in (310, 311):

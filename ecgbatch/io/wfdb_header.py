@@ -2,28 +2,28 @@
 
 Follows the WFDB header specification (https://physionet.org/physiotools/wag/header-5.htm) for
 single-segment records and the master headers of multi-segment records (``name/n_segments`` on
-the record line, then ``segment length`` lines), and tolerates what real archives write: dates such as ``12-May-2020``
-(PhysioNet/CinC Challenge), lower-case units (``1000/mv``), ``# Age:`` with a space, and LUDB's
-``#<age>:`` / ``#<diagnoses>:`` blocks. Patient identifiers in comments (name, MRN, patient id,
-birth date, ...) are dropped, never copied into meta.
+the record line, then ``segment length`` lines), and tolerates what real archives write: dates
+such as ``12-May-2020`` (PhysioNet/CinC Challenge), lower-case units (``1000/mv``), ``# Age:``
+with a space, and LUDB's ``#<age>:`` / ``#<diagnoses>:`` blocks. Patient identifiers in comments
+(name, MRN, patient id, birth date, ...) are dropped, never copied into meta.
 
 Absurd fields are refused with ``HeaderError`` before anything is allocated: a sampling frequency
 that is not a finite positive number, a gain that is not finite (or so close to 0 that physical
-values would overflow float32), a baseline outside the 32-bit
-range the WFDB library stores it in, zero samples per frame, a signal count the lines do not back.
+values would overflow float32), a baseline or initial value outside the 32-bit range the WFDB
+library stores them in, zero samples per frame, a signal or segment count the lines do not back.
 A gain of 0 is not absurd: the specification reads it as "uncalibrated", 200 adu per unit, as
 ``wfdb.rdsamp`` and the C library do.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-import math
 from typing import Any
 
-from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownFormatError, UnreadableError
+from ecgbatch.io.errors import EmptyFileError, HeaderError, UnreadableError
 
 DEFAULT_GAIN = 200.0  # WFDB: an uncalibrated (gain 0 or absent) signal is read with 200 adu/unit
 _INT32 = 1 << 31      # the WFDB library holds baselines and samples in (32-bit) ints
@@ -162,7 +162,7 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
     if gain == 0:
         gain = DEFAULT_GAIN
     baseline = adc_zero if baseline is None else baseline
-    if not -_INT32 <= baseline < _INT32 or (init_value is not None and not -_INT32 <= init_value < _INT32):
+    if any(v is not None and not -_INT32 <= v < _INT32 for v in (baseline, init_value)):
         raise HeaderError(f"{path}: baseline or initial value outside the 32-bit range in {line!r}",
                           path)
     description = parts[8].strip() if len(parts) > 8 else ""

@@ -189,8 +189,8 @@ def _checksums(frames: np.ndarray, f: _File) -> list[int]:
 
 
 def _per_signal(frames: np.ndarray, f: _File, n: int) -> tuple[np.ndarray, list[int]]:
-    """Digital frames [n, samples per frame] -> one row per signal [signals in file, n] (a transposed
-    view when possible), and per signal how many trailing samples its skew leaves unknown.
+    """Digital frames [n, samples per frame] -> one row per signal [signals in file, n], and per
+    signal how many trailing samples its skew leaves unknown.
 
     Several samples per frame: one value per frame, the integer mean truncated toward zero, as
     wfdb.rdsamp (smooth_frames=True, its default) and the WFDB library's getvec compute it; the

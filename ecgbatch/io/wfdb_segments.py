@@ -109,7 +109,8 @@ def _segment_header(folder: str, name: str, master: WfdbHeader, hea_path: str):
                                      hea_path)
     sh = parse_header(read_header_text(path), path)
     if sh.segments is not None:
-        raise HeaderError(f"{hea_path}: segment {name!r} is itself a multi-segment record", hea_path)
+        raise HeaderError(f"{hea_path}: segment {name!r} is itself a multi-segment record",
+                          hea_path)
     if sh.fs != master.fs:
         raise HeaderError(f"{hea_path}: segment {name!r} is sampled at {sh.fs} Hz, the record at "
                           f"{master.fs} Hz", hea_path)
