@@ -37,26 +37,44 @@ def read_multisegment(h: WfdbHeader, hea_path: str, *, header_only: bool = False
     layout, parts, variable = _layout(h, folder, hea_path)
     total = sum(length for _, length in parts)
     _check_size(h, total, hea_path)
-    names = [s.description for s in layout.signals]
-    segments = [(name, length, _data_header(folder, name, h, hea_path)) for name, length in parts]
-    plans = [(plan_record(sh, path, check_length=check_length) if sh else None)
-             for _, _, (sh, path) in segments]
-    for (name, length, _), plan in zip(segments, plans):
-        if plan is not None and plan[0] != length:
-            raise LengthMismatchError(f"{hea_path}: segment {name!r} holds {plan[0]} samples, "
-                                      f"the master header says {length}", hea_path)
+    segments = _plan_segments(folder, parts, h, hea_path, check_length)
     meta = header_meta(h)
-    fmts = sorted({str(s.fmt) for _, _, (sh, _) in segments if sh for s in sh.signals})
+    fmts = sorted({str(s.fmt) for _, _, sh, _, _ in segments if sh for s in sh.signals})
     meta["storage"] = f"wfdb multi-segment ({len(parts)} segments, format {'/'.join(fmts)})"
+    names = [s.description for s in layout.signals]
     rec_units = record_units(layout.signals)
     leads = canonical_leads(d or f"ch{i + 1}" for i, d in enumerate(names))
     record_id = os.path.splitext(os.path.basename(hea_path))[0]
     if header_only:
         return RecordHeader(record_id, hea_path, "wfdb", h.fs, leads, total, rec_units, meta)
-    signal = np.full((h.n_sig, total), np.nan, np.float32)
+    signal, flagged = _assemble(segments, names, variable, total, hea_path)
+    if rec_units == "mixed":
+        signal, rec_units = to_common_units(signal, [s.units for s in layout.signals])
+    meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in sorted(flagged)]
+    return Record(signal, float(h.fs), leads, rec_units, record_id, hea_path, meta)
+
+
+def _plan_segments(folder: str, parts, h: WfdbHeader, hea_path: str, check_length: bool):
+    """[(name, length, header, path, plan)] with each data segment's files checked (no decoding);
+    header, path and plan are None for a gap."""
+    out = []
+    for name, length in parts:
+        sh, path = _data_header(folder, name, h, hea_path)
+        plan = plan_record(sh, path, check_length=check_length) if sh else None
+        if plan is not None and plan[0] != length:
+            raise LengthMismatchError(f"{hea_path}: segment {name!r} holds {plan[0]} samples, "
+                                      f"the master header says {length}", hea_path)
+        out.append((name, length, sh, path, plan))
+    return out
+
+
+def _assemble(segments, names: list[str], variable: bool, total: int, hea_path: str):
+    """The segments end to end: float32 [signals, total], NaN where no segment has data; and the
+    rows whose checksum disagrees in some segment."""
+    signal = np.full((len(names), total), np.nan, np.float32)
     flagged: set[int] = set()
     start = 0
-    for (name, length, (sh, path)), plan in zip(segments, plans):
+    for _, length, sh, path, plan in segments:
         if sh is not None:
             data, bad = read_signals(sh, path, length, plan[1])
             rows = _rows(sh, names, variable, hea_path)
@@ -65,10 +83,7 @@ def read_multisegment(h: WfdbHeader, hea_path: str, *, header_only: bool = False
                     signal[row, start:start + length] = data[j]
             flagged.update(rows[j] for j in bad if rows[j] is not None)
         start += length
-    if rec_units == "mixed":
-        signal, rec_units = to_common_units(signal, [s.units for s in layout.signals])
-    meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in sorted(flagged)]
-    return Record(signal, float(h.fs), leads, rec_units, record_id, hea_path, meta)
+    return signal, flagged
 
 
 def _layout(h: WfdbHeader, folder: str, hea_path: str):
