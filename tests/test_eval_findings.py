@@ -61,6 +61,7 @@ def test_present_beats_negated_and_hedges_are_uncertain():
     f = extract_findings("undefined ischemia/scar/supp.nstemi: lateral wall")
     assert f == {"ischemia": "uncertain", "infarction": "uncertain"}
     assert positive_findings("probable left ventricular hypertrophy") == {"lvh"}
+    assert extract_findings("voltage criteria (qrs) for left ventricular hypertrophy") == {"lvh": "uncertain"}
 
 
 def test_related_and_groups():

@@ -12,8 +12,8 @@ Matcher, in order (all on lower-cased text):
    terminator between (``but``, ``however``, ``although``, ``except``, ``with``, ``which``, a
    comma not followed by "or"/"nor"), at most ``NEGATION_WINDOW`` words away; or when the
    clause says after it "... is not present / absent / ruled out / excluded".
-4. A match is **uncertain** when a hedge word (possible, probable, suspected, borderline,
-   undefined, cannot be excluded, consider, ...) stands in the same clause before it.
+4. A match is **uncertain** when a hedge (possible, probable, suspected, borderline, undefined,
+   cannot be excluded, consider, "voltage criteria for", ...) stands in the same clause before it.
 5. Per text a finding is "present" if any non-negated certain match, else "uncertain" if any
    hedged match, else "negated" if only negated matches; unmentioned findings are absent from
    the result.
@@ -107,7 +107,7 @@ _TERMINATORS = re.compile(r"\b(but|however|although|though|except|apart from|asi
                           r"while|with)\b|,(?!\s*(or|nor)\b)")
 _HEDGES = re.compile(r"\b(possible|possibly|probable|probably|suspect(ed)?|suspicious|borderline|undefined|"
                      r"cannot be excluded|cannot rule out|can not be excluded|consider|questionable|"
-                     r"likely|may|might|suggests?|supp\.?)\b")
+                     r"likely|may|might|suggests?|supp\.?|criteria( \(qrs\))? for)\b")
 _CLAUSES = re.compile(r"\.(?=\s|$)|[;:\n]")
 
 

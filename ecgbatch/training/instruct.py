@@ -267,7 +267,8 @@ def _items_for(facts: RecordFacts, ecg: str, split: str, seed: int, dialogues: i
     rep = report_turn(facts, rng)
     out.append({"id": f"{facts.source}/{facts.record_id}/report", "ecg": ecg,
                 "conversations": conversation([rep], ecg_first=bool(rng.integers(4))),
-                "meta": {**base, "kind": "report", "facts": [rep["facts"]], "record_facts": facts.to_dict()}})
+                "meta": {**base, "kind": "report", "facts": [{"kind": "report", **rep["facts"]}],
+                         "record_facts": facts.to_dict()}})
     pool = qa_pool(facts, rng)
     for j in range(dialogues if pool else 0):
         n = int(min(len(pool), rng.integers(2, 5)))
