@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +111,18 @@ def _ludb_protocol(diagnoses: list[str]) -> bool:
     return any(d.startswith("rhythm:") for d in low) and any(d.startswith("electric axis") for d in low)
 
 
+@lru_cache(maxsize=1)
 def _packaged_snomed() -> T.SnomedNames:
     from ecgbatch.io.snomed import _MAPPING
 
     return T.SnomedNames.from_csvs([_MAPPING])
+
+
+def _snomed_names(src: TextSource) -> T.SnomedNames:
+    """The source's dx mapping, with the packaged Challenge mapping for codes it lacks."""
+    if src.snomed is None:
+        return _packaged_snomed()
+    return T.SnomedNames({**_packaged_snomed().names, **src.snomed.names})
 
 
 def _header_labels(src: TextSource, rec, rid: str):
@@ -126,7 +135,7 @@ def _header_labels(src: TextSource, rec, rid: str):
     codes = list(meta.get("dx_codes") or [])
     if not codes:
         raise T.TextSourceError(f"record {rid!r} carries no diagnoses or #Dx codes")
-    names = src.snomed or _packaged_snomed()
+    names = _snomed_names(src)
     text = T.snomed_text(codes, names)
     profile = next((p for pre, p in CHALLENGE_PREFIXES if rid.upper().startswith(pre)), "none")
     return [(s, True) for s in text.split(". ")], profile, text
