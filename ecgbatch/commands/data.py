@@ -7,16 +7,13 @@ from typing import Optional
 
 import typer
 
+from ecgbatch.commands.train import _fail   # the one error-exit helper of the commands
+
 data_app = typer.Typer(no_args_is_help=True, help="Build training data from ECG archives.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
 
 
 @data_app.command("instruct")

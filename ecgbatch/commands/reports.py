@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ecgbatch.commands.train import eval_app
+from ecgbatch.commands.train import _fail, eval_app
 
 _DIFFERENCES = (
     "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
@@ -69,8 +69,7 @@ def eval_report(
         ids = list(pred)
         res = report_metrics([pred[k] for k in ids], [ref[k] for k in ids], with_meteor=meteor)
     except (ValueError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2)
+        _fail(str(exc))
     con = Console()
     t = Table(title=f"report metrics on {res['n']} reports (0-100)")
     for c in ("metric", "ours", "ECG-Chat +DDP", "ECG-Chat no DDP"):

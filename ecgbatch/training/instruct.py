@@ -167,8 +167,13 @@ def _vocabulary(profile, annotates) -> tuple[str, ...]:
     return PROFILES[profile]
 
 
-def classify_findings(stmts: list[tuple[str, bool]], vocabulary) -> tuple[list[str], list[str], list[str]]:
-    """(present, uncertain, absent) finding keys from (statement, certain) pairs."""
+# Groups whose members exclude each other: "no" to one needs a stated member of the group.
+EXCLUSIVE_GROUPS = (group_keys("rhythm"), tuple(k for k in KEYS if k.startswith("axis_")))
+
+
+def classify_findings(stmts: list[tuple[str, bool]], vocabulary, report: str = "") -> tuple[list[str], list[str], list[str]]:
+    """(present, uncertain, absent) finding keys from (statement, certain) pairs. Anything the
+    free-text ``report`` mentions or is related to is never "absent" either."""
     present, uncertain = set(), set()
     for text, certain in stmts:
         for k, state in extract_findings(text).items():
@@ -176,11 +181,11 @@ def classify_findings(stmts: list[tuple[str, bool]], vocabulary) -> tuple[list[s
                 present.add(k)
             elif state != "negated":
                 uncertain.add(k)
+    labels = ". ".join(t for t, _ in stmts)
+    uncertain |= related_findings(labels) | related_findings(report) | set(extract_findings(report))
     uncertain -= present
-    uncertain |= related_findings(". ".join(t for t, _ in stmts)) - present
     absent = [k for k in vocabulary if k not in present and k not in uncertain]
-    for group_prefix in ("rhythm", "axis"):   # mutually exclusive groups: need a stated member
-        members = group_keys("rhythm") if group_prefix == "rhythm" else tuple(k for k in KEYS if k.startswith("axis_"))
+    for members in EXCLUSIVE_GROUPS:
         if not present & set(members):
             absent = [k for k in absent if k not in members]
     order = {k: i for i, k in enumerate(KEYS)}
@@ -241,7 +246,7 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
                          f"got text={spec.text!r}")
     # the patient group as the pairs builder names it (header sources: one patient per record)
     group = f"{spec.name}:{rid}" if spec.text == "header" else src.text_and_group(path, rec)[1]
-    present, uncertain, absent = classify_findings(stmts, _vocabulary(profile, isrc.annotates))
+    present, uncertain, absent = classify_findings(stmts, _vocabulary(profile, isrc.annotates), report)
     meas = {}
     if measure_method:
         from ecgbatch.io.errors import MissingLeadError
