@@ -1,8 +1,9 @@
 """`ecgbatch eval report --predictions PRED.jsonl --references REF.jsonl`: report-generation
 metrics (BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1) beside ECG-Chat's published numbers.
 
-Prediction and reference files: JSON Lines of ``{"id": ..., "text": ...}`` (a reference file
-may also be ECG-Instruct data: the answer of each item's report request is its reference)."""
+Prediction and reference files: JSON Lines of ``{"id": ..., "text": ...}``. A reference file
+may also be ECG-Instruct data from ``ecgbatch data instruct``: the answer of each record's report
+item is its reference, under the id ``<source>/<record_id>``."""
 from __future__ import annotations
 
 import json
