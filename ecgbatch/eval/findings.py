@@ -76,9 +76,9 @@ FINDINGS: tuple[Finding, ...] = (
     Finding("rvh", "disease", "right ventricular hypertrophy",
             r"\bright ventric(le|ular) hypertroph|\brvh\b",
             r"right ventric(le|ular) (hypertroph|overload|strain|enlargement)|\brvh\b"),
-    Finding("ischemia", "disease", "signs of myocardial ischemia",
+    Finding("ischemia", "disease", "myocardial ischemia",
             r"\bisch(a)?emi", _ISCH_RELATED),
-    Finding("infarction", "disease", "signs of myocardial infarction",
+    Finding("infarction", "disease", "myocardial infarction",
             r"\binfarct|\bn?stemi\b|\bscar formation\b|\bmi\b", _ISCH_RELATED),
     Finding("st_t_change", "form", "ST-T changes",
             r"\bst-t\b|\bst[- ](segments? )?(depress|elevat|chang|abnormal)|\bst segments? (are |is )?(depress|elevat)|"

@@ -13,11 +13,11 @@ REPORT_REQUESTS = (
     "Can you summarise this ECG in a few sentences?",
     "Generate a diagnostic report for this ECG recording.",
 )
-FINDING_QUESTIONS = (
+FINDING_QUESTIONS = (   # each reads well with every FINDINGS phrase (singular or plural)
     "Does this ECG show {phrase}?",
-    "Is there {phrase} on this ECG?",
+    "Is there evidence of {phrase} on this ECG?",
     "Can you see {phrase} in this recording?",
-    "Are there features of {phrase} here?",
+    "Would you say this ECG shows {phrase}?",
 )
 RHYTHM_QUESTIONS = ("What is the rhythm of this ECG?", "Which rhythm does this ECG show?",
                     "What is the underlying rhythm?")
