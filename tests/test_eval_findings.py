@@ -62,6 +62,9 @@ def test_present_beats_negated_and_hedges_are_uncertain():
     assert f == {"ischemia": "uncertain", "infarction": "uncertain"}
     assert positive_findings("probable left ventricular hypertrophy") == {"lvh"}
     assert extract_findings("voltage criteria (qrs) for left ventricular hypertrophy") == {"lvh": "uncertain"}
+    assert extract_findings("Myocardial infarction cannot be excluded.") == {"infarction": "uncertain"}
+    assert extract_findings("cannot rule out atrial flutter") == {"atrial_flutter": "uncertain"}
+    assert extract_findings("rule out acute myocardial ischemia") == {"ischemia": "uncertain"}
 
 
 def test_related_and_groups():

@@ -7,12 +7,14 @@ Matcher, in order (all on lower-cased text):
    the end (so "0.5" and "supp.nstemi" do not cut).
 2. Each finding's pattern (``FINDINGS``) is searched in each clause. Incomplete bundle branch
    blocks are not complete ones ("incomplete right bundle branch block" is not RBBB).
-3. A match is **negated** when a negation cue (``NEGATION_CUES``: no, not, without, absence of,
-   negative for, free of, rule(d) out, ...) stands before it in the same clause, with no scope
+3. A match is **uncertain** when its clause says "cannot be excluded", "cannot rule out" or
+   "(to) rule out" (a possibility, not a negation). Otherwise it is
+   **negated** when a negation cue (``NEGATION_CUES``: no, not, without, absence of,
+   negative for, free of, ruled out, ...) stands before it in the same clause, with no scope
    terminator between (``but``, ``however``, ``although``, ``except``, ``with``, ``which``, a
    comma not followed by "or"/"nor"), at most ``NEGATION_WINDOW`` words away; or when the
    clause says after it "... is not present / absent / ruled out / excluded".
-4. A match is **uncertain** when a hedge (possible, probable, suspected, borderline, undefined,
+4. Otherwise a match is **uncertain** when a hedge (possible, probable, suspected, borderline, undefined,
    cannot be excluded, consider, "voltage criteria for", ...) stands in the same clause before it.
 5. Per text a finding is "present" if any non-negated certain match, else "uncertain" if any
    hedged match, else "negated" if only negated matches; unmentioned findings are absent from
@@ -99,7 +101,10 @@ BY_KEY = {f.key: f for f in FINDINGS}
 KEYS = tuple(f.key for f in FINDINGS)
 
 NEGATION_CUES = (r"\bno\b|\bnot\b|\bwithout\b|\babsen(ce|t)\b|\bnegative for\b|\bfree of\b|"
-                 r"\brules? out\b|\bruled out\b|\bexcluded?\b|\bneither\b|\bnor\b|\bdenies\b|\bnone\b")
+                 r"\bruled out\b|\bexcluded\b|\bneither\b|\bnor\b|\bdenies\b|\bnone\b")
+# "cannot be excluded", "cannot rule out", "rule out ..." (a request): a possibility, not a negation.
+_CANNOT_EXCLUDE = re.compile(r"\b(cannot|can not|can't|could not|not) (be )?(excluded|exclude|ruled out|rule out)\b|"
+                             r"^(to )?rule out\b|\bto rule out\b")
 NEGATION_WINDOW = 8   # words between a negation cue and the finding it negates
 _POST_NEGATION = re.compile(r"^[^,]{0,40}?\b(is|are|was|were)?\s*(not (present|seen|observed|evident|"
                             r"identified|detected|found)|absent|ruled out|excluded)\b")
@@ -141,7 +146,9 @@ def mentions(text: str, keys=None) -> list[Mention]:
         for k in keys:
             for m in re.finditer(BY_KEY[k].pattern, clause):
                 before, after = clause[:m.start()], clause[m.end():]
-                if _negated(before, after):
+                if _CANNOT_EXCLUDE.search(clause):
+                    state = "uncertain"
+                elif _negated(before, after):
                     state = "negated"
                 elif _HEDGES.search(before):
                     state = "uncertain"
