@@ -18,6 +18,7 @@ from ecgbatch.eval.findings import (KEYS, extract_findings, group_keys, mentions
      {"rbbb": "present", "av_block": "present"}),
     ("incomplete right bundle branch block", {}),
     ("left anterior hemiblock", {"lafb": "present"}),
+    ("sinus rhythm. prolonged PR interval.", {"sinus_rhythm": "present", "av_block": "present"}),
     ("ST segments are depressed in II, III, aVF", {"st_t_change": "present"}),
     ("inverted T-waves in V4-V6", {"st_t_change": "present"}),
     ("old inferior myocardial infarction", {"infarction": "present"}),

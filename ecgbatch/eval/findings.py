@@ -64,7 +64,7 @@ FINDINGS: tuple[Finding, ...] = (
             r"flutter|atrial tachycardia|supraventricular tachy|aberrant"),
     Finding("av_block", "disease", "an atrioventricular block",
             r"\b(av|a-v|atrio-?ventricular)[- ]?(block|blockade)\b|\b([123]|i{1,3})?avb\b|"
-            r"\bheart block\b|\bwenckebach\b|\bmobitz\b",
+            r"\bheart block\b|\bwenckebach\b|\bmobitz\b|\bprolonged pr(-| )interval\b",
             r"\b(av|a-v|atrio-?ventricular)\b|\bpr[- ]interval|\bavb\b|heart block|wenckebach|mobitz|sinoatrial"),
     Finding("rbbb", "disease", "a complete right bundle branch block",
             r"(?<!incomplete )\bright bundle[- ]branch block\b|\bc?rbbb\b", _BB_RELATED),
@@ -112,7 +112,7 @@ _TERMINATORS = re.compile(r"\b(but|however|although|though|except|apart from|asi
                           r"while|with)\b|,(?!\s*(or|nor)\b)")
 _HEDGES = re.compile(r"\b(possible|possibly|probable|probably|suspect(ed)?|suspicious|borderline|undefined|"
                      r"cannot be excluded|cannot rule out|can not be excluded|consider|questionable|"
-                     r"likely|may|might|suggests?|supp\.?|criteria( \(qrs\))? for)\b")
+                     r"likely|may|might|suggests?|suggesting|suggestive of|supp\.?|criteria( \(qrs\))? for)\b")
 _CLAUSES = re.compile(r"\.(?=\s|$)|[;:\n]")
 
 
