@@ -113,9 +113,9 @@ def _ludb_protocol(diagnoses: list[str]) -> bool:
 
 @lru_cache(maxsize=1)
 def _packaged_snomed() -> T.SnomedNames:
-    from ecgbatch.io.snomed import _MAPPING
+    from ecgbatch.io.snomed import snomed_table
 
-    return T.SnomedNames.from_csvs([_MAPPING])
+    return T.SnomedNames({code: name for code, (name, _abbr) in snomed_table().items()})
 
 
 def _snomed_names(src: TextSource) -> T.SnomedNames:
