@@ -24,35 +24,17 @@ def assert_close(got, ref):
 
 
 @pytest.fixture(scope="session")
-def llava_fx(fixtures_dir):
-    d = fixtures_dir / "ecgllava_tiny"
-    if not d.is_dir() or not (fixtures_dir / "ecgcoca_tiny").is_dir():
-        pytest.skip(f"fixture folders missing: {d} and its sibling ecgcoca_tiny")
-    return d
-
-
-@pytest.fixture(scope="session")
-def converted(llava_fx, tmp_path_factory):
-    """The fixture's ECG-Chat LoRA run converted once per session (adapter kept separate)."""
-    from ecgbatch.llava import convert_ecgchat_llava
-
-    out = tmp_path_factory.mktemp("ecgllava") / "model"
-    return convert_ecgchat_llava(llava_fx / "base_llm", llava_fx / "llava-lora",
-                                 llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt", out)
-
-
-@pytest.fixture(scope="session")
-def unmerged(converted):
+def unmerged(llava_converted):
     from ecgbatch.llava import load_ecg_llava
 
-    return load_ecg_llava(converted, lora=converted / "lora")
+    return load_ecg_llava(llava_converted, lora=llava_converted / "lora")
 
 
 @pytest.fixture(scope="session")
-def merged(converted):
+def merged(llava_converted):
     from ecgbatch.llava import load_ecg_llava
 
-    return load_ecg_llava(converted, lora=converted / "lora", merge_lora=True)[0]
+    return load_ecg_llava(llava_converted, lora=llava_converted / "lora", merge_lora=True)[0]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +52,8 @@ def _ids(ids, ecg_token_id):
 
 
 @pytest.mark.shared
-def test_converted_folder_layout(converted):
+def test_converted_folder_layout(llava_converted):
+    converted = llava_converted
     from ecgbatch.llava import num_ecg_tokens
     from ecgbatch.llava.loading import read_config, stored_shapes
 
