@@ -155,3 +155,24 @@ def test_training_labels_and_loss(llava_fx, unmerged, ecgs):
         out = model(input_ids=ids, ecgs=ecgs[1:2], attention_mask=ids != 0, labels=labels)
     assert sp.labels[0].tolist() == ex["spliced_labels"]
     np.testing.assert_allclose(float(out.loss), ex["loss"], rtol=RTOL)
+
+
+@pytest.mark.shared
+def test_cli_convert_with_merge_lora(llava_fx, ecgs, ref_ids, tmp_path):
+    """`ecgbatch models convert-ecgchat-llava --merge-lora`: one folder, no adapter, same logits."""
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+    from ecgbatch.llava import load_ecg_llava
+
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(app, ["models", "convert-ecgchat-llava", "--base", str(llava_fx / "base_llm"),
+                                   "--lora", str(llava_fx / "llava-lora"), "--ecg-coca",
+                                   str(llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt"), "-o", str(out),
+                                   "--merge-lora"])
+    assert res.exit_code == 0, res.output
+    assert "merged into the LM" in res.output and not (out / "lora").exists()
+    model, _ = load_ecg_llava(out)
+    with torch.no_grad():
+        logits = model(input_ids=_ids(ref_ids[0], model.config.ecg_token_id), ecgs=ecgs[:1]).logits[0]
+    assert_close(logits, np.load(llava_fx / "expected_logits_0.npy"))
