@@ -192,3 +192,14 @@ def test_chat_template_prompt_path(llava_converted):
     ids = prompt_ids(tok, "Is the rhythm regular?", cfg)
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids.count(cfg.ecg_token_id) == 1
+
+
+def test_llava_imports_no_ray_vllm_faiss():
+    import subprocess
+    import sys
+
+    code = ("import sys; from ecgbatch.llava import load_ecg_llava, convert_ecgchat_llava, EcgLlavaForCausalLM, "
+            "prompt_ids, preprocess_for_model, label_vicuna_v1; "
+            "bad = [n for n in ('ray', 'vllm', 'faiss') if n in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
