@@ -31,7 +31,7 @@ import torch
 
 from ecgbatch.encoders.checkpoint import (CheckpointError, load_ecgchat_checkpoint, load_state_dict_strict,
                                           resolve_config)
-from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
+from ecgbatch.llava.configuration_ecg_llava import PROJECTOR_TYPES, EcgLlavaConfig
 from ecgbatch.llava.errors import ConversionError
 from ecgbatch.llava.loading import apply_lora, check_adapter, read_adapter, save_ecg_llava
 
@@ -172,6 +172,9 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     base_cfg = _read_json(base_dir / "config.json", "base model config")
     llava_cfg = read_llava_config(lora_dir, base_cfg)
     projector_type = llava_cfg.get("mm_projector_type") or "linear"   # LLaVA's default
+    if projector_type not in PROJECTOR_TYPES:
+        raise ConversionError(f"mm_projector_type {projector_type!r} is not supported (ECG-Chat uses one of "
+                              f"{PROJECTOR_TYPES})")
     projector = read_projector(lora_dir, projector_type)
     coca_cfg = resolve_ecg_config(ckpt, llava_cfg, ecg_config)
     adapter_cfg, adapter = read_adapter(lora_dir)
