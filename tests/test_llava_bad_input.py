@@ -285,3 +285,8 @@ def test_preprocess_for_model_errors_name_the_record():
         preprocess_for_model(_record(sig, 500.0, ["I", "II", "V1"]), ECGCHAT)
     with pytest.raises(EcgInputError, match=r"ECG 'holter-3': an array must be \[12 leads"):
         preprocess_for_model(sig, ECGCHAT, record_id="holter-3")
+    from ecgbatch.io.errors import BadSignalError
+    from ecgbatch.io.record import STANDARD_LEADS
+
+    with pytest.raises(BadSignalError, match=r"record 'rec-7': sampling rate must be > 0, got nan"):
+        preprocess_for_model(_record(np.zeros((12, 5000)), float("nan"), STANDARD_LEADS), ECGCHAT)
