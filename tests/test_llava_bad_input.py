@@ -290,3 +290,15 @@ def test_preprocess_for_model_errors_name_the_record():
 
     with pytest.raises(BadSignalError, match=r"record 'rec-7': sampling rate must be > 0, got nan"):
         preprocess_for_model(_record(np.zeros((12, 5000)), float("nan"), STANDARD_LEADS), ECGCHAT)
+
+
+@pytest.mark.shared
+def test_converter_refuses_to_overwrite(llava_fx, tmp_path):
+    from ecgbatch.llava import ConversionError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("user data")
+    with pytest.raises(ConversionError, match="already exists and is not empty"):
+        _convert(llava_fx, llava_fx / "llava-lora", tmp_path)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "user data"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

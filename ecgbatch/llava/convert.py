@@ -23,6 +23,7 @@ is how ECG-Chat's own builder ends up re-initialising it). All .bin files load w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -196,10 +197,31 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     model.projector = _projector_module(config, projector, dtype)
     if merge_lora:
         model = apply_lora(model, lora_dir, merge=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_ecg_llava(model, tokenizer, out)
-    if not merge_lora:
-        write_adapter(lora_dir, adapter_cfg, adapter, out / LORA_SUBDIR)
+    return _write_atomically(out, lambda tmp: _write_outputs(model, tokenizer, tmp, None if merge_lora else
+                                                             (lora_dir, adapter_cfg, adapter)))
+
+
+def _write_outputs(model, tokenizer, folder: Path, adapter) -> None:
+    save_ecg_llava(model, tokenizer, folder)
+    if adapter is not None:
+        write_adapter(*adapter, folder / LORA_SUBDIR)
+
+
+def _write_atomically(out: Path, write) -> Path:
+    """Write into a temporary sibling, then rename it to ``out``: a failed or interrupted
+    conversion never leaves a half-written model folder. An existing non-empty ``out`` is refused."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"output {str(out)!r} already exists and is not empty; remove it or choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()                       # empty, checked above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

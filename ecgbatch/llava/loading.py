@@ -152,12 +152,14 @@ def check_adapter(lm: torch.nn.Module, adapter_cfg: dict, tensors: dict[str, tor
         if part == "lora_B" and outf is not None and t.shape[0] != outf:
             problems.append(f"{key}: B is {tuple(t.shape)}, {name} gives {outf} outputs")
     targets = adapter_cfg.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [] if targets in ("all-linear",) else [targets]
-    names = {n.rsplit(".", 1)[-1] for n in modules}
-    absent = sorted(t for t in targets if t not in names)
-    if absent:
-        problems.append(f"target_modules {absent} do not exist in the language model")
+    if isinstance(targets, str):   # peft: a regex over full module names ("all-linear" is special)
+        if targets != "all-linear" and not any(re.fullmatch(targets, n) for n in modules):
+            problems.append(f"target_modules {targets!r} matches no module of the language model")
+    else:
+        names = {n.rsplit(".", 1)[-1] for n in modules}
+        absent = sorted(t for t in targets if t not in names)
+        if absent:
+            problems.append(f"target_modules {absent} do not exist in the language model")
     if not tensors:
         problems.append("the adapter holds no tensors")
     if problems:
