@@ -176,3 +176,43 @@ def test_cli_convert_with_merge_lora(llava_fx, ecgs, ref_ids, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=_ids(ref_ids[0], model.config.ecg_token_id), ecgs=ecgs[:1]).logits[0]
     assert_close(logits, np.load(llava_fx / "expected_logits_0.npy"))
+
+
+@pytest.mark.shared
+def test_older_peft_bin_adapter_and_linear_projector(llava_fx, ecgs, ref_ids, tmp_path):
+    """ECG-Chat runs saved with older peft have adapter_model.bin; a stage-1 style 'linear'
+    projector is a bare Linear in non_lora_trainables.bin (mm_projector.weight/bias)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ecgbatch.llava import convert_ecgchat_llava, load_ecg_llava
+    from ecgbatch.llava.loading import stored_shapes
+
+    lora = tmp_path / "llava-lora"
+    shutil.copytree(llava_fx / "llava-lora", lora)
+    torch.save(load_file(str(lora / "adapter_model.safetensors")), lora / "adapter_model.bin")
+    (lora / "adapter_model.safetensors").unlink()
+    ckpt = llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt"
+    out = convert_ecgchat_llava(llava_fx / "base_llm", lora, ckpt, tmp_path / "bin")
+    model, _ = load_ecg_llava(out, lora=out / "lora")
+    with torch.no_grad():
+        logits = model(input_ids=_ids(ref_ids[1], model.config.ecg_token_id), ecgs=ecgs[1:2]).logits[0]
+    assert_close(logits, np.load(llava_fx / "expected_logits_1.npy"))
+
+    g = torch.Generator().manual_seed(0)
+    lin = {"base_model.model.model.mm_projector.weight": torch.randn(64, 64, generator=g) / 8,
+           "base_model.model.model.mm_projector.bias": torch.randn(64, generator=g) / 50}
+    torch.save(lin, lora / "non_lora_trainables.bin")
+    cfg = json.loads((lora / "config.json").read_text())
+    cfg.pop("mm_projector_type")            # absent: LLaVA's default, "linear"
+    (lora / "config.json").write_text(json.dumps(cfg))
+    out = convert_ecgchat_llava(llava_fx / "base_llm", lora, ckpt, tmp_path / "linear")
+    assert {k for k in stored_shapes(out) if k.startswith("projector.")} == {"projector.0.weight", "projector.0.bias"}
+    model, _ = load_ecg_llava(out)
+    assert model.config.projector_type == "linear"
+    with torch.no_grad():
+        got = model.encode_ecgs(ecgs[:1])
+        want = model.ecg_features(ecgs[:1]) @ lin["base_model.model.model.mm_projector.weight"].T \
+            + lin["base_model.model.model.mm_projector.bias"]
+    assert_close(got, want.numpy())
