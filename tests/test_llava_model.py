@@ -84,8 +84,7 @@ def test_frozen_tower_gets_no_gradient(tiny):
 @pytest.mark.shared
 def test_tied_linear_model_saves_and_loads(tiny, llava_converted, tmp_path):
     from ecgbatch.llava import load_ecg_llava, save_ecg_llava
-    from ecgbatch.llava.loading import stored_shapes, read_config
-    from ecgbatch.llava.loading import load_tokenizer
+    from ecgbatch.llava.loading import load_tokenizer, read_config, stored_shapes
 
     tok = load_tokenizer(llava_converted, read_config(llava_converted))
     out = save_ecg_llava(tiny, tok, tmp_path / "tiny")
