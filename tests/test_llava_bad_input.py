@@ -173,6 +173,19 @@ def test_prompt_longer_than_context_is_explained(model_tok, ecgs):
         model.generate(short, ecgs[:1], max_new_tokens=400)
 
 
+@pytest.mark.shared
+def test_ecg_of_wrong_shape_is_explained(model_tok, ecgs):
+    from ecgbatch.llava import EcgInputError
+    from ecgbatch.llava.prompting import prompt_ids
+
+    model, tok = model_tok
+    ids = torch.tensor([prompt_ids(tok, "Describe.", model.config)])
+    with pytest.raises(EcgInputError, match=r"\[batch, 12, 5000\].*got \(1, 12, 2500\).*preprocess_for_model"):
+        model(input_ids=ids, ecgs=ecgs[:1, :, :2500])
+    with pytest.raises(EcgInputError, match=r"got ndarray"):
+        model.generate(ids, ecgs[:1].numpy(), max_new_tokens=2)
+
+
 # -- ECG-Chat checkpoints given to the converter ------------------------------------------------
 @pytest.fixture()
 def lora_copy(llava_fx, tmp_path):

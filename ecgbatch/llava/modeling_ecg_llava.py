@@ -190,22 +190,22 @@ class EcgLlavaForCausalLM(EcgLlavaPreTrainedModel):
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
 
-    def encode_ecgs(self, ecgs: torch.Tensor) -> torch.Tensor:
-        """ecgs [B, leads, samples] -> projected ECG tokens [B, N, H]. The frozen tower runs
-        without gradients (ECG-Chat's CLIPECGTower.forward is @torch.no_grad)."""
-        if not torch.is_tensor(ecgs) or ecgs.ndim != 3:
-            raise EcgInputError(f"ecgs must be a tensor [batch, leads, samples], got "
-                                f"{tuple(ecgs.shape) if torch.is_tensor(ecgs) else type(ecgs).__name__}")
-        tower_dev = self.ecg_tower.conv1.weight.device
-        with torch.no_grad():
-            feats = self.ecg_tower.transformer_output(ecgs.to(tower_dev))    # [B, N, W]
-        proj = self.projector
-        return proj(feats.to(proj[0].weight.dtype))                           # [B, N, H]
-
     def ecg_features(self, ecgs: torch.Tensor) -> torch.Tensor:
-        """Tower output alone [B, N, W] (what ECG-Chat's CLIPECGTower returns)."""
+        """ecgs [B, leads, samples] -> tower tokens [B, N, W]: the last block's output before
+        ln_post, CLS first (ECG-Chat's CLIPECGTower; frozen, so computed without gradients)."""
+        tc = self.config.tower_cfg
+        if not torch.is_tensor(ecgs) or tuple(ecgs.shape[1:]) != (tc.lead_num, tc.seq_length) or ecgs.ndim != 3:
+            got = tuple(ecgs.shape) if torch.is_tensor(ecgs) else type(ecgs).__name__
+            raise EcgInputError(f"ecgs must be a tensor [batch, {tc.lead_num}, {tc.seq_length}] (leads x samples "
+                                f"at the model's rate), got {got}; bring records to it with preprocess_for_model")
         with torch.no_grad():
             return self.ecg_tower.transformer_output(ecgs.to(self.ecg_tower.conv1.weight.device))
+
+    def encode_ecgs(self, ecgs: torch.Tensor) -> torch.Tensor:
+        """ecgs [B, leads, samples] -> projected ECG tokens [B, N, H] (gradients reach the
+        projector only, as in ECG-Chat's LoRA stage)."""
+        feats = self.ecg_features(ecgs)                                       # [B, N, W]
+        return self.projector(feats.to(self.projector[0].weight.dtype))      # [B, N, H]
 
     def prepare_inputs(self, input_ids: torch.Tensor, ecgs: torch.Tensor | None = None,
                        attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -224,7 +224,9 @@ class EcgLlavaForCausalLM(EcgLlavaPreTrainedModel):
                 **lm_kwargs) -> CausalLMOutputWithPast:
         """input_ids [B, S] (+ ecgs [n_ecg, leads, samples], one per placeholder) -> the LM's
         output on the spliced sequence: logits [B, L, V]; loss when labels [B, S] are given
-        (shifted cross-entropy over the non-ignored positions, as ECG-Chat/HF compute it)."""
+        (shifted cross-entropy over the non-ignored positions, as ECG-Chat/HF compute it).
+        A spliced sequence longer than the context raises ContextLengthError, or is cut to it
+        with ``truncate=True`` (ECG-Chat's training behaviour)."""
         if inputs_embeds is None:
             if input_ids is None:
                 raise EcgPromptError("forward needs input_ids (or inputs_embeds)")
