@@ -193,6 +193,7 @@ def test_chat_template_prompt_path(llava_converted):
     assert ids.count(cfg.ecg_token_id) == 1
 
 
+@pytest.mark.slow   # a fresh interpreter importing torch + transformers + peft: 20-70 s on a busy 2-core box
 def test_llava_imports_no_ray_vllm_faiss():
     import subprocess
     import sys
