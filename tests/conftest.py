@@ -85,3 +85,23 @@ def real_index_vectors(shared_data):
     np.fill_diagonal(s, 0)
     keep = ~np.triu(s > 0.9999).any(axis=0)
     return t.filter(keep), v[keep]
+
+
+# --- the ecgllava_tiny reference fixture (ECG-Chat's LLaVA code), converted once per session -----
+
+@pytest.fixture(scope="session")
+def llava_fx(fixtures_dir):
+    d = fixtures_dir / "ecgllava_tiny"
+    if not d.is_dir() or not (fixtures_dir / "ecgcoca_tiny").is_dir():
+        pytest.skip(f"fixture folders missing: {d} and its sibling ecgcoca_tiny")
+    return d
+
+
+@pytest.fixture(scope="session")
+def llava_converted(llava_fx, tmp_path_factory):
+    """The fixture's ECG-Chat LoRA run through the public converter (adapter kept in lora/)."""
+    from ecgbatch.llava import convert_ecgchat_llava
+
+    out = tmp_path_factory.mktemp("ecgllava") / "model"
+    return convert_ecgchat_llava(llava_fx / "base_llm", llava_fx / "llava-lora",
+                                 llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt", out)

@@ -9,7 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-RTOL, ATOL = 1e-5, 1e-6
+RTOL = 1e-5
+ATOL_REL = 1e-5   # absolute floor = 1e-5 * max|reference|: a fixed 1e-6 flaked (2.3e-6 on ECG tokens of
+                  # magnitude ~5) when the machine's thread count or load changed the summation order
+
+
+def _atol(expected) -> float:
+    return ATOL_REL * float(np.abs(expected).max())
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,7 @@ def test_matches_reference_array(fx, outputs, name):
     got = outputs[name].detach().numpy()
     assert got.shape == expected.shape
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=_atol(expected))
 
 
 @pytest.mark.shared
@@ -109,7 +115,8 @@ def test_ecg_only_tower_matches_llm_tokens(fx, inputs):
     assert not any(p.requires_grad for p in tower.parameters())
     with torch.no_grad():
         got = tower(inputs[0], output_last_transformer_layer=True).numpy()
-    np.testing.assert_allclose(got, np.load(fx / "expected_ecg_llm_tokens.npy"), rtol=RTOL, atol=ATOL)
+    expected = np.load(fx / "expected_ecg_llm_tokens.npy")
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=_atol(expected))
 
 
 @pytest.mark.shared
@@ -124,4 +131,5 @@ def test_ecg_only_accepts_tower_only_checkpoint(fx, inputs, tmp_path):
     tower = load_ecgchat_checkpoint(tmp_path / "ecg_only.pt", fx / "model_config.json", ecg_only=True)
     with torch.no_grad():
         got = tower(inputs[0], output_last_transformer_layer=True).numpy()
-    np.testing.assert_allclose(got, np.load(fx / "expected_ecg_llm_tokens.npy"), rtol=RTOL, atol=ATOL)
+    expected = np.load(fx / "expected_ecg_llm_tokens.npy")
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=_atol(expected))
