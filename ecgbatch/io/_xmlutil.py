@@ -17,7 +17,8 @@ from xml.parsers import expat
 
 import numpy as np
 
-from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownLeadError, UnreadableError, UnsafeXmlError
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, HeaderError, UnknownLeadError,
+                                UnreadableError, UnsafeXmlError)
 from ecgbatch.io import leads as _leads
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
@@ -52,8 +53,10 @@ def _check_prolog(data: bytes, path: str) -> None:
         parser.Parse(data, True)
     except _StopAtRoot:
         return
-    except expat.ExpatError as e:
-        raise HeaderError(f"{path}: malformed XML: {e}", path) from None
+    except EcgReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ExpatError; LookupError (unknown encoding), ValueError
+        raise HeaderError(f"{path}: malformed XML: {type(e).__name__}: {e}", path) from None
     raise HeaderError(f"{path}: malformed XML: no root element", path)
 
 
@@ -70,8 +73,8 @@ def parse_xml(path: str | Path) -> ET.Element:
     _check_prolog(data, p)
     try:
         return ET.fromstring(data)
-    except ET.ParseError as e:
-        raise HeaderError(f"{p}: malformed XML: {e}", p) from None
+    except Exception as e:  # noqa: BLE001 - ParseError; LookupError, ValueError, RecursionError
+        raise HeaderError(f"{p}: malformed XML: {type(e).__name__}: {e}", p) from None
 
 
 # ---- namespace-blind navigation ------------------------------------------------------------

@@ -227,11 +227,17 @@ class _V5:
                 raise self._bad(f"compressed element at byte {pos} claims {need} bytes "
                                 f"(limit {limit} for {len(data)} compressed bytes)")
             rest = d.decompress(d.unconsumed_tail, need - 8) if need > 8 else b""
+            if len(rest) < need - 8:
+                raise TruncatedSignalError(f"{self.path}: compressed element at byte {pos} ends "
+                                           f"early ({8 + len(rest)} of {need} bytes)", self.path)
+            # the stream must end here: this also verifies its Adler-32 checksum, the only thing
+            # that tells a corrupt stream from garbage that happens to inflate
+            tail = d.decompress(d.unconsumed_tail, 64)
         except zlib.error as exc:
             raise self._bad(f"compressed element at byte {pos}: {exc}") from None
-        if len(rest) < need - 8:
-            raise TruncatedSignalError(f"{self.path}: compressed element at byte {pos} ends early "
-                                       f"({8 + len(rest)} of {need} bytes)", self.path)
+        if tail or not d.eof:
+            raise self._bad(f"compressed element at byte {pos} does not end where its "
+                            f"{need}-byte content does (corrupt stream or checksum not reached)")
         return memoryview(head + rest)
 
     def matrix(self, buf: memoryview, pos: int, end: int, wanted, depth: int):
