@@ -4,7 +4,6 @@ sidecar, ...) plus one record whose read kills the worker process: `scan` and `e
 real model) finish, every good record is embedded exactly once, every bad file is a failure."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import struct
@@ -45,8 +44,9 @@ def _copy_good(arc: Path, out: Path) -> set[str]:
             for f in (arc / folder).glob(f"{stem}.*"):
                 if f.suffix in (".hea", ".dat", ".mat", ".npy", ".json", ".xml"):
                     shutil.copyfile(f, dst / f.name)
-            main = next(p for p in sorted(dst.glob(f"{stem}.*")) if p.suffix != ".json" and p.suffix != ".dat"
-                        and not (p.suffix == ".mat" and (dst / f"{stem}.hea").exists()))
+            has_header = (dst / f"{stem}.hea").exists()  # then the .hea is the record's key
+            main = next(p for p in sorted(dst.glob(f"{stem}.*")) if p.suffix not in (".json", ".dat")
+                        and not (p.suffix == ".mat" and has_header))
             keys.add(str(main))
         if (arc / folder / "ecgbatch.json").exists():
             shutil.copyfile(arc / folder / "ecgbatch.json", dst / "ecgbatch.json")

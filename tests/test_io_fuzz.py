@@ -62,7 +62,8 @@ def test_runner_counts_a_segfault_and_a_hang_and_goes_on(seeds, tmp_path, monkey
             target = name.replace("318", f"318{mark}")
             (d / target).write_bytes((Path(base.folder) / name).read_bytes())
         special.append(Seed(f"npy{mark}", "numpy", str(d), base.dims))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HELPERS / "sitehook"), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(HELPERS / "sitehook"), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("ECGBATCH_TEST_READ_HOOK", "1")
     mix = [base, special[0], base, special[1]]
     results = run_isolated(mix, 8, base_seed=1, work=tmp_path / "w", timeout_s=3, chunk=8)

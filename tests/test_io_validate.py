@@ -4,6 +4,7 @@ against the file before allocating or enumerating."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import time
@@ -136,8 +137,9 @@ def test_hdf5_container_without_index_is_a_typed_value_error(tmp_path):
 def test_muse_huge_exponent_and_zero_gain(sample_archive, tmp_path):
     text = (sample_archive / "xml/ludb_1_muse.xml").read_text()
     p = tmp_path / "m.xml"
-    p.write_text(text.replace("<SampleExponent>0</SampleExponent>", "<SampleExponent>999999</SampleExponent>", 1)
-                 if "<SampleExponent>" in text else text.replace("</SampleBase>", "</SampleBase><SampleExponent>999999</SampleExponent>", 1))
+    huge = "<SampleExponent>999999</SampleExponent>"
+    p.write_text(re.sub(r"<SampleExponent>[^<]*</SampleExponent>", huge, text, count=1)
+                 if "<SampleExponent>" in text else text.replace("</SampleBase>", "</SampleBase>" + huge, 1))
     with pytest.raises(HeaderError):
         read_record(p)
     start = text.index("<LeadAmplitudeUnitsPerBit>") + len("<LeadAmplitudeUnitsPerBit>")
@@ -147,8 +149,6 @@ def test_muse_huge_exponent_and_zero_gain(sample_archive, tmp_path):
 
 
 def test_aecg_nan_increment(sample_archive, tmp_path):
-    import re
-
     text = (sample_archive / "xml/ludb_3_aecg.xml").read_text()
     p = tmp_path / "a.xml"
     p.write_text(re.sub(r'(<increment value=")[^"]*"', r'\1NaN"', text, count=1))

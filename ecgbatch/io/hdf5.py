@@ -102,8 +102,8 @@ def _dataset(f, path: str):
             found = [obj for obj in f.values()
                      if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "iuf"]
             if len(found) != 1:
-                raise NotAnEcgError(f"{path}: no readable ECG dataset (looked for {_NAMES} or a single 2-D/3-D "
-                                    f"numeric dataset; found {sorted(f.keys())[:20]})", path)
+                raise NotAnEcgError(f"{path}: no readable ECG dataset (looked for {_NAMES} or a single "
+                                    f"2-D/3-D numeric dataset; found {sorted(f.keys())[:20]})", path)
             ds = found[0]
         if ds.dtype.kind not in "iuf" or ds.dtype.names or ds.dtype.shape:
             raise NotAnEcgError(f"{path}: dataset {ds.name!r} dtype {ds.dtype} is not numeric", path)

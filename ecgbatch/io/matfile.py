@@ -119,7 +119,8 @@ def _read_v4(buf: memoryview, wanted, path: str) -> MatContents:
                 raise UnknownFormatError(f"{path}: sparse MAT v4 matrix {name!r} is not supported", path)
             dtype = np.dtype(_V4_PRECISION[precision]).newbyteorder(order)
             arr = np.frombuffer(buf, dtype, count, start).reshape((mrows, ncols), order="F")
-            out[name] = _chars(arr.astype(np.uint32), path) if kind == 1 else arr.astype(dtype.newbyteorder("="))
+            native = dtype.newbyteorder("=")
+            out[name] = _chars(arr.astype(np.uint32), path) if kind == 1 else arr.astype(native)
         pos = start + nbytes
     return out
 
