@@ -23,6 +23,7 @@ from ecgbatch.io import leads as _leads
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
+MAX_XML_BYTES = 1 << 30  # resting ECG exports are a few MB; bounds the memory one file may take
 
 
 class _StopAtRoot(Exception):
@@ -65,6 +66,9 @@ def parse_xml(path: str | Path) -> ET.Element:
     malformed files."""
     p = str(path)
     try:
+        if Path(path).stat().st_size > MAX_XML_BYTES:
+            raise HeaderError(f"{p}: {Path(path).stat().st_size} bytes is more than the "
+                              f"{MAX_XML_BYTES}-byte limit for an XML ECG", p)
         data = Path(path).read_bytes()
     except OSError as e:
         raise UnreadableError(f"{p}: cannot read file: {e.strerror or e}", p) from None
