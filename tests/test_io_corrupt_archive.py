@@ -153,3 +153,19 @@ def test_embed_records_bad_files_and_a_dead_worker_as_failures(archive, ray_with
     assert all(f["error_kind"] not in ("unexpected", "reader_crash")
                for k, f in fails.items() if k != str(crash))
     assert s.embedded == len(good) and s.failed == len(bad) + 1
+
+
+def test_read_ledger_blames_the_record_a_careful_retry_died_on():
+    """The ledger's bookkeeping (the plain class; Ray runs it as an actor): attempt 1 dies
+    somewhere in block b, attempt 2 reads carefully and dies on k2, attempt 3 skips k2."""
+    from ecgbatch.pipelines.read_ledger import ReadLedger
+
+    led = ReadLedger()
+    assert led.begin("b") == (False, [])           # attempt 1: no per-record calls
+    assert led.begin("b") == (True, [])            # attempt 2: attempt 1 never finished
+    led.reading("b", "k1")
+    led.reading("b", "k2")                         # ... and the worker dies here
+    assert led.begin("b") == (True, ["k2"])        # attempt 3 writes k2 as a failure
+    led.reading("b", "k3")
+    led.finish("b")
+    assert led.begin("b") == (False, ["k2"]) and led.begin("other") == (False, [])

@@ -137,7 +137,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
                 r = read_one(source, cfg, measure)
             r["block"], r["record_id"] = str(blk), str(rid)
             rows.append(r)
-        tracker.reading(str(blk), None)
+        tracker.finish(str(blk))
     if n_samples is None:
         shapes = {r["x"].shape for r in rows if r["ok"]}
         if len(shapes) > 1:
