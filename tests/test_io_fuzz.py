@@ -66,7 +66,7 @@ def test_runner_counts_a_segfault_and_a_hang_and_goes_on(seeds, tmp_path, monkey
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("ECGBATCH_TEST_READ_HOOK", "1")
     mix = [base, special[0], base, special[1]]
-    results = run_isolated(mix, 8, base_seed=1, work=tmp_path / "w", timeout_s=3, chunk=8)
+    results = run_isolated(mix, 8, base_seed=1, work=tmp_path / "w", timeout_s=5, chunk=8)
     outcomes = [r.outcome for r in results]
     assert [r.case for r in results] == list(range(8))
     assert outcomes[1].startswith("crash:") and outcomes[5].startswith("crash:")
