@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench fuzz clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/read.py
+
+# 10,000 mutated real records through every reader (counts table; exit 1 on any untyped error,
+# crash, hang or bad value). FUZZ_CASES=... to change the number.
+FUZZ_CASES ?= 10000
+fuzz: $(STAMP)
+	$(VPY) bench/fuzz.py -n $(FUZZ_CASES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """ECG ingestion: every supported format -> one ``Record``; archive scans -> parquet manifests.
 
-Imports only NumPy at import time (SciPy, h5py, pyarrow and the XML readers load on first use), so
+Imports only NumPy at import time (h5py, pyarrow and the XML readers load on first use), so
 ``import ecgbatch.io`` works without torch, ray or faiss.
 
     rec = read_record("ludb/1.hea")                  # WFDB, Challenge .hea+.mat, CPSC .mat, .npy/.npz,

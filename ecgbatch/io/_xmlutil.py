@@ -17,11 +17,13 @@ from xml.parsers import expat
 
 import numpy as np
 
-from ecgbatch.io.errors import EmptyFileError, HeaderError, UnknownLeadError, UnreadableError, UnsafeXmlError
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, HeaderError, UnknownLeadError,
+                                UnreadableError, UnsafeXmlError)
 from ecgbatch.io import leads as _leads
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
+MAX_XML_BYTES = 1 << 30  # resting ECG exports are a few MB; bounds the memory one file may take
 
 
 class _StopAtRoot(Exception):
@@ -52,8 +54,10 @@ def _check_prolog(data: bytes, path: str) -> None:
         parser.Parse(data, True)
     except _StopAtRoot:
         return
-    except expat.ExpatError as e:
-        raise HeaderError(f"{path}: malformed XML: {e}", path) from None
+    except EcgReadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ExpatError; LookupError (unknown encoding), ValueError
+        raise HeaderError(f"{path}: malformed XML: {type(e).__name__}: {e}", path) from None
     raise HeaderError(f"{path}: malformed XML: no root element", path)
 
 
@@ -62,6 +66,9 @@ def parse_xml(path: str | Path) -> ET.Element:
     malformed files."""
     p = str(path)
     try:
+        if Path(path).stat().st_size > MAX_XML_BYTES:
+            raise HeaderError(f"{p}: {Path(path).stat().st_size} bytes is more than the "
+                              f"{MAX_XML_BYTES}-byte limit for an XML ECG", p)
         data = Path(path).read_bytes()
     except OSError as e:
         raise UnreadableError(f"{p}: cannot read file: {e.strerror or e}", p) from None
@@ -70,8 +77,8 @@ def parse_xml(path: str | Path) -> ET.Element:
     _check_prolog(data, p)
     try:
         return ET.fromstring(data)
-    except ET.ParseError as e:
-        raise HeaderError(f"{p}: malformed XML: {e}", p) from None
+    except Exception as e:  # noqa: BLE001 - ParseError; LookupError, ValueError, RecursionError
+        raise HeaderError(f"{p}: malformed XML: {type(e).__name__}: {e}", p) from None
 
 
 # ---- namespace-blind navigation ------------------------------------------------------------

@@ -6,11 +6,15 @@ import os
 import re
 from typing import Any
 
+import numpy as np
+
 from ecgbatch.io.detect import FORMATS, detect_format, split_index
 from ecgbatch.io.entries import RecordHeader
-from ecgbatch.io.errors import UnknownFormatError
+from ecgbatch.io.errors import ReadOptionError, UnknownFormatError
 from ecgbatch.io.quality import finalize
 from ecgbatch.io.record import Record
+from ecgbatch.io.sidecar import LAYOUTS
+from ecgbatch.io.validate import check_header, check_record, typed_errors
 
 _IDENTIFIER = re.compile(
     r"(^|_)(name|patient|pid|mrn|ssn|dob|birth|address|phone|email)(_|$)|^patient|^id$",
@@ -34,30 +38,44 @@ def read_record(path, *, format: str | None = None, index: int | None = None, fs
       recording quality flags in ``meta["quality"]``. min_leads: fewer leads -> TooFewLeadsError.
     check_length: a WFDB signal file longer than its header says -> LengthMismatchError.
     Other keyword options go to the XML readers that accept them (e.g. MUSE ``waveform=``).
+
+    Whatever the file holds, the result satisfies ``validate.check_record`` (finite-or-NaN samples,
+    a plausible rate, at least one sample) and every problem is an ``EcgReadError`` with a
+    ``kind``; only a bad argument raises something else (ValueError / ReadOptionError).
     """
-    fmt, p, index = _resolve(path, format, index)
+    fmt, p, index = _resolve(path, format, index, layout)
+    with typed_errors(p):
+        rec = _read(fmt, p, False, index, fs, leads, layout, units, check_length, reader_options)
+        if units is not None and fmt not in ("numpy", "hdf5"):
+            rec.units = units  # the caller knows better than the file
+        rec.meta = scrub_identifiers(rec.meta)
+        rec = finalize(rec, target_units=target_units, strict=strict, min_leads=min_leads, leads=leads)
+        return check_record(rec, p)
+
+
+def _read(fmt: str, p: str, header_only: bool, index, fs, leads, layout, units, check_length,
+          reader_options) -> Record | RecordHeader:
+    """The one table of readers behind read_record and read_header."""
     if fmt in ("wfdb", "wfdb_mat"):
         from ecgbatch.io.wfdb_reader import read_wfdb
 
-        rec = read_wfdb(p, check_length=check_length)
-    elif fmt == "cpsc_mat":
+        return read_wfdb(p, header_only=header_only, check_length=check_length)
+    if fmt == "cpsc_mat":
         from ecgbatch.io.matlab import read_cpsc_mat
 
-        rec = read_cpsc_mat(p, fs=fs)
-    elif fmt == "numpy":
-        from ecgbatch.io.numpy_reader import read_numpy
-
-        rec = read_numpy(p, index=index, fs=fs, leads=leads, units=units, layout=layout)
-    elif fmt == "hdf5":
-        from ecgbatch.io.hdf5 import read_hdf5
-
-        rec = read_hdf5(p, index=index, fs=fs, leads=leads, units=units, layout=layout)
-    else:
-        rec = _read_xml(fmt, p, reader_options)
-    if units is not None and fmt not in ("numpy", "hdf5"):
-        rec.units = units  # the caller knows better than the file
-    rec.meta = scrub_identifiers(rec.meta)
-    return finalize(rec, target_units=target_units, strict=strict, min_leads=min_leads, leads=leads)
+        return read_cpsc_mat(p, header_only=header_only, fs=fs)
+    if fmt in ("numpy", "hdf5"):
+        if fmt == "numpy":
+            from ecgbatch.io.numpy_reader import read_numpy as reader
+        else:
+            from ecgbatch.io.hdf5 import read_hdf5 as reader
+        return reader(p, header_only=header_only, index=index, fs=fs, leads=leads, units=units,
+                      layout=layout)
+    rec = _read_xml(fmt, p, reader_options)
+    if header_only:
+        return RecordHeader(rec.record_id, rec.source, fmt, rec.fs, rec.leads, rec.n_samples,
+                            rec.units, rec.meta)
+    return rec
 
 
 def read_header(path, *, format: str | None = None, index: int | None = None, fs: float | None = None,
@@ -66,32 +84,15 @@ def read_header(path, *, format: str | None = None, index: int | None = None, fs
                 **reader_options) -> RecordHeader:
     """Header-only metadata (record id, fs, leads, n_samples, units, meta) without decoding the
     signal where the format allows it (WFDB, NumPy, HDF5); XML and CPSC .mat are read whole.
-    For WFDB the signal files are still checked to exist and to have the length the header says."""
-    fmt, p, index = _resolve(path, format, index)
-    if fmt in ("wfdb", "wfdb_mat"):
-        from ecgbatch.io.wfdb_reader import read_wfdb
-
-        h = read_wfdb(p, header_only=True, check_length=check_length)
-    elif fmt == "cpsc_mat":
-        from ecgbatch.io.matlab import read_cpsc_mat
-
-        h = read_cpsc_mat(p, header_only=True, fs=fs)
-    elif fmt == "numpy":
-        from ecgbatch.io.numpy_reader import read_numpy
-
-        h = read_numpy(p, header_only=True, index=index, fs=fs, leads=leads, units=units, layout=layout)
-    elif fmt == "hdf5":
-        from ecgbatch.io.hdf5 import read_hdf5
-
-        h = read_hdf5(p, header_only=True, index=index, fs=fs, leads=leads, units=units, layout=layout)
-    else:
-        rec = _read_xml(fmt, p, reader_options)
-        h = RecordHeader(rec.record_id, rec.source, fmt, rec.fs, rec.leads, rec.n_samples, rec.units,
-                         rec.meta)
-    if units is not None and fmt not in ("numpy", "hdf5"):
-        h.units = units
-    h.meta = scrub_identifiers(h.meta)
-    return h.finalize(target_units=target_units, leads=leads)
+    For WFDB the signal files are still checked to exist and to have the length the header says.
+    Same guarantees as ``read_record`` (``validate.check_header``, typed errors only)."""
+    fmt, p, index = _resolve(path, format, index, layout)
+    with typed_errors(p):
+        h = _read(fmt, p, True, index, fs, leads, layout, units, check_length, reader_options)
+        if units is not None and fmt not in ("numpy", "hdf5"):
+            h.units = units
+        h.meta = scrub_identifiers(h.meta)
+        return check_header(h.finalize(target_units=target_units, leads=leads), p)
 
 
 def scrub_identifiers(meta: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +100,14 @@ def scrub_identifiers(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if not _IDENTIFIER.search(str(k))}
 
 
-def _resolve(path, format, index):
+def _resolve(path, format, index, layout=None):
+    """(format, path for the reader, index); the caller's arguments are checked here, before any
+    file is opened, so that a bad argument is never mistaken for a bad file."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ReadOptionError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, (int, np.integer))
+                              or index < 0):
+        raise ReadOptionError(f"index must be a non-negative integer, got {index!r}")
     p, idx = split_index(os.fspath(path))
     if index is None:
         index = idx

@@ -98,6 +98,26 @@ class MissingMetadataError(EcgReadError):
     kind = "missing_metadata"
 
 
+class ReaderCrashError(EcgReadError):
+    """A reader failed on this file in a way it did not foresee (an exception from NumPy, h5py,
+    zlib, ...; or, in a pipeline, the worker process died while reading it). The message names the
+    original exception type; the file is recorded as a failure like any other."""
+
+    kind = "reader_crash"
+
+
+class RecordIndexError(EcgReadError, ValueError):
+    """A multi-record container read without ``index=``, or with an index outside it (also a
+    ValueError, which these cases raised before)."""
+
+    kind = "record_index"
+
+
+class ReadOptionError(ValueError):
+    """A bad argument to a reader (``layout=``, ``waveform=``, ...): the caller's mistake, not the
+    file's, so it is raised as is and never turned into a failure of the file."""
+
+
 def error_class(kind: str) -> type[EcgReadError]:
     """The EcgReadError subclass whose ``kind`` is ``kind`` (EcgReadError itself when unknown);
     used to re-raise an error recorded as (kind, message), e.g. by a deferred scan source."""

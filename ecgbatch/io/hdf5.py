@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
+from math import prod
 
 import numpy as np
 
 from ecgbatch.io import sidecar
 from ecgbatch.io.entries import RecordHeader
-from ecgbatch.io.errors import (EmptyFileError, MissingMetadataError, NotAnEcgError,
-                                UnreadableError)
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
+                                RecordIndexError, TruncatedSignalError, UnreadableError)
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -30,8 +32,23 @@ CODE15_FS = 400.0
 _NAMES = ("ecg", "tracings", "signal", "signals", "data", "x")
 
 
+MAX_RATIO = 1100  # deflate cannot expand data more than ~1032x: a larger claim is a lying header
+
 _OPEN: "OrderedDict[str, tuple[tuple[int, int], object]]" = OrderedDict()
 _MAX_OPEN = 4  # containers stay open between records: CODE-15 files hold ~20,000 records each
+
+
+@contextmanager
+def _h5(path: str, what: str):
+    """h5py raises OSError, RuntimeError ("Link iteration failed"), KeyError, ValueError, TypeError
+    ... on corrupt files: any of them while doing ``what`` is a NotAnEcgError naming the file."""
+    try:
+        yield
+    except EcgReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a library error on untrusted bytes
+        raise NotAnEcgError(f"{path}: corrupt HDF5 file ({what}: {type(exc).__name__}: "
+                            f"{str(exc)[:200]})", path) from None
 
 
 def _open(path: str):
@@ -55,8 +72,9 @@ def _open(path: str):
         _OPEN.pop(key)[1].close()
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
-        raise NotAnEcgError(f"{path}: not a readable HDF5 file ({exc})", path) from None
+    except Exception as exc:  # noqa: BLE001 - OSError mostly; other types on corrupt superblocks
+        raise NotAnEcgError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})",
+                            path) from None
     _OPEN[key] = (stamp, f)
     while len(_OPEN) > _MAX_OPEN:
         _OPEN.popitem(last=False)[1][1].close()
@@ -70,31 +88,70 @@ def close_files() -> None:
 
 
 def _dataset(f, path: str):
+    """The ECG dataset, its declared size checked against the bytes the file really holds."""
     import h5py
 
-    for name in _NAMES:
-        obj = f.get(name)
-        if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3):
-            return obj
-    found = [obj for obj in f.values()
-             if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "iuf"]
-    if len(found) == 1:
-        return found[0]
-    raise NotAnEcgError(f"{path}: no ECG dataset (looked for {_NAMES} or a single 2-D/3-D numeric "
-                        f"dataset; found {sorted(f.keys())})", path)
+    with _h5(path, "looking up the ECG dataset"):
+        ds = None
+        for name in _NAMES:
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3):
+                ds = obj
+                break
+        if ds is None:
+            found = [obj for obj in f.values()
+                     if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3) and obj.dtype.kind in "iuf"]
+            if len(found) != 1:
+                raise NotAnEcgError(f"{path}: no readable ECG dataset (looked for {_NAMES} or a single "
+                                    f"2-D/3-D numeric dataset; found {sorted(f.keys())[:20]})", path)
+            ds = found[0]
+        if ds.dtype.kind not in "iuf" or ds.dtype.names or ds.dtype.shape:
+            raise NotAnEcgError(f"{path}: dataset {ds.name!r} dtype {ds.dtype} is not numeric", path)
+        _check_storage(ds, path, os.path.getsize(path))
+    return ds
 
 
-def _attrs(*objs) -> dict:
+def _check_storage(ds, path: str, file_size: int) -> None:
+    """Refuse a dataset whose shape promises more data than the file stores: a corrupt header
+    that claims 10 million records must not be enumerated, nor read as fill values."""
+    from h5py import h5d
+
+    if ds.is_virtual or ds.external:
+        raise NotAnEcgError(f"{path}: dataset {ds.name!r} stores its data in other files "
+                            "(virtual or external dataset); not read", path)
+    need = prod(int(n) for n in ds.shape) * ds.dtype.itemsize
+    if need == 0:
+        raise EmptyFileError(f"{path}: dataset {ds.name!r} has shape {tuple(ds.shape)}", path)
+    dcpl = ds.id.get_create_plist()
+    layout, stored = dcpl.get_layout(), ds.id.get_storage_size()
+    if stored > file_size:
+        raise TruncatedSignalError(f"{path}: dataset {ds.name!r} claims {stored} stored bytes, the "
+                                   f"file has {file_size}", path)
+    if layout == h5d.CONTIGUOUS:
+        offset = ds.id.get_offset()
+        ok = offset is not None and stored >= need and offset + need <= file_size
+    elif layout == h5d.CHUNKED:
+        ok = need <= stored * (MAX_RATIO if dcpl.get_nfilters() else 1)
+    else:  # compact: the data sit in the object header
+        ok = need <= file_size
+    if not ok:
+        raise TruncatedSignalError(
+            f"{path}: dataset {ds.name!r} of shape {tuple(ds.shape)} needs {need} bytes, the file "
+            f"stores {stored} for it ({file_size} bytes in all)", path)
+
+
+def _attrs(path: str, *objs) -> dict:
     out = {}
-    for obj in objs:
-        for k, v in obj.attrs.items():
-            if isinstance(v, bytes):
-                v = v.decode("utf-8", "replace")
-            elif isinstance(v, np.ndarray):
-                v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.tolist()]
-            elif isinstance(v, np.generic):
-                v = v.item()
-            out[k] = v
+    with _h5(path, "reading attributes"):
+        for obj in objs:
+            for k, v in obj.attrs.items():
+                if isinstance(v, bytes):
+                    v = v.decode("utf-8", "replace")
+                elif isinstance(v, np.ndarray):
+                    v = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in v.tolist()]
+                elif isinstance(v, np.generic):
+                    v = v.item()
+                out[str(k)] = v
     return out
 
 
@@ -104,33 +161,39 @@ def count_records(path: str) -> int | None:
     return int(ds.shape[0]) if ds.ndim == 3 else None
 
 
+def _record_id(f, ds, name: str, index: int, path: str) -> str:
+    with _h5(path, "reading exam_id"):
+        ids = f.get("exam_id")
+        ok = ids is not None and hasattr(ids, "ndim") and ids.ndim == 1 and len(ids) == ds.shape[0]
+        rid = ids[index] if ok else index
+    rid = rid.decode("utf-8", "replace") if isinstance(rid, bytes) else (
+        rid.item() if isinstance(rid, np.generic) else rid)
+    return f"{name}#{str(rid)[:64]}"
+
+
 def read_hdf5(path: str, *, header_only: bool = False, index: int | None = None, fs=None,
               leads=None, units=None, layout: str | None = None):
     name = os.path.basename(path)
     f = _open(path)
     ds = _dataset(f, path)
-    if ds.dtype.kind not in "iuf":
-        raise NotAnEcgError(f"{path}: dataset {ds.name!r} dtype {ds.dtype} is not numeric", path)
     meta: dict = {"storage": f"hdf5 {ds.name} {ds.dtype} {tuple(ds.shape)}"}
     if ds.ndim == 3:
         if index is None:
-            raise ValueError(f"{path} holds {ds.shape[0]} records (dataset {ds.name}); pass index=")
+            raise RecordIndexError(f"{path} holds {ds.shape[0]} records (dataset {ds.name}); pass "
+                                   "index=", path)
         if not 0 <= index < ds.shape[0]:
-            raise ValueError(f"index must be in [0, {ds.shape[0]}), got {index!r}")
+            raise RecordIndexError(f"{path}: index must be in [0, {ds.shape[0]}), got {index!r}", path)
         shape = tuple(ds.shape[1:])
-        ids = f.get("exam_id")
-        rid = ids[index] if ids is not None and ids.ndim == 1 and len(ids) == ds.shape[0] else index
-        rid = rid.decode() if isinstance(rid, bytes) else rid.item() if isinstance(rid, np.generic) else rid
-        record_id = f"{name}#{rid}"
+        record_id = _record_id(f, ds, name, index, path)
     else:
         if index not in (None, 0):
-            raise ValueError(f"{path} holds one record; got index={index!r}")
+            raise RecordIndexError(f"{path} holds one record; got index={index!r}", path)
         shape, record_id = tuple(ds.shape), os.path.splitext(name)[0]
-    cfg = sidecar.settings(path, _attrs(f, ds), fs=fs, leads=leads, units=units, layout=layout)
+    cfg = sidecar.settings(path, _attrs(path, f, ds), fs=fs, leads=leads, units=units, layout=layout)
     names = list(cfg["leads"]) if cfg.get("leads") is not None else None
     axis = sidecar.lead_axis(shape, cfg.get("layout"), len(names) if names else None, path)
     n_leads, n_samples = (shape[0], shape[1]) if axis == 0 else (shape[1], shape[0])
-    code15 = ds.ndim == 3 and ds.name.strip("/") == "tracings"
+    code15 = ds.ndim == 3 and str(ds.name or "").strip("/") == "tracings"
     assumed = []
     if not cfg.get("fs") and code15:
         cfg["fs"] = CODE15_FS
@@ -151,7 +214,8 @@ def read_hdf5(path: str, *, header_only: bool = False, index: int | None = None,
     if header_only:
         return RecordHeader(record_id, path if index is None else f"{path}#{index}", "hdf5",
                             rate, tuple(names), int(n_samples), rec_units, meta)
-    data = ds[index] if ds.ndim == 3 else ds[()]
+    with _h5(path, "reading the signal"):
+        data = ds[index] if ds.ndim == 3 else ds[()]
     sig = np.asarray(data if axis == 0 else data.T, dtype=np.float32)
     return Record(np.ascontiguousarray(sig), rate, tuple(names), rec_units, record_id,
                   path if index is None else f"{path}#{index}", meta)

@@ -19,6 +19,7 @@ date is dropped).
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 import uuid
 import warnings
@@ -31,7 +32,8 @@ import numpy as np
 from ecgbatch.io._xmlutil import (
     canonical_lead, xml_record, child, derive_limb_leads, find, find_all, local, parse_xml, stack_leads,
 )
-from ecgbatch.io.errors import HeaderError, LengthMismatchError, NotAnEcgError
+from ecgbatch.io.errors import HeaderError, LengthMismatchError, NotAnEcgError, ReadOptionError
+from ecgbatch.io.validate import check_rate
 from ecgbatch.io.record import Record
 
 NS = "urn:hl7-org:v3"
@@ -59,7 +61,7 @@ def read_hl7_aecg(path: str | Path, *, waveform: str = "rhythm", sequence_set: i
     p = str(path)
     want = _SERIES_CODE.get(waveform.strip().lower())
     if want is None:
-        raise ValueError(f"waveform must be 'rhythm' or 'median', got {waveform!r}")
+        raise ReadOptionError(f"waveform must be 'rhythm' or 'median', got {waveform!r}")
     root = parse_xml(path)
     if local(root.tag) != "AnnotatedECG":
         raise NotAnEcgError(f"{p}: root element is {local(root.tag)!r}, not AnnotatedECG", p)
@@ -78,7 +80,7 @@ def read_hl7_aecg(path: str | Path, *, waveform: str = "rhythm", sequence_set: i
     if not sets:
         raise NotAnEcgError(f"{p}: the {want} series has no sequenceSet", p)
     if not 0 <= sequence_set < len(sets):
-        raise ValueError(f"sequence_set must be in [0, {len(sets)}), got {sequence_set!r}")
+        raise ReadOptionError(f"sequence_set must be in [0, {len(sets)}), got {sequence_set!r}")
 
     fs, head = None, None
     leads: dict[str, np.ndarray] = {}
@@ -127,16 +129,19 @@ def _pq(el: ET.Element | None, what: str, table: dict[str, float], p: str) -> fl
     if unit not in table:
         raise HeaderError(f"{p}: <{what}> has unknown unit {unit!r} (expected one of {sorted(table)})", p)
     try:
-        return float(el.get("value")) * table[unit]
+        value = float(el.get("value")) * table[unit]
     except ValueError:
-        raise HeaderError(f"{p}: <{what}> value is not a number, got {el.get('value')!r}", p) from None
+        raise HeaderError(f"{p}: <{what}> value is not a number, got {el.get('value')[:40]!r}", p) from None
+    if not math.isfinite(value):
+        raise HeaderError(f"{p}: <{what}> value must be finite, got {el.get('value')[:40]!r}", p)
+    return value
 
 
 def _time_axis(value: ET.Element, code: str, p: str) -> tuple[float, str | None]:
     step = _pq(child(value, "increment"), f"{code} increment", _TO_S, p)
     if step <= 0:
         raise HeaderError(f"{p}: {code} increment must be positive, got {step!r}", p)
-    fs = 1.0 / step
+    fs = check_rate(1.0 / step, p, f"sampling rate (1 / {code} increment)")
     if abs(fs - round(fs)) < 1e-6 * fs:  # 1/0.002777... -> 360, not 359.99999999999994
         fs = float(round(fs))
     head = child(value, "head")

@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from ecgbatch.io.entries import RecordHeader
-from ecgbatch.io.errors import EmptyFileError, MissingHeaderError, NotAnEcgError, UnreadableError
+from ecgbatch.io.errors import MissingHeaderError, NotAnEcgError
+from ecgbatch.io.matfile import read_mat
 from ecgbatch.io.record import STANDARD_LEADS, Record
 from ecgbatch.io.wfdb_header import parse_age, parse_sex
 
@@ -19,43 +20,41 @@ CPSC_FS = 500.0  # CPSC2018: "sampled at 500 Hz"; the files do not store it
 
 
 def read_cpsc_mat(path: str, *, header_only: bool = False, fs: float | None = None):
-    import scipy.io
-
-    try:
-        if os.path.getsize(path) == 0:
-            raise EmptyFileError(f"{path}: file is empty", path)
-    except OSError as exc:
-        raise UnreadableError(f"{path}: cannot stat ({exc.strerror})", path) from None
-    try:
-        m = scipy.io.loadmat(path, squeeze_me=False)
-    except Exception as exc:  # MatReadError / ValueError / TypeError on non-MATLAB bytes
-        raise NotAnEcgError(f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc})",
-                            path) from None
+    """Read a CPSC2018 .mat (``ECG`` struct) with the package's own MAT reader (``matfile``):
+    SciPy's compiled reader can crash the process on a corrupt file."""
+    m = read_mat(path, variables=("ECG",))
     stem = os.path.splitext(os.path.basename(path))[0]
-    if "ECG" not in m:
-        if "val" in m:
+    ecg = m.get("ECG")
+    if ecg is None:
+        if "val" in m.names:
             raise MissingHeaderError(
                 f"{path}: Challenge-style 'val' matrix without its .hea (gains unknown)", path)
-        keys = sorted(k for k in m if not k.startswith("__"))
-        raise NotAnEcgError(f"{path}: no 'ECG' struct (variables: {keys})", path)
-    ecg = m["ECG"]
-    try:
-        data = np.asarray(ecg["data"][0, 0])
-    except (ValueError, IndexError, KeyError):
-        raise NotAnEcgError(f"{path}: 'ECG' has no 'data' field", path) from None
-    if data.ndim != 2 or not np.issubdtype(data.dtype, np.number) or data.size == 0:
-        raise NotAnEcgError(f"{path}: ECG.data is not a numeric 2-D array (shape {data.shape})", path)
+        raise NotAnEcgError(f"{path}: no 'ECG' struct (variables: {sorted(m.names)[:20]})", path)
+    if not isinstance(ecg, dict):
+        raise NotAnEcgError(f"{path}: 'ECG' is not a 1x1 struct", path)
+    data = ecg.get("data")
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.size == 0 or data.dtype.kind not in "iuf":
+        shape = getattr(data, "shape", None)
+        raise NotAnEcgError(f"{path}: ECG.data is not a numeric 2-D array (shape {shape})", path)
     if data.shape[0] != len(STANDARD_LEADS) and data.shape[1] == len(STANDARD_LEADS):
         data = data.T
     meta = {"storage": "CPSC2018 .mat (ECG struct)"}
     for field, parse in (("age", parse_age), ("sex", parse_sex)):
-        if field in (ecg.dtype.names or ()):
-            value = np.asarray(ecg[field][0, 0]).ravel()
-            if value.size:
-                meta[field] = parse(value[0])
+        value = _first(ecg.get(field))
+        if value is not None:
+            meta[field] = parse(value)
     leads = STANDARD_LEADS if data.shape[0] == len(STANDARD_LEADS) else tuple(
         f"ch{i + 1}" for i in range(data.shape[0]))
     rate = float(fs) if fs else CPSC_FS
     if header_only:
         return RecordHeader(stem, path, "cpsc_mat", rate, leads, int(data.shape[1]), "mV", meta)
     return Record(data.astype(np.float32), rate, leads, "mV", stem, path, meta)
+
+
+def _first(value):
+    """The first element of a MATLAB field (a str as is; None when absent or empty)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.ndarray) and value.size:
+        return value.ravel()[0]
+    return None

@@ -27,9 +27,10 @@ from ecgbatch.io._xmlutil import (
     canonical_lead, xml_record, children, derive_limb_leads, find, local, parse_xml, stack_leads, text,
 )
 from ecgbatch.io.errors import (
-    HeaderError, LengthMismatchError, NotAnEcgError, TruncatedSignalError,
+    HeaderError, LengthMismatchError, NotAnEcgError, ReadOptionError, TruncatedSignalError,
 )
 from ecgbatch.io.record import Record
+from ecgbatch.io.validate import check_rate
 
 # LeadAmplitudeUnits -> millivolts per unit
 _UNIT_TO_MV = {"MICROVOLTS": 1e-3, "MILLIVOLTS": 1.0, "VOLTS": 1e3, "NANOVOLTS": 1e-6}
@@ -56,7 +57,7 @@ def read_muse(path: str | Path, *, waveform: str = "rhythm", derive_leads: bool 
     p = str(path)
     want = waveform.strip().lower()
     if want not in ("rhythm", "median"):
-        raise ValueError(f"waveform must be 'rhythm' or 'median', got {waveform!r}")
+        raise ReadOptionError(f"waveform must be 'rhythm' or 'median', got {waveform!r}")
     root = parse_xml(path)
     if local(root.tag) != "RestingECG":
         raise NotAnEcgError(f"{p}: root element is {local(root.tag)!r}, not RestingECG", p)
@@ -99,11 +100,9 @@ def _sampling_rate(wf: ET.Element, p: str) -> float:
         raise HeaderError(f"{p}: <Waveform> has no <SampleBase>", p)
     try:
         fs = float(base) * 10.0 ** int(exp)
-    except ValueError:
-        raise HeaderError(f"{p}: bad SampleBase/SampleExponent {base!r}/{exp!r}", p) from None
-    if not np.isfinite(fs) or fs <= 0:
-        raise HeaderError(f"{p}: sampling rate must be positive, got {fs!r}", p)
-    return fs
+    except (ValueError, OverflowError):
+        raise HeaderError(f"{p}: bad SampleBase/SampleExponent {base[:20]!r}/{exp[:20]!r}", p) from None
+    return check_rate(fs, p, "sampling rate (SampleBase x 10^SampleExponent)")
 
 
 def _int_field(ld: ET.Element, name: str, p: str) -> int | None:
@@ -150,7 +149,10 @@ def _decode_lead(ld: ET.Element, lead: str, p: str) -> np.ndarray:
     try:
         gain = float(per_bit) * _UNIT_TO_MV[units]
     except ValueError:
-        raise HeaderError(f"{p}: lead {lead!r}: bad LeadAmplitudeUnitsPerBit {per_bit!r}", p) from None
+        raise HeaderError(f"{p}: lead {lead!r}: bad LeadAmplitudeUnitsPerBit {per_bit[:40]!r}", p) from None
+    if not np.isfinite(gain) or gain == 0:
+        raise HeaderError(f"{p}: lead {lead!r}: LeadAmplitudeUnitsPerBit must be finite and non-zero, "
+                          f"got {per_bit[:40]!r}", p)
     return np.frombuffer(raw, dtype=_SAMPLE_DTYPE[size]).astype(np.float64) * gain
 
 

@@ -12,55 +12,132 @@ from __future__ import annotations
 
 import os
 import zipfile
+from math import prod
 
 import numpy as np
 
 from ecgbatch.io import sidecar
 from ecgbatch.io.entries import RecordHeader
-from ecgbatch.io.errors import (EmptyFileError, MissingMetadataError, NotAnEcgError,
-                                UnreadableError)
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
+                                RecordIndexError, TruncatedSignalError, UnreadableError)
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 _NPZ_KEYS = ("signal", "ecg", "x", "data", "arr_0")
+_SETTINGS = ("fs", "leads", "units")
+MAX_ARRAY_BYTES = 1 << 32      # 4 GiB: an .npz member or a 2-D record larger than this is refused
+MAX_SETTING_BYTES = 1 << 16    # fs / leads / units entries of an .npz
+ZIP_MAX_RATIO = 1100           # deflate cannot expand more than ~1032x: more is a lying header
 
 
-def _check(path: str) -> bytes:
+def _check(path: str) -> tuple[bytes, int]:
+    """(first 8 bytes, file size)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+            size = os.fstat(fh.fileno()).st_size
     except OSError as exc:
         raise UnreadableError(f"{path}: cannot read ({exc.strerror})", path) from None
     if not head:
         raise EmptyFileError(f"{path}: file is empty", path)
-    return head
+    return head, size
+
+
+def _npy_header(fh, path: str, what: str, kinds: str = "iuf") -> tuple[tuple[int, ...], np.dtype, bool]:
+    """(shape, dtype, fortran order) of the .npy stream ``fh``, positioned at its data; the header
+    is untrusted text, so any failure to parse it is a NotAnEcgError. ``kinds``: dtype kinds
+    accepted (numbers; strings too for the settings entries of an .npz)."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except EcgReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ValueError, SyntaxError, TokenError, ... on bad text
+        raise NotAnEcgError(f"{path}: unreadable {what} header ({type(exc).__name__}: {exc})",
+                            path) from None
+    if dtype.hasobject or dtype.kind not in kinds or dtype.shape or dtype.names:
+        raise NotAnEcgError(f"{path}: {what} dtype {dtype} is not a plain numeric type", path)
+    return tuple(int(n) for n in shape), dtype, bool(fortran)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return prod(shape) * dtype.itemsize
+
+
+def _load_npy(path: str, size: int, header_only: bool):
+    with open(path, "rb") as fh:
+        shape, dtype, _ = _npy_header(fh, path, ".npy")
+        offset = fh.tell()
+    need = _nbytes(shape, dtype)
+    if offset + need > size:
+        raise TruncatedSignalError(f"{path}: .npy header declares shape {shape} of {dtype} "
+                                   f"({need} bytes), the file holds {size - offset}", path)
+    try:  # a memory map for headers and for containers (one record of many is read)
+        return np.load(path, mmap_mode="r" if header_only or len(shape) == 3 else None,
+                       allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise NotAnEcgError(f"{path}: unreadable .npy ({exc})", path) from None
+
+
+def _load_npz(path: str):
+    """(signal array, settings stored inside the file), every member's size checked first."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
+            names = sorted(infos)
+            key = next((k for k in _NPZ_KEYS if k in infos), None)
+            arrays = [k for k in names if k not in _SETTINGS]
+            if key is None and len(arrays) == 1:
+                key = arrays[0]
+            if key is None:
+                raise NotAnEcgError(f"{path}: .npz without a signal array (entries: {names[:20]})", path)
+            inner = {k: _member(z, infos[k], path, MAX_SETTING_BYTES, numeric=False)
+                     for k in _SETTINGS if k in infos}
+            arr = _member(z, infos[key], path, MAX_ARRAY_BYTES)
+    except EcgReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile/zlib raise many types on corrupt archives
+        raise NotAnEcgError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})", path) from None
+    return arr, {k: (v.tolist() if v.ndim else v.item()) for k, v in inner.items()}
+
+
+def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: int,
+            numeric: bool = True) -> np.ndarray:
+    """One .npy member of an .npz: declared sizes checked against limits before decompressing."""
+    name = info.filename
+    if info.file_size > limit or (info.compress_type != zipfile.ZIP_STORED
+                                  and info.file_size > max(info.compress_size, 64) * ZIP_MAX_RATIO):
+        raise NotAnEcgError(f"{path}: .npz entry {name!r} declares {info.file_size} bytes "
+                            f"({info.compress_size} compressed; limit {limit})", path)
+    with z.open(info) as fh:
+        # fs / leads / units may be strings: plain dtypes only, never pickles
+        shape, dtype, fortran = _npy_header(fh, path, f".npz entry {name!r}",
+                                            "iuf" if numeric else "iufUS")
+        if not numeric and len(shape) > 1:
+            raise NotAnEcgError(f"{path}: .npz entry {name!r} has shape {shape}", path)
+        need = _nbytes(shape, dtype)
+        if need > limit:
+            raise NotAnEcgError(f"{path}: .npz entry {name!r} declares {need} bytes", path)
+        data = fh.read(need)
+    if len(data) != need:
+        raise TruncatedSignalError(f"{path}: .npz entry {name!r} holds {len(data)} of the {need} "
+                                   "bytes its header declares", path)
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def _load(path: str, header_only: bool):
     """(array, settings stored inside the file)."""
-    head = _check(path)
+    head, size = _check(path)
     if head.startswith(NPY_MAGIC):
-        try:
-            return np.load(path, mmap_mode="r" if header_only else None, allow_pickle=False), {}
-        except (ValueError, OSError, EOFError) as exc:
-            raise NotAnEcgError(f"{path}: unreadable .npy ({exc})", path) from None
+        return _load_npy(path, size, header_only), {}
     if head.startswith(ZIP_MAGIC):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                names = list(z.files)
-                key = next((k for k in _NPZ_KEYS if k in names), None)
-                arrays = [k for k in names if k not in ("fs", "leads", "units")]
-                if key is None and len(arrays) == 1:
-                    key = arrays[0]
-                if key is None:
-                    raise NotAnEcgError(f"{path}: .npz without a signal array (entries: {names})", path)
-                inner = {k: z[k] for k in ("fs", "leads", "units") if k in names}
-                arr = z[key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise NotAnEcgError(f"{path}: unreadable .npz ({exc})", path) from None
-        inner = {k: (v.tolist() if v.ndim else v.item()) for k, v in inner.items()}
-        return arr, inner
+        return _load_npz(path)
     raise NotAnEcgError(f"{path}: not a NumPy file (starts with {head[:6]!r})", path)
 
 
@@ -79,12 +156,13 @@ def read_numpy(path: str, *, header_only: bool = False, index: int | None = None
     record_id = stem
     if arr.ndim == 3:
         if index is None:
-            raise ValueError(f"{path} holds {arr.shape[0]} records (shape {arr.shape}); pass index=")
+            raise RecordIndexError(f"{path} holds {arr.shape[0]} records (shape {arr.shape}); pass index=",
+                                   path)
         if not 0 <= index < arr.shape[0]:
-            raise ValueError(f"index must be in [0, {arr.shape[0]}), got {index!r}")
+            raise RecordIndexError(f"{path}: index must be in [0, {arr.shape[0]}), got {index!r}", path)
         arr, record_id = arr[index], f"{stem}#{index}"
     elif index not in (None, 0):
-        raise ValueError(f"{path} holds one record; got index={index!r}")
+        raise RecordIndexError(f"{path} holds one record; got index={index!r}", path)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.size == 0:

@@ -28,6 +28,7 @@ from ecgbatch.io.entries import Failure, RecordHeader, RecordSource
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.record import Record
 from ecgbatch.io.sidecar import DIR_SIDECAR
+from ecgbatch.io.validate import typed_errors
 
 DOC_EXT = frozenset((".csv", ".tsv", ".txt", ".md", ".rst", ".pdf", ".html", ".htm", ".json",
                      ".yaml", ".yml", ".xlsx", ".xls", ".sha256", ".md5", ".log"))
@@ -124,7 +125,8 @@ def _group(folder: str, names: list[str], stats: ScanStats) -> Iterator[RecordSo
         stem = name[:-4]
         record_stems.add(stem)
         try:
-            headers[name] = (signal_file_names(os.path.join(folder, name)), None)
+            with typed_errors(os.path.join(folder, name)):
+                headers[name] = (signal_file_names(os.path.join(folder, name)), None)
         except EcgReadError as exc:
             headers[name] = ([by_lower[stem.lower() + e] for e in (".dat", ".mat")
                               if stem.lower() + e in by_lower], exc)
@@ -185,7 +187,8 @@ def _group(folder: str, names: list[str], stats: ScanStats) -> Iterator[RecordSo
 
 def _xml_source(path: str, name: str) -> RecordSource:
     try:
-        return RecordSource(path, xml_format(path), (name,))
+        with typed_errors(path):
+            return RecordSource(path, xml_format(path), (name,))
     except EcgReadError as exc:
         return RecordSource(path, "xml", (name,), error_kind=exc.kind, error_message=str(exc))
 
@@ -200,7 +203,8 @@ def _expand(sources: Iterator[RecordSource], expand: bool) -> Iterator[RecordSou
                 from ecgbatch.io.numpy_reader import count_records
             else:
                 from ecgbatch.io.hdf5 import count_records
-            n = count_records(src.path)
+            with typed_errors(src.path):  # the record count is checked against the file's size
+                n = count_records(src.path)
         except EcgReadError as exc:
             yield RecordSource(src.path, src.format, src.files, error_kind=exc.kind, error_message=str(exc))
             continue

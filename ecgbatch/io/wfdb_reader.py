@@ -8,7 +8,8 @@ float64, invalid-sample codes as NaN. Decoding is vectorised: each signal file i
 ``np.fromfile`` (FLAC with one ``soundfile`` read) and decoded with NumPy (``wfdb_decode``).
 Challenge .mat files are MATLAB v4 matrices whose data start at the byte offset the header gives
 (``16+24``); when the .mat header confirms that layout the file is read the same fast way,
-otherwise (MATLAB v5, other offsets) ``scipy.io.loadmat`` reads ``val``.
+otherwise (MATLAB v5, other offsets) ``ecgbatch.io.matfile`` reads ``val`` (never
+``scipy.io.loadmat``: it can crash the process on corrupt files).
 
 The header-only path (``header_only=True``) parses the .hea and checks each signal file's size
 against what the header promises (one ``os.stat`` per file), so a manifest catches missing,
@@ -339,13 +340,14 @@ def _mat_layout(fpath: str, f: _File, hea_path: str) -> str | None:
 
 
 def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
-    import scipy.io
+    from ecgbatch.io.errors import EcgReadError
+    from ecgbatch.io.matfile import read_mat  # not scipy.io.loadmat: it can crash on corrupt files
 
     try:
-        val = scipy.io.loadmat(fpath, variable_names=["val"]).get("val")
-    except Exception as exc:  # scipy raises ValueError/TypeError/MatReadError on non-MAT data
-        raise NotAnEcgError(f"{fpath}: not a readable MATLAB file ({exc})", hea_path) from None
-    if val is None or val.ndim != 2 or not np.issubdtype(val.dtype, np.number):
+        val = read_mat(fpath, variables=("val",)).get("val")
+    except EcgReadError as exc:
+        raise type(exc)(str(exc), hea_path) from None
+    if not isinstance(val, np.ndarray) or val.ndim != 2 or not np.issubdtype(val.dtype, np.number):
         raise NotAnEcgError(f"{fpath}: no numeric 2-D 'val' matrix", hea_path)
     if val.shape[0] != f.frame and val.shape[1] == f.frame:
         val = val.T

@@ -110,24 +110,34 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
 
 
 def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True,
-                        rhythm: dict | None = None) -> dict[str, np.ndarray]:
+                        rhythm: dict | None = None, ledger=None) -> dict[str, np.ndarray]:
     """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
 
     Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
     (zeros for failed rows), age, sex, diagnoses, labels, quality (reader flags), fs, duration_s,
     notes, measurements (NaN unless ``measure``); with ``rhythm`` (the model's ``rhythm_spec``)
     also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
-    so that the encoder actors only run the network."""
+    so that the encoder actors only run the network. ``ledger`` (read_ledger.start_ledger): a
+    record whose worker process died in an earlier attempt of this task becomes a failure row."""
+    from ecgbatch.pipelines.read_ledger import ReadTracker, crash_row
     from ecgbatch.signal.config import PreprocessConfig
 
     cfg = PreprocessConfig.from_dict(preprocess)
     n_leads, n_samples = len(cfg.leads), cfg.n_samples
+    tracker = ReadTracker(ledger)
     rows = []
     for blk, sources, ids in zip(batch["block"], batch["sources"], batch["ids"]):
+        died = tracker.begin(str(blk))
         for s, rid in zip(list(sources), list(ids)):
-            r = read_one(src.source_from_json(str(s)), cfg, measure)
+            source = src.source_from_json(str(s))
+            if source.key in died:
+                r = crash_row(source.key)
+            else:
+                tracker.reading(str(blk), source.key)
+                r = read_one(source, cfg, measure)
             r["block"], r["record_id"] = str(blk), str(rid)
             rows.append(r)
+        tracker.finish(str(blk))
     if n_samples is None:
         shapes = {r["x"].shape for r in rows if r["ok"]}
         if len(shapes) > 1:
@@ -244,9 +254,14 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
     # of the encoder actors, so reading overlaps encoding instead of taking turns with it.
     n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
     block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
+    # a worker that dies on a record (native crash, OOM kill) is retried without that record
+    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, start_ledger
+
     ds = ds.map_batches(read_and_preprocess, batch_size=1,
-                        fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm},
-                        num_cpus=1, memory=block_bytes)
+                        fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
+                                   "ledger": start_ledger()},
+                        num_cpus=1, memory=block_bytes,
+                        ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
     use_gpu = gpus_per_encoder > 0
     ds = ds.map_batches(
         EncoderUDF,
