@@ -75,7 +75,8 @@ def test_tiny_wfdb_gain_gives_bad_signal_not_inf(sample_archive, tmp_path):
     text = (sample_archive / "ludb/1.hea").read_text().replace("1716(6)/mV", "1e-40(6)/mV")
     (tmp_path / "1.hea").write_text(text)
     shutil.copyfile(sample_archive / "ludb/1.dat", tmp_path / "1.dat")
-    with pytest.raises(BadSignalError):
+    # the WFDB header parser refuses the gain itself; the record check would catch it otherwise
+    with pytest.raises((BadSignalError, HeaderError)):
         read_record(tmp_path / "1.hea")
 
 
