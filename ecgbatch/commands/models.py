@@ -14,19 +14,20 @@ MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights) or a 
 
 
 def load_model(model: str, random: bool = False):
-    """A model folder, or a zoo name with its installed weights; random=True: fresh CoCa weights
-    (pretrained text tower when installed) for trying the mechanics."""
-    from ecgbatch.encoders import create_model
-    from ecgbatch.encoders.checkpoint import is_model_folder
+    """The model a command was given (ecgbatch.models.load_model); random=True: the seeded random
+    init (pretrained text tower when installed) for trying the mechanics. Errors exit with code 2."""
+    from ecgbatch.models import load_model as load
 
     try:
-        if is_model_folder(model):
-            return create_model(model)
-        return create_model(model, pretrained=None if random else "default", seed=0 if random else None)
+        return load(model, random_init=random)[0]
     except (FileNotFoundError, ValueError) as exc:   # CheckpointError is a ValueError
         hint = "" if random else " (use --random to try the mechanics with untrained weights)"
         typer.echo(f"error: cannot load model {model!r}: {exc}{hint}", err=True)
         raise typer.Exit(code=2)
+
+
+def _millions(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} M"
 
 
 def _read_batch(records: List[str], cfg, fs: Optional[float]):
@@ -66,25 +67,12 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("list")
     def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-        """Zoo models: architecture, preprocessing and whether weights are installed."""
+        """Zoo models of every family: kind, size, where the weights come from, whether installed."""
         import json
 
-        from ecgbatch.encoders.config import arch_config
-        from ecgbatch.models import registry
+        from ecgbatch.models.listing import zoo_rows
 
-        rows = []
-        for name in registry.names():
-            e, cfg = registry.ZOO[name], arch_config(registry.ZOO[name].config)
-            w = registry.find_weights(name)
-            pre = cfg.preprocess
-            rows.append({
-                "name": name, "embed_dim": cfg.output_dim,
-                "ecg_tower": f"{cfg.ecg_cfg.layers}x{cfg.ecg_cfg.width} patch {cfg.ecg_cfg.patch_size}",
-                "text_tower": cfg.text_cfg.hf_model_name,
-                "preprocess": (f"{pre.fs:g} Hz, {pre.n_samples} samples, bandpass {pre.bandpass}, "
-                               f"normalize {pre.normalize}"),
-                "weights": str(w) if w else None, "source": e.source, "description": e.description,
-            })
+        rows = zoo_rows()
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -92,11 +80,14 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         t = Table(title="ecgbatch model zoo")
-        for col in ("name", "embed", "ECG tower", "text tower", "preprocess", "weights"):
-            t.add_column(col)
+        for col in ("name", "kind", "parameters", "on disk"):
+            t.add_column(col, justify="left" if col in ("name", "kind") else "right", no_wrap=True)
+        t.add_column("source")
+        t.add_column("installed", overflow="fold")
         for r in rows:
-            t.add_row(r["name"], str(r["embed_dim"]), r["ecg_tower"], r["text_tower"], r["preprocess"],
-                      r["weights"] or "[yellow]not installed[/yellow]")
+            t.add_row(r["name"], r["kind"], _millions(r["params"]),
+                      f"{r['size_mb']:.1f} MB" if r["size_mb"] is not None else "-", r["source"],
+                      f"yes: {r['weights']}" if r["installed"] else "[yellow]no[/yellow]")
         Console().print(t)
 
     @models_app.command("convert-ecgchat")

@@ -136,11 +136,11 @@ def eval_retrieval(
     from rich.table import Table
 
     from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
-    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.training.data import fit_texts, token_counter
 
     try:
-        m = load_model(model)
+        m, _ = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
                             read_option, split, split_part, "ecgchat", source)
     except (ValueError, FileNotFoundError) as exc:
@@ -200,12 +200,12 @@ def eval_zeroshot(
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
     from ecgbatch.eval.retrieval import embed_ecgs, precision_at_k
     from ecgbatch.eval.zeroshot_eval import per_class_metrics, save_roc_png
-    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
     from ecgbatch.training.validation import keyword_labelset
 
     try:
-        m = load_model(model)
+        m, _ = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
                             read_option, split, split_part, "ecgchat", source)
         if Path(labels).suffix.lower() == ".csv":
@@ -376,6 +376,7 @@ def train_export(
     untrained caption decoder is left out)."""
     import torch
 
+    from ecgbatch.models import create_model
     from ecgbatch.training import checkpointing as C
     from ecgbatch.training.coca_task import configure_trainable, trainable_names
     from ecgbatch.training.job_config import CocaJobConfig
@@ -385,7 +386,7 @@ def train_export(
     try:
         state = C.read_train_state(checkpoint)
         job = CocaJobConfig.from_dict(state["job"])
-        model = C.load_training_model(checkpoint)
+        model = create_model(checkpoint)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     use_decoder = job.loss.caption_weight > 0
