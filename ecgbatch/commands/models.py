@@ -9,8 +9,8 @@ import typer
 
 models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list models, convert ECG-Chat checkpoints.")
 
-MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights) or a model folder "
-              "(config.json + model.safetensors)")
+MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights), a model folder "
+              "(config.json + model.safetensors) or a training checkpoint")
 
 
 def load_model(model: str, random: bool = False):
