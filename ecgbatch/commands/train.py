@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from ecgbatch.commands.common import fail as _fail   # the one error exit of the command line
+
 train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot.")
 
@@ -16,11 +18,6 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: ret
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(eval_app, name="eval")
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
 
 
 @train_app.command("coca")

@@ -5,8 +5,10 @@ Loaders never continue silently: a missing, unexpected or mis-shaped key raises
 """
 from __future__ import annotations
 
+from ecgbatch.errors import EcgbatchError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(EcgbatchError, ValueError):
     """Base class of weight-loading errors."""
 
     kind = "checkpoint_error"
