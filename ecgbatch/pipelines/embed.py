@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.models import load_model  # noqa: F401  (model, create_model args): the one loader
+from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, make_blocks, model_key
 

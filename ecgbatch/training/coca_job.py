@@ -63,8 +63,10 @@ def _build_model(job: CocaJobConfig):
         job.model = str(resolve_path(job.model))
     if job.init:
         job.init = str(resolve_path(job.init))
-        init_is_folder = Path(job.init).is_dir()
-        model = create_model(job.init if init_is_folder else job.model, pretrained=None if init_is_folder else job.init)
+        if Path(job.init).is_dir():        # a model folder or training checkpoint: its own weights
+            model = create_model(job.init)
+        else:                              # an ECG-Chat .pt or "default": weights for job.model
+            model = create_model(job.model, pretrained=job.init)
     else:
         model = create_model(job.model, seed=job.seed)
     if model.tokenizer is None:
