@@ -161,7 +161,7 @@ def model_only(args, n_records: int = 256, seconds: float = 15.0) -> tuple[float
     import numpy as np
 
     from ecgbatch.io import list_records
-    from ecgbatch.pipelines.embed import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.signal import preprocess
 
     model, _ = load_model(args.model, allow_random_init=True)
@@ -197,7 +197,7 @@ def naive_loop(archive: Path, args) -> tuple[float, int]:
 
     from ecgbatch.io import STANDARD_LEADS, Record
     from ecgbatch.io.leads import canonical_leads
-    from ecgbatch.pipelines.embed import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.signal import preprocess
 
     model, _ = load_model(args.model, allow_random_init=True)

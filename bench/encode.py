@@ -39,15 +39,13 @@ def real_inputs(n_leads: int, n_samples: int, k: int = 16) -> np.ndarray:
 def bench_model(name: str, batch_sizes: list[int], seconds: float) -> list[dict]:
     import torch
 
-    from ecgbatch.encoders import create_model
+    from ecgbatch.encoders.factory import resolve_config
+    from ecgbatch.models import create_model
 
     if name.endswith(":no-rhythm"):
-        from ecgbatch.encoders.config import arch_config
-        from ecgbatch.encoders.factory import build_model
-
-        cfg = arch_config(name.rsplit(":", 1)[0])
+        cfg, _ = resolve_config(name.rsplit(":", 1)[0])
         cfg.rhythm_cfg = None
-        model = build_model(cfg, seed=0).eval()
+        model = create_model(cfg, seed=0)
     else:
         model = create_model(name, pretrained="random", seed=0)
     ecfg = model.cfg.ecg_cfg

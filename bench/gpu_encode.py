@@ -27,7 +27,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from ecgbatch.encoders import create_model
+    from ecgbatch.models import create_model
 
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu_encode.py needs a CUDA GPU (torch.cuda.is_available() is False)")

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from ecgbatch.commands.common import fail
+
 WS_HELP = ("Workspace folder [default: $ECGBATCH_WORKSPACE if set, else ~/.ecgbatch/workspace]; "
            "`embed` writes <workspace>/<model-key>/, the other commands read it.")
 MODEL_HELP = "Model table to use when the workspace holds several (model name or table key)."
@@ -36,24 +38,19 @@ def _console():
     return Console(stderr=True)
 
 
-def _fail(console, msg: str, code: int = 2):
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(code)
-
-
 def _workspace(ws: Optional[Path]) -> Path:
     from ecgbatch.pipelines.workspace import default_workspace
 
     return ws.expanduser() if ws is not None else default_workspace()
 
 
-def _open(console, ws: Optional[Path], model: Optional[str]):
+def _open(ws: Optional[Path], model: Optional[str]):
     from ecgbatch.pipelines.workspace import open_table
 
     try:
         return open_table(_workspace(ws), model)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,16 +94,16 @@ def embed_command(
     ws = _workspace(workspace)
     if archive is None:
         if not resume:
-            _fail(console, "give an ARCHIVE (or --resume to continue the workspace's last job)")
+            fail("give an ARCHIVE (or --resume to continue the workspace's last job)")
         tables = [t for t in list_tables(ws) if model is None or t.read_meta().get("model") == model]
         if not tables:
-            _fail(console, f"nothing to resume in {ws}")
+            fail(f"nothing to resume in {ws}")
         meta = tables[0].read_meta()
         archive, model = meta["archive"], model or meta["model"]
         console.print(f"resuming {model} on {archive}")
     model = model or pipeline.DEFAULT_MODEL
     if index_kind not in ("auto", "flat", "ivfpq", "hnsw"):
-        _fail(console, f"--index-kind must be auto, flat, ivfpq or hnsw, got {index_kind!r}")
+        fail(f"--index-kind must be auto, flat, ivfpq or hnsw, got {index_kind!r}")
     try:
         s = pipeline.run(archive, ws, model, pretrained=pretrained, address=address, batch_size=batch_size,
                          encoders=encoders, gpus_per_encoder=gpus_per_encoder,
@@ -118,9 +115,9 @@ def embed_command(
                       "(or `ecgbatch embed --resume`) to finish")
         raise typer.Exit(130)
     except (FileNotFoundError, ValueError, WorkspaceLockedError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
     except ConnectionError as exc:  # --address with no cluster there
-        _fail(console, f"cannot connect to the Ray cluster at {address!r}: {exc}")
+        fail(f"cannot connect to the Ray cluster at {address!r}: {exc}")
     if as_json:
         d = dict(s.__dict__, records_per_s=round(s.records_per_s, 2))
         print(json.dumps(d, indent=2, default=str))
@@ -158,14 +155,14 @@ def index_build_command(
 
     console = _console()
     if kind not in ("auto", "flat", "ivfpq", "hnsw"):
-        _fail(console, f"--kind must be auto, flat, ivfpq or hnsw, got {kind!r}")
-    table = _open(console, workspace, model)
+        fail(f"--kind must be auto, flat, ivfpq or hnsw, got {kind!r}")
+    table = _open(workspace, model)
     from ecgbatch.index import EcgIndexError
 
     try:
         info = build_or_update_index(table, kind=kind, gpu=gpu, rebuild=True)
     except (EcgIndexError, FileNotFoundError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
     console.print(f"built {info['kind']} index of {info['rows']} records in {info['seconds']:.2f} s: {info['path']}")
 
 
@@ -230,14 +227,14 @@ def search_command(
 
     console = _console()
     if (query is None) == (like is None):
-        _fail(console, "give a text QUERY or --like RECORD_OR_ID (not both)")
+        fail("give a text QUERY or --like RECORD_OR_ID (not both)")
     if as_json and as_csv:
-        _fail(console, "--json and --csv are exclusive")
-    table = _open(console, workspace, model)
+        fail("--json and --csv are exclusive")
+    table = _open(workspace, model)
     try:
         res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus)
     except (EcgIndexError, ValueError, FileNotFoundError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
     if len(res.prompts) > 1 and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
@@ -280,11 +277,11 @@ def classify_command(
     from ecgbatch.pipelines import classify
 
     console = _console()
-    table = _open(console, workspace, model)
+    table = _open(workspace, model)
     try:
         res = classify.run(table, labels, output=output, softmax=softmax, top_k=top_k, threshold=threshold)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
     rows = sorted(res.summary_rows(), key=lambda r: -r["records"])
     _emit_rows(rows, ("label", "records", "percent"), as_json, False,
                f"zero-shot {res.labelset}: {res.n_records} records", console,

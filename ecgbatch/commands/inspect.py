@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import typer
 
+from ecgbatch.commands.common import fail
+
 
 def _summary(rec) -> dict[str, Any]:
     import numpy as np
@@ -110,26 +112,27 @@ def _print_rich(info: dict[str, Any]) -> None:
         con.print(f"plot written to {info['plot']}")
 
 
+def inspect_command(
+    record: str = typer.Argument(..., help="ECG file (WFDB .hea, .mat, .npy, .h5#i, MUSE/HL7 XML)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a 12-lead paper plot (PNG/PDF/SVG)"),
+    dpi: int = typer.Option(200, "--dpi", min=50, max=1200, help="plot resolution"),
+) -> None:
+    """Show one record's metadata (no patient identifiers), signal summary, quality flags and
+    waveform measurements (HR, PR, QRS, QT, QTc); optionally plot it on ECG paper."""
+    import json
+
+    from ecgbatch.io.errors import EcgReadError
+
+    try:
+        info = inspect_record(record, plot=plot, dpi=dpi)
+    except EcgReadError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(info, default=str, allow_nan=False))
+    else:
+        _print_rich(info)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("inspect")
-    def inspect_cmd(
-        record: str = typer.Argument(..., help="ECG file (WFDB .hea, .mat, .npy, .h5#i, MUSE/HL7 XML)"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="write a 12-lead paper plot (PNG/PDF/SVG)"),
-        dpi: int = typer.Option(200, "--dpi", min=50, max=1200, help="plot resolution"),
-    ) -> None:
-        """Show one record's metadata (no patient identifiers), signal summary, quality flags and
-        waveform measurements (HR, PR, QRS, QT, QTc); optionally plot it on ECG paper."""
-        import json
-
-        from ecgbatch.io.errors import EcgReadError
-
-        try:
-            info = inspect_record(record, plot=plot, dpi=dpi)
-        except EcgReadError as exc:
-            typer.echo(f"error: {exc.kind}: {exc}", err=True)
-            raise typer.Exit(code=2)
-        if as_json:
-            typer.echo(json.dumps(info, default=str, allow_nan=False))
-        else:
-            _print_rich(info)
+    app.command("inspect")(inspect_command)

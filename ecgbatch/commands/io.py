@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ecgbatch.commands.common import fail
+
 
 def scan_command(
     archive: Path = typer.Argument(..., help="Directory (or single file) to scan."),
@@ -31,8 +33,7 @@ def scan_command(
 
     console = Console(stderr=True)
     if not archive.exists():
-        console.print(f"[red]no such file or directory: {archive}[/red]")
-        raise typer.Exit(2)
+        fail(f"no such file or directory: {archive}")
     options = {k: v for k, v in {"fs": fs, "units": units, "layout": layout}.items() if v is not None}
     s = scan(archive, headers_only=not decode, strict=strict, **options)
     t0 = time.perf_counter()

@@ -8,26 +8,28 @@ from typing import List, Optional
 
 import typer
 
+from ecgbatch.commands.common import fail
+
 models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list models, convert ECG-Chat checkpoints.")
 
-MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights) or a model folder "
-              "(config.json + model.safetensors)")
+MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights), a model folder "
+              "(config.json + model.safetensors) or a training checkpoint")
 
 
 def load_model(model: str, random: bool = False):
-    """A model folder, or a zoo name with its installed weights; random=True: fresh CoCa weights
-    (pretrained text tower when installed) for trying the mechanics."""
-    from ecgbatch.encoders import create_model
-    from ecgbatch.encoders.checkpoint import is_model_folder
+    """The model a command was given (ecgbatch.models.load_model); random=True: the seeded random
+    init (pretrained text tower when installed) for trying the mechanics. Errors exit with code 2."""
+    from ecgbatch.models import load_model as load
 
     try:
-        if is_model_folder(model):
-            return create_model(model)
-        return create_model(model, pretrained=None if random else "default", seed=0 if random else None)
+        return load(model, random_init=random)[0]
     except (FileNotFoundError, ValueError) as exc:   # CheckpointError is a ValueError
         hint = "" if random else " (use --random to try the mechanics with untrained weights)"
-        typer.echo(f"error: cannot load model {model!r}: {exc}{hint}", err=True)
-        raise typer.Exit(code=2)
+        fail(f"cannot load model {model!r}: {exc}{hint}")
+
+
+def _millions(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} M"
 
 
 def _read_batch(records: List[str], cfg, fs: Optional[float]):
@@ -62,158 +64,140 @@ def _report_failures(failed) -> None:
         typer.echo(f"error: {path}: {msg}", err=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(models_app, name="models")
+def list_command(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Zoo models of every family: kind, size, where the weights come from, whether installed."""
+    import json
 
-    @models_app.command("list")
-    def list_cmd(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-        """Zoo models: architecture, preprocessing and whether weights are installed."""
-        import json
+    from ecgbatch.models.listing import zoo_rows
 
-        from ecgbatch.encoders.config import arch_config
-        from ecgbatch.models import registry
+    rows = zoo_rows()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
 
-        rows = []
-        for name in registry.names():
-            e, cfg = registry.ZOO[name], arch_config(registry.ZOO[name].config)
-            w = registry.find_weights(name)
-            pre = cfg.preprocess
-            rows.append({
-                "name": name, "embed_dim": cfg.output_dim,
-                "ecg_tower": f"{cfg.ecg_cfg.layers}x{cfg.ecg_cfg.width} patch {cfg.ecg_cfg.patch_size}",
-                "text_tower": cfg.text_cfg.hf_model_name,
-                "preprocess": (f"{pre.fs:g} Hz, {pre.n_samples} samples, bandpass {pre.bandpass}, "
-                               f"normalize {pre.normalize}"),
-                "weights": str(w) if w else None, "source": e.source, "description": e.description,
-            })
-        if as_json:
-            typer.echo(json.dumps(rows, indent=1))
-            return
+    t = Table(title="ecgbatch model zoo")
+    for col in ("name", "kind", "parameters", "on disk"):
+        t.add_column(col, justify="left" if col in ("name", "kind") else "right", no_wrap=True)
+    t.add_column("source")
+    t.add_column("installed", overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["kind"], _millions(r["params"]),
+                  f"{r['size_mb']:.1f} MB" if r["size_mb"] is not None else "-", r["source"],
+                  f"yes: {r['weights']}" if r["installed"] else "[yellow]no[/yellow]")
+    Console().print(t)
+
+
+def convert_command(
+    checkpoint: Path = typer.Argument(..., help="ECG-Chat training checkpoint (.pt), e.g. cpt_wfep_epoch_20.pt"),
+    text_encoder: Path = typer.Option(..., "--text-encoder", help="local HF folder of the text tower "
+                                      "(MedCPT-Query-Encoder: config + tokenizer)"),
+    out: Path = typer.Option(..., "-o", "--out", help="output model folder"),
+    config: str = typer.Option("ecg-coca", "--config", help="architecture name or open_clip JSON"),
+    fp16: bool = typer.Option(False, "--fp16", help="store weights as float16 (half the size)"),
+) -> None:
+    """Convert an ECG-Chat checkpoint into our folder format (weights only, strict key check)."""
+    import torch
+
+    from ecgbatch.encoders import CheckpointError, load_ecgchat_checkpoint, save_pretrained
+
+    try:
+        model = load_ecgchat_checkpoint(checkpoint, config, text_encoder_dir=text_encoder)
+    except (CheckpointError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if model.tokenizer is None:
+        fail(f"no tokenizer files in {text_encoder}")
+    folder = save_pretrained(model, out, dtype=torch.float16 if fp16 else None)
+    typer.echo(f"wrote {folder} (weights {model.weights_hash}, {'float16' if fp16 else 'float32'})")
+
+
+def encode_command(
+    records: List[str] = typer.Argument(..., help="ECG files (any format read_record knows)"),
+    model: str = typer.Option("ecg-coca-mini", "--model", "-m", help=MODEL_HELP),
+    random: bool = typer.Option(False, "--random", help="fresh (untrained) CoCa weights: mechanics only"),
+    fs: Optional[float] = typer.Option(None, "--fs", help="sampling rate for formats without one (.npy)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json", help="one JSON line per record with the embedding"),
+) -> None:
+    """Embed ECG records (L2-normalised ECG-CoCa embeddings)."""
+    import json
+
+    import numpy as np
+
+    m = load_model(model, random)
+    ids, x, failed = _read_batch(records, m.preprocess_config, fs)
+    emb = _embed(m, x, batch_size)
+    prov = {"model": model, "weights_hash": m.weights_hash,
+            "preprocess_hash": m.preprocess_config.hash(), "random_weights": random}
+    if as_json:
+        for path, e in zip(ids, emb):
+            typer.echo(json.dumps({"path": path, **prov, "embedding": [round(float(v), 7) for v in e]}))
+    else:
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title="ecgbatch model zoo")
-        for col in ("name", "embed", "ECG tower", "text tower", "preprocess", "weights"):
+        t = Table(title=f"{model} embeddings (dim {m.embed_dim}, weights {prov['weights_hash']})")
+        for col in ("record", "norm", "first values"):
             t.add_column(col)
-        for r in rows:
-            t.add_row(r["name"], str(r["embed_dim"]), r["ecg_tower"], r["text_tower"], r["preprocess"],
-                      r["weights"] or "[yellow]not installed[/yellow]")
+        for path, e in zip(ids, emb):
+            t.add_row(path, f"{np.linalg.norm(e):.4f}", " ".join(f"{v:+.3f}" for v in e[:6]) + " ...")
         Console().print(t)
-
-    @models_app.command("convert-ecgchat")
-    def convert_cmd(
-        checkpoint: Path = typer.Argument(..., help="ECG-Chat training checkpoint (.pt), e.g. cpt_wfep_epoch_20.pt"),
-        text_encoder: Path = typer.Option(..., "--text-encoder", help="local HF folder of the text tower "
-                                          "(MedCPT-Query-Encoder: config + tokenizer)"),
-        out: Path = typer.Option(..., "-o", "--out", help="output model folder"),
-        config: str = typer.Option("ecg-coca", "--config", help="architecture name or open_clip JSON"),
-        fp16: bool = typer.Option(False, "--fp16", help="store weights as float16 (half the size)"),
-    ) -> None:
-        """Convert an ECG-Chat checkpoint into our folder format (weights only, strict key check)."""
-        import torch
-
-        from ecgbatch.encoders import CheckpointError, load_ecgchat_checkpoint, save_pretrained
-
-        try:
-            model = load_ecgchat_checkpoint(checkpoint, config, text_encoder_dir=text_encoder)
-        except (CheckpointError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2)
-        if model.tokenizer is None:
-            typer.echo(f"error: no tokenizer files in {text_encoder}", err=True)
-            raise typer.Exit(code=2)
-        folder = save_pretrained(model, out, dtype=torch.float16 if fp16 else None)
-        typer.echo(f"wrote {folder} (weights {model.weights_hash}, {'float16' if fp16 else 'float32'})")
-
-    @app.command("encode")
-    def encode_cmd(
-        records: List[str] = typer.Argument(..., help="ECG files (any format read_record knows)"),
-        model: str = typer.Option("ecg-coca-mini", "--model", "-m", help=MODEL_HELP),
-        random: bool = typer.Option(False, "--random", help="fresh (untrained) CoCa weights: mechanics only"),
-        fs: Optional[float] = typer.Option(None, "--fs", help="sampling rate for formats without one (.npy)"),
-        batch_size: int = typer.Option(32, "--batch-size", min=1),
-        as_json: bool = typer.Option(False, "--json", help="one JSON line per record with the embedding"),
-    ) -> None:
-        """Embed ECG records (L2-normalised ECG-CoCa embeddings)."""
-        import json
-
-        import numpy as np
-
-        m = load_model(model, random)
-        ids, x, failed = _read_batch(records, m.preprocess_config, fs)
-        emb = _embed(m, x, batch_size)
-        prov = {"model": model, "weights_hash": m.weights_hash,
-                "preprocess_hash": m.preprocess_config.hash(), "random_weights": random}
-        if as_json:
-            for path, e in zip(ids, emb):
-                typer.echo(json.dumps({"path": path, **prov, "embedding": [round(float(v), 7) for v in e]}))
-        else:
-            from rich.console import Console
-            from rich.table import Table
-
-            t = Table(title=f"{model} embeddings (dim {m.embed_dim}, weights {prov['weights_hash']})")
-            for col in ("record", "norm", "first values"):
-                t.add_column(col)
-            for path, e in zip(ids, emb):
-                t.add_row(path, f"{np.linalg.norm(e):.4f}", " ".join(f"{v:+.3f}" for v in e[:6]) + " ...")
-            Console().print(t)
-        _report_failures(failed)
-        if failed:
-            raise typer.Exit(code=2)
-
-    @app.command("zeroshot")
-    def zeroshot_cmd(
-        records: List[str] = typer.Argument(..., help="ECG files"),
-        labels: str = typer.Option(..., "--labels", "-l", help="ptbxl-rhythm|ptbxl-super|ptbxl-sub|ptbxl-form|"
-                                   "cpsc2018 or a JSON/YAML file {label: prompt(s)}"),
-        model: str = typer.Option("ecg-coca-mini", "--model", "-m", help=MODEL_HELP),
-        random: bool = typer.Option(False, "--random", help="fresh (untrained) CoCa weights: mechanics only"),
-        softmax: bool = typer.Option(False, "--softmax", help="softmax over classes instead of per-class sigmoid"),
-        top: int = typer.Option(0, "--top", min=0, help="show only the top K classes (0 = all)"),
-        fs: Optional[float] = typer.Option(None, "--fs", help="sampling rate for formats without one (.npy)"),
-        as_json: bool = typer.Option(False, "--json"),
-    ) -> None:
-        """Zero-shot classification: a ranked table of class scores per record."""
-        import json
-
-        from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
-
-        try:
-            labelset = load_labelset(labels)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2)
-        m = load_model(model, random)
-        clf = ZeroShotClassifier(m, labelset)
-        ids, x, failed = _read_batch(records, m.preprocess_config, fs)
-        scores = clf.scores(_embed(m, x, 32), softmax=softmax)
-        kind = "softmax" if softmax else "sigmoid"
-        if as_json:
-            for path, row in zip(ids, scores):
-                typer.echo(json.dumps({"path": path, "model": model, "weights_hash": m.weights_hash,
-                                       "labels": labelset.name, "score": kind,
-                                       "ranked": [[lab, round(s, 6)] for lab, s in clf.ranked(row)]}))
-        else:
-            from rich.console import Console
-            from rich.table import Table
-
-            con = Console()
-            for path, row in zip(ids, scores):
-                ranked = clf.ranked(row)[: top or None]
-                t = Table(title=f"{path}  ({labelset.name}, {kind}, {model}{' random' if random else ''})")
-                t.add_column("rank", justify="right")
-                t.add_column("label")
-                t.add_column("score", justify="right")
-                for i, (lab, s) in enumerate(ranked, 1):
-                    t.add_row(str(i), lab, f"{s:.4f}")
-                con.print(t)
-        _report_failures(failed)
-        if failed:
-            raise typer.Exit(code=2)
+    _report_failures(failed)
+    if failed:
+        raise typer.Exit(code=2)
 
 
-@models_app.command("convert-ecgchat-llava")
-def convert_llava_cmd(
+def zeroshot_command(
+    records: List[str] = typer.Argument(..., help="ECG files"),
+    labels: str = typer.Option(..., "--labels", "-l", help="ptbxl-rhythm|ptbxl-super|ptbxl-sub|ptbxl-form|"
+                               "cpsc2018 or a JSON/YAML file {label: prompt(s)}"),
+    model: str = typer.Option("ecg-coca-mini", "--model", "-m", help=MODEL_HELP),
+    random: bool = typer.Option(False, "--random", help="fresh (untrained) CoCa weights: mechanics only"),
+    softmax: bool = typer.Option(False, "--softmax", help="softmax over classes instead of per-class sigmoid"),
+    top: int = typer.Option(0, "--top", min=0, help="show only the top K classes (0 = all)"),
+    fs: Optional[float] = typer.Option(None, "--fs", help="sampling rate for formats without one (.npy)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Zero-shot classification: a ranked table of class scores per record."""
+    import json
+
+    from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
+
+    try:
+        labelset = load_labelset(labels)
+    except ValueError as exc:
+        fail(str(exc))
+    m = load_model(model, random)
+    clf = ZeroShotClassifier(m, labelset)
+    ids, x, failed = _read_batch(records, m.preprocess_config, fs)
+    scores = clf.scores(_embed(m, x, 32), softmax=softmax)
+    kind = "softmax" if softmax else "sigmoid"
+    if as_json:
+        for path, row in zip(ids, scores):
+            typer.echo(json.dumps({"path": path, "model": model, "weights_hash": m.weights_hash,
+                                   "labels": labelset.name, "score": kind,
+                                   "ranked": [[lab, round(s, 6)] for lab, s in clf.ranked(row)]}))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console()
+        for path, row in zip(ids, scores):
+            ranked = clf.ranked(row)[: top or None]
+            t = Table(title=f"{path}  ({labelset.name}, {kind}, {model}{' random' if random else ''})")
+            t.add_column("rank", justify="right")
+            t.add_column("label")
+            t.add_column("score", justify="right")
+            for i, (lab, s) in enumerate(ranked, 1):
+                t.add_row(str(i), lab, f"{s:.4f}")
+            con.print(t)
+    _report_failures(failed)
+    if failed:
+        raise typer.Exit(code=2)
+
+
+def convert_llava_command(
     base: Path = typer.Option(..., "--base", help="base LLM folder (HF: config, weights, tokenizer), e.g. vicuna-13b-v1.5"),
     lora: Path = typer.Option(..., "--lora", help="ECG-Chat LoRA output: config.json (llava_llama), adapter, "
                               "non_lora_trainables.bin"),
@@ -235,13 +219,20 @@ def convert_llava_cmd(
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
-        typer.echo(f"error: --dtype must be one of {sorted(dtypes)}, got {dtype!r}", err=True)
-        raise typer.Exit(code=2)
+        fail(f"--dtype must be one of {sorted(dtypes)}, got {dtype!r}")
     try:
         folder = convert_ecgchat_llava(base, lora, ecg_coca, out, merge_lora=merge_lora, ecg_config=ecg_config,
                                        dtype=dtypes[dtype])
     except (EcgLlavaError, CheckpointError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2)
+        fail(str(exc))
     adapter = "merged into the LM" if merge_lora else f"adapter in {folder / 'lora'}"
     typer.echo(f"wrote {folder} (LoRA {adapter})")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")
+    models_app.command("list")(list_command)
+    models_app.command("convert-ecgchat")(convert_command)
+    models_app.command("convert-ecgchat-llava")(convert_llava_command)
+    app.command("encode")(encode_command)
+    app.command("zeroshot")(zeroshot_command)

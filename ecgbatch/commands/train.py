@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from ecgbatch.commands.common import fail as _fail   # the one error exit of the command line
+
 train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train).")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot.")
 
@@ -16,11 +18,6 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: ret
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
     app.add_typer(eval_app, name="eval")
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
 
 
 @train_app.command("coca")
@@ -136,11 +133,11 @@ def eval_retrieval(
     from rich.table import Table
 
     from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
-    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.training.data import fit_texts, token_counter
 
     try:
-        m = load_model(model)
+        m, _ = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
                             read_option, split, split_part, "ecgchat", source)
     except (ValueError, FileNotFoundError) as exc:
@@ -200,12 +197,12 @@ def eval_zeroshot(
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
     from ecgbatch.eval.retrieval import embed_ecgs, precision_at_k
     from ecgbatch.eval.zeroshot_eval import per_class_metrics, save_roc_png
-    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
     from ecgbatch.training.validation import keyword_labelset
 
     try:
-        m = load_model(model)
+        m, _ = load_model(model)
         pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
                             read_option, split, split_part, "ecgchat", source)
         if Path(labels).suffix.lower() == ".csv":
@@ -376,6 +373,7 @@ def train_export(
     untrained caption decoder is left out)."""
     import torch
 
+    from ecgbatch.models import create_model
     from ecgbatch.training import checkpointing as C
     from ecgbatch.training.coca_task import configure_trainable, trainable_names
     from ecgbatch.training.job_config import CocaJobConfig
@@ -385,7 +383,7 @@ def train_export(
     try:
         state = C.read_train_state(checkpoint)
         job = CocaJobConfig.from_dict(state["job"])
-        model = C.load_training_model(checkpoint)
+        model = create_model(checkpoint)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     use_decoder = job.loss.caption_weight > 0

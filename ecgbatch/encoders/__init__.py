@@ -12,7 +12,7 @@ from ecgbatch.encoders.config import CocaConfig, EcgCfg, MultimodalCfg, TextCfg
 
 _LAZY = {
     "create_model": "factory", "get_tokenizer": "factory", "list_models": "factory",
-    "build_model": "factory",
+    "build_model": "factory", "resolve_config": "factory",
     "load_ecgchat_checkpoint": "checkpoint", "save_pretrained": "checkpoint",
     "load_folder": "checkpoint", "CheckpointError": "checkpoint",
     "CheckpointReadError": "checkpoint", "CheckpointMismatchError": "checkpoint",

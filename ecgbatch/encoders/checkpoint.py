@@ -14,45 +14,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from ecgbatch.encoders.config import CocaConfig, arch_config
+from ecgbatch.encoders.build import (CHECKPOINT_MODEL_SUBDIR, CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE,
+                                    build_model, is_model_folder, model_folder_of, read_folder_config,
+                                    resolve_config)
+from ecgbatch.encoders.config import CocaConfig
+from ecgbatch.encoders.errors import CheckpointError, CheckpointMismatchError, CheckpointReadError
 
-FORMAT_NAME = "ecgbatch-coca"
+__all__ = ["CHECKPOINT_MODEL_SUBDIR", "CONFIG_FILE", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_FILE", "TEXT_SUBDIR",
+           "CheckpointError", "CheckpointMismatchError", "CheckpointReadError", "is_model_folder",
+           "load_ecgchat_checkpoint", "load_folder", "load_state_dict_strict", "model_folder_of",
+           "read_folder_config", "read_torch_checkpoint", "resolve_config", "save_pretrained", "tensors_hash"]
+
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 TEXT_SUBDIR = "text_encoder"
 # Written by transformers < 4.31 and deleted by ECG-Chat's loader too.
 _DROP_KEYS = ("text.transformer.embeddings.position_ids",)
-
-
-class CheckpointError(ValueError):
-    """Base class of weight-loading errors."""
-
-
-class CheckpointReadError(CheckpointError):
-    """The file cannot be read (missing, truncated, not a checkpoint)."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """Keys or shapes of a checkpoint do not match the model."""
-
-    def __init__(self, where: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]]):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = [f"checkpoint does not match the model ({where}):"]
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            parts.append(f"  shape mismatches ({len(mismatched)}): "
-                         + ", ".join(f"{k}: checkpoint {c} vs model {m}" for k, c, m in mismatched))
-        super().__init__("\n".join(parts))
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str,
@@ -100,24 +80,6 @@ def read_torch_checkpoint(path: str | Path, mmap: bool = True) -> dict[str, torc
     return {k: v for k, v in sd.items() if k not in _DROP_KEYS}
 
 
-def resolve_config(model_config: str | Path | CocaConfig) -> tuple[CocaConfig, Path | None]:
-    """(config, folder relative text paths are resolved against) from an arch name, an
-    open_clip-style JSON path, one of our model folders, or a CocaConfig."""
-    if isinstance(model_config, CocaConfig):
-        return model_config, None
-    p = Path(model_config)
-    if p.is_dir() and (p / CONFIG_FILE).is_file():
-        return read_folder_config(p), p
-    if p.suffix == ".json" or p.is_file():
-        if not p.is_file():
-            raise ValueError(f"model config file not found: {str(p)!r}")
-        cfg = CocaConfig.from_json(p)
-        if not cfg.name:
-            cfg.name = p.stem
-        return cfg, p.parent
-    return arch_config(str(model_config)), None
-
-
 def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | CocaConfig = "ecg-coca",
                             text_encoder_dir: str | Path | None = None, ecg_only: bool = False,
                             device: str | torch.device | None = None, mmap: bool = True):
@@ -128,8 +90,6 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
     ecg_only=True: only the ``ecg.*`` keys (other keys are ignored, as ECG-Chat's
     ``get_ecg_encoder`` does) into an ``EcgTransformer``, frozen: the LLaVA stage's tower.
     """
-    from ecgbatch.encoders import factory
-
     cfg, base = resolve_config(model_config)
     sd = read_torch_checkpoint(checkpoint, mmap=mmap)
     if ecg_only:
@@ -142,7 +102,7 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
         load_state_dict_strict(tower, ecg_sd, f"{checkpoint} (ecg.*)", prefix="ecg.")
         tower.lock()
         return tower.eval().to(device) if device is not None else tower.eval()
-    model = factory.build_model(cfg, text_encoder_dir=text_encoder_dir, base_dir=base, text_weights=False,
+    model = build_model(cfg, text_encoder_dir=text_encoder_dir, base_dir=base, text_weights=False,
                                 allow_random_text=True)
     load_state_dict_strict(model, sd, str(checkpoint))
     model.provenance = {"weights": "ecgchat-checkpoint", "checkpoint": str(checkpoint)}
@@ -151,32 +111,6 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
 
 
 # -- our folder format --------------------------------------------------------------------------
-def read_folder_config(folder: str | Path) -> CocaConfig:
-    p = Path(folder) / CONFIG_FILE
-    try:
-        d: dict[str, Any] = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointReadError(f"cannot read {str(p)!r}: {exc}") from None
-    if d.get("format") != FORMAT_NAME:
-        raise CheckpointReadError(f"{str(p)!r} is not an {FORMAT_NAME} folder config "
-                                  f"(format={d.get('format')!r})")
-    for k in ("format", "format_version", "dtype", "weights_hash", "custom_text"):
-        d.pop(k, None)
-    return CocaConfig.from_dict(d)
-
-
-def is_model_folder(path: str | Path) -> bool:
-    """True for one of our folders (config.json says format ecgbatch-coca + model.safetensors);
-    an HF model folder (also config.json + model.safetensors) is not one."""
-    p = Path(path)
-    if not (p.is_dir() and (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()):
-        return False
-    try:
-        return json.loads((p / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-
-
 def save_pretrained(model, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` as config.json + model.safetensors + text_encoder/ (config + tokenizer).
     ``dtype`` (e.g. torch.float16) casts floating tensors on the way out."""
@@ -230,8 +164,6 @@ def load_folder(folder: str | Path, device=None, text_encoder_dir=None):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from ecgbatch.encoders import factory
-
     p = Path(folder)
     if not is_model_folder(p):
         raise CheckpointReadError(f"{str(p)!r} is not a model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -245,7 +177,7 @@ def load_folder(folder: str | Path, device=None, text_encoder_dir=None):
     if meta.get("stored_weights") == TRAINED_ONLY:
         model = _load_trained_only(p, cfg, meta, sd, text_encoder_dir)
     else:
-        model = factory.build_model(cfg, text_encoder_dir=p / TEXT_SUBDIR, text_weights=False)
+        model = build_model(cfg, text_encoder_dir=p / TEXT_SUBDIR, text_weights=False)
         load_state_dict_strict(model, sd, str(p / WEIGHTS_FILE))
         model.provenance = {"weights": "folder", "folder": str(p)}
     model.eval()
@@ -253,11 +185,9 @@ def load_folder(folder: str | Path, device=None, text_encoder_dir=None):
 
 
 def _load_trained_only(p: Path, cfg: CocaConfig, meta: dict, stored: dict, text_encoder_dir):
-    from ecgbatch.encoders import factory
-
     base = meta.get("base_weights") or {}
     omitted = tuple(meta.get("omitted") or ())
-    model = factory.build_model(cfg, text_encoder_dir=text_encoder_dir, text_weights=True,
+    model = build_model(cfg, text_encoder_dir=text_encoder_dir, text_weights=True,
                                 allow_random_text=False, seed=0)
     if model.provenance.get("text") != "pretrained":
         raise CheckpointReadError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")

@@ -35,7 +35,8 @@ class CrossValScores:
 
 def run_model_and_split(run: str | Path):
     """(model of the run's latest checkpoint, held-out paths) of one training run folder."""
-    from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint, load_model
+    from ecgbatch.models import load_model
+    from ecgbatch.training.checkpointing import latest_checkpoint
 
     run = Path(run)
     ck = latest_checkpoint(run)
@@ -47,7 +48,7 @@ def run_model_and_split(run: str | Path):
     val = json.loads(split.read_text())["val"]
     if not val:
         raise ValueError(f"run {str(run)!r} held nothing out (val_fraction 0?)")
-    return load_model(ck / MODEL_SUBDIR if (ck / MODEL_SUBDIR).is_dir() else ck), val
+    return load_model(ck)[0], val
 
 
 def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrillation",

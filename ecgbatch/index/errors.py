@@ -2,9 +2,13 @@
 none of them is ever logged and swallowed inside the index package."""
 from __future__ import annotations
 
+from ecgbatch.errors import EcgbatchError   # the one base (imports nothing)
 
-class EcgIndexError(Exception):
+
+class EcgIndexError(EcgbatchError):
     """Base class of every error raised by ``ecgbatch.index``."""
+
+    kind = "index_error"
 
 
 class IndexModelMismatchError(EcgIndexError):
@@ -13,21 +17,31 @@ class IndexModelMismatchError(EcgIndexError):
     Raised when a query (or an update) comes from another embedding space: mixing spaces gives
     scores that look valid and mean nothing, so it is refused instead of answered."""
 
+    kind = "index_model_mismatch"
+
 
 class IndexFormatError(EcgIndexError):
     """An index folder or an embeddings table that is missing parts, inconsistent or malformed."""
+
+    kind = "index_format"
 
 
 class EmbeddingTableError(IndexFormatError):
     """The embeddings parquet shards do not follow the workspace schema (columns, types, nulls)."""
 
+    kind = "embedding_table"
+
 
 class WhereExpressionError(EcgIndexError, ValueError):
     """A cohort filter (``where=``) that is not valid in the filter language."""
 
+    kind = "where_expression"
+
 
 class UnknownColumnError(WhereExpressionError):
     """A cohort filter names a column that the metadata table does not have."""
+
+    kind = "unknown_column"
 
     def __init__(self, name: str, available: list[str]):
         self.name = name
@@ -41,6 +55,10 @@ class UnknownColumnError(WhereExpressionError):
 class GpuUnavailableError(EcgIndexError, RuntimeError):
     """``gpu=True`` was asked for but this faiss build sees no GPU."""
 
+    kind = "gpu_unavailable"
+
 
 class InvalidVectorError(EcgIndexError, ValueError):
     """Vectors that cannot be indexed or queried: wrong shape, NaN/inf, or all zeros."""
+
+    kind = "invalid_vector"

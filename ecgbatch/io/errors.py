@@ -2,8 +2,10 @@
 that a scan can record (path, error type, message) and go on."""
 from __future__ import annotations
 
+from ecgbatch.errors import EcgbatchError
 
-class EcgReadError(Exception):
+
+class EcgReadError(EcgbatchError):
     """Base class: a file or record that could not be read as an ECG."""
 
     kind = "read_error"

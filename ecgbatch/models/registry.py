@@ -1,9 +1,13 @@
-"""The model zoo: names -> architecture config + where the weights come from.
+"""The model zoo (open_clip's ``pretrained.py``): names -> family, architecture, where the weights
+come from, and where they are installed.
 
-Weights are looked up in this order: ``$ECGBATCH_MODELS_DIR/<name>/`` (e.g. a converted ECG-Chat
-checkpoint), then the package's ``ecgbatch/models/weights/<name>/`` (small defaults shipped with
-ecgbatch). Both hold our folder format (config.json + model.safetensors + text_encoder/), so the
-weights carry their PreprocessConfig with them. Imports nothing heavy.
+Every entry names its model family (``kind``: ``ecg-coca`` encoders, ``ecg-llava`` generative
+models; see ``ecgbatch.models.families``). Weights are looked up in this order:
+``$ECGBATCH_MODELS_DIR/<name>/`` (e.g. a converted ECG-Chat checkpoint), then the package's
+``ecgbatch/models/weights/<name>/`` (small defaults shipped with ecgbatch). Both hold a model
+folder of the entry's family (config.json + model.safetensors, or a sharded
+model.safetensors.index.json), so the weights carry their PreprocessConfig with them.
+Imports nothing heavy.
 """
 from __future__ import annotations
 
@@ -12,60 +16,74 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ENV_DIR = "ECGBATCH_MODELS_DIR"
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
-    config: str          # architecture config in ecgbatch/encoders/model_configs/
-    source: str          # where the weights come from (human-readable)
+    kind: str            # model family: "ecg-coca" | "ecg-llava" (ecgbatch.models.families)
+    source: str          # where the weights come from (one line)
     license: str
     description: str
+    config: str = ""     # ecg-coca: architecture config in ecgbatch/encoders/model_configs/
+    params: int | None = None   # parameters of the full model (checked against a build by the tests)
+    install: str = ""    # how to put the weights where find_weights looks (when they do not ship)
 
 
-ZOO: dict[str, ZooEntry] = {e.name: e for e in (
-    ZooEntry(
-        name="ecg-coca",
-        config="ecg-coca",
-        source=("ECG-Chat's released ECG-CoCa checkpoint cpt_wfep_epoch_20.pt (Google Drive, not "
-                "fetched by ecgbatch): convert it with `ecgbatch models convert-ecgchat CHECKPOINT "
-                "--text-encoder MEDCPT_DIR -o $ECGBATCH_MODELS_DIR/ecg-coca`"),
-        license="ECG-Chat release terms; MedCPT (public domain, NCBI)",
-        description="ECG-Chat's encoder: 12x768 ECG ViT, MedCPT text tower, 12-layer decoder, embed 512",
-    ),
-    ZooEntry(
-        name="ecg-coca-mini",
-        config="ecg-coca-mini",
-        source="trained by ecgbatch.training on the project's public ECG data (shipped in the package)",
-        license="Apache-2.0 (weights); all-MiniLM-L6-v2 text tower Apache-2.0",
-        description="small CPU default: 384-wide ECG ViT, all-MiniLM-L6-v2 text tower, embed 256",
-    ),
-)}
+ZOO: dict[str, ZooEntry] = {}
+
+
+def register(entry: ZooEntry) -> ZooEntry:
+    """Add one entry (a family's module may add its own names); a name is registered once."""
+    if entry.name in ZOO and ZOO[entry.name] != entry:
+        raise ValueError(f"zoo name {entry.name!r} is already registered (kind {ZOO[entry.name].kind!r})")
+    ZOO[entry.name] = entry
+    return entry
+
+
+register(ZooEntry(
+    name="ecg-coca", kind="ecg-coca", config="ecg-coca", params=403_348_993,
+    source="ECG-Chat's released checkpoint cpt_wfep_epoch_20.pt (Google Drive, not fetched), converted",
+    install=("convert it with `ecgbatch models convert-ecgchat CHECKPOINT --text-encoder MEDCPT_DIR "
+             "-o $ECGBATCH_MODELS_DIR/ecg-coca`"),
+    license="ECG-Chat release terms; MedCPT (public domain, NCBI)",
+    description="ECG-Chat's encoder: 12x768 ECG ViT, MedCPT text tower, 12-layer decoder, embed 512",
+))
+register(ZooEntry(
+    name="ecg-coca-mini", kind="ecg-coca", config="ecg-coca-mini", params=45_430_785,
+    source="shipped in the package (trained by ecgbatch.training on public ECG data)",
+    license="Apache-2.0 (weights); all-MiniLM-L6-v2 text tower Apache-2.0",
+    description="small CPU default: 384-wide ECG ViT, all-MiniLM-L6-v2 text tower, embed 256",
+))
 
 
 def get(name: str) -> ZooEntry | None:
-    return ZOO.get(name)
+    return ZOO.get(str(name))
 
 
-def names() -> list[str]:
-    return sorted(ZOO)
+def names(kind: str | None = None) -> list[str]:
+    """Zoo names (of one family when ``kind`` is given)."""
+    return sorted(n for n, e in ZOO.items() if kind is None or e.kind == kind)
 
 
 def _candidates(name: str) -> list[Path]:
     out = []
-    env = os.environ.get("ECGBATCH_MODELS_DIR")
+    env = os.environ.get(ENV_DIR)
     if env:
         out.append(Path(env) / name)
     out.append(WEIGHTS_DIR / name)
     return out
 
 
+def _holds_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any((folder / f).is_file() for f in _WEIGHT_FILES)
+
+
 def find_weights(name: str) -> Path | None:
     """The first folder holding weights for ``name``, or None."""
-    for c in _candidates(name):
-        if (c / "config.json").is_file() and (c / "model.safetensors").is_file():
-            return c
-    return None
+    return next((c for c in _candidates(name) if _holds_weights(c)), None)
 
 
 def weights_folder(name: str) -> Path:
@@ -74,6 +92,13 @@ def weights_folder(name: str) -> Path:
         raise ValueError(f"unknown model {name!r}; the zoo has {names()}")
     p = find_weights(name)
     if p is None:
+        e = ZOO[name]
         looked = ", ".join(str(c) for c in _candidates(name))
-        raise FileNotFoundError(f"no weights for {name!r} (looked in {looked}); source: {ZOO[name].source}")
+        how = f"; {e.install}" if e.install else ""
+        raise FileNotFoundError(f"no weights for {name!r} (looked in {looked}); source: {e.source}{how}")
     return p
+
+
+def disk_bytes(folder: str | Path) -> int:
+    """Bytes of every file under ``folder`` (what the installed weights take on disk)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

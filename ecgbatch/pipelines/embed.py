@@ -17,11 +17,12 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, make_blocks, model_key
 
@@ -167,33 +168,6 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
 # ---------------------------------------------------------------------------------------------
 # Stage 2: encode (callable class: the model is loaded once per actor)
 # ---------------------------------------------------------------------------------------------
-def load_model(name: str, pretrained: str | None = None, device: str | None = None,
-               allow_random_init: bool = False, warn: Callable[[str], None] | None = None):
-    """The model and the exact create_model arguments that rebuild it (for the actors).
-
-    ``pretrained`` None means: a zoo name's trained weights ("default"), a folder's own weights.
-    With ``allow_random_init``, a zoo model whose trained weights are not available falls back to
-    its seeded random init (identical in every actor), and ``warn`` says so loudly."""
-    from ecgbatch.encoders import create_model
-    from ecgbatch.models import registry
-
-    if pretrained is None and registry.get(str(name)) is not None:
-        pretrained = "default"
-    spec: dict[str, Any] = {"pretrained": pretrained}
-    if pretrained in (None, "random") and registry.get(str(name)) is not None:
-        spec["seed"] = 0  # generated weights: the same seed in every actor, or the spaces differ
-    try:
-        return create_model(name, device=device, **spec), spec
-    except FileNotFoundError as exc:
-        if not (allow_random_init and pretrained == "default"):
-            raise
-        if warn is not None:
-            warn(f"trained weights for {name!r} are not available ({exc}); using the model's "
-                 f"RANDOM INITIALISATION (seed 0): embeddings and scores are meaningless")
-        spec = {"pretrained": None, "seed": 0}
-        return create_model(name, device=device, **spec), spec
-
-
 def model_weights_hash(model) -> str:
     """The identity of a model's weights (ecgbatch.encoders: sha256 over the sorted state dict)."""
     return str(model.weights_hash)
@@ -206,7 +180,7 @@ class EncoderUDF:
                  torch_threads: int | None = None):
         import torch
 
-        from ecgbatch.encoders import create_model
+        from ecgbatch.models import create_model
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))

@@ -84,7 +84,7 @@ def contrast_prompts(matched: list[str]) -> list[str]:
 
 def load_table_model(table: ModelTable, device: str = "cpu"):
     """The model that wrote ``table`` (same create_model arguments); refuses other weights."""
-    from ecgbatch.encoders import create_model
+    from ecgbatch.models import create_model
     from ecgbatch.pipelines.embed import model_weights_hash
 
     meta = table.read_meta()

@@ -32,6 +32,8 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ecgbatch.errors import EcgbatchError
+
 SCHEMA_VERSION = 1
 SHARD_PREFIX = "part-"
 _TMP_SUFFIX = ".tmp"
@@ -110,8 +112,10 @@ def atomic_write_json(obj: Any, dest: Path) -> None:
     _fsync_dir(dest.parent)
 
 
-class WorkspaceLockedError(RuntimeError):
+class WorkspaceLockedError(EcgbatchError, RuntimeError):
     """Another process is writing this model table."""
+
+    kind = "workspace_locked"
 
 
 class ModelTable:

@@ -2,8 +2,8 @@
 
 A training checkpoint (one per epoch, reported to Ray Train) is a directory::
 
-    model/              our model folder (ecgbatch.encoders.save_pretrained): weights only,
-                        loadable by ``create_model(<ckpt>/model)`` directly
+    model/              our model folder (ecgbatch.encoders.save_pretrained): weights only;
+                        ``ecgbatch.models.create_model(<ckpt>)`` loads it
     train_state.pt      optimizer + GradScaler state, LR-schedule step, epoch, torch RNG state,
                         the job config and the epoch's metrics (torch.load(weights_only=True))
     progress.json       {"epoch", "global_step"}: lets a resume find the latest checkpoint
@@ -22,10 +22,12 @@ from pathlib import Path
 
 import torch
 
-MODEL_SUBDIR = "model"
+from ecgbatch.encoders.build import CHECKPOINT_MODEL_SUBDIR as MODEL_SUBDIR
+# One hash rule for base weights and one marker, shared with the loader that checks them.
+from ecgbatch.encoders.checkpoint import TRAINED_ONLY, tensors_hash
+
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
-TRAINED_ONLY = "trained-only"
 
 
 def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict) -> Path:
@@ -71,18 +73,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return best
 
 
-def load_training_model(folder: str | Path):
-    """The model of a training checkpoint directory (or of a model folder)."""
-    from ecgbatch.encoders import create_model
-
-    p = Path(folder)
-    return create_model(p / MODEL_SUBDIR if (p / MODEL_SUBDIR).is_dir() else p)
-
-
 # --- trained-only folders --------------------------------------------------------------------
-
-# One hash rule for base weights, shared with the loader that checks it.
-from ecgbatch.encoders.checkpoint import tensors_hash  # noqa: E402
 
 
 def save_trained_only(model, folder: str | Path, trained: set[str], base_prefix: str = "text.transformer.",
@@ -136,20 +127,3 @@ def load_trained_only(folder: str | Path, device=None, text_encoder_dir=None):
     if not is_trained_only(folder):
         raise ValueError(f"{str(folder)!r} is not a trained-only folder")
     return load_folder(folder, device=device, text_encoder_dir=text_encoder_dir)
-
-
-def load_model(name_or_path: str | Path, device=None):
-    """Any model an eval command may be given: a trained-only folder, a training checkpoint,
-    one of our model folders, or a zoo name (its shipped weights)."""
-    from ecgbatch.encoders import create_model
-
-    p = Path(name_or_path)
-    if p.is_dir():
-        if (p / MODEL_SUBDIR).is_dir() and (p / STATE_FILE).is_file():
-            p = p / MODEL_SUBDIR
-        return create_model(p, device=device)
-    from ecgbatch.models import registry
-
-    if registry.get(str(name_or_path)) is not None:
-        return create_model(str(name_or_path), pretrained="default", device=device)
-    raise FileNotFoundError(f"model {str(name_or_path)!r} is neither a folder nor a zoo name")

@@ -51,11 +51,11 @@ def _amp_context(job: CocaJobConfig, device):
 
 
 def _build_model(job: CocaJobConfig):
+    """The job's starting model: ``init`` (a model folder, a training checkpoint, an ECG-Chat .pt
+    or "default" for the zoo's weights of ``model``), else ``model``'s seeded fresh weights."""
     import torch
 
-    from ecgbatch.encoders import create_model
-    from ecgbatch.training.checkpointing import load_model
-
+    from ecgbatch.models import create_model
     from ecgbatch.training.pairs import resolve_path
 
     torch.manual_seed(job.seed)
@@ -63,8 +63,10 @@ def _build_model(job: CocaJobConfig):
         job.model = str(resolve_path(job.model))
     if job.init:
         job.init = str(resolve_path(job.init))
-        p = Path(job.init)
-        model = load_model(p) if p.is_dir() else create_model(job.model, pretrained=job.init)
+        if Path(job.init).is_dir():        # a model folder or training checkpoint: its own weights
+            model = create_model(job.init)
+        else:                              # an ECG-Chat .pt or "default": weights for job.model
+            model = create_model(job.model, pretrained=job.init)
     else:
         model = create_model(job.model, seed=job.seed)
     if model.tokenizer is None:
@@ -273,22 +275,12 @@ def prepare_data(job: CocaJobConfig, progress=None):
 
 
 def _model_preprocess(job: CocaJobConfig):
-    from ecgbatch.encoders.config import arch_config
-
-    from ecgbatch.encoders.config import CocaConfig
+    """The PreprocessConfig of the job's model (its ``init`` folder's when it starts from one)."""
+    from ecgbatch.encoders.factory import resolve_config
     from ecgbatch.training.pairs import resolve_path
 
-    p = resolve_path(job.init or job.model)
-    if p.suffix == ".json" and p.is_file():
-        return CocaConfig.from_json(p).preprocess
-    if p.is_dir():
-        from ecgbatch.encoders.checkpoint import read_folder_config
-
-        return read_folder_config(p / "model" if (p / "model").is_dir() else p).preprocess
-    from ecgbatch.models import registry
-
-    entry = registry.get(job.model)
-    return arch_config(entry.config if entry else job.model).preprocess
+    init = resolve_path(job.init) if job.init else None
+    return resolve_config(init if init is not None and init.is_dir() else resolve_path(job.model))[0].preprocess
 
 
 def run_job(job: CocaJobConfig, num_workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,

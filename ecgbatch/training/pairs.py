@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgbatch._paths import REPO_ROOT, shared_dir
+from ecgbatch.errors import EcgbatchError
 from ecgbatch.signal.config import PreprocessConfig
 from ecgbatch.training import texts as T
 
@@ -33,8 +34,10 @@ TEXT_KINDS = ("header", "ptbxl", "table", "mimic")
 CACHE_VERSION = 1
 
 
-class PairBuildError(ValueError):
+class PairBuildError(EcgbatchError, ValueError):
     """A record could not be turned into an (ECG, text) pair."""
+
+    kind = "pair_build"
 
 
 def resolve_path(p: str | Path) -> Path:

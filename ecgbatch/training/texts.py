@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecgbatch.errors import EcgbatchError
+
 __all__ = [
     "TextSourceError", "normalize_statement", "join_statements", "hea_comments", "ludb_text",
     "SnomedNames", "snomed_text", "ScpStatements", "ptbxl_text", "looks_english",
@@ -32,8 +34,10 @@ __all__ = [
 ]
 
 
-class TextSourceError(ValueError):
+class TextSourceError(EcgbatchError, ValueError):
     """A text source that cannot be read or does not give text for a record."""
+
+    kind = "text_source"
 
 
 _SPACES = re.compile(r"\s+")
