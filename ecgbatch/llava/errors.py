@@ -4,8 +4,10 @@ instead of a traceback. Weight-file problems reuse ecgbatch.encoders' Checkpoint
 CheckpointReadError (missing, unexpected and mis-shaped tensors listed by name)."""
 from __future__ import annotations
 
+from ecgbatch.errors import EcgbatchError
 
-class EcgLlavaError(ValueError):
+
+class EcgLlavaError(EcgbatchError, ValueError):
     kind = "ecg_llava_error"
 
 
