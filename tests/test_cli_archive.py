@@ -150,9 +150,10 @@ def test_classify_writes_predictions_agreeing_with_zero_shot(ws, sample_archive,
 
     w, s = ws
     out = tmp_path / "preds.parquet"
-    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "-o", out, "--json")
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "--zero-shot", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
+    assert summary["method"] == "zero-shot"
     assert summary["records"] == s["embedded"] and sum(x["records"] for x in summary["rows"]) == s["embedded"]
     preds = pq.read_table(out).to_pylist()
     assert len(preds) == s["embedded"] and all(len(p["predicted"]) == 1 for p in preds)
@@ -167,9 +168,48 @@ def test_classify_writes_predictions_agreeing_with_zero_shot(ws, sample_archive,
     np.testing.assert_allclose(stored, fresh, atol=1e-4)
     assert [p["predicted"][0] for p in some] == [zs.labels[i] for i in fresh.argmax(1)]
     # multi-label threshold
-    r = _run("classify", "-w", w, "--labels", "cpsc2018", "--threshold", "0.0", "-o", tmp_path / "all.parquet")
+    r = _run("classify", "-w", w, "--labels", "cpsc2018", "--zero-shot", "--threshold", "0.0",
+             "-o", tmp_path / "all.parquet")
     assert r.exit_code == 0, r.output
     assert all(len(p["predicted"]) == 9 for p in pq.read_table(tmp_path / "all.parquet").to_pylist())
+
+
+def test_classify_uses_the_shipped_probe_and_marks_untrained_labels(ws, tmp_path):
+    from ecgbatch.encoders.probes import LinearProbe
+    from ecgbatch.io import read_record
+    from ecgbatch.pipelines.classify import table_probe
+    from ecgbatch.pipelines.search import load_table_model
+    from ecgbatch.signal import preprocess
+
+    w, s = ws
+    t = open_table(w)
+    path = table_probe(t, "ptbxl-rhythm")
+    assert path is not None, "ecg-coca-mini ships a ptbxl-rhythm probe"
+    probe = LinearProbe.load(path)
+    out = tmp_path / "probe.parquet"
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["method"] == "probe" and summary["untrained"] == list(probe.untrained)
+    rows = {x["label"]: x for x in summary["rows"]}
+    assert all(rows[u]["records"] is None and "untrained" in rows[u]["note"] for u in probe.untrained)
+    assert sum(rows[lab]["records"] for lab in probe.trained) == s["embedded"]   # one top rhythm each
+    preds = pq.read_table(out).to_pylist()
+    for p in preds:
+        assert p["top"] == p["predicted"][0] and not set(p["predicted"]) & set(probe.untrained)
+        assert all(p[f"prob_{u}"] is None for u in probe.untrained)
+        assert abs(sum(p[f"prob_{lab}"] for lab in probe.trained) - 1.0) < 1e-4
+    # the same probabilities from freshly read, preprocessed and encoded records
+    model = load_table_model(t)
+    some = [p for p in preds if p["source"].endswith(".hea")][:4]
+    x = np.stack([preprocess(read_record(p["source"]), model.preprocess_config).x for p in some])
+    fresh = probe.probabilities(model.embed_ecgs(x))
+    cols = [probe.labels.index(lab) for lab in probe.trained]
+    stored = np.array([[p[f"prob_{lab}"] for lab in probe.trained] for p in some])
+    np.testing.assert_allclose(stored, fresh[:, cols], atol=1e-3)
+    # zero-shot knobs do not silently apply to a probe
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "--softmax")
+    assert r.exit_code == 2 and "--zero-shot" in r.output
 
 
 def test_index_build_kinds(ws):
