@@ -54,6 +54,8 @@ def test_search_text_json_where_and_csv(ws):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["mode"] == "text" and "ptbxl-rhythm:AFIB" in out["matched_labels"]
+    assert out["ranked_by"] == "probe:ptbxl-rhythm:AFIB"           # the shipped rhythm probe ranks it
+    assert all(0.0 <= h["score"] <= 1.0 for h in out["rows"])
     assert out["prompts"] == ["atrial fibrillation"] and [h["rank"] for h in out["rows"]] == [1, 2, 3, 4, 5]
     scores = [h["score"] for h in out["rows"]]
     assert scores == sorted(scores, reverse=True)
@@ -95,7 +97,7 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
     assert contrast_prompts(query_prompts("sinus rhythm")[1]) == []     # a normal class is not contrasted
     assert contrast_prompts([]) == []                                     # free text: no contrast
     q = unit(["atrial fibrillation"])
-    cases = [((), q), (("--expand",), unit(prompts)), (("--contrast",), q - unit(counter)),
+    cases = [(("--no-probe",), q), (("--expand",), unit(prompts)), (("--contrast",), q - unit(counter)),
              (("--expand", "--contrast"), unit(prompts) - unit(counter)),
              (("--versus", "left bundle branch block"), q - unit(["left bundle branch block"]))]
     for extra, q in cases:
@@ -107,8 +109,28 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
         assert np.allclose([h["score"] for h in out["rows"]], want_scores, atol=2e-4), extra
         assert bool(out["contrast"]) == ("--contrast" in extra or "--versus" in extra)
         assert (len(out["prompts"]) > 1) == ("--expand" in extra)
+        assert out["ranked_by"] == "vector"
     r = _run("search", "atrial fibrillation", "-w", w, "-k", 3, "--contrast")
     assert r.exit_code == 0 and "ranked against 'sinus rhythm'" in r.output
+
+
+def test_search_by_probe_is_the_probability_ranking_inside_the_cohort(ws):
+    from ecgbatch.encoders.probes import LinearProbe
+    from ecgbatch.pipelines.classify import table_probe
+
+    w, _ = ws
+    table = open_table(w)
+    probe = LinearProbe.load(table_probe(table, "ptbxl-rhythm"))
+    tab = table.read_table(["record_id", "embedding", "age"]).to_pydict()
+    p = probe.trained_probabilities(np.asarray(tab["embedding"], np.float32))[:, probe.trained.index("SBRAD")]
+    keep = np.array([a is not None and a >= 50 for a in tab["age"]])
+    order = [i for i in np.argsort(-p, kind="stable") if keep[i]][:4]
+    r = _run("search", "sinus bradycardia", "-w", w, "-k", 4, "--where", "age >= 50", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["ranked_by"] == "probe:ptbxl-rhythm:SBRAD"
+    assert [h["record_id"] for h in out["rows"]] == [tab["record_id"][i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in out["rows"]], p[order], atol=1e-4)
 
 
 def test_search_like_id_and_file_and_plot(ws, sample_archive, tmp_path):

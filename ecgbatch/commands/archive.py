@@ -222,6 +222,9 @@ def search_command(
                                 "that label's prompts."),
     contrast: bool = typer.Option(False, "--contrast", help="Rank a query that names a built-in label against "
                                   "its label set's normal class (SR / NORM)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Rank a query that names a label the model "
+                               "has a trained probe for by the probe's probability [default]; --no-probe: "
+                               "by the text's cosine similarity."),
 ) -> None:
     """Search the embedded archive by text or by example ECG."""
     _quiet_libraries()
@@ -235,12 +238,16 @@ def search_command(
         _fail(console, "--json and --csv are exclusive")
     table = _open(console, workspace, model)
     try:
-        res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus)
-    except (EcgIndexError, ValueError, FileNotFoundError) as exc:
+        res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus,
+                     probe=probe)
+    except (EcgIndexError, ValueError, FileNotFoundError) as exc:   # ProbeError is a ValueError
         _fail(console, str(exc))
     if len(res.prompts) > 1 and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
+    if res.ranked_by.startswith("probe:") and not (as_json or as_csv):
+        console.print(f"ranked by the model's calibrated probe: score = P({res.ranked_by.split(':')[-1]}) "
+                      f"({res.ranked_by.split(':')[1]}; --no-probe ranks by the text)")
     if res.contrast and not (as_json or as_csv):
         console.print(f"ranked against {res.contrast[0]!r} ({len(res.contrast)} prompts subtracted)")
     title = f"{res.mode} search: {res.query!r}" + (f" where {where}" if where else "")
