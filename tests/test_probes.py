@@ -135,3 +135,15 @@ def test_probe_on_real_embeddings_beats_chance_on_held_out_patients(shared_data)
     assert top1 > always_sr + 0.05, (top1, always_sr)
     assert res["probe"]["binary_groups"]["accuracy"] > 0.9
     assert not res["per_label"]["TRIGU"]["trained"]
+
+
+def test_model_probe_finds_the_shipped_probe_of_an_in_memory_model(shipped):
+    from ecgbatch.encoders import create_model
+    from ecgbatch.encoders.probes import model_probe
+
+    model = create_model("ecg-coca-mini", pretrained="default")
+    probe = model_probe(model, "ptbxl-rhythm")
+    assert probe is not None and probe.trained == shipped.trained
+    assert model_probe(model, "ptbxl-form") is None                      # no probe shipped for it
+    random = create_model("ecg-coca-mini", pretrained="random", seed=0)
+    assert model_probe(random, "ptbxl-rhythm") is None                   # no weights folder

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 PROBE_FORMAT = 1
 PROBES_SUBDIR = "probes"
@@ -148,7 +149,7 @@ class LinearProbe:
             z = z - z.max(axis=1, keepdims=True)
             e = np.exp(z)
             return e / e.sum(axis=1, keepdims=True)
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(z)
 
     def probabilities(self, emb) -> np.ndarray:
         """[N, len(labels)] float32: calibrated probabilities, NaN for untrained labels."""
@@ -226,3 +227,17 @@ def find_probe(weights_folder: str | Path | None, labelset: str) -> Path | None:
         return None
     p = probe_path(weights_folder, labelset)
     return p if p.is_file() else None
+
+
+def model_probe(model, labelset: str) -> LinearProbe | None:
+    """The probe shipped beside an in-memory model's weights folder (``model.provenance``), or
+    None; refused (ProbeMismatchError) if it was fitted on other weights. What a caller holding a
+    model rather than a workspace uses (e.g. a report prompt built from calibrated labels):
+    ``p = probe.trained_probabilities(model.embed_ecgs(x)); probe.predict_trained(p)``."""
+    folder = (getattr(model, "provenance", None) or {}).get("folder")
+    path = find_probe(folder, labelset)
+    if path is None:
+        return None
+    probe = LinearProbe.load(path)
+    probe.check_model(str(model.weights_hash), what="this model's embeddings")
+    return probe
