@@ -131,6 +131,9 @@ def test_search_by_probe_is_the_probability_ranking_inside_the_cohort(ws):
     assert out["ranked_by"] == "probe:ptbxl-rhythm:SBRAD"
     assert [h["record_id"] for h in out["rows"]] == [tab["record_id"][i] for i in order]
     np.testing.assert_allclose([h["score"] for h in out["rows"]], p[order], atol=1e-4)
+    r = _run("search", "TRIGU", "-w", w, "-k", 3, "--json")   # a rhythm absent from training
+    out = json.loads(r.stdout)
+    assert out["ranked_by"] == "vector" and any("ptbxl-rhythm:TRIGU" in n for n in out["notes"])
 
 
 def test_search_like_id_and_file_and_plot(ws, sample_archive, tmp_path):

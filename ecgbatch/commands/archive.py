@@ -245,6 +245,8 @@ def search_command(
     if len(res.prompts) > 1 and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
+    for note in res.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     if res.ranked_by.startswith("probe:") and not (as_json or as_csv):
         console.print(f"ranked by the model's calibrated probe: score = P({res.ranked_by.split(':')[-1]}) "
                       f"({res.ranked_by.split(':')[1]}; --no-probe ranks by the text)")

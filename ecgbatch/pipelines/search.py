@@ -151,18 +151,21 @@ class SearchResult:
     contrast: list[str] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
     ranked_by: str = "vector"        # "vector" (cosine) | "probe:<labelset>:<LABEL>" (probability)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "query": self.query, "mode": self.mode, "k": self.k,
                 "where": self.where, "prompts": self.prompts, "matched_labels": self.matched_labels,
-                "contrast": self.contrast, "ranked_by": self.ranked_by, "hits": self.hits}
+                "contrast": self.contrast, "ranked_by": self.ranked_by, "notes": self.notes,
+                "hits": self.hits}
 
 
 def probe_for_query(table: ModelTable, matched: list[str]):
-    """(probe, "labelset:LABEL") of the first matched label that the table's model has a trained
-    probe for, or None."""
+    """((probe, "labelset:LABEL") of the first matched label that the table's model has a trained
+    probe for, or None; the matched labels its probes list as untrained)."""
     from ecgbatch.pipelines.classify import load_probe_for, table_probe
 
+    untrained = []
     for m in matched:
         name, label = m.split(":", 1)
         path = table_probe(table, name)
@@ -170,8 +173,9 @@ def probe_for_query(table: ModelTable, matched: list[str]):
             continue
         probe = load_probe_for(table, path)
         if label in probe.trained:
-            return probe, m
-    return None
+            return (probe, m), untrained
+        untrained.append(m)
+    return None, untrained
 
 
 def _hit_row(rank: int, h) -> dict[str, Any]:
@@ -205,7 +209,9 @@ def search(table: ModelTable, query: str | None = None, *, like: str | None = No
     exclude = None
     res = SearchResult(str(table.root), query if query is not None else str(like), "text", k, where)
     if query is not None and probe and not (expand or contrast or versus is not None):
-        found = probe_for_query(table, query_prompts(query)[1])
+        found, unseen = probe_for_query(table, query_prompts(query)[1])
+        res.notes += [f"{m} never occurred in the model's probe training data: ranked by the text, "
+                      f"which the model has not learned to match" for m in unseen]
         if found is not None:
             lp, res.ranked_by = found[0], f"probe:{found[1]}"
             j = lp.trained.index(found[1].split(":", 1)[1])
