@@ -147,3 +147,39 @@ def test_model_probe_finds_the_shipped_probe_of_an_in_memory_model(shipped):
     assert model_probe(model, "ptbxl-form") is None                      # no probe shipped for it
     random = create_model("ecg-coca-mini", pretrained="random", seed=0)
     assert model_probe(random, "ptbxl-rhythm") is None                   # no weights folder
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_train_probe_and_eval_classify_commands(shared_data, tmp_path):
+    """The two commands end to end on a small slice of the shared records (a config of our own)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+
+    if registry.find_weights("ecg-coca-mini") is None:
+        pytest.skip("ecg-coca-mini weights are not installed")
+    cfg = {"name": "probe-test", "data": {"sources": [
+        {"name": "ludb", "records": str(shared_data / "ludb" / "data"), "text": "header", "limit": 40},
+        {"name": "ptbxl", "records": str(shared_data / "ptbxl" / "records"), "text": "ptbxl", "limit": 50,
+         "metadata": str(shared_data / "ptbxl" / "ptbxl_database_subset.csv"),
+         "statements": str(shared_data / "ptbxl" / "scp_statements.csv"),
+         "read_options": {"fs": 500, "layout": "samples_first"}}]}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ptbxl-rhythm.json"
+    r = CliRunner().invoke(app, ["train", "probe", "--labels", "ptbxl-rhythm", "-c", str(tmp_path / "cfg.yaml"),
+                                 "--folds", "3", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    probe = LinearProbe.load(out)
+    assert probe.info["records_by_source"]["ludb"] == 40 and "SR" in probe.trained and "TRIGU" in probe.untrained
+    assert probe.info["folds"] == 3 and str(probe.info["l2"]) in probe.info["cv_log_loss"]
+    r = CliRunner().invoke(app, ["eval", "classify", "--labels", "ptbxl-rhythm", "-c", str(tmp_path / "cfg.yaml"),
+                                 "--folds", "3", "-o", str(tmp_path / "eval.json")])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["records"] == sum(probe.info["records_by_source"].values())
+    assert set(res["probe"]) >= {"top1_all", "top1_goal_classes", "binary_groups", "confusion"}
+    assert "zero_shot" in res and "sinus vs AF/flutter" in r.output
+    r = CliRunner().invoke(app, ["train", "probe", "--labels", "no-such-set", "-o", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "no mapping" in r.output
