@@ -153,7 +153,11 @@ class LinearProbe:
 
     def probabilities(self, emb) -> np.ndarray:
         """[N, len(labels)] float32: calibrated probabilities, NaN for untrained labels."""
-        p = self.trained_probabilities(emb)
+        return self.all_labels(self.trained_probabilities(emb))
+
+    def all_labels(self, p_trained: np.ndarray) -> np.ndarray:
+        """[N, K] trained-label probabilities -> [N, len(labels)] float32, NaN where untrained."""
+        p = np.asarray(p_trained)
         out = np.full((p.shape[0], len(self.labels)), np.nan, dtype=np.float32)
         out[:, [self.labels.index(t) for t in self.trained]] = p
         return out

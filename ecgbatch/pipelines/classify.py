@@ -97,13 +97,10 @@ class ProbeUDF:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pr = self.probe
-        emb = _embedding_matrix(batch, pr.embed_dim)
-        p = pr.trained_probabilities(emb) if len(emb) else np.zeros((0, len(pr.trained)))
-        scores = np.full((len(emb), len(pr.labels)), np.nan, dtype=np.float32)
-        scores[:, [pr.labels.index(t) for t in pr.trained]] = p
-        batch["scores"] = scores
+        p = pr.trained_probabilities(_embedding_matrix(batch, pr.embed_dim))
+        batch["scores"] = pr.all_labels(p)
         batch["predicted"] = np.array([";".join(x) for x in pr.predict_trained(p)], dtype=object)
-        batch["top"] = np.array(pr.top(p) if len(p) else [], dtype=object)
+        batch["top"] = np.array(pr.top(p), dtype=object)
         return batch
 
     def constructor_args(self) -> tuple:
