@@ -1,4 +1,4 @@
-"""`ecgbatch train coca ...` (Ray Train job) and `ecgbatch eval retrieval|zeroshot ...`.
+"""`ecgbatch train coca|probe|export ...` and `ecgbatch eval retrieval|zeroshot|crossval|classify ...`.
 
 Heavy imports (torch, ray, transformers) happen inside the command bodies."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train).")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot.")
+train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train) and their linear probes.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot, crossval, classify.")
 
 
 def register(app: typer.Typer) -> None:

@@ -183,6 +183,8 @@ def out_of_fold(data: ProbeData, trained: tuple[str, ...], l2: float, splits) ->
         # a class absent from (or, multi-label, universal in) the training folds keeps p = 0 there
         present = tuple(t for t in trained if n_pos[t] > 0 and
                         (LS.is_exclusive(data.labelset) or n_pos[t] < len(part.y)))
+        if not present:
+            continue
         if LS.is_exclusive(data.labelset):
             part = part.subset(np.flatnonzero(part.y[:, [data.labels.index(t) for t in present]].any(axis=1)))
         probe = _make_probe(part, present, l2, half[:len(present)], {}, {})
@@ -202,20 +204,21 @@ def fit_probe(data: ProbeData, model_info: dict, folds: int = 5, seed: int = 0, 
         raise ValueError(f"label set {data.labelset!r}: too few labelled records to train any label "
                          f"(need >= {min_positives} positives from >= 2 patients)")
     cols = [data.labels.index(t) for t in trained]
+    positives = {lab: int(data.y[:, j].sum()) for j, lab in enumerate(data.labels)}
+    no_label_by_source = dict(data.left_out)
+    n_untrained = int((~data.y[:, cols].any(axis=1)).sum()) if LS.is_exclusive(data.labelset) else 0
     if LS.is_exclusive(data.labelset):   # records of an untrained rhythm cannot be fitted
         data = data.subset(np.flatnonzero(data.y[:, cols].any(axis=1)))
     splits = folds_by_patient(data, folds, seed)
     y = data.y[:, cols].astype(float)
-    losses = {}
-    for l2 in l2_grid:
-        losses[l2] = _log_loss(y, out_of_fold(data, trained, l2, splits), LS.is_exclusive(data.labelset))
+    oofs = {l2: out_of_fold(data, trained, l2, splits) for l2 in l2_grid}
+    losses = {l2: _log_loss(y, p, LS.is_exclusive(data.labelset)) for l2, p in oofs.items()}
     best = min(losses, key=losses.get)
-    oof = out_of_fold(data, trained, best, splits)
-    thr = choose_thresholds(y.astype(int), oof)
+    thr = choose_thresholds(y.astype(int), oofs[best])
     info = {"records": len(data.y), "patients": len(set(data.group)),
             "records_by_source": {s: data.source.count(s) for s in sorted(set(data.source))},
-            "left_out_by_source": data.left_out,
-            "positives": {lab: int(data.y[:, j].sum()) for j, lab in enumerate(data.labels)},
+            "no_label_by_source": no_label_by_source, "left_out_untrained_label": n_untrained,
+            "positives": positives,
             "min_positives": min_positives, "folds": folds, "seed": seed, "l2": best,
             "cv_log_loss": {str(k): round(v, 5) for k, v in losses.items()},
             "features": "L2-normalised embedding, standardised per dimension"}
