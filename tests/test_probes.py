@@ -137,6 +137,7 @@ def test_probe_on_real_embeddings_beats_chance_on_held_out_patients(shared_data)
     assert not res["per_label"]["TRIGU"]["trained"]
 
 
+@pytest.mark.slow
 def test_model_probe_finds_the_shipped_probe_of_an_in_memory_model(shipped):
     from ecgbatch.encoders import create_model
     from ecgbatch.encoders.probes import model_probe
