@@ -405,14 +405,14 @@ _PROBE_CONFIG_HELP = "training YAML whose data section lists the labelled record
 def _probe_inputs(model: str, labels: str, config: Path):
     """(model, ProbeData) for `train probe` and `eval classify`."""
     from ecgbatch.encoders.label_sources import supported_labelsets
-    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.models import load_model
     from ecgbatch.training.probes import probe_data, training_pairs
 
     if labels not in supported_labelsets():
         _fail(f"no mapping from the data's labels to {labels!r}; probes can be fitted for "
               f"{supported_labelsets()}")
     try:
-        m = load_model(model)
+        m = load_model(model)[0]
         pairs, specs = training_pairs(config, m.preprocess_config)
         return m, probe_data(m, pairs, specs, labels)
     except (ValueError, FileNotFoundError) as exc:
