@@ -1,4 +1,5 @@
-"""Model commands: `ecgbatch models list`, `ecgbatch models convert-ecgchat`, `ecgbatch encode`,
+"""Model commands: `ecgbatch models list`, `ecgbatch models convert-ecgchat`,
+`ecgbatch models convert-ecgchat-llava`, `ecgbatch encode`,
 `ecgbatch zeroshot`. Heavy imports (torch, transformers) happen inside the command bodies."""
 from __future__ import annotations
 
@@ -209,3 +210,29 @@ def register(app: typer.Typer) -> None:
         _report_failures(failed)
         if failed:
             raise typer.Exit(code=2)
+
+
+@models_app.command("convert-ecgchat-llava")
+def convert_llava_cmd(
+    base: Path = typer.Option(..., "--base", help="base LLM folder (HF: config, weights, tokenizer), e.g. vicuna-13b-v1.5"),
+    lora: Path = typer.Option(..., "--lora", help="ECG-Chat LoRA output: config.json (llava_llama), adapter, "
+                              "non_lora_trainables.bin"),
+    ecg_coca: Path = typer.Option(..., "--ecg-coca", help="ECG-CoCa training checkpoint (.pt) holding the ECG tower"),
+    out: Path = typer.Option(..., "-o", "--out", help="output ECG-LLaVA model folder"),
+    merge_lora: bool = typer.Option(False, "--merge-lora", help="merge the adapter into the LM weights "
+                                    "(default: keep it as a peft folder in OUT/lora)"),
+    ecg_config: Optional[str] = typer.Option(None, "--ecg-config", help="ECG-CoCa architecture name or open_clip "
+                                             "JSON (default: the checkpoint's neighbour <open_clip_config>.json "
+                                             "or model_config.json)"),
+) -> None:
+    """Convert ECG-Chat's LLaVA LoRA run into one ECG-LLaVA folder (base + tower + projector)."""
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.llava import EcgLlavaError, convert_ecgchat_llava
+
+    try:
+        folder = convert_ecgchat_llava(base, lora, ecg_coca, out, merge_lora=merge_lora, ecg_config=ecg_config)
+    except (EcgLlavaError, CheckpointError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2)
+    adapter = "merged into the LM" if merge_lora else f"adapter in {folder / 'lora'}"
+    typer.echo(f"wrote {folder} (LoRA {adapter})")
