@@ -104,9 +104,9 @@ class EcgLlavaEngine:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from ecgbatch.llava.loading import load_tokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            self._tokenizer = load_tokenizer(self.model_dir, self.config)
         return self._tokenizer
 
     def prompt_ids(self, question: str, history=None) -> list[int]:
