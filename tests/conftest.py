@@ -105,3 +105,15 @@ def llava_converted(llava_fx, tmp_path_factory):
     out = tmp_path_factory.mktemp("ecgllava") / "model"
     return convert_ecgchat_llava(llava_fx / "base_llm", llava_fx / "llava-lora",
                                  llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt", out)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(llava_converted, tmp_path_factory):
+    """One vLLM engine (float32, LoRA rank <= 8 enabled) for the whole test session: start-up
+    costs 20-100 s on 2 cores. The fixture's head size 16 is served through a padded copy."""
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from ecgbatch.serving.engine import EcgLlavaEngine
+
+    return EcgLlavaEngine(llava_converted, dtype="float32", lora_rank=8,
+                          work_dir=str(tmp_path_factory.mktemp("vllm-work")))

@@ -1,0 +1,125 @@
+"""`ecgbatch report RECORD...`: a report (or an answer to --question) for a few records, generated
+by an ECG-LLaVA model through vLLM. Archive-scale generation is a Ray Data job (pipelines); this
+command proves the path end to end. vLLM and torch are imported inside the command body."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+DEFAULT_MODEL = "ecg-llava-mini"
+DEFAULT_QUESTION = "Please describe this ECG."
+
+
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code=code)
+
+
+def resolve_llava_model(model: str) -> Path:
+    """A model folder, or a zoo name looked up in $ECGBATCH_MODELS_DIR/<name>. Raises
+    ModelNotInstalledError with how to get one when there is none."""
+    from ecgbatch.serving.errors import ModelNotInstalledError
+
+    p = Path(model)
+    if (p / "config.json").is_file():
+        return p
+    env = os.environ.get("ECGBATCH_MODELS_DIR")
+    if env and (Path(env) / model / "config.json").is_file():
+        return Path(env) / model
+    if p.exists() or os.sep in model:
+        raise ModelNotInstalledError(f"{model!r} is not an ECG-LLaVA model folder (no config.json)")
+    hint = (" (ecgbatch's own small model, trained by the next release; not shipped yet)"
+            if model == DEFAULT_MODEL else "")
+    raise ModelNotInstalledError(
+        f"model {model!r}{hint} is not installed (looked in $ECGBATCH_MODELS_DIR="
+        f"{env or '<unset>'}). Pass --model FOLDER, e.g. an ECG-Chat LLaVA run converted with "
+        "`ecgbatch models convert-ecgchat-llava --base VICUNA --lora RUN --ecg-coca CKPT -o FOLDER`, "
+        "or put the folder at $ECGBATCH_MODELS_DIR/" + model)
+
+
+def read_ecgs(records: List[str], config):
+    """[(record, ECG array)] for the readable records and [(record, message)] for the others."""
+    from ecgbatch.io import read_record
+    from ecgbatch.io.errors import EcgReadError
+    from ecgbatch.llava.inputs import preprocess_for_model
+
+    ok, failed = [], []
+    for path in records:
+        try:
+            ok.append((path, preprocess_for_model(read_record(path), config, record_id=path)))
+        except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
+            failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
+    return ok, failed
+
+
+def report_cmd(
+    records: List[str] = typer.Argument(..., help="ECG records (any format ecgbatch reads)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
+    question: str = typer.Option(DEFAULT_QUESTION, "--question", "-q", help="what to ask about each ECG"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per report"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (records, reports, failures)"),
+) -> None:
+    """Generate a report (or answer --question) for each RECORD with an ECG-LLaVA model (vLLM)."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is the report (--json)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.encoders.checkpoint import CheckpointError
+
+    try:
+        folder = resolve_llava_model(model)
+        from ecgbatch.serving.folder import check_adapter, check_model_folder
+
+        config = check_model_folder(folder)
+        rank = check_adapter(lora, config) if lora is not None else None
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+    ecgs, failed = read_ecgs(records, config)
+    for path, msg in failed:
+        typer.echo(f"error: {path}: {msg}", err=True)
+    if not ecgs:
+        _fail("no record could be read")
+    results = _generate(folder, ecgs, question, lora, rank, max_tokens, dtype)
+    _print(results, failed, question, as_json)
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _generate(folder, ecgs, question, lora, rank, max_tokens, dtype):
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
+
+    try:
+        engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
+        ids = engine.prompt_ids(question)
+        reqs = [EcgRequest(x, ids, id=path) for path, x in ecgs]
+        return engine.generate(reqs, max_tokens=max_tokens, lora=lora)
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+
+
+def _print(results, failed, question, as_json: bool) -> None:
+    if as_json:
+        out = {"question": question,
+               "reports": [{"record": r.id, "text": r.text, "n_prompt_tokens": r.n_prompt_tokens,
+                            "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason}
+                           for r in results],
+               "failures": [{"record": p, "error": m} for p, m in failed]}
+        typer.echo(json.dumps(out, indent=2))
+        return
+    for r in results:
+        typer.echo(f"== {r.id}")
+        typer.echo(r.text.strip())
+        if r.finish_reason == "length":
+            typer.echo(f"   [stopped at --max-tokens {r.n_output_tokens}]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_cmd)

@@ -1,0 +1,176 @@
+"""The offline vLLM engine for ECG-LLaVA: one ``vllm.LLM`` built with the right arguments, inputs
+checked before they reach vLLM, results as plain dataclasses.
+
+    engine = EcgLlavaEngine(model_dir, lora_rank=8)             # head padding, plugin, LLM
+    ids = engine.prompt_ids("Please describe this ECG.")        # ECG-Chat's exact prompt ids
+    [res] = engine.generate([EcgRequest(ecg, ids)], max_tokens=64, lora="path/to/adapter")
+    res.text, res.n_output_tokens, res.finish_reason
+
+vLLM spawns its engine process on CPU: create the engine under ``if __name__ == "__main__":`` (or
+in a function called from one). The spawned process registers the model through the
+``vllm.general_plugins`` entry point; when the installed ecgbatch does not declare it (an old
+editable install), the engine runs vLLM in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0) instead of
+failing in the child. Same tokens either way.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ecgbatch.serving import folder as folders
+from ecgbatch.serving.errors import ContextLengthError, EcgInputError, EcgPromptError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EcgRequest:
+    """One ECG [leads, samples] (already model input: ecgbatch.llava.preprocess_for_model) and the
+    prompt's token ids with exactly one ``ecg_token_id`` (ecgbatch.llava.prompting.prompt_ids)."""
+
+    ecg: np.ndarray
+    prompt_ids: list[int]
+    id: str = ""
+
+
+@dataclass
+class EcgResult:
+    id: str
+    text: str
+    token_ids: list[int]
+    n_prompt_tokens: int          # after the <ecg> placeholder became the ECG's N positions
+    n_output_tokens: int
+    finish_reason: str | None     # "stop" (EOS / stop string) or "length" (max_tokens)
+    lora: str | None = None
+
+
+@dataclass
+class EngineOptions:
+    dtype: str = "float32"
+    max_model_len: int | None = None      # default: the config's context (max_length / positions)
+    max_num_seqs: int | None = None
+    enforce_eager: bool = True            # start-up ~18 s instead of ~35 s on CPU
+    lora_rank: int | None = None          # enable LoRA with this max rank (None: no LoRA)
+    max_loras: int = 1
+    work_dir: str | None = None           # where head-padded copies are cached
+    llm_kwargs: dict = field(default_factory=dict)
+
+
+class EcgLlavaEngine:
+    def __init__(self, model_dir: str | Path, options: EngineOptions | None = None, **kw):
+        self.options = opts = options or EngineOptions(**kw)
+        self.model_dir = Path(model_dir)
+        self.config = folders.check_model_folder(self.model_dir)
+        self.n_ecg_tokens = self._token_count()
+        if opts.lora_rank is not None:
+            folders.check_rank(opts.lora_rank, None, "max_lora_rank")
+        self.served_dir = folders.runnable_model_folder(self.model_dir, self.config, opts.work_dir)
+        self.max_model_len = int(opts.max_model_len or self.config.context_length or 2048)
+        self._loras: dict[str, object] = {}
+        self.llm = self._build_llm()
+        self._tokenizer = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _token_count(self) -> int:
+        from ecgbatch.serving.ecg_llava_vllm import ecg_token_count
+
+        return ecg_token_count(self.config)
+
+    def _build_llm(self):
+        from ecgbatch.serving.plugin import entry_point_installed, register
+
+        register()
+        if not entry_point_installed():
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            log.info("ecgbatch's vllm.general_plugins entry point is not installed: running vLLM in-process")
+        from vllm import LLM
+
+        o = self.options
+        kwargs = dict(model=str(self.served_dir), dtype=o.dtype, max_model_len=self.max_model_len,
+                      enforce_eager=o.enforce_eager, limit_mm_per_prompt={"ecg": 1},
+                      seed=0, **o.llm_kwargs)
+        if o.max_num_seqs:
+            kwargs["max_num_seqs"] = o.max_num_seqs
+        if o.lora_rank is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=o.lora_rank, max_loras=o.max_loras)
+        return LLM(**kwargs)
+
+    # -- prompts ----------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from ecgbatch.llava.loading import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.model_dir, self.config)
+        return self._tokenizer
+
+    def prompt_ids(self, question: str, history=None) -> list[int]:
+        """The generation prompt for ``question`` in the model's prompt format, as token ids
+        (the same ids the HF path uses)."""
+        from ecgbatch.llava.prompting import prompt_ids
+
+        return prompt_ids(self.tokenizer, question, self.config, history)
+
+    # -- LoRA ------------------------------------------------------------------------------------
+    def lora_request(self, adapter: str | Path):
+        """A LoRARequest for a peft adapter of this model (checked, head-padded when needed)."""
+        from vllm.lora.request import LoRARequest
+
+        key = str(Path(adapter).resolve())
+        if key not in self._loras:
+            if self.options.lora_rank is None:
+                raise folders.UnsupportedLoraRankError(
+                    f"{adapter}: this engine was started without LoRA (lora_rank=None)")
+            folders.check_adapter(adapter, self.config, self.options.lora_rank)
+            served = folders.runnable_adapter(adapter, self.config, self.options.work_dir)
+            self._loras[key] = LoRARequest(Path(adapter).name or "adapter", len(self._loras) + 1, str(served))
+        return self._loras[key]
+
+    # -- generation -------------------------------------------------------------------------------
+    def check_request(self, req: EcgRequest, max_tokens: int, i: int = 0) -> int:
+        """Refuse what vLLM would reject late or obscurely; returns the spliced prompt length."""
+        tower = self.config.tower_cfg
+        name = req.id or f"request {i}"
+        ecg = np.asarray(req.ecg)
+        if ecg.shape != (tower.lead_num, tower.seq_length):
+            raise EcgInputError(f"{name}: the ECG must be [{tower.lead_num} leads, {tower.seq_length} samples] "
+                                f"after the model's preprocessing, got shape {ecg.shape}")
+        if not np.issubdtype(ecg.dtype, np.number) or not np.isfinite(ecg).all():
+            raise EcgInputError(f"{name}: the ECG holds non-numeric, NaN or infinite values")
+        n_ph = sum(1 for t in req.prompt_ids if t == self.config.ecg_token_id)
+        if n_ph != 1:
+            raise EcgPromptError(f"{name}: the prompt holds {n_ph} {self.config.ecg_token} placeholders for 1 ECG; "
+                                 f"put exactly one {self.config.ecg_token} in it")
+        n = len(req.prompt_ids) - 1 + self.n_ecg_tokens
+        if n + max_tokens > self.max_model_len:
+            raise ContextLengthError(f"{name}: the prompt is {n} positions with its ECG tokens; with max_tokens="
+                                     f"{max_tokens} that exceeds the model's context of {self.max_model_len}")
+        return n
+
+    def generate(self, requests: Sequence[EcgRequest], max_tokens: int = 128,
+                 lora: str | Path | None = None, ignore_eos: bool = False,
+                 temperature: float = 0.0, use_tqdm: bool = False) -> list[EcgResult]:
+        """Greedy (temperature 0) generation for each request, in order."""
+        from vllm import SamplingParams
+
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        for i, r in enumerate(requests):
+            self.check_request(r, max_tokens, i)
+        lora_req = self.lora_request(lora) if lora is not None else None
+        prompts = [{"prompt_token_ids": list(map(int, r.prompt_ids)),
+                    "multi_modal_data": {"ecg": np.ascontiguousarray(r.ecg, dtype=np.float32)}}
+                   for r in requests]
+        sp = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
+        outs = self.llm.generate(prompts, sp, lora_request=lora_req, use_tqdm=use_tqdm)
+        return [EcgResult(id=r.id, text=o.outputs[0].text, token_ids=list(o.outputs[0].token_ids),
+                          n_prompt_tokens=len(o.prompt_token_ids or []),
+                          n_output_tokens=len(o.outputs[0].token_ids),
+                          finish_reason=o.outputs[0].finish_reason,
+                          lora=str(lora) if lora is not None else None)
+                for r, o in zip(requests, outs)]

@@ -1,0 +1,73 @@
+"""`ecgbatch report`: end to end through vLLM on a real sample-archive record (subprocess, as a
+user runs it), and the errors that must come before any engine starts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ecgbatch._paths import REPO_ROOT
+from ecgbatch.cli import app
+
+RECORD = "sample_archive/cinc2021/A0689.hea"
+
+
+def _run_cli(args):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1")
+    return subprocess.run([sys.executable, "-m", "ecgbatch.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.vllm
+@pytest.mark.shared
+@pytest.mark.slow
+def test_report_json_end_to_end(llava_converted, tmp_path):
+    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_converted),
+                  "--lora", str(llava_converted / "lora"), "--max-tokens", "8", "--json"])
+    assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
+    out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
+    [rep] = out["reports"]
+    assert rep["record"] == RECORD and rep["text"].strip()
+    assert rep["n_output_tokens"] == 8 and rep["finish_reason"] == "length"
+    assert rep["n_prompt_tokens"] == 145                  # the fixture's 45 prompt ids - 1 + 101 ECG tokens
+    [fail] = out["failures"]
+    assert fail["record"] == "sample_archive/bad/garbage.hea" and "bad_header" in fail["error"]
+    assert "garbage.hea" in p.stderr
+
+
+def test_report_default_model_not_installed(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECGBATCH_MODELS_DIR", str(tmp_path))
+    r = CliRunner().invoke(app, ["report", RECORD])
+    assert r.exit_code == 2
+    msg = r.output
+    assert "ecg-llava-mini" in msg and "not installed" in msg and "convert-ecgchat-llava" in msg
+
+
+@pytest.mark.shared
+def test_report_refuses_bad_model_folder_before_starting_vllm(llava_converted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    shutil.copytree(llava_converted, bad)
+    t = load_file(str(bad / "model.safetensors"))
+    del t["projector.2.weight"]
+    t["projector.0.bias"] = t["projector.0.bias"][:10].clone()
+    save_file(t, str(bad / "model.safetensors"))
+    r = CliRunner().invoke(app, ["report", RECORD, "--model", str(bad)])
+    assert r.exit_code == 2
+    assert "projector.2.weight" in r.output and "projector.0.bias" in r.output
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.shared
+def test_report_no_readable_record(llava_converted):
+    r = CliRunner().invoke(app, ["report", "sample_archive/bad/garbage.hea", "sample_archive/bad/single_lead.hea",
+                                 "--model", str(llava_converted)])
+    assert r.exit_code == 2
+    assert "garbage.hea" in r.output and "single_lead.hea" in r.output and "missing_lead" in r.output
+    assert "no record could be read" in r.output
