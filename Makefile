@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean browser
 
 venv: $(STAMP)
 
@@ -34,10 +34,16 @@ $(STAMP): pyproject.toml Makefile
 	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
+# headless Chromium for the `report --html` browser test (it skips, saying why, without one)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "no chromium/chromedriver (needs root to install): the browser test will skip"
+
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VPY) -m pytest -q tests
 
 bench: $(STAMP)
