@@ -187,8 +187,9 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
                   batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None):
-    """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, kwargs) map
-    that adds a per-record ``question`` column (ddp, rag) between reading and generating."""
+    """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
+    keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
+    generating, one whole block per call."""
     from ray.data import ActorPoolStrategy
 
     from ecgbatch.pipelines.embed import read_stage
@@ -198,7 +199,7 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     ds = read_stage(blocks, preprocess)
     if prompt_stage is not None:
         fn, kw = prompt_stage
-        ds = ds.map_batches(fn, fn_kwargs=kw, batch_size=None, num_cpus=1)
+        ds = ds.map_batches(fn, batch_size=None, **kw)
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     return ds.map_batches(
         ReportUDF,
