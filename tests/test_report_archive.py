@@ -52,14 +52,14 @@ def archive(sample_archive, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def job(archive, ecgllava_folder, tmp_path_factory):
+def job(archive, llava_converted, tmp_path_factory):
     """The killed run, then the resumed one: (workspace, resumed summary, killed-run counts)."""
     from ecgbatch.pipelines.workspace import ReportTable
 
     base = tmp_path_factory.mktemp("report-job")
     ws = base / "ws"
-    cmd, env = _cli(["--input", str(archive), "-w", str(ws), "--model", str(ecgllava_folder),
-                     "--lora", str(ecgllava_folder / "lora"), "--max-tokens", str(MAX_TOKENS),
+    cmd, env = _cli(["--input", str(archive), "-w", str(ws), "--model", str(llava_converted),
+                     "--lora", str(llava_converted / "lora"), "--max-tokens", str(MAX_TOKENS),
                      "--block-size", "1", "--batch-size", "1", "--no-progress"])
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -99,30 +99,30 @@ def test_kill_then_resume_is_exactly_once(job, archive):
     assert not list(table.root.rglob("*.tmp"))
 
 
-def test_report_rows(job, ecgllava_folder):
+def test_report_rows(job, llava_converted):
     _, table, summary, _, _ = job
     for r in table.read_table().to_pylist():
         assert r["report"].strip() and r["n_output_tokens"] == MAX_TOKENS and r["finish_reason"] == "length"
         assert r["n_prompt_tokens"] == 145                 # 45 prompt ids - <ecg> + 101 ECG positions
         assert r["prompt_mode"] == "report" and r["question"] == "Please describe this ECG."
-        assert r["model"] == ecgllava_folder.name and r["adapter"].endswith("lora")
+        assert r["model"] == llava_converted.name and r["adapter"].endswith("lora")
         assert r["generation_s"] > 0 and r["labels"] and r["fs"] == 500.0
     assert summary["output_tokens"] == MAX_TOKENS * summary["reported"]
 
 
-def test_export_and_rerun(job, archive, ecgllava_folder):
+def test_export_and_rerun(job, archive, llava_converted):
     ws, table, _, _, base = job
     lines = [json.loads(x) for x in (base / "reports.jsonl").read_text().splitlines()]
     assert sorted((r["record_id"], r["report"]) for r in lines) == sorted(
         (r["record_id"], r["report"]) for r in table.read_table().to_pylist())
     from ecgbatch.pipelines import report
 
-    s = report.run(str(archive), ecgllava_folder, ws, lora=ecgllava_folder / "lora",
+    s = report.run(str(archive), llava_converted, ws, lora=llava_converted / "lora",
                    settings=report.PromptSettings(max_tokens=MAX_TOKENS), progress=False)
     assert (s.already_done, s.reported, s.failed) == (len(GOOD) + len(BAD), 0, 0)   # no engine started
 
 
-def test_archive_report_equals_record_path(job, archive, vllm_engine, ecgllava_folder):
+def test_archive_report_equals_record_path(job, archive, vllm_engine, llava_converted):
     """The same record and greedy decoding give the same report as `ecgbatch report RECORD`
     (whose steps are read_ecgs + prompt_ids + EcgLlavaEngine.generate)."""
     from ecgbatch.commands.report import DEFAULT_QUESTION, read_ecgs
@@ -135,7 +135,7 @@ def test_archive_report_equals_record_path(job, archive, vllm_engine, ecgllava_f
     assert not failed
     ids = vllm_engine.prompt_ids(DEFAULT_QUESTION)
     res = vllm_engine.generate([EcgRequest(x, ids, id=p) for p, x in ecgs], max_tokens=MAX_TOKENS,
-                               lora=ecgllava_folder / "lora")
+                               lora=llava_converted / "lora")
     for g, r in zip(GOOD[:2], res):
         assert got[f"cinc/{g}"] == r.text
 
