@@ -342,13 +342,29 @@ def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterato
     ctx_kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address in (None, "", "local"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
+        _init_local(num_cpus, ctx_kwargs)
     else:
         ray.init(address=address, **ctx_kwargs)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init_local(num_cpus: int | None, ctx_kwargs: dict[str, Any], attempts: int = 3) -> None:
+    """ray.init of a local head; Ray gives its raylet a fixed 30 s to come up, which a busy
+    machine can miss: that one failure is retried (after a clean shutdown), any other raised."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this case
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
+            time.sleep(2.0)
 
 
 def _jsonable(d: dict) -> dict:

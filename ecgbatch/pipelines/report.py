@@ -145,22 +145,29 @@ class ReportUDF:
 
     def _generate(self, todo, batch):
         """All requests in one engine call; when that call fails, each alone, so only the
-        requests that fail by themselves become failures."""
+        requests that fail by themselves become failures. When every one fails, the engine is
+        broken, not the records: raise (the job stops; a rerun resumes) instead of writing good
+        records off as failures."""
         if not todo:
             return []
         try:
             res = self.engine.generate([r for _, r in todo], max_tokens=self.max_tokens, lora=self.lora)
             return [(i, r) for (i, _), r in zip(todo, res)]
-        except Exception:  # noqa: BLE001 - isolated below, per request
-            if len(todo) == 1:
-                raise
-        done = []
+        except Exception as exc:  # noqa: BLE001 - isolated below, per request
+            first = exc
+        done, failed = [], []
         for i, req in todo:
             try:
                 [r] = self.engine.generate([req], max_tokens=self.max_tokens, lora=self.lora)
                 done.append((i, r))
             except Exception as exc:  # noqa: BLE001 - a failure row with the engine's message
-                _fail(batch, i, exc, getattr(exc, "kind", "engine_error"))
+                failed.append((i, exc))
+        if not done:
+            raise RuntimeError(f"the vLLM engine failed on every request of a batch of {len(todo)} "
+                               f"({type(first).__name__}: {first}); committed blocks are kept, rerun to "
+                               "resume") from first
+        for i, exc in failed:
+            _fail(batch, i, exc, getattr(exc, "kind", "engine_error"))
         return done
 
 
