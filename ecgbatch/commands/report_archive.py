@@ -83,6 +83,8 @@ def run_archive(o: ArchiveOptions) -> None:
         o.dtype = meta.get("dtype", o.dtype)
         console.print(f"resuming {meta['model']} ({meta['prompt_mode']}) on {o.archive}")
     settings = _settings(console, o, meta)
+    if meta is not None and settings.mode == "rag":
+        o.reference = Path(settings.reference).parent   # the reference workspace of the first run
     prompt_stage = None
     try:
         folder = resolve_llava_model(o.model)

@@ -70,7 +70,7 @@ class PromptSettings:
     question: str = DEFAULT_QUESTION
     max_tokens: int = 256
     rag_k: int = 0
-    reference: str = ""        # the reference table's key (rag)
+    reference: str = ""        # the reference embedding table's folder (rag)
 
     def __post_init__(self):
         if self.mode not in PROMPT_MODES:

@@ -117,4 +117,4 @@ def prepare(settings, workspace, reference, archive):
     stage = (RagPromptUDF, {"fn_constructor_kwargs": {"reference": str(ref.root), "query_table": str(query.root),
                                                       "k": settings.rag_k, "question": settings.question},
                             "compute": ActorPoolStrategy(size=1), "num_cpus": 0.5, "max_restarts": 0})
-    return stage, replace(settings, reference=ref.key)
+    return stage, replace(settings, reference=str(ref.root.resolve()))
