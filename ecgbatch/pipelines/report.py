@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,13 +209,15 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
         fn, kw = prompt_stage
         ds = ds.map_batches(fn, batch_size=None, **kw)
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
-    return ds.map_batches(
-        ReportUDF,
-        fn_constructor_kwargs={"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw,
-                               "lora": lora, "max_tokens": max_tokens, "question": question, "env": env},
-        compute=ActorPoolStrategy(size=engines), batch_size=batch_size,
-        num_gpus=gpus_per_engine, num_cpus=cpus_per_engine if gpus_per_engine <= 0 else 1,
-        max_restarts=0)  # an engine that died is a failed run (resume), not a silent restart
+    ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
+            "max_tokens": max_tokens, "question": question, "env": env}
+    with warnings.catch_warnings():  # max_restarts goes through the deprecated **ray_remote_args
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        return ds.map_batches(
+            ReportUDF, fn_constructor_kwargs=ctor, compute=ActorPoolStrategy(size=engines),
+            batch_size=batch_size, num_gpus=gpus_per_engine,
+            num_cpus=cpus_per_engine if gpus_per_engine <= 0 else 1,
+            max_restarts=0)  # a dead engine fails the run (resume), no silent restart
 
 
 # ---------------------------------------------------------------------------------------------
