@@ -3,8 +3,10 @@
 1. scan the archive (summary of formats, leads, failures) and inspect one record (metadata,
    measurements, a 12-lead plot written to a file);
 2. embed it with the default model (Ray Data, local Ray started by the command);
-3. build the FAISS index (done by embed), then `ecgbatch search "atrial fibrillation"` and
-   `ecgbatch classify --labels ptbxl-rhythm`.
+3. build the FAISS index (done by embed), then `ecgbatch search "atrial fibrillation"` (ranked
+   by the model's calibrated rhythm probe) and `ecgbatch classify --labels ptbxl-rhythm` (each
+   record's rhythm from that probe; rhythms the model never saw in training are marked
+   "untrained", never guessed).
 
 Every step is the real CLI command, run in-process, so the output is what a user would see.
 Outputs go to ./out/demo/ (git-ignored); a second run shows the exactly-once rerun (nothing redone).
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     _step('3. ecgbatch search "atrial fibrillation"')
     _cli("search", "atrial fibrillation", "-w", str(ws), "-k", "10")
 
-    _step("4. ecgbatch classify --labels ptbxl-rhythm")
+    _step("4. ecgbatch classify --labels ptbxl-rhythm (calibrated rhythm probe)")
     _cli("classify", "-w", str(ws), "--labels", "ptbxl-rhythm")
 
     print(f"\ndemo done in {time.perf_counter() - t0:.0f} s; outputs in {out}", flush=True)

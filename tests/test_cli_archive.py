@@ -54,6 +54,8 @@ def test_search_text_json_where_and_csv(ws):
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["mode"] == "text" and "ptbxl-rhythm:AFIB" in out["matched_labels"]
+    assert out["ranked_by"] == "probe:ptbxl-rhythm:AFIB"           # the shipped rhythm probe ranks it
+    assert all(0.0 <= h["score"] <= 1.0 for h in out["rows"])
     assert out["prompts"] == ["atrial fibrillation"] and [h["rank"] for h in out["rows"]] == [1, 2, 3, 4, 5]
     scores = [h["score"] for h in out["rows"]]
     assert scores == sorted(scores, reverse=True)
@@ -95,7 +97,7 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
     assert contrast_prompts(query_prompts("sinus rhythm")[1]) == []     # a normal class is not contrasted
     assert contrast_prompts([]) == []                                     # free text: no contrast
     q = unit(["atrial fibrillation"])
-    cases = [((), q), (("--expand",), unit(prompts)), (("--contrast",), q - unit(counter)),
+    cases = [(("--no-probe",), q), (("--expand",), unit(prompts)), (("--contrast",), q - unit(counter)),
              (("--expand", "--contrast"), unit(prompts) - unit(counter)),
              (("--versus", "left bundle branch block"), q - unit(["left bundle branch block"]))]
     for extra, q in cases:
@@ -107,8 +109,31 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
         assert np.allclose([h["score"] for h in out["rows"]], want_scores, atol=2e-4), extra
         assert bool(out["contrast"]) == ("--contrast" in extra or "--versus" in extra)
         assert (len(out["prompts"]) > 1) == ("--expand" in extra)
+        assert out["ranked_by"] == "vector"
     r = _run("search", "atrial fibrillation", "-w", w, "-k", 3, "--contrast")
     assert r.exit_code == 0 and "ranked against 'sinus rhythm'" in r.output
+
+
+def test_search_by_probe_is_the_probability_ranking_inside_the_cohort(ws):
+    from ecgbatch.encoders.probes import LinearProbe
+    from ecgbatch.pipelines.classify import table_probe
+
+    w, _ = ws
+    table = open_table(w)
+    probe = LinearProbe.load(table_probe(table, "ptbxl-rhythm"))
+    tab = table.read_table(["record_id", "embedding", "age"]).to_pydict()
+    p = probe.trained_probabilities(np.asarray(tab["embedding"], np.float32))[:, probe.trained.index("SBRAD")]
+    keep = np.array([a is not None and a >= 50 for a in tab["age"]])
+    order = [i for i in np.argsort(-p, kind="stable") if keep[i]][:4]
+    r = _run("search", "sinus bradycardia", "-w", w, "-k", 4, "--where", "age >= 50", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["ranked_by"] == "probe:ptbxl-rhythm:SBRAD"
+    assert [h["record_id"] for h in out["rows"]] == [tab["record_id"][i] for i in order]
+    np.testing.assert_allclose([h["score"] for h in out["rows"]], p[order], atol=1e-4)
+    r = _run("search", "TRIGU", "-w", w, "-k", 3, "--json")   # a rhythm absent from training
+    out = json.loads(r.stdout)
+    assert out["ranked_by"] == "vector" and any("ptbxl-rhythm:TRIGU" in n for n in out["notes"])
 
 
 def test_search_like_id_and_file_and_plot(ws, sample_archive, tmp_path):
@@ -150,9 +175,10 @@ def test_classify_writes_predictions_agreeing_with_zero_shot(ws, sample_archive,
 
     w, s = ws
     out = tmp_path / "preds.parquet"
-    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "-o", out, "--json")
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "--zero-shot", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
+    assert summary["method"] == "zero-shot"
     assert summary["records"] == s["embedded"] and sum(x["records"] for x in summary["rows"]) == s["embedded"]
     preds = pq.read_table(out).to_pylist()
     assert len(preds) == s["embedded"] and all(len(p["predicted"]) == 1 for p in preds)
@@ -167,9 +193,48 @@ def test_classify_writes_predictions_agreeing_with_zero_shot(ws, sample_archive,
     np.testing.assert_allclose(stored, fresh, atol=1e-4)
     assert [p["predicted"][0] for p in some] == [zs.labels[i] for i in fresh.argmax(1)]
     # multi-label threshold
-    r = _run("classify", "-w", w, "--labels", "cpsc2018", "--threshold", "0.0", "-o", tmp_path / "all.parquet")
+    r = _run("classify", "-w", w, "--labels", "cpsc2018", "--zero-shot", "--threshold", "0.0",
+             "-o", tmp_path / "all.parquet")
     assert r.exit_code == 0, r.output
     assert all(len(p["predicted"]) == 9 for p in pq.read_table(tmp_path / "all.parquet").to_pylist())
+
+
+def test_classify_uses_the_shipped_probe_and_marks_untrained_labels(ws, tmp_path):
+    from ecgbatch.encoders.probes import LinearProbe
+    from ecgbatch.io import read_record
+    from ecgbatch.pipelines.classify import table_probe
+    from ecgbatch.pipelines.search import load_table_model
+    from ecgbatch.signal import preprocess
+
+    w, s = ws
+    t = open_table(w)
+    path = table_probe(t, "ptbxl-rhythm")
+    assert path is not None, "ecg-coca-mini ships a ptbxl-rhythm probe"
+    probe = LinearProbe.load(path)
+    out = tmp_path / "probe.parquet"
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["method"] == "probe" and summary["untrained"] == list(probe.untrained)
+    rows = {x["label"]: x for x in summary["rows"]}
+    assert all(rows[u]["records"] is None and "untrained" in rows[u]["note"] for u in probe.untrained)
+    assert sum(rows[lab]["records"] for lab in probe.trained) == s["embedded"]   # one top rhythm each
+    preds = pq.read_table(out).to_pylist()
+    for p in preds:
+        assert p["top"] == p["predicted"][0] and not set(p["predicted"]) & set(probe.untrained)
+        assert all(p[f"prob_{u}"] is None for u in probe.untrained)
+        assert abs(sum(p[f"prob_{lab}"] for lab in probe.trained) - 1.0) < 1e-4
+    # the same probabilities from freshly read, preprocessed and encoded records
+    model = load_table_model(t)
+    some = [p for p in preds if p["source"].endswith(".hea")][:4]
+    x = np.stack([preprocess(read_record(p["source"]), model.preprocess_config).x for p in some])
+    fresh = probe.probabilities(model.embed_ecgs(x))
+    cols = [probe.labels.index(lab) for lab in probe.trained]
+    stored = np.array([[p[f"prob_{lab}"] for lab in probe.trained] for p in some])
+    np.testing.assert_allclose(stored, fresh[:, cols], atol=1e-3)
+    # zero-shot knobs do not silently apply to a probe
+    r = _run("classify", "-w", w, "--labels", "ptbxl-rhythm", "--softmax")
+    assert r.exit_code == 2 and "--zero-shot" in r.output
 
 
 def test_index_build_kinds(ws):

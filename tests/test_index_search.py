@@ -215,3 +215,25 @@ def test_gpu_search_matches_cpu(real):
     flat = build_index(x, ids, kind="flat", model=sig)
     q = queries(x, 100, seed=3)
     assert recall_at_k(ivf_g.search_arrays(q, 10)[1], flat.search_arrays(q, 10)[1]) >= 0.9
+
+
+@pytest.mark.parametrize("where", [None, "age >= 60 and sex == 'F'"])
+def test_search_by_score_is_the_exact_top_k_inside_the_cohort(real, where):
+    """A score that is not an inner product (here a nonlinear one of two directions), scanned
+    exactly in chunks smaller than the index."""
+    t, v = real
+    idx = build_index(t, kind="flat")
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, v.shape[1])).astype(np.float32)
+    fn = lambda x: np.tanh(x @ a) - (x @ b) ** 2  # noqa: E731
+    vn = np.asarray(idx.vectors, np.float32)
+    s = fn(vn)
+    mask = np.ones(len(v), bool) if where is None else where_mask(t, where)
+    s[~mask] = -np.inf
+    want = np.argsort(-s, kind="stable")[:7]
+    hits = idx.search_by_score(fn, k=7, where=where, chunk_rows=50)
+    assert [h.faiss_id for h in hits] == list(want)
+    np.testing.assert_allclose([h.score for h in hits], s[want], rtol=1e-5)
+    assert len(idx.search_by_score(fn, k=5, where="age > 1000")) == 0
+    with pytest.raises(ValueError, match="one score per vector"):
+        idx.search_by_score(lambda x: x[:, :2], k=3)

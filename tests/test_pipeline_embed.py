@@ -261,3 +261,20 @@ def test_classify_as_ray_job_equals_in_process(embedded, ray_local):
         s, p = rows[r["record_id"]]
         np.testing.assert_allclose(s, [r[f"score_{lab}"] for lab in res.labels], rtol=1e-6)
         assert p.split(";") == r["predicted"]
+    # the linear-probe path: same answers from the Ray actors as in-process
+    probe_file = classify.table_probe(t, "ptbxl-rhythm")
+    assert probe_file is not None
+    res = classify.run(t, "ptbxl-rhythm", output=ws / "probe.parquet")
+    assert res.method == "probe" and res.untrained
+    udf = classify.ProbeUDF(classify.load_probe_for(t, probe_file))
+    rows = {}
+    for b in classify.build_dataset(t, udf).iter_batches(batch_size=None, batch_format="numpy"):
+        for rid, s, p, top in zip(b["record_id"], b["scores"], b["predicted"], b["top"]):
+            rows[rid] = (s, p, top)
+    local = res.preds.to_pylist()
+    assert len(rows) == len(local) == res.n_records
+    for r in local:
+        s, p, top = rows[r["record_id"]]
+        want = np.array([np.nan if r[f"prob_{lab}"] is None else r[f"prob_{lab}"] for lab in res.labels])
+        np.testing.assert_allclose(s, want, rtol=1e-6, equal_nan=True)
+        assert p.split(";") == r["predicted"] and top == r["top"]

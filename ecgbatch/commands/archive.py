@@ -222,6 +222,9 @@ def search_command(
                                 "that label's prompts."),
     contrast: bool = typer.Option(False, "--contrast", help="Rank a query that names a built-in label against "
                                   "its label set's normal class (SR / NORM)."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="Rank a query that names a label the model "
+                               "has a trained probe for by the probe's probability [default]; --no-probe: "
+                               "by the text's cosine similarity."),
 ) -> None:
     """Search the embedded archive by text or by example ECG."""
     _quiet_libraries()
@@ -235,12 +238,18 @@ def search_command(
         _fail(console, "--json and --csv are exclusive")
     table = _open(console, workspace, model)
     try:
-        res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus)
-    except (EcgIndexError, ValueError, FileNotFoundError) as exc:
+        res = search(table, query, like=like, k=k, where=where, expand=expand, contrast=contrast, versus=versus,
+                     probe=probe)
+    except (EcgIndexError, ValueError, FileNotFoundError) as exc:   # ProbeError is a ValueError
         _fail(console, str(exc))
     if len(res.prompts) > 1 and not (as_json or as_csv):
         console.print(f"query ensembled with the prompts of {', '.join(res.matched_labels)} "
                       f"({len(res.prompts)} prompts)")
+    for note in res.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if res.ranked_by.startswith("probe:") and not (as_json or as_csv):
+        console.print(f"ranked by the model's calibrated probe: score = P({res.ranked_by.split(':')[-1]}) "
+                      f"({res.ranked_by.split(':')[1]}; --no-probe ranks by the text)")
     if res.contrast and not (as_json or as_csv):
         console.print(f"ranked against {res.contrast[0]!r} ({len(res.contrast)} prompts subtracted)")
     title = f"{res.mode} search: {res.query!r}" + (f" where {where}" if where else "")
@@ -269,28 +278,41 @@ def classify_command(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Predictions parquet "
                                           "[default: <workspace>/<model-key>/classify/<labels>.parquet]."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    top_k: int = typer.Option(1, "--top-k", help="Labels in each predicted set (without --threshold)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Predict every label scoring "
-                                              ">= this (multi-label; at least the best one)."),
-    softmax: bool = typer.Option(False, "--softmax", help="Softmax over labels instead of ECG-Chat's sigmoid."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Score the label set's prompts (ECG-Chat's "
+                                   "zero-shot) even where the model ships a trained probe for it."),
+    top_k: int = typer.Option(1, "--top-k", help="Zero-shot: labels in each predicted set (without --threshold)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Zero-shot: predict every label "
+                                              "scoring >= this (multi-label; at least the best one)."),
+    softmax: bool = typer.Option(False, "--softmax", help="Zero-shot: softmax over labels instead of ECG-Chat's sigmoid."),
     as_json: bool = typer.Option(False, "--json", help="Label counts as JSON on stdout."),
 ) -> None:
-    """Zero-shot classify every embedded record from its stored embedding (no re-encoding)."""
+    """Classify every embedded record from its stored embedding (no re-encoding): the model's
+    calibrated linear probe for the label set where it has one, else zero-shot prompts."""
     _quiet_libraries()
+    from ecgbatch.encoders.probes import ProbeError
     from ecgbatch.pipelines import classify
 
     console = _console()
     table = _open(console, workspace, model)
     try:
-        res = classify.run(table, labels, output=output, softmax=softmax, top_k=top_k, threshold=threshold)
-    except (ValueError, FileNotFoundError) as exc:
+        res = classify.run(table, labels, output=output, softmax=softmax, top_k=top_k, threshold=threshold,
+                           zero_shot=zero_shot)
+    except (ValueError, FileNotFoundError, ProbeError) as exc:
         _fail(console, str(exc))
-    rows = sorted(res.summary_rows(), key=lambda r: -r["records"])
-    _emit_rows(rows, ("label", "records", "percent"), as_json, False,
-               f"zero-shot {res.labelset}: {res.n_records} records", console,
-               extra={"labelset": res.labelset, "records": res.n_records, "output": res.output})
+    rows = sorted(res.summary_rows(), key=lambda r: (r["records"] is None, -(r["records"] or 0)))
+    if res.method == "probe":
+        what = "top label" if "top" in res.preds.column_names else "predicted"
+        title = f"{res.labelset} ({what}, calibrated linear probe): {res.n_records} records"
+    else:
+        title = f"zero-shot {res.labelset} (argmax of prompt scores, not calibrated): {res.n_records} records"
+    cols = ("label", "records", "percent", "note") if res.untrained else ("label", "records", "percent")
+    _emit_rows(rows, cols, as_json, False, title, console,
+               extra={"labelset": res.labelset, "method": res.method, "probe": res.probe,
+                      "untrained": list(res.untrained), "records": res.n_records, "output": res.output})
     if not as_json:
-        console.print(f"predictions (scores per label + predicted set): {res.output}")
+        what = "probabilities per label, predicted set at the shipped thresholds, top label" \
+            if res.method == "probe" else "scores per label + predicted set"
+        console.print(f"predictions ({what}): {res.output}")
 
 
 def register(app: typer.Typer) -> None:

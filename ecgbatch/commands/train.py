@@ -1,4 +1,4 @@
-"""`ecgbatch train coca ...` (Ray Train job) and `ecgbatch eval retrieval|zeroshot ...`.
+"""`ecgbatch train coca|probe|export ...` and `ecgbatch eval retrieval|zeroshot|crossval|classify ...`.
 
 Heavy imports (torch, ray, transformers) happen inside the command bodies."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train).")
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot.")
+train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa models (Ray Train) and their linear probes.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate ECG-CoCa models: retrieval, zero-shot, crossval, classify.")
 
 
 def register(app: typer.Typer) -> None:
@@ -397,3 +397,128 @@ def train_export(
                             "metrics": state.get("metrics", {})}})
     size = (folder / "model.safetensors").stat().st_size
     typer.echo(f"wrote {folder} (model.safetensors {size / 1e6:.1f} MB)")
+
+
+# --- linear probes ------------------------------------------------------------------------------
+
+_PROBE_CONFIG_HELP = "training YAML whose data section lists the labelled records (its pair cache is reused)"
+
+
+def _probe_inputs(model: str, labels: str, config: Path):
+    """(model, ProbeData) for `train probe` and `eval classify`."""
+    from ecgbatch.encoders.label_sources import supported_labelsets
+    from ecgbatch.training.checkpointing import load_model
+    from ecgbatch.training.probes import probe_data, training_pairs
+
+    if labels not in supported_labelsets():
+        _fail(f"no mapping from the data's labels to {labels!r}; probes can be fitted for "
+              f"{supported_labelsets()}")
+    try:
+        m = load_model(model)
+        pairs, specs = training_pairs(config, m.preprocess_config)
+        return m, probe_data(m, pairs, specs, labels)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@train_app.command("probe")
+def train_probe(
+    labels: str = typer.Option(..., "--labels", "-l", help="built-in label set: ptbxl-rhythm | ptbxl-super | "
+                               "ptbxl-sub | ptbxl-form | cpsc2018"),
+    model: str = typer.Option("ecg-coca-mini", "--model", "-m", help="zoo name or model folder"),
+    config: Path = typer.Option(Path("configs/coca-mini.yaml"), "--config", "-c", help=_PROBE_CONFIG_HELP),
+    folds: int = typer.Option(5, help="cross-validation folds by patient (L2 strength, thresholds)"),
+    seed: int = typer.Option(0),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="probe file [default: beside the model's "
+                                       "weights, <weights>/probes/<labels>.json, where classify finds it]"),
+) -> None:
+    """Fit a calibrated linear probe (logistic regression) for a label set on a model's embeddings
+    of labelled records; thresholds by cross-validation by patient."""
+    from ecgbatch.encoders.probes import probe_path
+    from ecgbatch.pipelines.classify import weights_folder_of
+    from ecgbatch.training.probes import fit_probe, model_info
+
+    if out is None:
+        folder = weights_folder_of(model, "default" if not Path(model).is_dir() else None)
+        if folder is None:
+            _fail(f"model {model!r} has no weights folder to store the probe beside: pass --out")
+        out = probe_path(folder, labels)
+    m, data = _probe_inputs(model, labels, config)
+    try:
+        probe = fit_probe(data, model_info(m, model), folds=folds, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    probe.save(out)
+    info = probe.info
+    typer.echo(f"{labels}: {info['records']} records ({info['records_by_source']}), {info['patients']} patients; "
+               f"l2 {info['l2']}")
+    typer.echo("trained: " + ", ".join(f"{t} (n={info['positives'][t]}, thr {th:.3f})"
+                                       for t, th in zip(probe.trained, probe.thresholds)))
+    if probe.untrained:
+        typer.echo("untrained (too few records; marked, never predicted): " + ", ".join(probe.untrained))
+    typer.echo(f"wrote {out}")
+
+
+@eval_app.command("classify")
+def eval_classify(
+    labels: str = typer.Option(..., "--labels", "-l", help="built-in label set (see `train probe`)"),
+    model: str = typer.Option("ecg-coca-mini", "--model", "-m", help="zoo name, model folder or checkpoint"),
+    config: Path = typer.Option(Path("configs/coca-mini.yaml"), "--config", "-c", help=_PROBE_CONFIG_HELP),
+    folds: int = typer.Option(5, help="outer folds by patient (each probe also cross-validates inside)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("eval-classify.json"), "--out", "-o", help="JSON output"),
+) -> None:
+    """Cross-validated (by patient) per-label AUC, F1 at the probe's thresholds, top-label and
+    sinus vs AF/flutter accuracy, and a confusion table; zero-shot beside it."""
+    from ecgbatch.encoders.zeroshot import ZeroShotClassifier
+    from ecgbatch.eval.classify_eval import evaluate
+    from ecgbatch.training.probes import model_info
+
+    m, data = _probe_inputs(model, labels, config)
+    zs = ZeroShotClassifier(m, labels).scores(data.emb)
+    try:
+        res = evaluate(data, model_info(m, model), folds=folds, seed=seed, zero_shot_scores=zs)
+    except ValueError as exc:
+        _fail(str(exc))
+    _print_classify_eval(res, model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "config": str(config), **res}, indent=2))
+    typer.echo(f"wrote {out}")
+
+
+def _print_classify_eval(res: dict, model: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(Console().width, 120))
+    t = Table(title=f"{res['labelset']}: {model}, {res['records']} records, {res['folds']}-fold CV by patient")
+    for c in ("label", "n+", "AUC", "F1 @ probe threshold"):
+        t.add_column(c, justify="left" if c == "label" else "right")
+    for lab, r in res["per_label"].items():
+        t.add_row(lab, str(r["n_pos"]), f"{r['auc']:.3f}" if "auc" in r else "-",
+                  f"{r['f1_at_threshold']:.3f}" if "f1_at_threshold" in r else ("-" if r["trained"] else "untrained"))
+    con.print(t)
+    if "probe" not in res:
+        return
+    for how in ("probe", "zero_shot"):
+        r = res.get(how)
+        if not r:
+            continue
+        line = f"{how}: top-1 accuracy {r['top1_all']['accuracy']} of {r['top1_all']['n']}"
+        if "top1_goal_classes" in r:
+            g = r["top1_goal_classes"]
+            line += f"; among {'/'.join(g['classes'])}: {g['accuracy']} of {g['n']}"
+            line += " (" + ", ".join(f"{s} {v['accuracy']} of {v['n']}"
+                                     for s, v in r["top1_goal_classes_by_source"].items() if v["n"]) + ")"
+        if "binary_groups" in r:
+            line += f"; sinus vs AF/flutter: {r['binary_groups']['accuracy']} of {r['binary_groups']['n']}"
+        con.print(line)
+    conf = res["probe"]["confusion"]
+    cols = sorted({p for row in conf.values() for p in row})
+    t = Table(title="probe confusion (rows: truth, columns: top label)")
+    t.add_column("truth")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for truth, row in conf.items():
+        t.add_row(truth, *[str(row.get(c, "")) for c in cols])
+    con.print(t)

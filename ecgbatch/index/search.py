@@ -201,6 +201,31 @@ class EcgIndex:
         fewer hits."""
         scores, rows = self.search_arrays(queries, k, where, model=model, nprobe=nprobe,
                                           rerank=rerank, ef_search=ef_search)
+        return self._hits(scores, rows)
+
+    def search_by_score(self, score_fn, k: int = 10, where: str | None = None,
+                        chunk_rows: int = 65536) -> list[SearchHit]:
+        """The ``k`` records with the highest ``score_fn(vectors [n, D]) -> [n]``, best first,
+        optionally inside a ``where`` cohort: an exact scan over the stored vectors, for scores
+        that are not an inner product with one query (e.g. a classifier's probability)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        n = len(self)
+        mask = None if where is None else where_mask(self.meta, where)
+        scores = np.full(n, -np.inf, np.float64)
+        for a in range(0, n, chunk_rows):
+            s = np.asarray(score_fn(np.asarray(self.vectors[a:a + chunk_rows], np.float32)), np.float64)
+            if s.shape != (min(chunk_rows, n - a),):
+                raise ValueError(f"score_fn must return one score per vector, got shape {s.shape!r}")
+            scores[a:a + len(s)] = np.nan_to_num(s, nan=-np.inf)
+        if mask is not None:
+            scores[~mask] = -np.inf
+        order = np.argsort(-scores, kind="stable")[: int(k)]
+        order = order[np.isfinite(scores[order])]
+        s_out, r_out = _pad(scores[order][None].astype(np.float32), order[None].astype(np.int64), int(k))
+        return self._hits(s_out, r_out)[0]
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[SearchHit]]:
         valid = rows[rows >= 0]
         uniq = np.unique(valid)
         cols = [c for c in self.meta.column_names if c not in (FAISS_ID, "record_id")]

@@ -245,6 +245,26 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
                           num_cpus=1, memory=block_bytes)
 
 
+# Ray Data hands every actor its UDF and context as object-store references, and by default
+# restarts dead actors (max_restarts=-1); Ray's core worker then logs an ERROR line for every
+# actor ("... has constructor arguments in the object store and max_restarts > 0 ...", ray issue
+# 53727), although nothing failed. Our constructor arguments are already small (a model name,
+# its create_model spec, a hash), so the cause is the restart policy: no actor restarts. A dead
+# actor then fails the job, and rerunning it redoes only the blocks that were not committed.
+# Ray 2.60 has no named map_batches parameter for it, and warns that extra remote arguments
+# are deprecated (from 2.64): no_restart_warning() silences that one warning where we pass it.
+NO_ACTOR_RESTARTS = {"max_restarts": 0}
+
+
+@contextmanager
+def no_restart_warning() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        yield
+
+
 def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str, spec: dict[str, Any],
                   weights_hash: str, preprocess: dict, batch_size: int = 64, encoders: int = 1,
                   gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True,
@@ -256,13 +276,15 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
         raise ValueError(f"batch_size and encoders must be >= 1, got {batch_size!r}, {encoders!r}")
     ds = read_stage(blocks, preprocess, measure=measure, rhythm=rhythm)
     use_gpu = gpus_per_encoder > 0
-    ds = ds.map_batches(
-        EncoderUDF,
-        fn_constructor_kwargs={"model": model, "spec": spec, "weights_hash": weights_hash,
-                               "use_gpu": use_gpu,
-                               "torch_threads": None if use_gpu else max(1, int(cpus_per_encoder))},
-        compute=ActorPoolStrategy(size=encoders), batch_size=batch_size,
-        num_gpus=gpus_per_encoder if use_gpu else 0, num_cpus=cpus_per_encoder)
+    with no_restart_warning():
+        ds = ds.map_batches(
+            EncoderUDF,
+            fn_constructor_kwargs={"model": model, "spec": spec, "weights_hash": weights_hash,
+                                   "use_gpu": use_gpu,
+                                   "torch_threads": None if use_gpu else max(1, int(cpus_per_encoder))},
+            compute=ActorPoolStrategy(size=encoders), batch_size=batch_size,
+            num_gpus=gpus_per_encoder if use_gpu else 0, num_cpus=cpus_per_encoder,
+            **NO_ACTOR_RESTARTS)
     return ds
 
 
