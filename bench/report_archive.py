@@ -39,7 +39,7 @@ from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402
 
 
 def make_archive(n: int, dest: Path) -> Path:
-    """``n`` records: the readable bench records linked under new names (each with its siblings)."""
+    """``n`` records: the readable bench records linked (with their sibling files) into folders."""
     from report import record_paths  # bench/report.py
 
     from ecgbatch.io import read_record
@@ -56,10 +56,11 @@ def make_archive(n: int, dest: Path) -> Path:
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
+    for i in range(n):                 # a folder per copy: WFDB headers name their signal files
         p = srcs[i % len(srcs)]
+        (tmp / f"r{i:06d}").mkdir(exist_ok=True)
         for sib in p.parent.glob(p.stem + ".*"):
-            link = tmp / f"r{i:06d}_{sib.name}"
+            link = tmp / f"r{i:06d}" / sib.name
             if not link.exists():
                 link.symlink_to(sib.resolve())
     tmp.rename(dest)
