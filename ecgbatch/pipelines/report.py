@@ -205,14 +205,14 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     if batch_size < 1 or engines < 1:
         raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
     ds = read_stage(blocks, preprocess)
-    if prompt_stage is not None:
-        fn, kw = prompt_stage
-        ds = ds.map_batches(fn, batch_size=None, **kw)
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
             "max_tokens": max_tokens, "question": question, "env": env}
     with warnings.catch_warnings():  # max_restarts goes through the deprecated **ray_remote_args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        if prompt_stage is not None:
+            fn, kw = prompt_stage
+            ds = ds.map_batches(fn, batch_size=None, **kw)
         return ds.map_batches(
             ReportUDF, fn_constructor_kwargs=ctor, compute=ActorPoolStrategy(size=engines),
             batch_size=batch_size, num_gpus=gpus_per_engine,
