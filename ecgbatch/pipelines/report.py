@@ -175,7 +175,8 @@ class ReportUDF:
 def _fail(batch, i, exc, kind: str) -> None:
     batch["ok"][i] = False
     batch["stage"][i], batch["error_type"][i] = "generate", type(exc).__name__
-    batch["error_kind"][i], batch["message"][i] = str(kind), f"{batch['record_id'][i]}: {exc}"
+    rid, msg = str(batch["record_id"][i]), str(exc)
+    batch["error_kind"][i], batch["message"][i] = str(kind), msg if msg.startswith(rid) else f"{rid}: {msg}"
 
 
 # ---------------------------------------------------------------------------------------------
