@@ -35,6 +35,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from ecgbatch.io.errors import EcgReadError  # noqa: E402
 from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def make_archive(n: int, dest: Path) -> Path:
     for i in range(n):                 # a folder per copy: WFDB headers name their signal files
         p = srcs[i % len(srcs)]
         (tmp / f"r{i:06d}").mkdir(exist_ok=True)
-        for sib in p.parent.glob(p.stem + ".*"):
+        for sib in [*p.parent.glob(p.stem + ".*"), *p.parent.glob("ecgbatch.json")]:  # + folder sidecar
             link = tmp / f"r{i:06d}" / sib.name
             if not link.exists():
                 link.symlink_to(sib.resolve())
@@ -106,10 +107,9 @@ def end_to_end(archive: Path, folder: Path, ws: Path, args) -> dict:
         s = report.run(str(archive), folder, ws, settings=report.PromptSettings(max_tokens=args.max_tokens),
                        batch_size=args.batch_size, block_size=args.batch_size, dtype=args.dtype,
                        work_dir=str(args.work / "vllm"), progress=False)
-    if s.failed:
-        raise SystemExit(f"{s.failed} records failed: {s.failure_kinds}")
     # steady state needs results after the first batch: size the archive to several batches
-    return {"records": s.reported, "output_tokens": s.output_tokens, "seconds": s.seconds,
+    return {"records": s.reported, "failed": s.failed, "failure_kinds": s.failure_kinds,
+            "output_tokens": s.output_tokens, "seconds": s.seconds,
             "start_up_s": s.first_result_s, "steady_records_per_s": s.steady_records_per_s,
             "steady_output_tokens_per_s": s.steady_records_per_s * s.output_tokens / max(1, s.reported),
             "peak_rss_gb": mem.peak / 2**30}
@@ -119,8 +119,26 @@ def inputs(archive: Path, config):
     from ecgbatch.io import list_records
     from ecgbatch.llava.inputs import preprocess_for_model
 
-    return [preprocess_for_model(s.read(), config, record_id=s.key) for s in sorted(list_records(str(archive)),
-                                                                                  key=lambda s: s.key)]
+    out = []
+    for s in sorted(list_records(str(archive)), key=lambda s: s.key):
+        try:       # the records the pipeline reports (its failures are not generated either)
+            out.append(preprocess_for_model(s.read(), config, record_id=s.key))
+        except (EcgReadError, ValueError):
+            continue
+    return out
+
+
+def readable(archive: Path, config) -> list:
+    from ecgbatch.io import list_records
+
+    ok = []
+    for s in sorted(list_records(str(archive)), key=lambda s: s.key):
+        try:
+            s.read()
+            ok.append(s)
+        except (EcgReadError, ValueError):
+            continue
+    return ok
 
 
 def engine_only(archive: Path, folder: Path, args) -> dict:
@@ -142,13 +160,12 @@ def engine_only(archive: Path, folder: Path, args) -> dict:
 def naive(archive: Path, folder: Path, args) -> dict:
     import torch
 
-    from ecgbatch.io import list_records
     from ecgbatch.llava import load_ecg_llava
     from ecgbatch.llava.inputs import preprocess_for_model
     from ecgbatch.llava.prompting import prompt_ids
 
     model, tok = load_ecg_llava(folder)
-    srcs = sorted(list_records(str(archive)), key=lambda s: s.key)[:args.naive]
+    srcs = readable(archive, model.config)[:args.naive]
     ids = torch.tensor([prompt_ids(tok, DEFAULT_QUESTION, model.config)])
     t0, n_tok = time.perf_counter(), 0
     with torch.inference_mode():
