@@ -142,6 +142,7 @@ def build_prompts(engine_like, n: int):
 
 # ---------------------------------------------------------------------------- runners
 def run_hf(folder: Path, prompts, dtype: str, max_tokens: int, batch_sizes):
+    import numpy as np
     import torch
 
     from ecgbatch.llava import load_ecg_llava
@@ -154,17 +155,17 @@ def run_hf(folder: Path, prompts, dtype: str, max_tokens: int, batch_sizes):
     ids = [prompt_ids(tok, q, model.config) for _, _, q in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def batch_run(bs):
+    def batch_run(bs, n=len(prompts)):
         n_out = 0
-        for i in range(0, len(prompts), bs):
-            chunk = ids[i:i + bs]
+        for i in range(0, n, bs):
+            chunk = ids[i:min(i + bs, n)]
             L = max(map(len, chunk))
             x = torch.full((len(chunk), L), pad, dtype=torch.long)
             mask = torch.zeros_like(x)
             for j, s in enumerate(chunk):     # left padding (splicing re-pads to the left anyway)
                 x[j, L - len(s):] = torch.tensor(s)
                 mask[j, L - len(s):] = 1
-            ecg = torch.from_numpy(__import__("numpy").stack([e for _, e, _ in prompts[i:i + bs]]))
+            ecg = torch.from_numpy(np.stack([e for _, e, _ in prompts[i:i + len(chunk)]]))
             with torch.inference_mode():
                 out = model.generate(x.to(dev), ecgs=ecg.to(dev), attention_mask=mask.to(dev),
                                      max_new_tokens=max_tokens, min_new_tokens=max_tokens,
@@ -172,7 +173,7 @@ def run_hf(folder: Path, prompts, dtype: str, max_tokens: int, batch_sizes):
             n_out += out.shape[0] * out.shape[1]
         return n_out
 
-    batch_run(min(batch_sizes))            # warm-up (first-call allocations)
+    batch_run(4, n=4)                      # warm-up (first-call allocations)
     rows = []
     for bs in batch_sizes:
         t = time.perf_counter()
