@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: venv demo test bench fuzz clean
+.PHONY: venv demo test bench fuzz clean browser
 
 venv: $(STAMP)
 
@@ -38,10 +38,16 @@ $(STAMP): pyproject.toml Makefile
 		apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; fi
 	touch $(STAMP)
 
+# headless Chromium for the `report --html` browser test (it skips, saying why, without one)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  echo "no chromium/chromedriver (needs root to install): the browser test will skip"
+
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VPY) -m pytest -q tests
 
 bench: $(STAMP)

@@ -1,6 +1,7 @@
 """`ecgbatch report RECORD...`: a report (or an answer to --question) for a few records, generated
-by an ECG-LLaVA model through vLLM. Archive-scale generation is a Ray Data job (pipelines); this
-command proves the path end to end. vLLM and torch are imported inside the command body."""
+by an ECG-LLaVA model through vLLM, in this process. `ecgbatch report --input ARCHIVE` is the
+archive-scale Ray Data job (ecgbatch.commands.report_archive, ecgbatch.pipelines.report).
+vLLM and torch are imported inside the command body."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from typing import List, Optional
 import typer
 
 DEFAULT_MODEL = "ecg-llava-mini"
-DEFAULT_QUESTION = "Please describe this ECG."
+from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402 - one report prompt for both paths
 
 
 def _fail(msg: str, code: int = 2):
@@ -57,15 +58,57 @@ def read_ecgs(records: List[str], config):
 
 
 def report_cmd(
-    records: List[str] = typer.Argument(..., help="ECG records (any format ecgbatch reads)"),
+    records: Optional[List[str]] = typer.Argument(None, help="ECG records (any format ecgbatch reads)"),
+    archive: Optional[str] = typer.Option(None, "--input", "-i", help="Report a whole ARCHIVE (folder or "
+                                          "pyarrow URI) as a Ray Data job into the workspace"),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="[--input] workspace folder "
+                                             "[default: $ECGBATCH_WORKSPACE, else ~/.ecgbatch/workspace]"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
     lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
-    question: str = typer.Option(DEFAULT_QUESTION, "--question", "-q", help="what to ask about each ECG"),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="what to ask about each ECG "
+                                           f"[default: the report prompt {DEFAULT_QUESTION!r}]"),
+    ddp: bool = typer.Option(False, "--ddp", help="[--input] diagnosis-driven prompt from the record's "
+                             "calibrated labels"),
+    rag: int = typer.Option(0, "--rag", min=0, help="[--input] give the K nearest reference reports as examples"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="[--input --rag] workspace with "
+                                             "embeddings and reports of reference records"),
+    engines: int = typer.Option(1, "--engines", min=1, help="[--input] vLLM engine actors"),
+    gpus_per_engine: Optional[float] = typer.Option(None, "--gpus-per-engine", help="[--input] GPUs per "
+                                                    "engine [default: 1 if the cluster has GPUs, else CPU]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per report"),
+    address: Optional[str] = typer.Option(None, "--address", help="[--input] Ray cluster: auto or "
+                                          "ray://host:port [default: a local Ray for this command]"),
+    resume: bool = typer.Option(False, "--resume", help="[--input] continue an interrupted job (every run "
+                                "skips committed records; without --input: the workspace's last job)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="[--input] also write every report "
+                                          "to one .parquet or .jsonl file"),
+    html: Optional[Path] = typer.Option(None, "--html", help="[--input] write a static page per record "
+                                        "(plot, report, labels) and an index to this folder"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object (records, reports, failures)"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="[--input] requests per engine call"),
+    block_size: int = typer.Option(64, "--block-size", min=1, help="[--input] records per committed shard"),
+    num_cpus: Optional[int] = typer.Option(2, "--num-cpus", help="[--input] CPUs of the local Ray"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (reports, or the job summary)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="[--input] progress bar"),
 ) -> None:
-    """Generate a report (or answer --question) for each RECORD with an ECG-LLaVA model (vLLM)."""
+    """Generate a report (or answer --question) for each RECORD, or for every record of an
+    archive (--input), with an ECG-LLaVA model (vLLM)."""
+    if archive is not None or (resume and not records):
+        if records:
+            _fail("give RECORD... or --input ARCHIVE, not both")
+        from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
+
+        return run_archive(ArchiveOptions(archive, workspace, model, lora, question, ddp, rag, reference,
+                                          engines, gpus_per_engine, max_tokens, address, resume, output,
+                                          html, dtype, batch_size, block_size, num_cpus, as_json, progress))
+    if not records:
+        _fail("give RECORD... (or --input ARCHIVE)")
+    if ddp or rag or html is not None or output is not None:
+        _fail("--ddp, --rag, --html and -o need --input ARCHIVE")
+    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json)
+
+
+def _report_records(records, model, lora, question, max_tokens, dtype, as_json) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is the report (--json)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -211,6 +211,29 @@ class EncoderUDF:
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
+def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, measure: bool = False,
+               rhythm: dict | None = None):
+    """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
+    ``(key, sources, ids)`` running read_and_preprocess."""
+    import ray
+
+    items = [{"block": k, "sources": list(s), "ids": list(i)} for k, s, i in blocks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    # Each read task holds one block of model inputs (plus the decoded records): declaring that
+    # memory lets Ray pack tasks safely, and (as different remote args) keeps this CPU stage out
+    # of the model actors, so reading overlaps the model instead of taking turns with it.
+    n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
+    block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
+    # a worker that dies on a record (native crash, OOM kill) is retried without that record
+    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, start_ledger
+
+    return ds.map_batches(read_and_preprocess, batch_size=1,
+                          fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
+                                     "ledger": start_ledger()},
+                          num_cpus=1, memory=block_bytes,
+                          ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
+
+
 # Ray Data hands every actor its UDF and context as object-store references, and by default
 # restarts dead actors (max_restarts=-1); Ray's core worker then logs an ERROR line for every
 # actor ("... has constructor arguments in the object store and max_restarts > 0 ...", ray issue
@@ -236,26 +259,11 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
                   gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True,
                   rhythm: dict | None = None):
     """The Ray Dataset of the embed job (lazy; iterate it to run). ``blocks``: [(key, sources, ids)]."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     if batch_size < 1 or encoders < 1:
         raise ValueError(f"batch_size and encoders must be >= 1, got {batch_size!r}, {encoders!r}")
-    items = [{"block": k, "sources": list(s), "ids": list(i)} for k, s, i in blocks]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # Each read task holds one block of model inputs (plus the decoded records): declaring that
-    # memory lets Ray pack tasks safely, and (as different remote args) keeps this CPU stage out
-    # of the encoder actors, so reading overlaps encoding instead of taking turns with it.
-    n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
-    block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
-    # a worker that dies on a record (native crash, OOM kill) is retried without that record
-    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, start_ledger
-
-    ds = ds.map_batches(read_and_preprocess, batch_size=1,
-                        fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
-                                   "ledger": start_ledger()},
-                        num_cpus=1, memory=block_bytes,
-                        ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
+    ds = read_stage(blocks, preprocess, measure=measure, rhythm=rhythm)
     use_gpu = gpus_per_encoder > 0
     with no_restart_warning():
         ds = ds.map_batches(
@@ -272,6 +280,24 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
 # ---------------------------------------------------------------------------------------------
 # Driver: shards
 # ---------------------------------------------------------------------------------------------
+def metadata_columns(rows: list[dict[str, Any]]) -> dict[str, pa.Array]:
+    """The record metadata columns of a shard (age, sex, diagnoses, labels, quality, fs,
+    duration, measurements, preprocess notes) from read_and_preprocess rows."""
+    cols: dict[str, pa.Array] = {
+        "age": pa.array([None if math.isnan(r["age"]) else r["age"] for r in rows], pa.float64()),
+        "sex": pa.array([r["sex"] or None for r in rows], pa.string()),
+        "diagnoses": pa.array([r["diagnoses"] for r in rows], pa.string()),
+        "labels": pa.array([[v for v in r["labels"].split(LABEL_SEP) if v] for r in rows],
+                           pa.list_(pa.string())),
+        "quality": pa.array([[v for v in r["quality"].split(LABEL_SEP) if v] for r in rows],
+                            pa.list_(pa.string())),
+    }
+    for k in ("fs", "duration_s", *MEASUREMENT_COLUMNS):
+        cols[k] = pa.array([None if math.isnan(r[k]) else r[k] for r in rows], pa.float64())
+    cols["preprocess_notes"] = pa.array([r["notes"] for r in rows], pa.string())
+    return cols
+
+
 def embeddings_table(rows: list[dict[str, Any]], signature: dict[str, str], dim: int) -> pa.Table:
     """The shard of one block (ok rows only); an empty table with the full schema when none."""
     emb = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
@@ -282,17 +308,8 @@ def embeddings_table(rows: list[dict[str, Any]], signature: dict[str, str], dim:
         "model": pa.array([signature["model"]] * len(rows), pa.string()),
         "weights_hash": pa.array([signature["weights_hash"]] * len(rows), pa.string()),
         "preprocess_hash": pa.array([signature["preprocess_hash"]] * len(rows), pa.string()),
-        "age": pa.array([None if math.isnan(r["age"]) else r["age"] for r in rows], pa.float64()),
-        "sex": pa.array([r["sex"] or None for r in rows], pa.string()),
-        "diagnoses": pa.array([r["diagnoses"] for r in rows], pa.string()),
-        "labels": pa.array([[v for v in r["labels"].split(LABEL_SEP) if v] for r in rows],
-                           pa.list_(pa.string())),
     }
-    cols["quality"] = pa.array([[v for v in r["quality"].split(LABEL_SEP) if v] for r in rows],
-                               pa.list_(pa.string()))
-    for k in ("fs", "duration_s", *MEASUREMENT_COLUMNS):
-        cols[k] = pa.array([None if math.isnan(r[k]) else r[k] for r in rows], pa.float64())
-    cols["preprocess_notes"] = pa.array([r["notes"] for r in rows], pa.string())
+    cols.update(metadata_columns(rows))
     return pa.table(cols)
 
 
@@ -336,13 +353,29 @@ def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterato
     ctx_kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address in (None, "", "local"):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
+        _init_local(num_cpus, ctx_kwargs)
     else:
         ray.init(address=address, **ctx_kwargs)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init_local(num_cpus: int | None, ctx_kwargs: dict[str, Any], attempts: int = 3) -> None:
+    """ray.init of a local head; Ray gives its raylet a fixed 30 s to come up, which a busy
+    machine can miss: that one failure is retried (after a clean shutdown), any other raised."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this case
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
+            time.sleep(2.0)
 
 
 def _jsonable(d: dict) -> dict:
@@ -444,37 +477,19 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
 def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[str, str], dim: int,
              summary: EmbedSummary, bar) -> None:
     """Group the streamed rows by block and commit each block as soon as it is complete."""
-    pending: dict[str, list[dict[str, Any]]] = {}
-    t_start = time.perf_counter()
-    t_first, n_first, n_seen = None, 0, 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        n = len(batch["block"])
-        n_seen += n
-        if t_first is None:
-            t_first, n_first = time.perf_counter(), n
-        cols = list(batch)
-        for i in range(n):
-            row = {c: batch[c][i] for c in cols}
-            pending.setdefault(str(row["block"]), []).append(row)
-        bar.advance(n)
-        for key in [k for k, rows in pending.items() if len(rows) >= expected[k]]:
-            rows = pending.pop(key)
-            if len(rows) != expected[key] or len({r["source"] for r in rows}) != len(rows):
-                raise RuntimeError(f"block {key}: got {len(rows)} rows for {expected[key]} records")
-            ok = [r for r in rows if r["ok"]]
-            bad = [r for r in rows if not r["ok"]]
-            table.commit_block(key, embeddings_table(ok, signature, dim), failures_table(bad))
-            summary.embedded += len(ok)
-            summary.failed += len(bad)
-            summary.blocks_committed += 1
-            for r in bad:
-                summary.failure_kinds[str(r["error_kind"])] = summary.failure_kinds.get(str(r["error_kind"]), 0) + 1
-    if pending:
-        raise RuntimeError(f"the dataset ended with {len(pending)} incomplete blocks")
-    t_end = time.perf_counter()
-    summary.pipeline_seconds = t_end - t_start
-    if t_first is not None and t_end > t_first and n_seen > n_first:
-        summary.steady_records_per_s = (n_seen - n_first) / (t_end - t_first)
+    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
+
+    def commit(key: str, rows: list[dict[str, Any]]) -> None:
+        ok, bad = split_failures(rows)
+        table.commit_block(key, embeddings_table(ok, signature, dim), failures_table(bad))
+        summary.embedded += len(ok)
+        summary.failed += len(bad)
+        summary.blocks_committed += 1
+        count_kinds(summary.failure_kinds, bad)
+
+    stats = consume_blocks(ds, expected, commit, on_batch=lambda b: bar.advance(len(b["block"])))
+    summary.pipeline_seconds = stats.pipeline_seconds
+    summary.steady_records_per_s = stats.steady_records_per_s
 
 
 def build_or_update_index(table: ModelTable, kind: str = "auto", gpu: bool = False,

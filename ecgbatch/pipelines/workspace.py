@@ -9,6 +9,8 @@ Layout::
         failures/part-<block>.parquet   the records of that unit that failed (source, stage, error)
         index/                     the FAISS index (written by ecgbatch.index)
         .lock                      held (flock) by the one writer
+      report-<key>/                `ecgbatch report --input`: reports/ + failures/ + report.json,
+                                   one table per model + adapter + prompt settings (ReportTable)
 
 Exactly-once: a work unit (a block of record paths) is committed iff its shard file exists. Both
 files of a unit are written to a temporary name, fsynced and moved into place with os.replace;
@@ -119,7 +121,14 @@ class WorkspaceLockedError(EcgbatchError, RuntimeError):
 
 
 class ModelTable:
-    """One model's table inside a workspace (see the module docstring for the layout)."""
+    """One model's table inside a workspace (see the module docstring for the layout).
+
+    Subclasses keep the same commit/resume/failure machinery for other row kinds (ReportTable:
+    generated reports): only the rows folder, the meta file and the command name differ."""
+
+    ROWS_DIR = "embeddings"    # the name ecgbatch.index reads
+    META_NAME = "embed.json"
+    JOB = "embed"
 
     def __init__(self, workspace: str | os.PathLike, key: str):
         if "://" in str(workspace):
@@ -127,10 +136,10 @@ class ModelTable:
         self.workspace = Path(workspace).expanduser()
         self.key = key
         self.root = self.workspace / key
-        self.shards_dir = self.root / "embeddings"  # the name ecgbatch.index reads
+        self.shards_dir = self.root / self.ROWS_DIR
         self.failures_dir = self.root / "failures"
         self.index_dir = self.root / "index"
-        self.meta_path = self.root / "embed.json"
+        self.meta_path = self.root / self.META_NAME
         self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
@@ -170,7 +179,7 @@ class ModelTable:
         meta = dict(meta, schema_version=SCHEMA_VERSION, model_key=self.key)
         atomic_write_json(meta, self.meta_path)
 
-    def commit_block(self, key: str, embeddings: pa.Table, failures: pa.Table | None) -> None:
+    def commit_block(self, key: str, rows: pa.Table, failures: pa.Table | None) -> None:
         """Commit one work unit: failures first, then the shard (the commit point)."""
         if self._lock_fd is None:
             raise RuntimeError(f"{self!r}: commit_block without holding the writer lock (call acquire())")
@@ -178,7 +187,7 @@ class ModelTable:
             atomic_write_table(failures, self.failures_dir / f"{SHARD_PREFIX}{key}.parquet")
         else:  # a stale failures file of an earlier crashed attempt must not survive
             (self.failures_dir / f"{SHARD_PREFIX}{key}.parquet").unlink(missing_ok=True)
-        atomic_write_table(embeddings, self.shards_dir / f"{SHARD_PREFIX}{key}.parquet")
+        atomic_write_table(rows, self.shards_dir / f"{SHARD_PREFIX}{key}.parquet")
 
     # -- reader side -----------------------------------------------------------------------
     def exists(self) -> bool:
@@ -186,7 +195,7 @@ class ModelTable:
 
     def read_meta(self) -> dict[str, Any]:
         if not self.meta_path.is_file():
-            raise FileNotFoundError(f"no embed.json in {self.root}: run `ecgbatch embed` first")
+            raise FileNotFoundError(f"no {self.META_NAME} in {self.root}: run `ecgbatch {self.JOB}` first")
         return json.loads(self.meta_path.read_text())
 
     def committed_blocks(self) -> set[str]:
@@ -224,7 +233,7 @@ class ModelTable:
     def read_table(self, columns: list[str] | None = None) -> pa.Table:
         files = self.shard_files()
         if not files:
-            raise FileNotFoundError(f"no committed shards in {self.shards_dir}: run `ecgbatch embed` first")
+            raise FileNotFoundError(f"no committed shards in {self.shards_dir}: run `ecgbatch {self.JOB}` first")
         tables = [pq.read_table(f, columns=columns) for f in files]
         tables = [t for t in tables if t.num_rows] or tables[:1]
         return pa.concat_tables(tables, promote_options="permissive")
@@ -240,6 +249,15 @@ class ModelTable:
         n_ok = sum(pq.ParquetFile(f).metadata.num_rows for f in self.shard_files())
         n_bad = sum(pq.ParquetFile(f).metadata.num_rows for f in self.failure_files())
         return n_ok, n_bad
+
+
+class ReportTable(ModelTable):
+    """Generated reports of one model + adapter + prompt settings (``ecgbatch report --input``):
+    reports/part-<block>.parquet, failures/part-<block>.parquet, report.json."""
+
+    ROWS_DIR = "reports"
+    META_NAME = "report.json"
+    JOB = "report --input"
 
 
 def list_tables(workspace: str | os.PathLike) -> list[ModelTable]:

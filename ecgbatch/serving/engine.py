@@ -47,6 +47,15 @@ class EcgResult:
     n_output_tokens: int
     finish_reason: str | None     # "stop" (EOS / stop string) or "length" (max_tokens)
     lora: str | None = None
+    # engine-core seconds from first scheduled to last token (None unless the LLM was built with
+    # llm_kwargs={"disable_log_stats": False}, which fills RequestOutput.metrics)
+    generation_s: float | None = None
+
+
+def _generation_seconds(out) -> float | None:
+    m = getattr(out, "metrics", None)
+    t0, t1 = getattr(m, "scheduled_ts", 0.0), getattr(m, "last_token_ts", 0.0)
+    return float(t1 - t0) if m is not None and t0 and t1 >= t0 else None
 
 
 @dataclass
@@ -172,5 +181,6 @@ class EcgLlavaEngine:
                           n_prompt_tokens=len(o.prompt_token_ids or []),
                           n_output_tokens=len(o.outputs[0].token_ids),
                           finish_reason=o.outputs[0].finish_reason,
-                          lora=str(lora) if lora is not None else None)
+                          lora=str(lora) if lora is not None else None,
+                          generation_s=_generation_seconds(o))
                 for r, o in zip(requests, outs)]

@@ -1,0 +1,139 @@
+"""The archive half of `ecgbatch report`: ``--input ARCHIVE`` runs ecgbatch.pipelines.report (Ray
+Data + vLLM engine actors, exactly once, resumable), prints a summary, and optionally exports the
+reports (-o) and a static HTML browser (--html)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ecgbatch.commands.archive import _console, _fail, _quiet_libraries, _workspace
+
+
+@dataclass
+class ArchiveOptions:
+    archive: Optional[str]
+    workspace: Optional[Path]
+    model: str
+    lora: Optional[Path]
+    question: Optional[str]
+    ddp: bool
+    rag: int
+    reference: Optional[Path]
+    engines: int
+    gpus_per_engine: Optional[float]
+    max_tokens: int
+    address: Optional[str]
+    resume: bool
+    output: Optional[Path]
+    html: Optional[Path]
+    dtype: str
+    batch_size: int
+    block_size: int
+    num_cpus: Optional[int]
+    as_json: bool
+    progress: bool
+
+
+def _last_job(console, ws: Path) -> dict:
+    """The newest report table's meta (what --resume without --input continues)."""
+    metas = sorted(ws.glob("report-*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not metas:
+        _fail(console, f"nothing to resume in {ws}: give --input ARCHIVE")
+    return json.loads(metas[0].read_text())
+
+
+def _settings(console, o: ArchiveOptions, meta: dict | None):
+    from ecgbatch.pipelines.report import DEFAULT_QUESTION, PromptSettings
+
+    if meta is not None:
+        return PromptSettings(**meta["settings"])
+    if sum([o.question is not None, o.ddp, o.rag > 0]) > 1:
+        _fail(console, "--question, --ddp and --rag are different prompt modes: pick one")
+    if o.rag > 0 and o.reference is None:
+        _fail(console, "--rag K needs --reference WORKSPACE (a workspace with reports and embeddings)")
+    mode = "question" if o.question is not None else "ddp" if o.ddp else "rag" if o.rag > 0 else "report"
+    return PromptSettings(mode=mode, question=o.question or DEFAULT_QUESTION, max_tokens=o.max_tokens,
+                          rag_k=o.rag)
+
+
+def run_archive(o: ArchiveOptions) -> None:
+    _quiet_libraries()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    from ecgbatch.commands.report import resolve_llava_model
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.pipelines import report as pipeline
+    from ecgbatch.pipelines.workspace import WorkspaceLockedError
+
+    console = _console()
+    ws = _workspace(o.workspace)
+    meta = None
+    if o.archive is None:
+        if not o.resume:
+            _fail(console, "give --input ARCHIVE (or --resume to continue the workspace's last report job)")
+        meta = _last_job(console, ws)
+        o.archive, o.model = meta["archive"], meta["model_dir"]
+        o.lora = Path(meta["adapter"]) if meta.get("adapter") else None
+        o.dtype = meta.get("dtype", o.dtype)
+        console.print(f"resuming {meta['model']} ({meta['prompt_mode']}) on {o.archive}")
+    settings = _settings(console, o, meta)
+    if meta is not None and settings.mode == "rag":
+        o.reference = Path(settings.reference).parent   # the reference workspace of the first run
+    prompt_stage = None
+    try:
+        folder = resolve_llava_model(o.model)
+        if settings.mode in ("ddp", "rag"):
+            from ecgbatch.pipelines import report_prompts
+
+            prompt_stage, settings = report_prompts.prepare(settings, ws, o.reference, o.archive)
+        s = pipeline.run(o.archive, folder, ws, lora=o.lora, settings=settings, engines=o.engines,
+                         gpus_per_engine=o.gpus_per_engine, batch_size=o.batch_size,
+                         block_size=o.block_size, dtype=o.dtype, address=o.address, num_cpus=o.num_cpus,
+                         prompt_stage=prompt_stage, output=o.output, console=console, progress=o.progress)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: committed blocks are kept; rerun the same command "
+                      "(or `ecgbatch report --resume`) to finish")
+        raise typer.Exit(130)
+    except (EcgLlavaError, CheckpointError, FileNotFoundError, ValueError, WorkspaceLockedError) as exc:
+        _fail(console, str(exc))
+    except ConnectionError as exc:
+        _fail(console, f"cannot connect to the Ray cluster at {o.address!r}: {exc}")
+    if o.html is not None:
+        from ecgbatch.pipelines.report_html import write_site
+
+        site = write_site(pipeline.ReportTable(ws, Path(s.table).name), o.html)
+        console.print(f"html: {site}")
+    if o.as_json:
+        d = dict(s.__dict__, records_per_s=round(s.records_per_s, 3),
+                 output_tokens_per_s=round(s.output_tokens_per_s, 3))
+        print(json.dumps(d, indent=2, default=str))
+        return
+    _print_summary(console, s)
+
+
+def _print_summary(console, s) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"report: {Path(s.model).name} ({s.prompt_mode})", show_header=False)
+    t.add_row("table", s.table)
+    t.add_row("records in archive", str(s.total_records))
+    t.add_row("already committed (skipped)", str(s.already_done))
+    t.add_row("reported now", str(s.reported))
+    t.add_row("failed now", str(s.failed))
+    t.add_row("tokens", f"{s.prompt_tokens} prompt, {s.output_tokens} output "
+                         f"({s.output_tokens_per_s:.1f} output tok/s while streaming)")
+    t.add_row("throughput", f"{s.records_per_s:.2f} records/s over {s.seconds:.1f} s (incl. engine start-up "
+                            f"{s.first_result_s:.0f} s)")
+    if s.finish_reasons:
+        t.add_row("finish reasons", ", ".join(f"{k}: {v}" for k, v in sorted(s.finish_reasons.items())))
+    if s.failure_kinds:
+        t.add_row("failures by kind", ", ".join(f"{k}: {v}" for k, v in sorted(s.failure_kinds.items())))
+    if s.output:
+        t.add_row("written", s.output)
+    console.print(t)

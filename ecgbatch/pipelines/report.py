@@ -1,0 +1,406 @@
+"""`ecgbatch report --input ARCHIVE`: a Ray Data streaming job that writes one generated report
+per record of an ECG archive with an ECG-LLaVA model served by vLLM.
+
+    scan (driver) -> blocks of record sources -> ray.data.from_items
+      -> map_batches(read_and_preprocess)              CPU tasks, the model's PreprocessConfig (embed's)
+      -> map_batches(ReportUDF, ActorPoolStrategy(N))  one vLLM engine per actor (GPUs when present);
+                                                       a batch of requests per engine call, continuous
+                                                       batching inside the engine
+      -> iter_batches on the driver -> one Parquet shard per block, committed atomically
+
+The workspace machinery is embed's (ecgbatch.pipelines.workspace, ReportTable): a block is
+committed iff its shard exists, failures first, reruns skip committed records, so a crash,
+kill -9 or Ctrl-C loses at most the blocks in flight and never duplicates a report. One table per
+model + adapter + prompt settings (report-<name>-<fingerprint>-<settings hash>).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.workspace import ReportTable, default_workspace, make_blocks, model_key
+
+DEFAULT_QUESTION = "Please describe this ECG."
+DEFAULT_BLOCK_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
+PROMPT_MODES = ("report", "question", "ddp", "rag")
+_VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL",
+             "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity of the model, the adapter and the prompt settings (-> the table key)
+# ---------------------------------------------------------------------------------------------
+def folder_fingerprint(path: str | os.PathLike | None) -> str:
+    """sha256 over a model/adapter folder's top-level files: small files whole, weight files by
+    name, size and their first and last MiB (a changed tensor changes these or the header; hashing
+    14 GB of Vicuna on every run would cost minutes)."""
+    if path is None:
+        return ""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).iterdir() if p.is_file() and not p.name.startswith(".")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= 4 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(size - (1 << 20))
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+@dataclass
+class PromptSettings:
+    """How each record's question is built. ``mode``: report (the model's report prompt), question
+    (``question`` for every record), ddp (diagnosis-driven), rag (K reference reports as examples)."""
+
+    mode: str = "report"
+    question: str = DEFAULT_QUESTION
+    max_tokens: int = 256
+    rag_k: int = 0
+    reference: str = ""        # the reference embedding table's folder (rag)
+
+    def __post_init__(self):
+        if self.mode not in PROMPT_MODES:
+            raise ValueError(f"prompt mode must be one of {PROMPT_MODES}, got {self.mode!r}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
+
+    def hash(self, *parts: str) -> str:
+        blob = json.dumps([asdict(self), *parts], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: generate (callable class: one vLLM engine per actor)
+# ---------------------------------------------------------------------------------------------
+_FAIL_COLS = ("stage", "error_type", "error_kind", "message")
+
+
+class ReportUDF:
+    """Ray Data actor holding one EcgLlavaEngine; each call sends its batch's requests to the
+    engine at once (vLLM batches them continuously). A request vLLM would refuse (context
+    overflow, bad ECG) or that makes the engine fail becomes a failure row, never a lost record."""
+
+    def __init__(self, model_dir: str, fingerprint: str, engine_kwargs: dict, lora: str | None,
+                 max_tokens: int, question: str, env: dict | None = None):
+        for k, v in (env or {}).items():
+            os.environ.setdefault(k, v)
+        got = folder_fingerprint(model_dir)
+        if got != fingerprint:
+            raise RuntimeError(f"engine actor found model folder {model_dir} with fingerprint {got[:12]}, "
+                               f"the driver saw {fingerprint[:12]} (changed on disk during the run?)")
+        from ecgbatch.serving.engine import EcgLlavaEngine
+
+        self.engine = EcgLlavaEngine(model_dir, **engine_kwargs)
+        self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
+        self._ids: dict[str, list[int]] = {}
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        if question not in self._ids:
+            self._ids[question] = self.engine.prompt_ids(question)
+        return self._ids[question]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ecgbatch.serving.engine import EcgRequest
+        from ecgbatch.serving.errors import EcgLlavaError
+
+        x = batch.pop("x")
+        n = len(x)
+        for k in ("ok", *_FAIL_COLS):
+            batch[k] = np.array(batch[k], copy=True)
+        questions = batch.get("question")
+        if questions is None:
+            questions = batch["question"] = np.array([self.question] * n, dtype=object)
+        out = {"report": np.array([""] * n, dtype=object), "finish_reason": np.array([""] * n, dtype=object),
+               "n_prompt_tokens": np.zeros(n, np.int64), "n_output_tokens": np.zeros(n, np.int64),
+               "generation_s": np.full(n, np.nan)}
+        todo = []
+        for i in np.flatnonzero(batch["ok"]):
+            req = EcgRequest(x[i], self._prompt_ids(str(questions[i])), id=str(batch["record_id"][i]))
+            try:
+                self.engine.check_request(req, self.max_tokens)
+            except EcgLlavaError as exc:
+                _fail(batch, i, exc, exc.kind)
+                continue
+            todo.append((i, req))
+        for i, res in self._generate(todo, batch):
+            out["report"][i], out["finish_reason"][i] = res.text, str(res.finish_reason or "")
+            out["n_prompt_tokens"][i], out["n_output_tokens"][i] = res.n_prompt_tokens, res.n_output_tokens
+            out["generation_s"][i] = res.generation_s if res.generation_s is not None else np.nan
+        batch.update(out)
+        return batch
+
+    def _generate(self, todo, batch):
+        """All requests in one engine call; when that call fails, each alone, so only the
+        requests that fail by themselves become failures. When every one fails, the engine is
+        broken, not the records: raise (the job stops; a rerun resumes) instead of writing good
+        records off as failures."""
+        if not todo:
+            return []
+        try:
+            res = self.engine.generate([r for _, r in todo], max_tokens=self.max_tokens, lora=self.lora)
+            return [(i, r) for (i, _), r in zip(todo, res)]
+        except Exception as exc:  # noqa: BLE001 - isolated below, per request
+            first = exc
+        done, failed = [], []
+        for i, req in todo:
+            try:
+                [r] = self.engine.generate([req], max_tokens=self.max_tokens, lora=self.lora)
+                done.append((i, r))
+            except Exception as exc:  # noqa: BLE001 - a failure row with the engine's message
+                failed.append((i, exc))
+        if not done:
+            raise RuntimeError(f"the vLLM engine failed on every request of a batch of {len(todo)} "
+                               f"({type(first).__name__}: {first}); committed blocks are kept, rerun to "
+                               "resume") from first
+        for i, exc in failed:
+            _fail(batch, i, exc, getattr(exc, "kind", "engine_error"))
+        return done
+
+
+def _fail(batch, i, exc, kind: str) -> None:
+    batch["ok"][i] = False
+    batch["stage"][i], batch["error_type"][i] = "generate", type(exc).__name__
+    rid, msg = str(batch["record_id"][i]), str(exc)
+    batch["error_kind"][i], batch["message"][i] = str(kind), msg if msg.startswith(rid) else f"{rid}: {msg}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------
+def engine_kwargs(*, dtype: str = "float32", lora_rank: int | None = None, max_num_seqs: int | None = None,
+                  gpus: float = 0.0, work_dir: str | None = None, max_model_len: int | None = None) -> dict:
+    """EcgLlavaEngine arguments for one actor (per-request timing on: log stats filled)."""
+    llm_kwargs: dict[str, Any] = {"disable_log_stats": False}
+    if gpus > 1:
+        llm_kwargs["tensor_parallel_size"] = int(gpus)
+    return {"dtype": dtype, "lora_rank": lora_rank, "max_num_seqs": max_num_seqs, "work_dir": work_dir,
+            "max_model_len": max_model_len, "llm_kwargs": llm_kwargs}
+
+
+def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict, ekw: dict,
+                  lora: str | None, max_tokens: int, question: str, engines: int = 1,
+                  gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
+                  batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None):
+    """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
+    keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
+    generating, one whole block per call."""
+    from ray.data import ActorPoolStrategy
+
+    from ecgbatch.pipelines.embed import read_stage
+
+    if batch_size < 1 or engines < 1:
+        raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
+    ds = read_stage(blocks, preprocess)
+    env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
+    ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
+            "max_tokens": max_tokens, "question": question, "env": env}
+    with warnings.catch_warnings():  # max_restarts goes through the deprecated **ray_remote_args
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        if prompt_stage is not None:
+            fn, kw = prompt_stage
+            ds = ds.map_batches(fn, batch_size=None, **kw)
+        return ds.map_batches(
+            ReportUDF, fn_constructor_kwargs=ctor, compute=ActorPoolStrategy(size=engines),
+            batch_size=batch_size, num_gpus=gpus_per_engine,
+            num_cpus=cpus_per_engine if gpus_per_engine <= 0 else 1,
+            max_restarts=0)  # a dead engine fails the run (resume), no silent restart
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: shards, summary, run
+# ---------------------------------------------------------------------------------------------
+def reports_table(rows: list[dict[str, Any]], signature: dict[str, str]) -> pa.Table:
+    """The shard of one block (reported rows only; the full schema even when empty)."""
+    from ecgbatch.pipelines.embed import metadata_columns
+
+    n = len(rows)
+    cols: dict[str, pa.Array] = {
+        "record_id": pa.array([str(r["record_id"]) for r in rows], pa.string()),
+        "source": pa.array([str(r["source"]) for r in rows], pa.string()),
+        "report": pa.array([str(r["report"]) for r in rows], pa.string()),
+        "prompt_mode": pa.array([signature["prompt_mode"]] * n, pa.string()),
+        "question": pa.array([str(r["question"]) for r in rows], pa.string()),
+        "model": pa.array([signature["model"]] * n, pa.string()),
+        "adapter": pa.array([signature["adapter"] or None] * n, pa.string()),
+        "n_prompt_tokens": pa.array([int(r["n_prompt_tokens"]) for r in rows], pa.int64()),
+        "n_output_tokens": pa.array([int(r["n_output_tokens"]) for r in rows], pa.int64()),
+        "finish_reason": pa.array([str(r["finish_reason"]) for r in rows], pa.string()),
+        "generation_s": pa.array([None if math.isnan(float(r["generation_s"])) else float(r["generation_s"])
+                                  for r in rows], pa.float64()),
+    }
+    cols.update(metadata_columns(rows))
+    return pa.table(cols)
+
+
+@dataclass
+class ReportSummary:
+    table: str
+    model: str
+    prompt_mode: str
+    total_records: int
+    already_done: int
+    reported: int = 0
+    failed: int = 0
+    blocks_committed: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    pipeline_seconds: float = 0.0
+    first_result_s: float = 0.0
+    steady_records_per_s: float = 0.0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    output: str | None = None
+
+    @property
+    def records_per_s(self) -> float:
+        return (self.reported + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return self.output_tokens / self.pipeline_seconds if self.pipeline_seconds > 0 else 0.0
+
+
+def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[str, str],
+             summary: ReportSummary, bar) -> None:
+    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
+    from ecgbatch.pipelines.embed import failures_table
+
+    def commit(key: str, rows: list[dict[str, Any]]) -> None:
+        ok, bad = split_failures(rows)
+        table.commit_block(key, reports_table(ok, signature), failures_table(bad))
+        summary.reported += len(ok)
+        summary.failed += len(bad)
+        summary.blocks_committed += 1
+        summary.prompt_tokens += sum(int(r["n_prompt_tokens"]) for r in ok)
+        summary.output_tokens += sum(int(r["n_output_tokens"]) for r in ok)
+        for r in ok:
+            fr = str(r["finish_reason"])
+            summary.finish_reasons[fr] = summary.finish_reasons.get(fr, 0) + 1
+        count_kinds(summary.failure_kinds, bad)
+
+    def on_batch(b) -> None:
+        bar.advance(len(b["block"]), tokens=int(np.asarray(b["n_output_tokens"]).sum()))
+
+    stats = consume_blocks(ds, expected, commit, on_batch=on_batch)
+    summary.pipeline_seconds = stats.pipeline_seconds
+    summary.first_result_s = stats.first_result_s
+    summary.steady_records_per_s = stats.steady_records_per_s
+
+
+def open_report_table(workspace, folder: Path, config, lora: str | Path | None,
+                      settings: PromptSettings, dtype: str) -> tuple[ReportTable, dict[str, str]]:
+    """The table of this model + adapter + prompt settings, and the signature stored in its rows."""
+    fp = folder_fingerprint(folder)
+    adapter_fp = folder_fingerprint(lora) if lora is not None else ""
+    pre_hash = config.preprocess_config.hash()
+    settings_hash = settings.hash(adapter_fp, pre_hash, dtype)
+    key = "report-" + model_key(folder.name, fp, settings_hash)
+    sig = {"model": folder.name, "fingerprint": fp, "adapter": str(lora) if lora is not None else "",
+           "adapter_fingerprint": adapter_fp, "prompt_mode": settings.mode, "settings_hash": settings_hash,
+           "preprocess_hash": pre_hash}
+    return ReportTable(workspace, key), sig
+
+
+def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike | None = None, *,
+        lora: str | os.PathLike | None = None, settings: PromptSettings | None = None,
+        engines: int = 1, gpus_per_engine: float | None = None, cpus_per_engine: float = 1.0,
+        batch_size: int = DEFAULT_BATCH_SIZE, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "float32",
+        address: str | None = None, num_cpus: int | None = 2, work_dir: str | None = None,
+        prompt_stage=None, output: str | os.PathLike | None = None, console=None, progress: bool = True,
+        sources: list | None = None) -> ReportSummary:
+    """Report every record of ``archive`` not yet in this table; returns the summary.
+
+    Exactly-once and resumable as `embed`: records already committed (reported or failed) are
+    skipped, the rest is cut into blocks of ``block_size`` committed one by one."""
+    from ecgbatch.pipelines.embed import _quiet_ray_data, list_sources, ray_session
+    from ecgbatch.pipelines.progress import RecordProgress
+    from ecgbatch.serving.folder import check_adapter, check_model_folder
+
+    t0 = time.perf_counter()
+    settings = settings or PromptSettings()
+    folder = Path(model_dir).resolve()
+    config = check_model_folder(folder)
+    rank = check_adapter(lora, config) if lora is not None else None
+    lora = str(Path(lora).resolve()) if lora is not None else None
+    root = src.normalize_root(archive)
+    ws = default_workspace() if workspace is None else workspace
+    table, sig = open_report_table(ws, folder, config, lora, settings, dtype)
+    by_key = {s.key: s for s in (sources if sources is not None else list_sources(root))}
+    all_sources = sorted(by_key)
+    ids = src.record_ids(all_sources, root)
+    pre = config.preprocess_config.to_dict()
+    with table:
+        if table.exists() and table.read_meta().get("archive") != root:
+            raise ValueError(f"{table.root} holds reports of archive {table.read_meta().get('archive')!r}, "
+                             f"not {root!r}: use another --workspace for another archive")
+        table.write_meta({**sig, "model_dir": str(folder), "archive": root, "preprocess": pre,
+                          "settings": asdict(settings), "dtype": dtype, "block_size": block_size})
+        done = table.committed_sources()
+        todo = [s for s in all_sources if s not in done]
+        summary = ReportSummary(table=str(table.root), model=str(folder), prompt_mode=settings.mode,
+                                total_records=len(all_sources), already_done=len(all_sources) - len(todo))
+        bs = max(1, min(block_size, math.ceil(len(todo) / 8)))
+        blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])
+                  for k, chunk in make_blocks(todo, bs)]
+        if blocks:
+            with ray_session(address, num_cpus):
+                import ray
+
+                _quiet_ray_data()
+                if gpus_per_engine is None:
+                    gpus_per_engine = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+                ekw = engine_kwargs(dtype=dtype, lora_rank=rank, max_num_seqs=batch_size,
+                                    gpus=gpus_per_engine, work_dir=work_dir)
+                ds = build_dataset(blocks, model_dir=str(folder), fingerprint=sig["fingerprint"],
+                                   preprocess=pre, ekw=ekw, lora=lora, max_tokens=settings.max_tokens,
+                                   question=settings.question, engines=engines,
+                                   gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
+                                   batch_size=batch_size, prompt_stage=prompt_stage)
+                expected = {k: len(chunk) for k, chunk, _ in blocks}
+                with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
+                                    tokens=True) as bar:
+                    _consume(ds, table, expected, sig, summary, bar)
+    if output is not None:
+        summary.output = str(export(table, output))
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def export(table: ReportTable, out: str | os.PathLike) -> Path:
+    """Every committed report of ``table`` in one file (.parquet, or .jsonl one object a line),
+    written atomically."""
+    from ecgbatch.pipelines.workspace import atomic_write_table
+
+    out = Path(out)
+    t = table.read_table()
+    if out.suffix == ".parquet":
+        atomic_write_table(t, out)
+    elif out.suffix in (".jsonl", ".json"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            for b in t.to_batches(max_chunksize=4096):
+                for r in b.to_pylist():
+                    f.write(json.dumps(r, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    else:
+        raise ValueError(f"-o must end in .parquet or .jsonl, got {str(out)!r}")
+    return out
