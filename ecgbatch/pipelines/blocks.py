@@ -4,6 +4,7 @@ soon as all of its records came back (see ecgbatch.pipelines.workspace for the e
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,6 +18,20 @@ class StreamStats:
     pipeline_seconds: float = 0.0      # from starting the dataset to the last commit
     steady_records_per_s: float = 0.0  # after the first results arrived (start-up excluded)
     first_result_s: float = 0.0
+
+
+def plan_blocks(all_sources: list[str], done: set[str], by_key: dict, ids: dict[str, str],
+                block_size: int) -> tuple[list[str], list[tuple[str, list[str], list[str]]]]:
+    """(records still to do, their work blocks ``(key, sources as JSON, record ids)``). Small jobs
+    get smaller blocks, so reading is spread over several tasks (>= ~8 blocks)."""
+    from ecgbatch.pipelines import sources as src
+    from ecgbatch.pipelines.workspace import make_blocks
+
+    todo = [s for s in all_sources if s not in done]
+    bs = max(1, min(block_size, math.ceil(len(todo) / 8)))
+    blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])
+              for k, chunk in make_blocks(todo, bs)]
+    return todo, blocks
 
 
 def split_failures(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

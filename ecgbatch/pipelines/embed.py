@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.workspace import ModelTable, default_workspace, make_blocks, model_key
+from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.workspace import ModelTable, default_workspace, model_key
 
 DEFAULT_MODEL = "ecg-coca-mini"
 DEFAULT_BLOCK_SIZE = 128
@@ -445,14 +446,9 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
         table.write_meta({**signature, "dim": dim, "create_args": spec,
                           "provenance": _jsonable(mdl_provenance), "archive": root,
                           "preprocess": pcfg.to_dict(), "block_size": block_size})
-        done = table.committed_sources()
-        todo = [s for s in all_sources if s not in done]
+        todo, blocks = plan_blocks(all_sources, table.committed_sources(), by_key, ids, block_size)
         summary = EmbedSummary(table=str(table.root), model=str(model), total_records=len(all_sources),
                                already_done=len(all_sources) - len(todo))
-        # small jobs: smaller blocks, so reading is spread over several tasks (>= ~8 blocks)
-        bs = max(1, min(block_size, math.ceil(len(todo) / 8)))
-        blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])
-                  for k, chunk in make_blocks(todo, bs)]
         if blocks:
             with ray_session(address, num_cpus):
                 import ray

@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.workspace import ReportTable, default_workspace, make_blocks, model_key
+from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
 
 DEFAULT_QUESTION = "Please describe this ECG."
 DEFAULT_BLOCK_SIZE = 64
@@ -351,13 +352,9 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                              f"not {root!r}: use another --workspace for another archive")
         table.write_meta({**sig, "model_dir": str(folder), "archive": root, "preprocess": pre,
                           "settings": asdict(settings), "dtype": dtype, "block_size": block_size})
-        done = table.committed_sources()
-        todo = [s for s in all_sources if s not in done]
+        todo, blocks = plan_blocks(all_sources, table.committed_sources(), by_key, ids, block_size)
         summary = ReportSummary(table=str(table.root), model=str(folder), prompt_mode=settings.mode,
                                 total_records=len(all_sources), already_done=len(all_sources) - len(todo))
-        bs = max(1, min(block_size, math.ceil(len(todo) / 8)))
-        blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])
-                  for k, chunk in make_blocks(todo, bs)]
         if blocks:
             with ray_session(address, num_cpus):
                 import ray
