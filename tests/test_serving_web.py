@@ -41,7 +41,7 @@ def test_page_upload_plot_and_streamed_chat(browser, ecg_server):
     browser.find_element(By.ID, "reload").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
     rec = REPO_ROOT / "sample_archive" / "cinc2021" / "A0689"
-    browser.find_element(By.ID, "file").send_keys(f"{rec}.hea\n{rec}.dat")
+    browser.find_element(By.ID, "file").send_keys(f"{rec}.hea\n{rec}.mat")
     wait.until(lambda d: d.find_element(By.ID, "plot").is_displayed())
     assert "12 leads, 500 Hz, 10 s" in browser.find_element(By.ID, "summary").text
     assert browser.execute_script("return document.getElementById('plot').naturalWidth") > 300

@@ -30,6 +30,30 @@ class Delta:
     finish_reason: str | None      # set on the last delta
 
 
+def expose_plugin_to_children(work_dir: str | None = None) -> Path:
+    """AsyncLLM always runs its engine core in a spawned process, which registers models only
+    through the ``vllm.general_plugins`` entry point. When the installed ecgbatch does not declare
+    it (an editable install older than the entry point), put a minimal dist-info that declares it
+    on the children's PYTHONPATH (importlib.metadata finds entry points on sys.path)."""
+    from ecgbatch.serving.plugin import register
+
+    base = Path(work_dir or os.environ.get("ECGBATCH_CACHE") or Path.home() / ".cache" / "ecgbatch")
+    root = base / "vllm-plugin-path"
+    info = root / "ecgbatch_vllm_plugin-0.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ecgbatch-vllm-plugin\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[vllm.general_plugins]\necgbatch_ecg_llava = {register.__module__}:register\n")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # the children must import THIS ecgbatch (a worktree first on sys.path, not the installed one)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    for p in (str(root), pkg_root):
+        if p not in paths:
+            paths.insert(0, p)
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    return root
+
+
 class AsyncEcgLlava:
     def __init__(self, model_dir: Path, config, served_name: str, loras: dict, engine, max_model_len: int):
         self.model_dir, self.config, self.served_name = model_dir, config, served_name
@@ -60,7 +84,7 @@ class AsyncEcgLlava:
         served = folders.runnable_model_folder(model_dir, config, work_dir)
         register()
         if not entry_point_installed():
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            expose_plugin_to_children(work_dir)
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM

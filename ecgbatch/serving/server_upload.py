@@ -44,19 +44,18 @@ def _record_file(folder: Path, names: list[str]) -> Path:
     from ecgbatch.io.errors import EcgReadError
     from ecgbatch.io.wfdb_reader import signal_file_names
 
-    for name in names:
+    for hea in [n for n in names if n.lower().endswith(".hea")]:      # every header, whichever is read
+        try:
+            refs = signal_file_names(str(folder / hea))
+        except EcgReadError as exc:
+            raise RequestError(f"{hea}: {exc}", 422, "unreadable_ecg") from None
+        bad = [r for r in refs if r not in names]
+        if bad:
+            raise RequestError(f"{hea} refers to signal files that were not uploaded with it: "
+                               f"{', '.join(bad)}", 422, "unreadable_ecg")
+    for name in sorted(names, key=lambda n: not n.lower().endswith(".hea")):
         if name.lower().endswith(RECORD_SUFFIXES):
-            p = folder / name
-            if name.lower().endswith(".hea"):
-                try:
-                    refs = signal_file_names(str(p))
-                except EcgReadError as exc:
-                    raise RequestError(f"{name}: {exc}", 422, "unreadable_ecg") from None
-                bad = [r for r in refs if r not in names]
-                if bad:
-                    raise RequestError(f"{name} refers to signal files that were not uploaded with it: "
-                                       f"{', '.join(bad)}", 422, "unreadable_ecg")
-            return p
+            return folder / name
     raise RequestError(f"none of the uploaded files names a record ({', '.join(RECORD_SUFFIXES)})",
                        422, "unreadable_ecg")
 
