@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean browser
 
 venv: $(STAMP)
 
@@ -37,8 +37,17 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VPY) -m pytest -q tests
+
+# Chromium + its driver for the web-page test (Debian packages; needs root). Idempotent; without
+# root or apt the browser test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	echo "chromium not installed (needs root and apt-get): the browser test will skip"
+
 
 bench: $(STAMP)
 	$(VPY) bench/read.py

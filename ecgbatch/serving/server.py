@@ -224,14 +224,19 @@ def build_app(cfg: ServerConfig, engine_factory=None):
             raise RequestError(f"the server is busy ({svc.in_flight} requests in flight); retry later",
                                429, "busy")
         svc.in_flight += 1
+        streaming = False
         try:
             body = await read_json(request, cfg.limits.max_body_bytes)
             job, ecg, ids = await svc.prepare(body)
             if job.stream:
+                streaming = True
                 return StreamingResponse(_counted(svc, svc.sse(job, ecg, ids)), media_type="text/event-stream")
-            return JSONResponse(await svc.complete(job, ecg, ids))
+            try:
+                return JSONResponse(await svc.complete(job, ecg, ids))
+            except ValueError as exc:      # vLLM's own input checks (it validates before queueing)
+                raise RequestError(f"the engine refused the request: {exc}", 400, "engine_refused") from None
         finally:
-            if not (locals().get("job") is not None and job.stream):
+            if not streaming:
                 svc.in_flight -= 1
 
     return app
