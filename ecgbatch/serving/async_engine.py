@@ -11,6 +11,7 @@ ecgbatch.serving.folder before the engine starts, exactly as the offline EcgLlav
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def expose_plugin_to_children(work_dir: str | None = None) -> Path:
     for p in (str(root), pkg_root):
         if p not in paths:
             paths.insert(0, p)
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)     # processes started with a fresh interpreter
+    if str(root) not in sys.path:                            # multiprocessing's spawn copies sys.path
+        sys.path.insert(0, str(root))
     return root
 
 

@@ -30,6 +30,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastapi import Request   # module level: the routes' annotations are resolved from here
+
 from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def _usage(d) -> dict:
 
 def build_app(cfg: ServerConfig, engine_factory=None):
     """The FastAPI app; the engine starts in the app's lifespan (before the port accepts requests)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -196,7 +198,8 @@ def build_app(cfg: ServerConfig, engine_factory=None):
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc):
-        return error_response(400, str(exc), "invalid_request")
+        errs = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return error_response(400, f"invalid request: {errs}", "invalid_request")
 
     @app.get("/health")
     async def health():
