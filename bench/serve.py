@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,9 +52,9 @@ def ecg_parts(limit: int = 24) -> list[dict]:
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from ecgbatch.serving.server import free_port
+
+    port = free_port()
     cmd = [sys.executable, "-m", "ecgbatch.cli", "serve", "--model", args.model, "--name", "bench",
            "--port", str(port), "--dtype", args.dtype, "--max-tokens", str(max(64, args.max_tokens))]
     for spec in args.lora:
@@ -70,7 +69,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         try:
             urllib.request.urlopen(url + "/health", timeout=2).read()
             return proc, url
-        except OSError:
+        except Exception:   # refused, or not ours yet (http.client errors are not OSErrors)
             time.sleep(1)
     proc.kill()
     raise SystemExit(f"the server did not start within {args.start_timeout} s")

@@ -129,7 +129,6 @@ def ecg_server(ecgllava_folder, tmp_path_factory):
     pytest.importorskip("vllm")
     pytest.importorskip("fastapi")
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -137,9 +136,9 @@ def ecg_server(ecgllava_folder, tmp_path_factory):
 
     from ecgbatch._paths import REPO_ROOT
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from ecgbatch.serving.server import free_port
+
+    port = free_port()
     work = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", ECGBATCH_CACHE=str(work))
     log = open(work / "server.log", "w")
@@ -156,7 +155,7 @@ def ecg_server(ecgllava_folder, tmp_path_factory):
         try:
             urllib.request.urlopen(url + "/health", timeout=2).read()
             break
-        except OSError:
+        except Exception:   # refused, or not ours yet (http.client errors are not OSErrors)
             if time.time() > deadline:
                 proc.kill()
                 pytest.fail("ecgbatch serve did not start within 600 s")

@@ -257,3 +257,19 @@ def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     uvicorn.run(build_app(cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def free_port(lo: int = 20000, hi: int = 32000) -> int:
+    """A free loopback port BELOW the kernel's ephemeral range (32768+), so that the ports vLLM's
+    engine picks for itself (ZMQ, torch.distributed) cannot take it between this check and bind."""
+    import random
+    import socket
+
+    for port in random.Random().sample(range(lo, hi), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {lo}..{hi}")
