@@ -64,6 +64,7 @@ def config(ecgllava_folder):
     return read_config(ecgllava_folder)
 
 
+@pytest.mark.shared
 def test_inline_any_order_equals_the_file(config):
     from ecgbatch.io import read_record
     from ecgbatch.llava.inputs import preprocess_for_model
@@ -82,6 +83,7 @@ def test_inline_any_order_equals_the_file(config):
     assert e.value.status == 422 and "missing" in str(e.value).lower()
 
 
+@pytest.mark.shared
 def test_paths_stay_inside_the_ecg_folder(config, tmp_path):
     (tmp_path / "link.hea").symlink_to(ARCHIVE / "cinc2021/A0689.hea")
     cases = [("../pyproject.toml", ARCHIVE, 403), ("/etc/passwd", ARCHIVE, 403), ("link.hea", tmp_path / "sub", 403),
