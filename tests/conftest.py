@@ -87,10 +87,10 @@ def real_index_vectors(shared_data):
     return t.filter(keep), v[keep]
 
 
-# --- ECG-LLaVA: the fixture converted once, and ONE vLLM engine shared by all vLLM tests ------
+# --- the ecgllava_tiny reference fixture (ECG-Chat's LLaVA code), converted once per session -----
 
 @pytest.fixture(scope="session")
-def ecgllava_fixture_dir(fixtures_dir):
+def llava_fx(fixtures_dir):
     d = fixtures_dir / "ecgllava_tiny"
     if not d.is_dir() or not (fixtures_dir / "ecgcoca_tiny").is_dir():
         pytest.skip(f"fixture folders missing: {d} and its sibling ecgcoca_tiny")
@@ -98,31 +98,31 @@ def ecgllava_fixture_dir(fixtures_dir):
 
 
 @pytest.fixture(scope="session")
-def ecgllava_folder(ecgllava_fixture_dir, tmp_path_factory):
-    """The fixture's ECG-Chat LoRA run converted to an ECG-LLaVA folder (adapter in folder/lora)."""
+def llava_converted(llava_fx, tmp_path_factory):
+    """The fixture's ECG-Chat LoRA run through the public converter (adapter kept in lora/)."""
     from ecgbatch.llava import convert_ecgchat_llava
 
-    d = ecgllava_fixture_dir
-    return convert_ecgchat_llava(d / "base_llm", d / "llava-lora", d.parent / "ecgcoca_tiny" / "checkpoint.pt",
-                                 tmp_path_factory.mktemp("ecgllava") / "tiny")
+    out = tmp_path_factory.mktemp("ecgllava") / "model"
+    return convert_ecgchat_llava(llava_fx / "base_llm", llava_fx / "llava-lora",
+                                 llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt", out)
 
 
 @pytest.fixture(scope="session")
-def vllm_engine(ecgllava_folder, tmp_path_factory):
+def vllm_engine(llava_converted, tmp_path_factory):
     """One vLLM engine (float32, LoRA rank <= 8 enabled) for the whole test session: start-up
     costs 20-100 s on 2 cores. The fixture's head size 16 is served through a padded copy."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.serving.engine import EcgLlavaEngine
 
-    return EcgLlavaEngine(ecgllava_folder, dtype="float32", lora_rank=8,
+    return EcgLlavaEngine(llava_converted, dtype="float32", lora_rank=8,
                           work_dir=str(tmp_path_factory.mktemp("vllm-work")))
 
 
 # --- `ecgbatch serve`: ONE server process (one vLLM engine) for every server and browser test ---
 
 @pytest.fixture(scope="session")
-def ecg_server(ecgllava_folder, tmp_path_factory):
+def ecg_server(llava_converted, tmp_path_factory):
     """`ecgbatch serve` on a free loopback port with the fixture model, its adapter as model
     "ecg-chat", API key "test-key" and sample_archive/ as --ecg-dir. Yields a dict (url, key,
     base, adapter)."""
@@ -142,8 +142,8 @@ def ecg_server(ecgllava_folder, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", ECGBATCH_CACHE=str(work))
     log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ecgbatch.cli", "serve", "--model", str(ecgllava_folder),
-                             "--name", "tiny", "--lora", f"ecg-chat={ecgllava_folder / 'lora'}",
+    proc = subprocess.Popen([sys.executable, "-m", "ecgbatch.cli", "serve", "--model", str(llava_converted),
+                             "--name", "tiny", "--lora", f"ecg-chat={llava_converted / 'lora'}",
                              "--api-key", "test-key", "--ecg-dir", str(REPO_ROOT / "sample_archive"),
                              "--port", str(port), "--max-tokens", "64", "--max-body-mb", "2"],
                             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

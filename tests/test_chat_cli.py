@@ -22,8 +22,8 @@ def _chat(args, stdin: str, cwd):
 
 
 @pytest.mark.shared
-def test_unreadable_record_is_refused(ecgllava_folder, tmp_path):
-    p = _chat([str(REPO_ROOT / "sample_archive/bad/garbage.hea"), "--model", str(ecgllava_folder)], "", tmp_path)
+def test_unreadable_record_is_refused(llava_converted, tmp_path):
+    p = _chat([str(REPO_ROOT / "sample_archive/bad/garbage.hea"), "--model", str(llava_converted)], "", tmp_path)
     assert p.returncode == 2 and "garbage.hea" in p.stderr and "bad_header" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -31,11 +31,11 @@ def test_unreadable_record_is_refused(ecgllava_folder, tmp_path):
 @pytest.mark.vllm
 @pytest.mark.shared
 @pytest.mark.slow
-def test_chat_end_to_end(ecgllava_folder, ecg_server, tmp_path):
+def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
     import openai
 
     q1, q2 = "Please describe this ECG.", "What is the rhythm?"
-    p = _chat([str(REPO_ROOT / RECORD), "--model", str(ecgllava_folder), "--lora", str(ecgllava_folder / "lora"),
+    p = _chat([str(REPO_ROOT / RECORD), "--model", str(llava_converted), "--lora", str(llava_converted / "lora"),
                "--max-tokens", "8"], f"{q1}\n/plot plot.png\n/save conv.json\n{q2}\n/save conv2.json\n/reset\n/save empty.json\n/quit\n",
               tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -24,35 +24,17 @@ def assert_close(got, ref):
 
 
 @pytest.fixture(scope="session")
-def llava_fx(fixtures_dir):
-    d = fixtures_dir / "ecgllava_tiny"
-    if not d.is_dir() or not (fixtures_dir / "ecgcoca_tiny").is_dir():
-        pytest.skip(f"fixture folders missing: {d} and its sibling ecgcoca_tiny")
-    return d
-
-
-@pytest.fixture(scope="session")
-def converted(llava_fx, tmp_path_factory):
-    """The fixture's ECG-Chat LoRA run converted once per session (adapter kept separate)."""
-    from ecgbatch.llava import convert_ecgchat_llava
-
-    out = tmp_path_factory.mktemp("ecgllava") / "model"
-    return convert_ecgchat_llava(llava_fx / "base_llm", llava_fx / "llava-lora",
-                                 llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt", out)
-
-
-@pytest.fixture(scope="session")
-def unmerged(converted):
+def unmerged(llava_converted):
     from ecgbatch.llava import load_ecg_llava
 
-    return load_ecg_llava(converted, lora=converted / "lora")
+    return load_ecg_llava(llava_converted, lora=llava_converted / "lora")
 
 
 @pytest.fixture(scope="session")
-def merged(converted):
+def merged(llava_converted):
     from ecgbatch.llava import load_ecg_llava
 
-    return load_ecg_llava(converted, lora=converted / "lora", merge_lora=True)[0]
+    return load_ecg_llava(llava_converted, lora=llava_converted / "lora", merge_lora=True)[0]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +52,8 @@ def _ids(ids, ecg_token_id):
 
 
 @pytest.mark.shared
-def test_converted_folder_layout(converted):
+def test_converted_folder_layout(llava_converted):
+    converted = llava_converted
     from ecgbatch.llava import num_ecg_tokens
     from ecgbatch.llava.loading import read_config, stored_shapes
 
@@ -172,3 +155,64 @@ def test_training_labels_and_loss(llava_fx, unmerged, ecgs):
         out = model(input_ids=ids, ecgs=ecgs[1:2], attention_mask=ids != 0, labels=labels)
     assert sp.labels[0].tolist() == ex["spliced_labels"]
     np.testing.assert_allclose(float(out.loss), ex["loss"], rtol=RTOL)
+
+
+@pytest.mark.shared
+def test_cli_convert_with_merge_lora(llava_fx, ecgs, ref_ids, tmp_path):
+    """`ecgbatch models convert-ecgchat-llava --merge-lora`: one folder, no adapter, same logits."""
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+    from ecgbatch.llava import load_ecg_llava
+
+    out = tmp_path / "merged"
+    res = CliRunner().invoke(app, ["models", "convert-ecgchat-llava", "--base", str(llava_fx / "base_llm"),
+                                   "--lora", str(llava_fx / "llava-lora"), "--ecg-coca",
+                                   str(llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt"), "-o", str(out),
+                                   "--merge-lora"])
+    assert res.exit_code == 0, res.output
+    assert "merged into the LM" in res.output and not (out / "lora").exists()
+    model, _ = load_ecg_llava(out)
+    with torch.no_grad():
+        logits = model(input_ids=_ids(ref_ids[0], model.config.ecg_token_id), ecgs=ecgs[:1]).logits[0]
+    assert_close(logits, np.load(llava_fx / "expected_logits_0.npy"))
+
+
+@pytest.mark.shared
+def test_older_peft_bin_adapter_and_linear_projector(llava_fx, ecgs, ref_ids, tmp_path):
+    """ECG-Chat runs saved with older peft have adapter_model.bin; a stage-1 style 'linear'
+    projector is a bare Linear in non_lora_trainables.bin (mm_projector.weight/bias)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ecgbatch.llava import convert_ecgchat_llava, load_ecg_llava
+    from ecgbatch.llava.loading import stored_shapes
+
+    lora = tmp_path / "llava-lora"
+    shutil.copytree(llava_fx / "llava-lora", lora)
+    torch.save(load_file(str(lora / "adapter_model.safetensors")), lora / "adapter_model.bin")
+    (lora / "adapter_model.safetensors").unlink()
+    ckpt = llava_fx.parent / "ecgcoca_tiny" / "checkpoint.pt"
+    out = convert_ecgchat_llava(llava_fx / "base_llm", lora, ckpt, tmp_path / "bin")
+    model, _ = load_ecg_llava(out, lora=out / "lora")
+    with torch.no_grad():
+        logits = model(input_ids=_ids(ref_ids[1], model.config.ecg_token_id), ecgs=ecgs[1:2]).logits[0]
+    assert_close(logits, np.load(llava_fx / "expected_logits_1.npy"))
+
+    g = torch.Generator().manual_seed(0)
+    lin = {"base_model.model.model.mm_projector.weight": torch.randn(64, 64, generator=g) / 8,
+           "base_model.model.model.mm_projector.bias": torch.randn(64, generator=g) / 50}
+    torch.save(lin, lora / "non_lora_trainables.bin")
+    cfg = json.loads((lora / "config.json").read_text())
+    cfg.pop("mm_projector_type")            # absent: LLaVA's default, "linear"
+    (lora / "config.json").write_text(json.dumps(cfg))
+    out = convert_ecgchat_llava(llava_fx / "base_llm", lora, ckpt, tmp_path / "linear")
+    assert {k for k in stored_shapes(out) if k.startswith("projector.")} == {"projector.0.weight", "projector.0.bias"}
+    model, _ = load_ecg_llava(out)
+    assert model.config.projector_type == "linear"
+    with torch.no_grad():
+        got = model.encode_ecgs(ecgs[:1])
+        want = model.ecg_features(ecgs[:1]) @ lin["base_model.model.model.mm_projector.weight"].T \
+            + lin["base_model.model.model.mm_projector.bias"]
+    assert_close(got, want.numpy())

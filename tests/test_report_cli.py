@@ -26,9 +26,9 @@ def _run_cli(args):
 @pytest.mark.vllm
 @pytest.mark.shared
 @pytest.mark.slow
-def test_report_json_end_to_end(ecgllava_folder, tmp_path):
-    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(ecgllava_folder),
-                  "--lora", str(ecgllava_folder / "lora"), "--max-tokens", "8", "--json"])
+def test_report_json_end_to_end(llava_converted, tmp_path):
+    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_converted),
+                  "--lora", str(llava_converted / "lora"), "--max-tokens", "8", "--json"])
     assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
     out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
     [rep] = out["reports"]
@@ -49,11 +49,11 @@ def test_report_default_model_not_installed(monkeypatch, tmp_path):
 
 
 @pytest.mark.shared
-def test_report_refuses_bad_model_folder_before_starting_vllm(ecgllava_folder, tmp_path):
+def test_report_refuses_bad_model_folder_before_starting_vllm(llava_converted, tmp_path):
     from safetensors.torch import load_file, save_file
 
     bad = tmp_path / "bad"
-    shutil.copytree(ecgllava_folder, bad)
+    shutil.copytree(llava_converted, bad)
     t = load_file(str(bad / "model.safetensors"))
     del t["projector.2.weight"]
     t["projector.0.bias"] = t["projector.0.bias"][:10].clone()
@@ -65,9 +65,9 @@ def test_report_refuses_bad_model_folder_before_starting_vllm(ecgllava_folder, t
 
 
 @pytest.mark.shared
-def test_report_no_readable_record(ecgllava_folder):
+def test_report_no_readable_record(llava_converted):
     r = CliRunner().invoke(app, ["report", "sample_archive/bad/garbage.hea", "sample_archive/bad/single_lead.hea",
-                                 "--model", str(ecgllava_folder)])
+                                 "--model", str(llava_converted)])
     assert r.exit_code == 2
     assert "garbage.hea" in r.output and "single_lead.hea" in r.output and "missing_lead" in r.output
     assert "no record could be read" in r.output

@@ -58,10 +58,10 @@ def test_bad_sampling(extra, words):
 
 
 @pytest.fixture(scope="module")
-def config(ecgllava_folder):
+def config(llava_converted):
     from ecgbatch.llava.loading import read_config
 
-    return read_config(ecgllava_folder)
+    return read_config(llava_converted)
 
 
 @pytest.mark.shared

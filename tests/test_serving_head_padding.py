@@ -15,14 +15,6 @@ from ecgbatch.serving.head_padding import (HeadPaddingError, pad_adapter_folder,
 pytestmark = pytest.mark.shared
 
 
-@pytest.fixture(scope="module")
-def tiny(fixtures_dir):
-    d = fixtures_dir / "ecgllava_tiny"
-    if not d.is_dir():
-        pytest.skip(f"fixture folder missing: {d}")
-    return d
-
-
 def _logits(model_dir, ids, adapter=None):
     from transformers import LlamaForCausalLM
 
@@ -45,7 +37,8 @@ def test_slot_index_keeps_rope_pairs():
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
-def test_padded_llama_gives_same_logits(tiny, tmp_path, with_lora):
+def test_padded_llama_gives_same_logits(llava_fx, tmp_path, with_lora):
+    tiny = llava_fx
     base = tiny / "base_llm"
     ids = torch.tensor([json.loads((tiny / "input_ids.json").read_text())["input_ids"][0]])
     ids = ids.clamp(min=0)                                   # -200 (the ECG) -> an ordinary token

@@ -80,7 +80,7 @@ def test_adapter_by_name_changes_the_answer(client):
     assert tuned.model == "ecg-chat" and tuned.choices[0].message.content != base
 
 
-def test_multi_turn_uses_the_shared_prompt_ids(client, ecgllava_folder):
+def test_multi_turn_uses_the_shared_prompt_ids(client, llava_converted):
     from ecgbatch.llava.loading import load_tokenizer, read_config
     from ecgbatch.llava.prompting import prompt_ids
 
@@ -90,8 +90,8 @@ def test_multi_turn_uses_the_shared_prompt_ids(client, ecgllava_folder):
             {"role": "user", "content": history[1][0]}, {"role": "assistant", "content": history[1][1]},
             {"role": "user", "content": "What is the heart rate?"}]
     r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=4, temperature=0)
-    config = read_config(ecgllava_folder)
-    ids = prompt_ids(load_tokenizer(ecgllava_folder, config), "What is the heart rate?", config, history)
+    config = read_config(llava_converted)
+    ids = prompt_ids(load_tokenizer(llava_converted, config), "What is the heart rate?", config, history)
     assert r.usage.prompt_tokens == len(ids) - 1 + 101
 
 

@@ -20,8 +20,8 @@ N_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def fx(ecgllava_fixture_dir):
-    d = ecgllava_fixture_dir
+def fx(llava_fx):
+    d = llava_fx
     return {"ecgs": np.load(d / "inputs_ecg.npy"),
             "ids": json.loads((d / "input_ids.json").read_text())["input_ids"],
             "questions": json.loads((d / "prompts.json").read_text())["questions"],
@@ -36,8 +36,8 @@ def requests_(fx, vllm_engine):
 
 
 @pytest.fixture(scope="module")
-def adapter(ecgllava_folder):
-    return ecgllava_folder / "lora"
+def adapter(llava_converted):
+    return llava_converted / "lora"
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,12 @@ def test_lora_tokens_equal_ecgchat(fx, lora_out):
     assert [r.n_prompt_tokens for r in lora_out] == [145, 144]
 
 
-def test_base_tokens_equal_hf(ecgllava_folder, requests_, base_out):
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_tokens_equal_hf(llava_converted, requests_, base_out, lora_out, adapter, with_lora):
     from ecgbatch.llava import load_ecg_llava
 
-    model, _ = load_ecg_llava(ecgllava_folder)
-    for req, out in zip(requests_, base_out):
+    model, _ = load_ecg_llava(llava_converted, lora=adapter if with_lora else None)
+    for req, out in zip(requests_, lora_out if with_lora else base_out):
         hf = model.generate(torch.tensor([req.prompt_ids]), ecgs=torch.from_numpy(req.ecg[None]),
                             max_new_tokens=N_NEW, do_sample=False)
         assert hf[0].tolist() == out.token_ids

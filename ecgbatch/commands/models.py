@@ -224,13 +224,22 @@ def convert_llava_cmd(
     ecg_config: Optional[str] = typer.Option(None, "--ecg-config", help="ECG-CoCa architecture name or open_clip "
                                              "JSON (default: the checkpoint's neighbour <open_clip_config>.json "
                                              "or model_config.json)"),
+    dtype: str = typer.Option("float32", "--dtype", help="weights dtype: float32 (exact), bfloat16 or float16 "
+                              "(half the memory; a 13B base needs about 52 GB of RAM in float32)"),
 ) -> None:
     """Convert ECG-Chat's LLaVA LoRA run into one ECG-LLaVA folder (base + tower + projector)."""
+    import torch
+
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.llava import EcgLlavaError, convert_ecgchat_llava
 
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        typer.echo(f"error: --dtype must be one of {sorted(dtypes)}, got {dtype!r}", err=True)
+        raise typer.Exit(code=2)
     try:
-        folder = convert_ecgchat_llava(base, lora, ecg_coca, out, merge_lora=merge_lora, ecg_config=ecg_config)
+        folder = convert_ecgchat_llava(base, lora, ecg_coca, out, merge_lora=merge_lora, ecg_config=ecg_config,
+                                       dtype=dtypes[dtype])
     except (EcgLlavaError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2)

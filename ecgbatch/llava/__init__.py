@@ -6,8 +6,8 @@ conversation (training labels as ECG-Chat's preprocess_v1), inputs (preprocess_f
 loading (load_ecg_llava, strict folder/adapter checks), convert (ECG-Chat LoRA run -> our folder).
 
 Imports torch/transformers/peft only (never vllm or ray), lazily: ``import ecgbatch.llava`` and
-the config module work without torch. The folder format: /work/notes/llava-format.md, mirrored in
-ecgbatch/llava/loading.py's docstring.
+the config module build no model. The folder format (what training, evaluation and vLLM read)
+is described in ecgbatch/llava/loading.py's docstring.
 """
 from __future__ import annotations
 

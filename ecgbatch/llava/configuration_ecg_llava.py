@@ -27,6 +27,7 @@ from typing import Any
 from transformers import AutoConfig, PretrainedConfig
 
 from ecgbatch.encoders.config import EcgCfg
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.signal.config import ECGCHAT, PreprocessConfig
 
 MODEL_TYPE = "ecg_llava"
@@ -39,7 +40,7 @@ ECGCHAT_ECG_TOKEN_INDEX = -200
 IGNORE_INDEX = -100
 
 
-class EcgLlavaConfigError(ValueError):
+class EcgLlavaConfigError(EcgLlavaError):
     """A config that cannot describe a working model (names the field and the value)."""
 
     kind = "bad_model_config"

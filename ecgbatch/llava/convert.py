@@ -23,6 +23,7 @@ is how ECG-Chat's own builder ends up re-initialising it). All .bin files load w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 
 from ecgbatch.encoders.checkpoint import (CheckpointError, load_ecgchat_checkpoint, load_state_dict_strict,
                                           resolve_config)
-from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
+from ecgbatch.llava.configuration_ecg_llava import PROJECTOR_TYPES, EcgLlavaConfig
 from ecgbatch.llava.errors import ConversionError
 from ecgbatch.llava.loading import apply_lora, check_adapter, read_adapter, save_ecg_llava
 
@@ -172,6 +173,9 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     base_cfg = _read_json(base_dir / "config.json", "base model config")
     llava_cfg = read_llava_config(lora_dir, base_cfg)
     projector_type = llava_cfg.get("mm_projector_type") or "linear"   # LLaVA's default
+    if projector_type not in PROJECTOR_TYPES:
+        raise ConversionError(f"mm_projector_type {projector_type!r} is not supported (ECG-Chat uses one of "
+                              f"{PROJECTOR_TYPES})")
     projector = read_projector(lora_dir, projector_type)
     coca_cfg = resolve_ecg_config(ckpt, llava_cfg, ecg_config)
     adapter_cfg, adapter = read_adapter(lora_dir)
@@ -193,10 +197,31 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     model.projector = _projector_module(config, projector, dtype)
     if merge_lora:
         model = apply_lora(model, lora_dir, merge=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_ecg_llava(model, tokenizer, out)
-    if not merge_lora:
-        write_adapter(lora_dir, adapter_cfg, adapter, out / LORA_SUBDIR)
+    return _write_atomically(out, lambda tmp: _write_outputs(model, tokenizer, tmp, None if merge_lora else
+                                                             (lora_dir, adapter_cfg, adapter)))
+
+
+def _write_outputs(model, tokenizer, folder: Path, adapter) -> None:
+    save_ecg_llava(model, tokenizer, folder)
+    if adapter is not None:
+        write_adapter(*adapter, folder / LORA_SUBDIR)
+
+
+def _write_atomically(out: Path, write) -> Path:
+    """Write into a temporary sibling, then rename it to ``out``: a failed or interrupted
+    conversion never leaves a half-written model folder. An existing non-empty ``out`` is refused."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"output {str(out)!r} already exists and is not empty; remove it or choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if out.exists():
+            out.rmdir()                       # empty, checked above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

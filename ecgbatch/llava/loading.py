@@ -1,9 +1,16 @@
 """Read and write ECG-LLaVA model folders, and apply LoRA adapters.
 
-    folder/config.json          EcgLlavaConfig (model_type "ecg_llava", architectures)
-    folder/model.safetensors    ecg_tower.* + projector.* + language_model.* (or sharded + index)
-    folder/tokenizer files      the LM's tokenizer with the <ecg> special token added
-    adapter/                    a LoRA adapter: a peft folder for the bare language model
+    folder/config.json          EcgLlavaConfig: model_type "ecg_llava", architectures
+                                ["EcgLlavaForConditionalGeneration"] (the name vLLM registers),
+                                text_config (the LM's HF config), ecg_config (EcgCfg + embed_dim),
+                                preprocess, mm_hidden_size, projector_type, ecg_token(_id),
+                                num_ecg_tokens, prompt_format, max_context_length
+    folder/model.safetensors    ecg_tower.<EcgTransformer names> + projector.0.* (+ projector.2.*)
+                                + language_model.<HF causal-LM names> (or sharded + index)
+    folder/tokenizer files      the LM's tokenizer with <ecg> added as a special token, its id
+                                past the embedding matrix (never embedded: the ECG goes there)
+    adapter/                    a LoRA adapter: a peft folder whose keys are those peft writes for
+                                the bare LM (base_model.model.model.layers.0...lora_A.weight)
 
 Every load is strict and explained: before transformers reads a byte of weights, the tensor
 names and shapes in the safetensors headers are compared with the model the config describes
@@ -152,12 +159,14 @@ def check_adapter(lm: torch.nn.Module, adapter_cfg: dict, tensors: dict[str, tor
         if part == "lora_B" and outf is not None and t.shape[0] != outf:
             problems.append(f"{key}: B is {tuple(t.shape)}, {name} gives {outf} outputs")
     targets = adapter_cfg.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [] if targets in ("all-linear",) else [targets]
-    names = {n.rsplit(".", 1)[-1] for n in modules}
-    absent = sorted(t for t in targets if t not in names)
-    if absent:
-        problems.append(f"target_modules {absent} do not exist in the language model")
+    if isinstance(targets, str):   # peft: a regex over full module names ("all-linear" is special)
+        if targets != "all-linear" and not any(re.fullmatch(targets, n) for n in modules):
+            problems.append(f"target_modules {targets!r} matches no module of the language model")
+    else:
+        names = {n.rsplit(".", 1)[-1] for n in modules}
+        absent = sorted(t for t in targets if t not in names)
+        if absent:
+            problems.append(f"target_modules {absent} do not exist in the language model")
     if not tensors:
         problems.append("the adapter holds no tensors")
     if problems:

@@ -250,3 +250,15 @@ class EcgLlavaForCausalLM(EcgLlavaPreTrainedModel):
                                      f"max_new_tokens ({max_new}) exceed the model's context of {limit}")
         return self.language_model.generate(inputs_embeds=sp.inputs_embeds,
                                             attention_mask=sp.attention_mask.long(), **generate_kwargs)
+
+
+def register_auto_model() -> None:
+    """AutoModelForCausalLM.from_pretrained(folder) builds an EcgLlavaForCausalLM (idempotent;
+    it does not check weights as strictly as load_ecg_llava, which is the loader to use)."""
+    try:
+        AutoModelForCausalLM.register(EcgLlavaConfig, EcgLlavaForCausalLM)
+    except ValueError:
+        pass
+
+
+register_auto_model()
