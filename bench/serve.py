@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def ecg_parts(limit: int = 24) -> list[dict]:
-    """Inline ECG parts from the sample archive's readable 12-lead records."""
+    """Inline ECG parts from the sample archive's readable 12-lead records in voltage units (the
+    server refuses other units, e.g. an array stored 'normalized', with a 400)."""
     from ecgbatch.io import list_records, read_record
     from ecgbatch.io.errors import EcgReadError
     from ecgbatch.serving.server_upload import inline_spec
@@ -42,7 +43,7 @@ def ecg_parts(limit: int = 24) -> list[dict]:
             rec = read_record(src.path, index=src.index)
         except (EcgReadError, ValueError, OSError):
             continue
-        if rec.n_leads == 12 and rec.n_samples <= 20_000:
+        if rec.n_leads == 12 and rec.n_samples <= 20_000 and rec.units in ("mV", "uV", "V"):
             parts.append(inline_spec(rec))
         if len(parts) >= limit:
             break
