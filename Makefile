@@ -38,17 +38,20 @@ $(STAMP): pyproject.toml Makefile
 		apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; fi
 	touch $(STAMP)
 
-# headless Chromium for the `report --html` browser test (it skips, saying why, without one)
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
-	  echo "no chromium/chromedriver (needs root to install): the browser test will skip"
-
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
 test: $(STAMP) browser
 	$(VPY) -m pytest -q tests
+
+# Chromium + its driver for the browser tests (`report --html` pages, the server's web page;
+# Debian packages; needs root). Idempotent; without
+# root or apt the browser test skips with its reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	echo "chromium not installed (needs root and apt-get): the browser tests will skip"
 
 bench: $(STAMP)
 	$(VPY) bench/read.py

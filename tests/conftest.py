@@ -117,3 +117,53 @@ def vllm_engine(llava_converted, tmp_path_factory):
 
     return EcgLlavaEngine(llava_converted, dtype="float32", lora_rank=8,
                           work_dir=str(tmp_path_factory.mktemp("vllm-work")))
+
+
+# --- `ecgbatch serve`: ONE server process (one vLLM engine) for every server and browser test ---
+
+@pytest.fixture(scope="session")
+def ecg_server(llava_converted, tmp_path_factory):
+    """`ecgbatch serve` on a free loopback port with the fixture model, its adapter as model
+    "ecg-chat", API key "test-key" and sample_archive/ as --ecg-dir. Yields a dict (url, key,
+    base, adapter)."""
+    pytest.importorskip("vllm")
+    pytest.importorskip("fastapi")
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from ecgbatch._paths import REPO_ROOT
+
+    from ecgbatch.serving.server import free_port
+
+    port = free_port()
+    work = tmp_path_factory.mktemp("serve")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", ECGBATCH_CACHE=str(work))
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "ecgbatch.cli", "serve", "--model", str(llava_converted),
+                             "--name", "tiny", "--lora", f"ecg-chat={llava_converted / 'lora'}",
+                             "--api-key", "test-key", "--ecg-dir", str(REPO_ROOT / "sample_archive"),
+                             "--port", str(port), "--max-tokens", "64", "--max-body-mb", "2"],
+                            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"ecgbatch serve exited ({proc.returncode}):\n{(work / 'server.log').read_text()[-4000:]}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            break
+        except Exception:   # refused, or not ours yet (http.client errors are not OSErrors)
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail("ecgbatch serve did not start within 600 s")
+            time.sleep(1)
+    yield {"url": url, "key": "test-key", "base": "tiny", "adapter": "ecg-chat", "log": work / "server.log"}
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -1,0 +1,187 @@
+"""`ecgbatch chat RECORD`: a multi-turn chat about one recording in the terminal, streamed from
+vLLM's async engine (ecgbatch.serving.async_engine, the engine `serve` uses). The history stays in
+the prompt (ecgbatch.llava.prompting: Vicuna v1 or the LM's chat template), so a turn here and
+the same conversation sent to `serve` get identical token ids.
+
+Commands at the prompt: /plot [FILE.png] (the ECG in the terminal, and the standard 12-lead plot
+to FILE), /reset (forget the conversation), /save FILE (the conversation as JSON), /quit.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from ecgbatch.commands.report import DEFAULT_MODEL, _fail, resolve_llava_model
+
+HELP = "commands: /plot [FILE.png]  /reset  /save FILE.json  /quit   (anything else is a question)"
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def text_plot(rec, lead: str = "II", width: int = 72, rows: int = 6) -> str:
+    """A few lines of block characters showing one lead (the rhythm strip), for a terminal."""
+    names = list(rec.leads)
+    i = names.index(lead) if lead in names else 0
+    x = np.nan_to_num(np.asarray(rec.signal[i], dtype=np.float64))
+    cols = np.array_split(x, min(width, max(1, x.size)))
+    hi, lo = np.array([c.max() for c in cols]), np.array([c.min() for c in cols])
+    top, bot = float(hi.max()), float(lo.min())
+    span = (top - bot) or 1.0
+    levels = rows * (len(BLOCKS) - 1)
+    h = np.round((hi - bot) / span * levels).astype(int)
+    lines = []
+    for r in range(rows - 1, -1, -1):
+        fill = np.clip(h - r * (len(BLOCKS) - 1), 0, len(BLOCKS) - 1)
+        lines.append("".join(BLOCKS[f] for f in fill))
+    return f"lead {names[i]} ({x.size / rec.fs:.1f} s, {bot:.2f} to {top:.2f} {rec.units})\n" + "\n".join(lines)
+
+
+def summary_line(s: dict) -> str:
+    extra = "".join(f", {k} {s[k]}" for k in ("age", "sex") if k in s)
+    dx = f"\n  labels: {s['dx_names']}" if s.get("dx_names") else ""
+    return f"{s['name']}: {len(s['leads'])} leads ({' '.join(s['leads'])}), {s['fs']:g} Hz, {s['duration_s']} s{extra}{dx}"
+
+
+class ChatSession:
+    """One conversation about one ECG; the terminal loop is ``run``."""
+
+    def __init__(self, engine, record, name: str, ecg: np.ndarray, model: str, max_tokens: int, out=sys.stdout):
+        self.engine, self.record, self.name, self.ecg = engine, record, name, ecg
+        self.model, self.max_tokens, self.out = model, max_tokens, out
+        self.history: list[tuple[str, str]] = []
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    async def answer(self, question: str) -> str:
+        from ecgbatch.serving.chat_request import SamplingRequest
+
+        ids = self.engine.prompt_ids(question, self.history)
+        parts = []
+        async for d in self.engine.stream(self.ecg, ids, SamplingRequest(max_tokens=self.max_tokens), self.model):
+            parts.append(d.text)
+            self.say(d.text, end="")
+            if d.finish_reason == "length":
+                self.say(f"\n[stopped at {self.max_tokens} tokens]", end="")
+        self.say()
+        text = "".join(parts).strip()
+        self.history.append((question, text))
+        return text
+
+    def command(self, line: str) -> bool:
+        """Handle a /command; False ends the chat."""
+        cmd, _, arg = line.partition(" ")
+        arg = arg.strip()
+        if cmd in ("/quit", "/exit"):
+            return False
+        if cmd == "/reset":
+            self.history.clear()
+            self.say("(conversation cleared)")
+        elif cmd == "/plot":
+            self.say(text_plot(self.record))
+            if arg:
+                from ecgbatch.signal.plot import plot_ecg
+
+                self.say(f"(12-lead plot written to {plot_ecg(self.record, Path(arg))})")
+        elif cmd == "/save":
+            if not arg:
+                self.say("usage: /save FILE.json")
+            else:
+                self.save(Path(arg))
+        else:
+            self.say(HELP)
+        return True
+
+    def save(self, path: Path) -> None:
+        from ecgbatch.pipelines.workspace import atomic_write_json
+
+        turns = [{"role": r, "content": t} for q, a in self.history for r, t in (("user", q), ("assistant", a))]
+        try:
+            atomic_write_json({"record": self.name, "model": self.model, "messages": turns}, path)
+            self.say(f"(conversation saved to {path})")
+        except OSError as exc:
+            self.say(f"error: cannot write {path}: {exc.strerror}")
+
+    async def run(self, read_line) -> None:
+        self.say(HELP)
+        while True:
+            self.say("> ", end="")
+            line = await asyncio.to_thread(read_line)
+            if line is None:                       # end of input
+                self.say()
+                return
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not self.command(line):
+                    return
+                continue
+            try:
+                await self.answer(line)
+            except ValueError as exc:              # e.g. the conversation outgrew the context
+                self.say(f"\nerror: {exc} (use /reset to start over)")
+
+
+def _read_line():
+    line = sys.stdin.readline()
+    return line if line else None
+
+
+def chat_cmd(
+    record: str = typer.Argument(..., help="an ECG record (any format ecgbatch reads)"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per answer"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
+) -> None:
+    """Chat about RECORD with an ECG-LLaVA model: summary and plot first, then questions."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    from ecgbatch.commands.report import read_ecgs
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.io import read_record
+    from ecgbatch.io.errors import EcgReadError
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.serving.folder import check_adapter, check_model_folder
+    from ecgbatch.serving.server_upload import summary
+
+    try:
+        folder = resolve_llava_model(model)
+        config = check_model_folder(folder)
+        if lora is not None:
+            check_adapter(lora, config)
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+    ok, failed = read_ecgs([record], config)
+    if failed:
+        _fail(f"{record}: {failed[0][1]}")
+    try:
+        rec = read_record(record)
+    except EcgReadError as exc:     # read_ecgs just read it: only a file changing under us
+        _fail(f"{record}: {exc}")
+    typer.echo(summary_line(summary(rec, record)))
+    typer.echo(text_plot(rec))
+    asyncio.run(_chat(folder, lora, rec, record, ok[0][1], max_tokens, dtype))
+
+
+async def _chat(folder, lora, rec, name, ecg, max_tokens, dtype):
+    from ecgbatch.serving.async_engine import AsyncEcgLlava
+
+    typer.echo("(starting the model...)", err=True)
+    engine = AsyncEcgLlava.start(folder, {"adapter": lora} if lora else None, served_name="base", dtype=dtype)
+    try:
+        await ChatSession(engine, rec, name, ecg, "adapter" if lora else "base", max_tokens).run(_read_line)
+    finally:
+        engine.shutdown()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat_cmd)

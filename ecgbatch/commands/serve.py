@@ -1,0 +1,86 @@
+"""`ecgbatch serve`: the OpenAI-compatible chat server with ECG input (ecgbatch.serving.server).
+vLLM, torch and FastAPI are imported inside the command body."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ecgbatch.commands.report import DEFAULT_MODEL, _fail, resolve_llava_model
+
+
+def parse_adapters(specs: List[str]) -> dict[str, Path]:
+    """NAME=PATH pairs -> {name: path}; refuses malformed or repeated names."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(f"--lora takes NAME=PATH, got {spec!r}")
+        if name in out:
+            _fail(f"--lora name {name!r} given twice")
+        out[name.strip()] = Path(path.strip())
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    lora: List[str] = typer.Option([], "--lora", help="NAME=PATH: serve a peft LoRA adapter as model NAME (repeat)"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ECGBATCH_API_KEY",
+                                          help="require 'Authorization: Bearer KEY' on /v1 routes"),
+    ecg_dir: Optional[Path] = typer.Option(None, "--ecg-dir", help="allow ECG parts by path, under this folder only"),
+    name: Optional[str] = typer.Option(None, "--name", help="model id of the base model (default: folder name)"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="most new tokens a request may ask for"),
+    max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.01, help="largest request body"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="vLLM's batch limit"),
+) -> None:
+    """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.serving.chat_request import Limits
+    from ecgbatch.serving.server import ServerConfig, serve
+
+    if ecg_dir is not None and not ecg_dir.is_dir():
+        _fail(f"--ecg-dir {ecg_dir} is not a folder")
+    if not _is_loopback(host) and not api_key:
+        typer.echo(f"warning: serving on {host} without --api-key: anyone who reaches it can use the model",
+                   err=True)
+    adapters = parse_adapters(lora)
+    try:   # refuse a bad folder or adapter with a clear message before vLLM starts
+        from ecgbatch.serving.folder import check_adapter, check_model_folder
+
+        folder = resolve_llava_model(model)
+        config = check_model_folder(folder)
+        for path in adapters.values():
+            check_adapter(path, config)
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+    cfg = ServerConfig(model_dir=folder, adapters=adapters, served_name=name, api_key=api_key,
+                       ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs,
+                       limits=Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * 1024 * 1024)),
+                       default_max_tokens=min(256, max_tokens))
+    typer.echo(f"ecgbatch serve: http://{host}:{port}/ (model {name or folder.name}"
+               f"{', adapters ' + ', '.join(cfg.adapters) if cfg.adapters else ''})", err=True)
+    try:
+        serve(cfg, host, port)
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)

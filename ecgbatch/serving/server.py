@@ -1,0 +1,275 @@
+"""``ecgbatch serve``: an OpenAI-compatible chat server with ECG input, on vLLM's AsyncLLM.
+
+    GET  /v1/models                 the base model and each LoRA adapter (``model`` picks one)
+    POST /v1/chat/completions       OpenAI chat (``stream`` with SSE chunks, ``stream_options``)
+                                    + an ``{"type": "ecg", "ecg": {...}}`` content part
+                                    (see ecgbatch.serving.chat_request for its two forms)
+    POST /v1/ecg/preview            uploaded ECG files -> inline part, summary, 12-lead plot (the page)
+    GET  /health, GET /             liveness; the web page (static, no key needed to load it)
+
+Why a small FastAPI app of our own rather than vLLM's OpenAI server with a renderer plugin: the
+ECG part needs checks vLLM's server cannot express (paths confined to --ecg-dir, lead mapping and
+resampling through ecgbatch's readers, 4xx for every bad ECG) and token ids built by
+ecgbatch.llava.prompting (ECG-Chat's exact tokenisation, identical to ``report`` and ``chat``),
+which a renderer would have to re-implement inside vLLM's message pipeline. Batching, streaming,
+LoRA and scheduling stay vLLM's: every request goes to the one AsyncLLM (continuous batching).
+
+Safety: binds loopback unless told otherwise; ``--api-key`` is checked on every /v1 route
+(Bearer, constant-time); bodies, ECG sizes, messages and max_tokens are capped; every refusal is a
+4xx JSON error in OpenAI's shape ({"error": {"message", "type", "code"}}).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request   # module level: the routes' annotations are resolved from here
+
+from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
+
+log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("web") / "index.html"
+
+
+@dataclass
+class ServerConfig:
+    model_dir: Path
+    adapters: dict[str, Path] = field(default_factory=dict)
+    served_name: str | None = None
+    api_key: str | None = None
+    ecg_dir: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    default_max_tokens: int = 256
+    max_in_flight: int = 512              # requests beyond this get 429
+    dtype: str = "float32"
+    max_num_seqs: int | None = None
+    work_dir: str | None = None
+
+
+def error_response(status: int, message: str, code: str = "invalid_request"):
+    from fastapi.responses import JSONResponse
+
+    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+            413: "invalid_request_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                        status_code=status)
+
+
+async def read_json(request, limit: int):
+    """The body as JSON, refused (413) once it passes ``limit`` bytes, even without Content-Length."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"request body of {declared} bytes is over the limit of {limit}", 413, "too_large")
+    chunks, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > limit:
+            raise RequestError(f"request body is over the limit of {limit} bytes", 413, "too_large")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks) or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the body is not valid JSON: {exc}") from None
+
+
+class ChatService:
+    """The routes' logic, around one AsyncEcgLlava."""
+
+    def __init__(self, cfg: ServerConfig, engine):
+        self.cfg, self.engine, self.in_flight = cfg, engine, 0
+
+    def models(self) -> dict:
+        now = int(time.time())
+        data = [{"id": n, "object": "model", "created": now, "owned_by": "ecgbatch",
+                 "root": self.engine.served_name, "parent": None if n == self.engine.served_name
+                 else self.engine.served_name} for n in self.engine.model_names]
+        return {"object": "list", "data": data}
+
+    async def prepare(self, body) -> tuple[ChatJob, object, list[int]]:
+        """Parse, check the model name, build the ECG input (in a thread) and the prompt ids."""
+        from ecgbatch.llava.errors import EcgLlavaError
+
+        job = parse_chat_request(body, self.engine.config.ecg_token, self.cfg.limits, self.cfg.default_max_tokens)
+        if job.model not in self.engine.model_names:
+            raise RequestError(f"model {job.model!r} is not served here; GET /v1/models lists "
+                               f"{', '.join(self.engine.model_names)}", 404, "model_not_found")
+        ecg = await asyncio.to_thread(model_input, job.ecg_part, self.engine.config, self.cfg.ecg_dir, self.cfg.limits)
+        try:
+            ids = self.engine.prompt_ids(job.question, job.history)
+            self.engine.check_length(ids, job.sampling.max_tokens)
+        except EcgLlavaError as exc:
+            raise RequestError(str(exc), 400, getattr(exc, "kind", "bad_prompt")) from None
+        return job, ecg, ids
+
+    async def complete(self, job: ChatJob, ecg, ids) -> dict:
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        text, last = [], None
+        async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
+            text.append(d.text)
+            last = d
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": job.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
+                             "finish_reason": last.finish_reason, "logprobs": None}],
+                "usage": _usage(last)}
+
+    async def sse(self, job: ChatJob, ecg, ids):
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(delta, finish=None, usage=None):
+            choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+            obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": job.model,
+                   "choices": choices}
+            if usage:
+                obj["usage"] = usage
+            return f"data: {json.dumps(obj)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        last = None
+        try:
+            async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
+                last = d
+                if d.text or d.finish_reason:
+                    yield chunk({"content": d.text} if d.text else {}, d.finish_reason)
+        except Exception as exc:   # the status line is sent already: report in-band, then end
+            log.exception("stream %s failed", rid)
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+        if job.include_usage and last is not None:
+            yield chunk(None, usage=_usage(last))
+        yield "data: [DONE]\n\n"
+
+
+def _usage(d) -> dict:
+    return {"prompt_tokens": d.n_prompt_tokens, "completion_tokens": d.n_output_tokens,
+            "total_tokens": d.n_prompt_tokens + d.n_output_tokens}
+
+
+def build_app(cfg: ServerConfig, engine_factory=None):
+    """The FastAPI app; the engine starts in the app's lifespan (before the port accepts requests)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    from ecgbatch.serving.async_engine import AsyncEcgLlava
+
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        factory = engine_factory or (lambda: AsyncEcgLlava.start(
+            cfg.model_dir, cfg.adapters, cfg.served_name, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
+            work_dir=cfg.work_dir))
+        engine = factory()
+        state["svc"] = ChatService(cfg, engine)
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="ecgbatch serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/") and cfg.api_key:
+            auth = request.headers.get("authorization", "")
+            token = auth[7:] if auth[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
+                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                                      "invalid_api_key")
+        try:
+            return await call_next(request)
+        except RequestError as exc:
+            return error_response(exc.status, str(exc), exc.code)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request, exc: RequestError):
+        return error_response(exc.status, str(exc), exc.code)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        return error_response(exc.status_code, str(exc.detail), "http_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc):
+        errs = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return error_response(400, f"invalid request: {errs}", "invalid_request")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/v1/models")
+    async def models():
+        return state["svc"].models()
+
+    @app.post("/v1/ecg/preview")
+    async def ecg_preview(request: Request):
+        from ecgbatch.serving.server_upload import preview
+
+        body = await read_json(request, cfg.limits.max_body_bytes)
+        return JSONResponse(await asyncio.to_thread(preview, body, cfg.limits))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        svc: ChatService = state["svc"]
+        if svc.in_flight >= cfg.max_in_flight:
+            raise RequestError(f"the server is busy ({svc.in_flight} requests in flight); retry later",
+                               429, "busy")
+        svc.in_flight += 1
+        streaming = False
+        try:
+            body = await read_json(request, cfg.limits.max_body_bytes)
+            job, ecg, ids = await svc.prepare(body)
+            if job.stream:
+                streaming = True
+                return StreamingResponse(_counted(svc, svc.sse(job, ecg, ids)), media_type="text/event-stream")
+            try:
+                return JSONResponse(await svc.complete(job, ecg, ids))
+            except ValueError as exc:      # vLLM's own input checks (it validates before queueing)
+                raise RequestError(f"the engine refused the request: {exc}", 400, "engine_refused") from None
+        finally:
+            if not streaming:
+                svc.in_flight -= 1
+
+    return app
+
+
+async def _counted(svc: ChatService, gen):
+    try:
+        async for item in gen:
+            yield item
+    finally:
+        svc.in_flight -= 1
+
+
+def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(cfg), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+
+
+def free_port(lo: int = 20000, hi: int = 32000) -> int:
+    """A free loopback port BELOW the kernel's ephemeral range (32768+), so that the ports vLLM's
+    engine picks for itself (ZMQ, torch.distributed) cannot take it between this check and bind."""
+    import random
+    import socket
+
+    for port in random.Random().sample(range(lo, hi), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {lo}..{hi}")

@@ -1,0 +1,55 @@
+"""`ecgbatch chat`: a real chat through vLLM driven by a piped stdin (summary and plot first,
+two turns with the history kept, /plot, /save, /reset), its first answer equal to the server's
+for the same ECG, question and adapter; unreadable records refused before any engine starts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ecgbatch._paths import REPO_ROOT
+
+RECORD = "sample_archive/cinc2021/A0689.hea"
+
+
+def _chat(args, stdin: str, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", ECGBATCH_CACHE=str(cwd))
+    return subprocess.run([sys.executable, "-m", "ecgbatch.cli", "chat", *args], cwd=cwd, env=env, input=stdin,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.shared
+def test_unreadable_record_is_refused(llava_converted, tmp_path):
+    p = _chat([str(REPO_ROOT / "sample_archive/bad/garbage.hea"), "--model", str(llava_converted)], "", tmp_path)
+    assert p.returncode == 2 and "garbage.hea" in p.stderr and "bad_header" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.vllm
+@pytest.mark.shared
+@pytest.mark.slow
+def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
+    import openai
+
+    q1, q2 = "Please describe this ECG.", "What is the rhythm?"
+    p = _chat([str(REPO_ROOT / RECORD), "--model", str(llava_converted), "--lora", str(llava_converted / "lora"),
+               "--max-tokens", "8"], f"{q1}\n/plot plot.png\n/save conv.json\n{q2}\n/save conv2.json\n/reset\n/save empty.json\n/quit\n",
+              tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+    assert "12 leads (I II III aVR aVL aVF V1 V2 V3 V4 V5 V6), 500 Hz, 10.0 s" in out
+    assert out.count("lead II (10.0 s") == 2                  # once at the start, once for /plot
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    conv = json.loads((tmp_path / "conv2.json").read_text())
+    roles = [m["role"] for m in conv["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant"] and conv["messages"][2]["content"] == q2
+    first = json.loads((tmp_path / "conv.json").read_text())["messages"][1]["content"]
+    assert first and first in out                              # streamed to the terminal
+    assert json.loads((tmp_path / "empty.json").read_text())["messages"] == []
+    api = openai.OpenAI(base_url=ecg_server["url"] + "/v1", api_key=ecg_server["key"], max_retries=0)
+    ref = api.chat.completions.create(model=ecg_server["adapter"], max_tokens=8, temperature=0, messages=[
+        {"role": "user", "content": [{"type": "ecg", "ecg": {"path": "cinc2021/A0689.hea"}}, {"type": "text", "text": q1}]}])
+    assert first == ref.choices[0].message.content.strip()
