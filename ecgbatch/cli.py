@@ -17,7 +17,7 @@ def _root() -> None:
 
 
 # Each module exposes register(app). Order = order in --help.
-_COMMAND_MODULES = ("io", "inspect", "models", "train", "archive")
+_COMMAND_MODULES = ("io", "inspect", "models", "train", "reports", "data", "archive")
 for _name in _COMMAND_MODULES:
     try:
         _mod = importlib.import_module(f"ecgbatch.commands.{_name}")

@@ -5,8 +5,10 @@
 - ``zeroshot_eval``: zero-shot classification metrics per class (AUC, oracle best-threshold F1,
   fixed-threshold F1) and ROC curves as PNG.
 - ``metrics``: the metric definitions (macro AUC, best-threshold F1, ...), numpy only.
+- ``findings``: clinical findings read from report text (negation-aware keyword table).
+- ``report_metrics``: report generation: BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1.
 
-Command line: ``ecgbatch eval retrieval ...`` and ``ecgbatch eval zeroshot ...``.
+Command line: ``ecgbatch eval retrieval|zeroshot|report ...``.
 Imports nothing heavy here; torch loads only inside the embedding helpers.
 """
 from ecgbatch.eval.retrieval import precision_at_k, rank_metrics, retrieval_metrics, top_k, true_ranks

@@ -10,6 +10,8 @@
 - ``coca_job``: ``train_loop_per_worker`` + ``run_job`` (TorchTrainer launch, resume)
 - ``checkpointing``: per-epoch checkpoints (model folder + optimizer state), trained-only folders
 - ``validation``: retrieval / zero-shot / text-query metrics on held-out pairs
+- ``instruct`` (+ ``instruct_questions``, ``instruct_format``): ECG-Instruct data (ECG-Chat's
+  format) built from labelled records; read/check/write ECG-Instruct JSON and JSON Lines
 
 Command line: ``ecgbatch train coca --config configs/coca-mini.yaml [--workers N] [--resume]``.
 Nothing heavy is imported here.

@@ -162,10 +162,13 @@ class ScpStatements:
 
     descriptions: dict[str, str]
     rhythm_codes: frozenset[str]
+    # Diagnostic statements carry a likelihood in scp_codes (15/35/50/80/100; 0 = not given);
+    # form and rhythm statements do not.
+    diagnostic_codes: frozenset[str] = frozenset()
 
     @classmethod
     def from_csv(cls, path: str | Path) -> "ScpStatements":
-        desc, rhythm = {}, set()
+        desc, rhythm, diagnostic = {}, set(), set()
         with open(path, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 code = (row.get("") or row.get("Unnamed: 0") or "").strip()
@@ -174,9 +177,11 @@ class ScpStatements:
                 desc[code] = (row.get("description") or "").strip()
                 if (row.get("rhythm") or "").strip() in ("1", "1.0"):
                     rhythm.add(code)
+                if (row.get("diagnostic") or "").strip() in ("1", "1.0"):
+                    diagnostic.add(code)
         if not desc:
             raise TextSourceError(f"no SCP statements in {str(path)!r}")
-        return cls(desc, frozenset(rhythm))
+        return cls(desc, frozenset(rhythm), frozenset(diagnostic))
 
 
 def parse_scp_codes(value) -> dict[str, float]:

@@ -1,0 +1,104 @@
+"""`ecgbatch eval report --predictions PRED.jsonl --references REF.jsonl`: report-generation
+metrics (BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1) beside ECG-Chat's published numbers.
+
+Prediction and reference files: JSON Lines of ``{"id": ..., "text": ...}``. A reference file
+may also be ECG-Instruct data from ``ecgbatch data instruct``: the answer of each record's report
+item is its reference, under the id ``<source>/<record_id>``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ecgbatch.commands.train import _fail, eval_app
+
+_DIFFERENCES = (
+    "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
+    "PTB-XL test set with GPT-4o-translated reports and SCP-statement CE labels (its matcher unpublished).",
+    "Here: the texts given; CE labels from ecgbatch.eval.findings' keyword matcher on both texts; "
+    "no DDP unless the generator used it. Numbers are comparable in kind, not in data or model size.",
+)
+
+
+def _read_texts(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {i} is not JSON: {exc}") from exc
+        if "text" in d:
+            key, text = str(d.get("id")), d["text"]
+        elif "conversations" in d:   # ECG-Instruct item: its report item's answer
+            if (d.get("meta") or {}).get("kind") != "report":
+                continue
+            key, text = str(d["meta"].get("source", "")) + "/" + str(d["meta"].get("record_id")), d["conversations"][1]["value"]
+        else:
+            raise ValueError(f"{path}: line {i} has neither 'text' nor 'conversations'")
+        if not isinstance(text, str):
+            raise ValueError(f"{path}: line {i}: 'text' must be a string")
+        if key in out:
+            raise ValueError(f"{path}: id {key!r} appears twice")
+        out[key] = text
+    if not out:
+        raise ValueError(f"{path}: no texts")
+    return out
+
+
+@eval_app.command("report")
+def eval_report(
+    predictions: Path = typer.Option(..., "--predictions", help="JSONL of {id, text}: generated reports"),
+    references: Path = typer.Option(..., "--references", help="JSONL of {id, text}, or ECG-Instruct data"),
+    meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR needs WordNet (skipped if absent)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write all metrics as JSON"),
+) -> None:
+    """BLEU-1/4, ROUGE-L, METEOR and CE-F1 of generated reports, beside ECG-Chat's paper numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ecgbatch.eval.report_metrics import PAPER, comparison_rows, report_metrics
+
+    try:
+        pred, ref = _read_texts(predictions), _read_texts(references)
+        missing = [k for k in pred if k not in ref]
+        if missing:
+            raise ValueError(f"{len(missing)} prediction ids have no reference, e.g. {missing[0]!r}")
+        ids = list(pred)
+        res = report_metrics([pred[k] for k in ids], [ref[k] for k in ids], with_meteor=meteor)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    con = Console()
+    t = Table(title=f"report metrics on {res['n']} reports (0-100)")
+    for c in ("metric", "ours", "ECG-Chat +DDP", "ECG-Chat no DDP"):
+        t.add_column(c, justify="left" if c == "metric" else "right")
+    for row in comparison_rows(res):
+        t.add_row(*row)
+    con.print(t)
+    f = Table(title="clinical findings (F1 per finding; support = references with it)")
+    for c in ("finding", "support", "tp", "fp", "fn", "F1"):
+        f.add_column(c, justify="left" if c == "finding" else "right")
+    for k, v in res["per_finding"].items():
+        if v["support"] or v["fp"]:
+            f.add_row(k, str(v["support"]), str(v["tp"]), str(v["fp"]), str(v["fn"]),
+                      "n/a" if v["f1"] != v["f1"] else f"{v['f1']:.1f}")
+    con.print(f)
+    if res.get("meteor_skipped"):
+        con.print(f"[yellow]METEOR skipped:[/yellow] {res['meteor_skipped']}")
+    con.print(f"paper: {PAPER['model']}")
+    for line in _DIFFERENCES:
+        con.print(f"- {line}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"predictions": str(predictions), "references": str(references), **res},
+                                  indent=2, default=float))
+        tmp.replace(out)
+        typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """`eval report` joins the `eval` group that commands/train.py registers."""
