@@ -182,3 +182,22 @@ def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> 
             shutil.copytree(src / LORA_SUBDIR, tmp / LORA_SUBDIR)
 
     return cached_folder(dest, write, f"the full ECG-LLaVA folder of {name or src.name}", log)
+
+
+def resolve_model(name_or_path: str, log=None) -> tuple[Path, Path | None]:
+    """(full folder, LoRA adapter folder or None) for an ECG-LLaVA model given as a full
+    folder, a trained-only folder, or a zoo name whose shipped weights are trained-only
+    (ecg-llava-mini): the latter two are assembled into the cache at first use."""
+    p = Path(name_or_path)
+    if not (p / "config.json").is_file():
+        from ecgbatch.models import registry
+
+        found = registry.find_weights(str(name_or_path)) if registry.get(str(name_or_path)) else None
+        if found is None:
+            raise ModelFolderError(f"{str(name_or_path)!r} is neither an ECG-LLaVA folder nor an installed "
+                                   "zoo model")
+        p = found
+    if is_trained_only(p):
+        p = full_folder(p, Path(name_or_path).name, log)
+    lora = p / LORA_SUBDIR
+    return p, (lora if (lora / "adapter_config.json").is_file() else None)

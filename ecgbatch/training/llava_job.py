@@ -39,8 +39,17 @@ def build_model(job: LlavaJobConfig, log=None):
 
     model, tok = base_model(job.model.base(), log)
     if job.init:
-        p = Path(job.init)
-        load_projector(model, p / MODEL_SUBDIR if (p / MODEL_SUBDIR).is_dir() else p)
+        from ecgbatch.training.checkpointing import latest_checkpoint
+        from ecgbatch.training.pairs import resolve_path
+
+        p = resolve_path(job.init)
+        if not (p / "model.safetensors").is_file() and not (p / MODEL_SUBDIR).is_dir():
+            p = latest_checkpoint(p) or p          # a run folder: its latest checkpoint
+        if (p / MODEL_SUBDIR).is_dir():
+            p = p / MODEL_SUBDIR
+        if not (p / "model.safetensors").is_file():
+            raise FileNotFoundError(f"init {job.init!r} holds no projector weights (model.safetensors)")
+        load_projector(model, p)
     return model, tok
 
 
