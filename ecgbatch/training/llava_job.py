@@ -189,6 +189,9 @@ def run_epoch(w: Worker, epoch: int) -> dict:
         w.global_step += 1
         losses.append(float(loss.detach()))
         total += losses[-1]
+        if w.rank == 0 and (s + 1) % 10 == 0:
+            print(f"epoch {epoch} step {s + 1}/{w.steps}: loss {losses[-1]:.4f} "
+                  f"({(time.time() - t0) / (s + 1):.1f} s/step)", flush=True)
         if job.fail_after_steps is not None and w.global_step >= job.fail_after_steps:
             raise SimulatedCrash(f"simulated crash after {w.global_step} steps")
     return {"epoch": epoch, "global_step": w.global_step, "lr": w.optimizer.param_groups[0]["lr"],
