@@ -127,7 +127,7 @@ def _llava_checkpoint(run: Path) -> Path | None:
     return ck if ck is not None and is_trained_only(ck / MODEL_SUBDIR) else None
 
 
-def _export_llava(run: Path, out: Path, full: bool) -> None:
+def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> None:
     """The trained-only folder of an ECG-LLaVA run (what ships), and optionally the full one."""
     import shutil
 
@@ -141,6 +141,14 @@ def _export_llava(run: Path, out: Path, full: bool) -> None:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ck / MODEL_SUBDIR, tmp)
+    if dtype == "float16":                    # the adapter only; the projector stays float32
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        f = tmp / "lora" / "adapter_model.safetensors"
+        if f.is_file():
+            save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(str(f)).items()}, str(f),
+                      metadata={"format": "pt"})
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -475,7 +483,7 @@ def train_export(
     import torch
 
     if _llava_checkpoint(checkpoint) is not None:
-        _export_llava(checkpoint, out, full)
+        _export_llava(checkpoint, out, full, dtype)
         return
 
     from ecgbatch.training import checkpointing as C
