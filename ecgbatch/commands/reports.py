@@ -57,7 +57,7 @@ def eval_report(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="ECG-LLaVA model (folder, trained-only "
                                         "folder or zoo name): generate the reports of --data's report items"),
     split: Optional[str] = typer.Option("val", "--split", help="with --model: the items' meta.split to run"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="with --model: at most this many records"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="with --model: at most this many records (evenly spaced over the file)"),
     read_option: list[str] = typer.Option([], "--read-option", help="SOURCE.key=value reader option, e.g. "
                                           "ptbxl.fs=500 ptbxl.layout=samples_first"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
@@ -152,8 +152,8 @@ def _generate(model: str, data: Path, split, limit, read_option, batch_size, max
         src, key = k.split(".", 1)
         opts.setdefault(src, {})[key] = yaml.safe_load(v)
     items = report_items(read_instruct(data, split=split))
-    if limit is not None:
-        items = items[:limit]
+    if limit is not None and len(items) > limit:   # evenly spaced: every source keeps its share
+        items = [items[int(i * len(items) / limit)] for i in range(limit)]
     if not items:
         raise ValueError(f"{str(data)!r} has no report items in split {split!r}")
     folder, lora = resolve_model(model, log=lambda m: typer.echo(m, err=True))
