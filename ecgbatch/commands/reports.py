@@ -51,24 +51,45 @@ def _read_texts(path: Path) -> dict[str, str]:
 
 @eval_app.command("report")
 def eval_report(
-    predictions: Path = typer.Option(..., "--predictions", help="JSONL of {id, text}: generated reports"),
-    references: Path = typer.Option(..., "--references", help="JSONL of {id, text}, or ECG-Instruct data"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="JSONL of {id, text}: generated "
+                                               "reports (or give --model to generate them)"),
+    references: Path = typer.Option(..., "--references", "--data", help="JSONL of {id, text}, or ECG-Instruct data"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="ECG-LLaVA model (folder, trained-only "
+                                        "folder or zoo name): generate the reports of --data's report items"),
+    split: Optional[str] = typer.Option("val", "--split", help="with --model: the items' meta.split to run"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="with --model: at most this many records (evenly spaced over the file)"),
+    read_option: list[str] = typer.Option([], "--read-option", help="SOURCE.key=value reader option, e.g. "
+                                          "ptbxl.fs=500 ptbxl.layout=samples_first"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="with --model: write them"),
     meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR needs WordNet (skipped if absent)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write all metrics as JSON"),
 ) -> None:
-    """BLEU-1/4, ROUGE-L, METEOR and CE-F1 of generated reports, beside ECG-Chat's paper numbers."""
+    """BLEU-1/4, ROUGE-L, METEOR and CE-F1 of generated reports, beside ECG-Chat's paper numbers
+    (with --model: generate them first for the held-out records, and check the rhythm goals)."""
     from rich.console import Console
     from rich.table import Table
 
+    from ecgbatch.eval.llava_eval import goal_rows, rhythm_goals
     from ecgbatch.eval.report_metrics import PAPER, comparison_rows, report_metrics
 
+    if (predictions is None) == (model is None):
+        _fail("give either --predictions or --model")
     try:
-        pred, ref = _read_texts(predictions), _read_texts(references)
+        ref = _read_texts(references)
+        if model is not None:
+            pred = _generate(model, references, split, limit, read_option, batch_size, max_new_tokens)
+            if save_predictions is not None:
+                _write_jsonl(save_predictions, [{"id": k, "text": v} for k, v in pred.items()])
+        else:
+            pred = _read_texts(predictions)
         missing = [k for k in pred if k not in ref]
         if missing:
             raise ValueError(f"{len(missing)} prediction ids have no reference, e.g. {missing[0]!r}")
         ids = list(pred)
         res = report_metrics([pred[k] for k in ids], [ref[k] for k in ids], with_meteor=meteor)
+        res.update(rhythm_goals([pred[k] for k in ids], [ref[k] for k in ids]))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     con = Console()
@@ -88,16 +109,62 @@ def eval_report(
     con.print(f)
     if res.get("meteor_skipped"):
         con.print(f"[yellow]METEOR skipped:[/yellow] {res['meteor_skipped']}")
+    g = Table(title="issue 11 goals (rhythm findings as the texts state them)")
+    for c in ("goal metric", "value", "goal", "met"):
+        g.add_column(c)
+    for row in goal_rows(res):
+        g.add_row(*row)
+    con.print(g)
     con.print(f"paper: {PAPER['model']}")
     for line in _DIFFERENCES:
         con.print(f"- {line}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"predictions": str(predictions), "references": str(references), **res},
+        tmp.write_text(json.dumps({"predictions": str(predictions or model), "references": str(references), **res},
                                   indent=2, default=float))
         tmp.replace(out)
         typer.echo(f"wrote {out}")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens) -> dict[str, str]:
+    """{source/record_id: generated report} for the report items of ``data`` in ``split``."""
+    import yaml
+
+    from ecgbatch.eval.llava_eval import generate_reports, report_items
+    from ecgbatch.llava import load_ecg_llava
+    from ecgbatch.llava.assemble import resolve_model
+    from ecgbatch.llava.inputs import preprocess_for_model
+    from ecgbatch.training.instruct_format import read_instruct
+
+    opts: dict[str, dict] = {}
+    for item in read_option:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--read-option needs SOURCE.key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        src, key = k.split(".", 1)
+        opts.setdefault(src, {})[key] = yaml.safe_load(v)
+    items = report_items(read_instruct(data, split=split))
+    if limit is not None and len(items) > limit:   # evenly spaced: every source keeps its share
+        items = [items[int(i * len(items) / limit)] for i in range(limit)]
+    if not items:
+        raise ValueError(f"{str(data)!r} has no report items in split {split!r}")
+    folder, lora = resolve_model(model, log=lambda m: typer.echo(m, err=True))
+    m, tok = load_ecg_llava(folder, lora=lora, merge_lora=lora is not None)
+
+    def read(it):
+        return preprocess_for_model(it.read_ecg(**opts.get(it.meta.get("source"), {})), m.config, record_id=it.id)
+
+    texts = generate_reports(m, tok, items, read, batch_size, max_new_tokens,
+                             log=lambda msg: typer.echo(msg, err=True))
+    return {f"{it.meta.get('source')}/{it.meta.get('record_id')}": t for it, t in zip(items, texts)}
 
 
 def register(app: typer.Typer) -> None:

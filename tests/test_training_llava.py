@@ -1,0 +1,176 @@
+"""ECG-LLaVA training: loss masks, the ECG-token cache, and the Ray Train jobs (align, sft,
+resume, export) on the converted ecgllava_tiny fixture and real sample-archive records."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ecgbatch.cli import app
+from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def instruct_file(tmp_path_factory, sample_archive):
+    out = tmp_path_factory.mktemp("instr") / "instruct.jsonl"
+    r = _run("data", "instruct", f"ludb={sample_archive / 'ludb'}", f"cinc={sample_archive / 'cinc2021'}",
+             "-o", out, "--measure", "none")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(llava_converted):
+    from ecgbatch.llava import load_ecg_llava
+
+    return load_ecg_llava(llava_converted)
+
+
+def test_vicuna_labels_are_ecgchat_preprocess_v1(llava_fx, tiny):
+    """The job labels a Vicuna model's conversation exactly as ECG-Chat (the fixture's example)."""
+    from ecgbatch.training.llava_task import label_conversation
+
+    model, tok = tiny
+    ex = json.loads((llava_fx / "expected_train_example.json").read_text())
+    ids, labels, mismatch = label_conversation(ex["sources"][0], tok, model.config)
+    eid = model.config.ecg_token_id
+    assert not mismatch
+    assert ids == [eid if t == -200 else t for t in ex["input_ids"]]
+    assert labels == ex["labels"]
+
+
+def test_chat_template_labels_cover_only_the_answers():
+    """ChatML labels: each assistant answer and its end-of-turn token, nothing of the prompts."""
+    from transformers import AutoTokenizer
+
+    from ecgbatch.llava.base_models import smollm2_base
+    from ecgbatch.training.llava_task import label_chat_template
+
+    try:
+        base = smollm2_base()
+    except Exception as exc:   # noqa: BLE001 - the package is an optional install
+        pytest.skip(f"SmolLM2 base not available: {exc}")
+    tok = AutoTokenizer.from_pretrained(str(base))
+    tok.add_special_tokens({"additional_special_tokens": ["<ecg>"]})
+    eid = tok.convert_tokens_to_ids("<ecg>")
+    conv = [{"from": "human", "value": "<ecg>\nWhat is the rhythm?"}, {"from": "gpt", "value": "Sinus rhythm."},
+            {"from": "human", "value": "Is there atrial fibrillation?"},
+            {"from": "gpt", "value": "No, the ECG does not show atrial fibrillation."}]
+    ids, labels, mismatch = label_chat_template(conv, tok, eid, "<ecg>")
+    assert not mismatch and ids.count(eid) == 1
+    kept = [t for t in labels if t != IGNORE_INDEX]
+    text = tok.decode(kept)
+    assert text == ("Sinus rhythm.<|im_end|>No, the ECG does not show atrial fibrillation.<|im_end|>")
+    # the labelled tokens are exactly those positions of the input
+    assert all(l == i for l, i in zip(labels, ids) if l != IGNORE_INDEX)
+
+
+def test_ecg_token_cache_is_reused_and_keyed(tmp_path, tiny, sample_archive):
+    from ecgbatch.io import read_record
+    from ecgbatch.llava.inputs import preprocess_for_model
+    from ecgbatch.training.ecg_tokens import cache_file, ecg_tokens
+
+    model, _ = tiny
+    paths = [str(p) for p in sorted((sample_archive / "ludb").glob("*.hea"))[:2]]
+    calls = []
+
+    def read(p):
+        calls.append(p)
+        return preprocess_for_model(read_record(p), model.config)
+
+    a = ecg_tokens(model, paths, read, tmp_path)
+    assert a.shape[0] == 2 and len(calls) == 2
+    direct = model.ecg_features(torch.from_numpy(np.stack([read(p) for p in paths])))
+    assert torch.allclose(a, direct.float(), atol=2e-3 * float(direct.abs().max()))
+    calls.clear()
+    b = ecg_tokens(model, paths[::-1], read, tmp_path)
+    assert not calls and torch.equal(b, a.flip(0))           # served from the cache
+    f = cache_file(tmp_path, model)
+    with torch.no_grad():
+        model.ecg_tower.ln_pre.weight.add_(1.0)              # other tower weights: another file
+    try:
+        assert cache_file(tmp_path, model) != f
+    finally:
+        with torch.no_grad():
+            model.ecg_tower.ln_pre.weight.sub_(1.0)
+
+
+def _job(tmp_path, llava_converted, instruct_file, stage, **over):
+    from ecgbatch.training.llava_config import LlavaJobConfig
+
+    d = {"name": f"tiny-{stage}", "stage": stage, "run_dir": str(tmp_path / "runs"), "amp": "off",
+         "model": {"folder": str(llava_converted)},
+         "data": {"instruct": str(instruct_file), "split": None, "kinds": ["report"], "max_length": 256,
+                  "cache_dir": str(tmp_path / "cache")},
+         "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+         "optim": {"epochs": 2, "batch_size": 4, "lr": 5e-3, "max_steps_per_epoch": 3}}
+    for k, v in over.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+    return LlavaJobConfig.from_dict(d)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, instruct_file, tiny):
+    """Real Ray: LoRA+projector loss goes down; a crash after epoch 0 resumes from its
+    checkpoint and finishes; the export loads in HF with the adapter and changes the outputs."""
+    from ecgbatch.llava import load_ecg_llava
+    from ecgbatch.llava.assemble import full_folder
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.llava_job import SimulatedCrash, run_job
+
+    job = _job(tmp_path, llava_converted, instruct_file, "sft", fail_after_steps=4)
+    with pytest.raises(Exception) as err:
+        run_job(job, num_workers=1, log=lambda m: None)
+    assert "SimulatedCrash" in repr(err.value) or isinstance(err.value, SimulatedCrash)
+    first = latest_checkpoint(job.run_path())
+    assert json.loads((first / "progress.json").read_text()) == {"epoch": 0, "global_step": 3}
+
+    job.fail_after_steps = None
+    res = run_job(job, num_workers=1, resume=True, log=lambda m: None)
+    lines = [json.loads(x) for x in (job.run_path() / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [0, 1] and lines[-1]["global_step"] == 6
+    assert res.metrics["epoch"] == 1
+    assert lines[-1]["train/loss"] < lines[0]["train/first_loss"]   # it learns
+
+    out = tmp_path / "export"
+    r = _run("train", "export", "--checkpoint", job.run_path(), "-o", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "lora" / "adapter_model.safetensors").is_file()
+    full = full_folder(out, "tiny-export")
+    trained, tok = load_ecg_llava(full, lora=full / "lora")
+    base, _ = tiny
+    ids = torch.tensor([[1, 334, 535, base.config.ecg_token_id, 13, 974]])
+    ecg = torch.randn(1, 12, 5000)
+    with torch.no_grad():
+        a = trained(input_ids=ids, ecgs=ecg).logits
+        b = base(input_ids=ids, ecgs=ecg).logits
+    assert not torch.allclose(a, b)
+    assert full_folder(out, "tiny-export") == full                # second use: the cached folder
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_align_job_trains_the_projector_only(tmp_path, llava_converted, instruct_file, tiny):
+    from safetensors.torch import load_file
+
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.llava_job import run_job
+
+    job = _job(tmp_path, llava_converted, instruct_file, "align", optim={"lr": 1e-2})
+    res = run_job(job, num_workers=1, log=lambda m: None)
+    ck = latest_checkpoint(job.run_path())
+    assert not (ck / "model" / "lora").exists()
+    proj = load_file(str(ck / "model" / "model.safetensors"))
+    base, _ = tiny
+    assert set(proj) == {f"projector.{k}" for k in base.projector.state_dict()}
+    assert not torch.equal(proj["projector.0.weight"], base.projector[0].weight)
+    lines = [json.loads(x) for x in (job.run_path() / "metrics.jsonl").read_text().splitlines()]
+    assert res.metrics["epoch"] == 1 and lines[-1]["train/loss"] < lines[0]["train/first_loss"]
