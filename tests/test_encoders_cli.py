@@ -22,7 +22,8 @@ def test_models_list_json():
     r = runner.invoke(app, ["models", "list", "--json"])
     assert r.exit_code == 0, r.output
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert set(rows) == {"ecg-coca", "ecg-coca-mini"}
+    assert set(rows) == {"ecg-coca", "ecg-coca-mini", "ecg-llava-mini"}
+    assert rows["ecg-llava-mini"]["kind"] == "ecg-llava" and rows["ecg-llava-mini"]["ecg_tower"] is None
     assert rows["ecg-coca"]["ecg_tower"] == "12x768 patch 50"
     assert "zscore" in rows["ecg-coca-mini"]["preprocess"]
 

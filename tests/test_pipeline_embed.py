@@ -249,7 +249,7 @@ def test_classify_as_ray_job_equals_in_process(embedded, ray_local):
     ws, _ = embedded
     t = _main_table(ws)
     model = load_table_model(t)
-    res = classify.run(t, "cpsc2018", model=model, output=ws / "preds.parquet")
+    res = classify.run(t, "cpsc2018", model=model, output=ws / "preds.parquet", zero_shot=True)
     _, udf = classify.make_udf(model, "cpsc2018")
     rows = {}
     for b in classify.build_dataset(t, udf).iter_batches(batch_size=None, batch_format="numpy"):

@@ -15,9 +15,7 @@ DEFAULT_MODEL = "ecg-llava-mini"
 from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402 - one report prompt for both paths
 
 
-def _fail(msg: str, code: int = 2):
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code=code)
+from ecgbatch.commands.common import fail as _fail  # noqa: E402 - the one error exit of the command line
 
 
 def resolve_llava_model(model: str) -> Path:

@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from ecgbatch.commands.archive import _console, _fail, _quiet_libraries, _workspace
+from ecgbatch.commands.archive import _console, _quiet_libraries, _workspace
+from ecgbatch.commands.common import fail
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _last_job(console, ws: Path) -> dict:
     """The newest report table's meta (what --resume without --input continues)."""
     metas = sorted(ws.glob("report-*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not metas:
-        _fail(console, f"nothing to resume in {ws}: give --input ARCHIVE")
+        fail(f"nothing to resume in {ws}: give --input ARCHIVE")
     return json.loads(metas[0].read_text())
 
 
@@ -53,9 +54,9 @@ def _settings(console, o: ArchiveOptions, meta: dict | None):
     if meta is not None:
         return PromptSettings(**meta["settings"])
     if sum([o.question is not None, o.ddp, o.rag > 0]) > 1:
-        _fail(console, "--question, --ddp and --rag are different prompt modes: pick one")
+        fail("--question, --ddp and --rag are different prompt modes: pick one")
     if o.rag > 0 and o.reference is None:
-        _fail(console, "--rag K needs --reference WORKSPACE (a workspace with reports and embeddings)")
+        fail("--rag K needs --reference WORKSPACE (a workspace with reports and embeddings)")
     mode = "question" if o.question is not None else "ddp" if o.ddp else "rag" if o.rag > 0 else "report"
     return PromptSettings(mode=mode, question=o.question or DEFAULT_QUESTION, max_tokens=o.max_tokens,
                           rag_k=o.rag)
@@ -76,7 +77,7 @@ def run_archive(o: ArchiveOptions) -> None:
     meta = None
     if o.archive is None:
         if not o.resume:
-            _fail(console, "give --input ARCHIVE (or --resume to continue the workspace's last report job)")
+            fail("give --input ARCHIVE (or --resume to continue the workspace's last report job)")
         meta = _last_job(console, ws)
         o.archive, o.model = meta["archive"], meta["model_dir"]
         o.lora = Path(meta["adapter"]) if meta.get("adapter") else None
@@ -101,9 +102,9 @@ def run_archive(o: ArchiveOptions) -> None:
                       "(or `ecgbatch report --resume`) to finish")
         raise typer.Exit(130)
     except (EcgLlavaError, CheckpointError, FileNotFoundError, ValueError, WorkspaceLockedError) as exc:
-        _fail(console, str(exc))
+        fail(str(exc))
     except ConnectionError as exc:
-        _fail(console, f"cannot connect to the Ray cluster at {o.address!r}: {exc}")
+        fail(f"cannot connect to the Ray cluster at {o.address!r}: {exc}")
     if o.html is not None:
         from ecgbatch.pipelines.report_html import write_site
 
