@@ -179,8 +179,8 @@ class CocaJobConfig:
         return (base if base.is_absolute() else Path.cwd() / base).resolve() / self.name
 
 
-def load_job_config(path: str | Path, overrides: dict | None = None) -> CocaJobConfig:
-    """YAML file -> CocaJobConfig; ``overrides`` are dotted keys ("optim.epochs": 3)."""
+def read_job_yaml(path: str | Path) -> dict:
+    """A job YAML file as a mapping; unreadable or non-mapping files raise ValueError."""
     import yaml
 
     p = Path(path)
@@ -190,13 +190,23 @@ def load_job_config(path: str | Path, overrides: dict | None = None) -> CocaJobC
         raise ValueError(f"cannot read job config {str(p)!r}: {exc}") from None
     if not isinstance(d, dict):
         raise ValueError(f"job config {str(p)!r} must be a mapping, got {type(d).__name__}")
+    return d
+
+
+def apply_overrides(d: dict, overrides: dict | None) -> dict:
+    """Set dotted keys ("optim.epochs": 3) in a job mapping, creating sections as needed."""
     for key, value in (overrides or {}).items():
         node = d
         *parents, leaf = key.split(".")
         for k in parents:
             node = node.setdefault(k, {})
         node[leaf] = value
-    return CocaJobConfig.from_dict(d)
+    return d
+
+
+def load_job_config(path: str | Path, overrides: dict | None = None) -> CocaJobConfig:
+    """YAML file -> CocaJobConfig; ``overrides`` are dotted keys ("optim.epochs": 3)."""
+    return CocaJobConfig.from_dict(apply_overrides(read_job_yaml(path), overrides))
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:

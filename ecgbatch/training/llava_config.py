@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ecgbatch.training.job_config import OptimConfig, _build
+from ecgbatch.training.job_config import OptimConfig, _build, apply_overrides, read_job_yaml
 
 STAGES = ("align", "sft")
 
@@ -108,23 +108,9 @@ class LlavaJobConfig:
 
 def load_llava_job(path: str | Path, overrides: dict | None = None, stage: str | None = None) -> LlavaJobConfig:
     """YAML -> LlavaJobConfig (``stage`` given by the command must match the file's, if any)."""
-    import yaml
-
-    p = Path(path)
-    try:
-        d = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read job config {str(p)!r}: {exc}") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"job config {str(p)!r} must be a mapping, got {type(d).__name__}")
+    d = read_job_yaml(path)
     if stage is not None:
         if d.get("stage", stage) != stage:
-            raise ValueError(f"{str(p)!r} is a {d.get('stage')!r} config, not {stage!r}")
+            raise ValueError(f"{str(path)!r} is a {d.get('stage')!r} config, not {stage!r}")
         d["stage"] = stage
-    for key, value in (overrides or {}).items():
-        node = d
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = value
-    return LlavaJobConfig.from_dict(d)
+    return LlavaJobConfig.from_dict(apply_overrides(d, overrides))
