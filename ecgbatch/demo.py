@@ -6,7 +6,11 @@
 3. build the FAISS index (done by embed), then `ecgbatch search "atrial fibrillation"` (ranked
    by the model's calibrated rhythm probe) and `ecgbatch classify --labels ptbxl-rhythm` (each
    record's rhythm from that probe; rhythms the model never saw in training are marked
-   "untrained", never guessed).
+   "untrained", never guessed);
+4. reports of the default ECG-LLaVA model (ecg-llava-mini) for three records chosen by their
+   labels (one atrial fibrillation, one sinus rhythm, one other), generated through vLLM by the
+   same code as `ecgbatch report RECORD...`, each beside the record's reference labels. When the
+   model is not installed the demo says so in one line and ends normally.
 
 Every step is the real CLI command, run in-process, so the output is what a user would see.
 Outputs go to ./out/demo/ (git-ignored); a second run shows the exactly-once rerun (nothing redone).
@@ -22,6 +26,7 @@ from pathlib import Path
 from ecgbatch._paths import REPO_ROOT, SAMPLE_ARCHIVE
 
 DEFAULT_MODEL = "ecg-coca-mini"
+REPORT_MODEL = "ecg-llava-mini"
 
 
 def _step(title: str) -> None:
@@ -52,6 +57,73 @@ def _pick_record(archive: Path) -> Path:
             if "bad" not in p.parts:
                 return p
     raise SystemExit(f"no WFDB record found in {archive}")
+
+
+def _labels(rec) -> list[str]:
+    """The reference statements a record carries: LUDB's diagnoses, or the Challenge #Dx names."""
+    meta = rec.meta or {}
+    return [str(x) for x in (meta.get("diagnoses") or meta.get("dx_names") or [])]
+
+
+def _rhythm_kind(labels: list[str]) -> str:
+    text = " ".join(labels).lower()
+    if "atrial fibrillation" in text:
+        return "atrial fibrillation"
+    if "sinus rhythm" in text:
+        return "sinus rhythm"
+    return "other"
+
+
+def pick_report_records(archive: Path) -> list[tuple[str, Path, list[str]]]:
+    """(kind, record, reference labels) for the first labelled WFDB record of each kind (atrial
+    fibrillation, sinus rhythm, other), LUDB's (full diagnoses) before the Challenge's (#Dx)."""
+    from ecgbatch.io import read_record
+    from ecgbatch.io.errors import EcgReadError
+
+    paths = [p for p in sorted(archive.glob("**/*.hea")) if "bad" not in p.relative_to(archive).parts]
+    found: dict[str, tuple[str, Path, list[str]]] = {}
+    for prefer_diagnoses in (True, False):
+        for p in paths:
+            try:
+                rec = read_record(str(p))
+            except (EcgReadError, ValueError):
+                continue
+            labels = _labels(rec)
+            if not labels or bool((rec.meta or {}).get("diagnoses")) != prefer_diagnoses:
+                continue
+            kind = _rhythm_kind(labels)
+            found.setdefault(kind, (kind, p, labels))
+    return [found[k] for k in ("atrial fibrillation", "sinus rhythm", "other") if k in found]
+
+
+def show_reports(archive: Path, model: str = REPORT_MODEL, max_tokens: int = 160) -> bool:
+    """Step 5: generate and print; False (after one line) when the model is not installed."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ecgbatch.commands.report import report_records
+    from ecgbatch.llava.errors import ModelNotInstalledError
+
+    con = Console()
+    picks = pick_report_records(archive)
+    if not picks:
+        con.print(f"no labelled WFDB record in {archive}: no reports to show")
+        return False
+    paths = [str(p) for _, p, _ in picks]
+    print(f"$ ecgbatch report {' '.join(paths)} -m {model} --max-tokens {max_tokens}", flush=True)
+    try:
+        results, failed, _ = report_records(paths, model, max_tokens=max_tokens)
+    except ModelNotInstalledError as exc:
+        con.print(f"[yellow]no reports:[/yellow] {escape(str(exc))}", soft_wrap=True)
+        return False
+    by_path = {r.id: r for r in results}
+    for kind, p, labels in picks:
+        con.print(f"[bold]{p.relative_to(archive)}[/bold] ({kind})")
+        con.print("  reference: " + " | ".join(labels), soft_wrap=True, markup=False, highlight=False)
+        r = by_path.get(str(p))
+        text = r.text.strip() if r is not None else f"(not reported: {dict(failed).get(str(p), '?')})"
+        con.print(f"  {model}: {text}", soft_wrap=True, markup=False, highlight=False)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
 
     _step("4. ecgbatch classify --labels ptbxl-rhythm (calibrated rhythm probe)")
     _cli("classify", "-w", str(ws), "--labels", "ptbxl-rhythm")
+
+    _step(f"5. ecgbatch report: {REPORT_MODEL} on three records (vLLM), beside their reference labels")
+    show_reports(ns.archive)
 
     print(f"\ndemo done in {time.perf_counter() - t0:.0f} s; outputs in {out}", flush=True)
 

@@ -108,14 +108,48 @@ def llava_converted(llava_fx, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def vllm_engine(llava_converted, tmp_path_factory):
+def llava_trained_only(llava_converted, tmp_path_factory):
+    """What `ecgbatch train export` writes (config.json + projector + lora/, base weights named and
+    hash-stamped), made from the fixture by the same save_trained_only a training checkpoint uses:
+    the converted model's projector and its ECG-Chat LoRA adapter on the base folder
+    ``llava_converted``. Assembled, it is the converted model again (+ the adapter), so the
+    session's one vLLM engine can serve the assembled folder."""
+    from ecgbatch.llava import load_ecg_llava
+    from ecgbatch.llava.assemble import save_trained_only
+
+    model, _ = load_ecg_llava(llava_converted, lora=llava_converted / "lora")
+    out = tmp_path_factory.mktemp("trained-only") / "ecg-llava-tiny"
+    return save_trained_only(model, out, {"folder": str(llava_converted)})
+
+
+@pytest.fixture(scope="session")
+def llava_cache(tmp_path_factory):
+    """$ECGBATCH_CACHE of the assembled model folders (subprocess tests pass it on)."""
+    return tmp_path_factory.mktemp("ecgbatch-cache")
+
+
+@pytest.fixture(scope="session")
+def llava_assembled(llava_trained_only, llava_cache):
+    """(full folder, adapter) of ``llava_trained_only`` as every generative command resolves a
+    model (ecgbatch.llava.assemble.resolve_model), assembled into ``llava_cache``."""
+    from ecgbatch.llava.assemble import resolve_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECGBATCH_CACHE", str(llava_cache))
+        return resolve_model(llava_trained_only, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(llava_assembled, tmp_path_factory):
     """One vLLM engine (float32, LoRA rank <= 8 enabled) for the whole test session: start-up
-    costs 20-100 s on 2 cores. The fixture's head size 16 is served through a padded copy."""
+    costs 20-100 s on 2 cores. It serves the full folder assembled from a trained-only export of
+    the fixture (``llava_assembled``: the converted ECG-Chat model, so ECG-Chat parity holds).
+    The fixture's head size 16 is served through a padded copy."""
     pytest.importorskip("vllm")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.serving.engine import EcgLlavaEngine
 
-    return EcgLlavaEngine(llava_converted, dtype="float32", lora_rank=8,
+    return EcgLlavaEngine(llava_assembled[0], dtype="float32", lora_rank=8,
                           work_dir=str(tmp_path_factory.mktemp("vllm-work")))
 
 

@@ -35,8 +35,8 @@ def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
     import openai
 
     q1, q2 = "Please describe this ECG.", "What is the rhythm?"
-    p = _chat([str(REPO_ROOT / RECORD), "--model", str(llava_converted), "--lora", str(llava_converted / "lora"),
-               "--max-tokens", "8"], f"{q1}\n/plot plot.png\n/save conv.json\n{q2}\n/save conv2.json\n/reset\n/save empty.json\n/quit\n",
+    # no --lora: the model folder's own adapter (lora/), which the server serves as "ecg-chat"
+    p = _chat([str(REPO_ROOT / RECORD), "--model", str(llava_converted), "--max-tokens", "8"], f"{q1}\n/plot plot.png\n/save conv.json\n{q2}\n/save conv2.json\n/reset\n/save empty.json\n/quit\n",
               tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     out = p.stdout

@@ -58,8 +58,8 @@ def job(archive, llava_converted, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("report-job")
     ws = base / "ws"
-    cmd, env = _cli(["--input", str(archive), "-w", str(ws), "--model", str(llava_converted),
-                     "--lora", str(llava_converted / "lora"), "--max-tokens", str(MAX_TOKENS),
+    cmd, env = _cli(["--input", str(archive), "-w", str(ws), "--model", str(llava_converted),   # its own lora/
+                     "--max-tokens", str(MAX_TOKENS),
                      "--block-size", "1", "--batch-size", "1", "--no-progress"])
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -105,7 +105,8 @@ def test_report_rows(job, llava_converted):
         assert r["report"].strip() and r["n_output_tokens"] == MAX_TOKENS and r["finish_reason"] == "length"
         assert r["n_prompt_tokens"] == 145                 # 45 prompt ids - <ecg> + 101 ECG positions
         assert r["prompt_mode"] == "report" and r["question"] == "Please describe this ECG."
-        assert r["model"] == llava_converted.name and r["adapter"].endswith("lora")
+        assert r["model"] == llava_converted.name
+        assert r["adapter"] == str((llava_converted / "lora").resolve())   # no --lora: the folder's own
         assert r["generation_s"] > 0 and r["labels"] and r["fs"] == 500.0
     assert summary["output_tokens"] == MAX_TOKENS * summary["reported"]
 

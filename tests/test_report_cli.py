@@ -17,8 +17,8 @@ from ecgbatch.cli import app
 RECORD = "sample_archive/cinc2021/A0689.hea"
 
 
-def _run_cli(args):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1")
+def _run_cli(args, **env_extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", **env_extra)
     return subprocess.run([sys.executable, "-m", "ecgbatch.cli", *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -26,11 +26,14 @@ def _run_cli(args):
 @pytest.mark.vllm
 @pytest.mark.shared
 @pytest.mark.slow
-def test_report_json_end_to_end(llava_converted, tmp_path):
-    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_converted),
-                  "--lora", str(llava_converted / "lora"), "--max-tokens", "8", "--json"])
+def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache):
+    """A trained-only folder (what `train export` writes) as --model and no --lora: the folder
+    assembled in the cache and its own adapter are used."""
+    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_trained_only),
+                  "--max-tokens", "8", "--json"], ECGBATCH_CACHE=str(llava_cache))
     assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
     out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
+    assert out["adapter"] == str(llava_assembled[1])     # the model's own lora/
     [rep] = out["reports"]
     assert rep["record"] == RECORD and rep["text"].strip()
     assert rep["n_output_tokens"] == 8 and rep["finish_reason"] == "length"
@@ -41,11 +44,15 @@ def test_report_json_end_to_end(llava_converted, tmp_path):
 
 
 def test_report_default_model_not_installed(monkeypatch, tmp_path):
+    from ecgbatch.models import registry
+
     monkeypatch.setenv("ECGBATCH_MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "no-package-weights")   # as if not shipped
     r = CliRunner().invoke(app, ["report", RECORD])
     assert r.exit_code == 2
     msg = r.output
-    assert "ecg-llava-mini" in msg and "not installed" in msg and "convert-ecgchat-llava" in msg
+    assert "ecg-llava-mini is not installed" in msg and "train export" in msg and "convert-ecgchat-llava" in msg
+    assert "Traceback" not in msg
 
 
 @pytest.mark.shared

@@ -137,7 +137,8 @@ def _read_line():
 def chat_cmd(
     record: str = typer.Argument(..., help="an ECG record (any format ecgbatch reads)"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model "
+                                        "[default: the model's own (its lora/), if it has one]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per answer"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
 ) -> None:
@@ -154,7 +155,7 @@ def chat_cmd(
     from ecgbatch.serving.server_upload import summary
 
     try:
-        folder = resolve_llava_model(model)
+        folder, lora = resolve_llava_model(model, lora)     # no --lora: the model's own adapter
         config = check_model_folder(folder)
         if lora is not None:
             check_adapter(lora, config)
@@ -169,16 +170,16 @@ def chat_cmd(
         _fail(f"{record}: {exc}")
     typer.echo(summary_line(summary(rec, record)))
     typer.echo(text_plot(rec))
-    asyncio.run(_chat(folder, lora, rec, record, ok[0][1], max_tokens, dtype))
+    asyncio.run(_chat(folder, Path(model).name, lora, rec, record, ok[0][1], max_tokens, dtype))
 
 
-async def _chat(folder, lora, rec, name, ecg, max_tokens, dtype):
+async def _chat(folder, model_name, lora, rec, name, ecg, max_tokens, dtype):
     from ecgbatch.serving.async_engine import AsyncEcgLlava
 
-    typer.echo("(starting the model...)", err=True)
-    engine = AsyncEcgLlava.start(folder, {"adapter": lora} if lora else None, served_name="base", dtype=dtype)
+    typer.echo(f"(starting {model_name}{' with adapter ' + str(lora) if lora else ''}...)", err=True)
+    engine = AsyncEcgLlava.start(folder, served_name=model_name, lora=lora, dtype=dtype)
     try:
-        await ChatSession(engine, rec, name, ecg, "adapter" if lora else "base", max_tokens).run(_read_line)
+        await ChatSession(engine, rec, name, ecg, model_name, max_tokens).run(_read_line)
     finally:
         engine.shutdown()
 

@@ -18,26 +18,16 @@ from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402 - one repor
 from ecgbatch.commands.common import fail as _fail  # noqa: E402 - the one error exit of the command line
 
 
-def resolve_llava_model(model: str) -> Path:
-    """A model folder, or a zoo name looked up in $ECGBATCH_MODELS_DIR/<name>. Raises
-    ModelNotInstalledError with how to get one when there is none."""
-    from ecgbatch.serving.errors import ModelNotInstalledError
+def resolve_llava_model(model: str, lora: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
+    """(full model folder, LoRA adapter or None) for --model and --lora, the one resolution of
+    every generative command: ecgbatch.llava.assemble.resolve_model (a full folder, a trained-only
+    folder or zoo name assembled into the cache at first use, $ECGBATCH_MODELS_DIR/<name>). The
+    adapter is --lora when given, else the one that comes with the model (its lora/ folder).
+    Raises ModelNotInstalledError / ModelFolderError saying how to get a model."""
+    from ecgbatch.llava.assemble import resolve_model
 
-    p = Path(model)
-    if (p / "config.json").is_file():
-        return p
-    env = os.environ.get("ECGBATCH_MODELS_DIR")
-    if env and (Path(env) / model / "config.json").is_file():
-        return Path(env) / model
-    if p.exists() or os.sep in model:
-        raise ModelNotInstalledError(f"{model!r} is not an ECG-LLaVA model folder (no config.json)")
-    hint = (" (ecgbatch's own small model, trained by the next release; not shipped yet)"
-            if model == DEFAULT_MODEL else "")
-    raise ModelNotInstalledError(
-        f"model {model!r}{hint} is not installed (looked in $ECGBATCH_MODELS_DIR="
-        f"{env or '<unset>'}). Pass --model FOLDER, e.g. an ECG-Chat LLaVA run converted with "
-        "`ecgbatch models convert-ecgchat-llava --base VICUNA --lora RUN --ecg-coca CKPT -o FOLDER`, "
-        "or put the folder at $ECGBATCH_MODELS_DIR/" + model)
+    folder, own = resolve_model(model, log=lambda m: typer.echo(m, err=True))
+    return folder, (lora if lora is not None else own)
 
 
 def read_ecgs(records: List[str], config):
@@ -62,7 +52,8 @@ def report_cmd(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="[--input] workspace folder "
                                              "[default: $ECGBATCH_WORKSPACE, else ~/.ecgbatch/workspace]"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
-    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
+    lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model "
+                                        "[default: the model's own (its lora/), if it has one]"),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="what to ask about each ECG "
                                            f"[default: the report prompt {DEFAULT_QUESTION!r}]"),
     ddp: bool = typer.Option(False, "--ddp", help="[--input] diagnosis-driven prompt from the record's "
@@ -106,49 +97,59 @@ def report_cmd(
     _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json)
 
 
-def _report_records(records, model, lora, question, max_tokens, dtype, as_json) -> None:
+def _engine_env() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is the report (--json)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from ecgbatch.llava.errors import EcgLlavaError
-    from ecgbatch.encoders.checkpoint import CheckpointError
 
-    try:
-        folder = resolve_llava_model(model)
-        from ecgbatch.serving.folder import check_adapter, check_model_folder
 
-        config = check_model_folder(folder)
-        rank = check_adapter(lora, config) if lora is not None else None
-    except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
+def report_records(records: List[str], model: str = DEFAULT_MODEL, lora: Optional[Path] = None,
+                   question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "float32",
+                   on_unreadable=None):
+    """What `ecgbatch report RECORD...` does, for callers (the demo): resolve the model and its
+    adapter, check them, read the records, generate through vLLM. Returns (results, failures,
+    adapter) with results an EcgResult per readable record and failures [(record, message)]
+    (``on_unreadable(record, message)`` is called for each before the engine starts). Raises
+    EcgLlavaError / CheckpointError (the model, the adapter, the engine)."""
+    from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
+    from ecgbatch.serving.folder import check_adapter, check_model_folder
+
+    _engine_env()
+    folder, lora = resolve_llava_model(model, lora)
+    config = check_model_folder(folder)
+    rank = check_adapter(lora, config) if lora is not None else None
     ecgs, failed = read_ecgs(records, config)
     for path, msg in failed:
-        typer.echo(f"error: {path}: {msg}", err=True)
+        if on_unreadable is not None:
+            on_unreadable(path, msg)
     if not ecgs:
+        return [], failed, lora
+    engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
+    ids = engine.prompt_ids(question)
+    reqs = [EcgRequest(x, ids, id=path) for path, x in ecgs]
+    return engine.generate(reqs, max_tokens=max_tokens, lora=lora), failed, lora
+
+
+def _report_records(records, model, lora, question, max_tokens, dtype, as_json) -> None:
+    from ecgbatch.encoders.checkpoint import CheckpointError
+    from ecgbatch.llava.errors import EcgLlavaError
+
+    try:
+        results, failed, lora = report_records(
+            records, model, lora, question, max_tokens, dtype,
+            on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True))
+    except (EcgLlavaError, CheckpointError) as exc:
+        _fail(str(exc))
+    if not results:
         _fail("no record could be read")
-    results = _generate(folder, ecgs, question, lora, rank, max_tokens, dtype)
-    _print(results, failed, question, as_json)
+    _print(results, failed, question, lora, as_json)
     if failed:
         raise typer.Exit(code=1)
 
 
-def _generate(folder, ecgs, question, lora, rank, max_tokens, dtype):
-    from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
-    from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
-
-    try:
-        engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
-        ids = engine.prompt_ids(question)
-        reqs = [EcgRequest(x, ids, id=path) for path, x in ecgs]
-        return engine.generate(reqs, max_tokens=max_tokens, lora=lora)
-    except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
-
-
-def _print(results, failed, question, as_json: bool) -> None:
+def _print(results, failed, question, lora, as_json: bool) -> None:
     if as_json:
-        out = {"question": question,
+        out = {"question": question, "adapter": str(lora) if lora is not None else None,
                "reports": [{"record": r.id, "text": r.text, "n_prompt_tokens": r.n_prompt_tokens,
                             "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason}
                            for r in results],

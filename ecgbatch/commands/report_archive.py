@@ -88,12 +88,14 @@ def run_archive(o: ArchiveOptions) -> None:
         o.reference = Path(settings.reference).parent   # the reference workspace of the first run
     prompt_stage = None
     try:
-        folder = resolve_llava_model(o.model)
+        folder, lora = resolve_llava_model(o.model, o.lora)   # no --lora: the model's own adapter
+        if meta is not None:
+            lora = o.lora                       # resume: exactly the first run's adapter (or none)
         if settings.mode in ("ddp", "rag"):
             from ecgbatch.pipelines import report_prompts
 
             prompt_stage, settings = report_prompts.prepare(settings, ws, o.reference, o.archive)
-        s = pipeline.run(o.archive, folder, ws, lora=o.lora, settings=settings, engines=o.engines,
+        s = pipeline.run(o.archive, folder, ws, lora=lora, settings=settings, engines=o.engines,
                          gpus_per_engine=o.gpus_per_engine, batch_size=o.batch_size,
                          block_size=o.block_size, dtype=o.dtype, address=o.address, num_cpus=o.num_cpus,
                          prompt_stage=prompt_stage, output=o.output, console=console, progress=o.progress)

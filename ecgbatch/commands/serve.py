@@ -38,11 +38,12 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
-    lora: List[str] = typer.Option([], "--lora", help="NAME=PATH: serve a peft LoRA adapter as model NAME (repeat)"),
+    lora: List[str] = typer.Option([], "--lora", help="NAME=PATH: serve a peft LoRA adapter as model NAME (repeat); "
+                                   "without it the model's own adapter (its lora/) is applied to the base name"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ECGBATCH_API_KEY",
                                           help="require 'Authorization: Bearer KEY' on /v1 routes"),
     ecg_dir: Optional[Path] = typer.Option(None, "--ecg-dir", help="allow ECG parts by path, under this folder only"),
-    name: Optional[str] = typer.Option(None, "--name", help="model id of the base model (default: folder name)"),
+    name: Optional[str] = typer.Option(None, "--name", help="model id of the base model (default: the --model name)"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="most new tokens a request may ask for"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.01, help="largest request body"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
@@ -64,17 +65,19 @@ def serve_cmd(
     try:   # refuse a bad folder or adapter with a clear message before vLLM starts
         from ecgbatch.serving.folder import check_adapter, check_model_folder
 
-        folder = resolve_llava_model(model)
+        folder, own = resolve_llava_model(model)
+        own = None if adapters else own     # --lora given: the base name serves the bare model
         config = check_model_folder(folder)
-        for path in adapters.values():
+        for path in [*adapters.values(), *([own] if own else [])]:
             check_adapter(path, config)
     except (EcgLlavaError, CheckpointError) as exc:
         _fail(str(exc))
-    cfg = ServerConfig(model_dir=folder, adapters=adapters, served_name=name, api_key=api_key,
+    name = name or Path(model).name
+    cfg = ServerConfig(model_dir=folder, adapters=adapters, lora=own, served_name=name, api_key=api_key,
                        ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs,
                        limits=Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * 1024 * 1024)),
                        default_max_tokens=min(256, max_tokens))
-    typer.echo(f"ecgbatch serve: http://{host}:{port}/ (model {name or folder.name}"
+    typer.echo(f"ecgbatch serve: http://{host}:{port}/ (model {name}{' with its adapter ' + str(own) if own else ''}"
                f"{', adapters ' + ', '.join(cfg.adapters) if cfg.adapters else ''})", err=True)
     try:
         serve(cfg, host, port)

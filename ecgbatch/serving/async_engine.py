@@ -70,11 +70,13 @@ class AsyncEcgLlava:
     # -- start-up --------------------------------------------------------------------------------
     @classmethod
     def start(cls, model_dir: str | Path, adapters: dict[str, str | Path] | None = None,
-              served_name: str | None = None, dtype: str = "float32", max_model_len: int | None = None,
+              served_name: str | None = None, lora: str | Path | None = None, dtype: str = "float32", max_model_len: int | None = None,
               max_num_seqs: int | None = None, work_dir: str | None = None, enforce_eager: bool = True,
               disable_log_stats: bool = True) -> "AsyncEcgLlava":
         """Check the folder and the adapters, then build vLLM's AsyncLLM (call inside a running
-        event loop; the engine core is vLLM's own process)."""
+        event loop; the engine core is vLLM's own process). ``adapters``: {model name: peft
+        adapter} served beside the base; ``lora``: an adapter applied to the base name itself
+        (the model's own adapter, e.g. ecg-llava-mini's lora/)."""
         from ecgbatch.serving.plugin import entry_point_installed, register
 
         model_dir = Path(model_dir)
@@ -83,7 +85,9 @@ class AsyncEcgLlava:
         adapters = dict(adapters or {})
         if served_name in adapters:
             raise ModelFolderError(f"adapter name {served_name!r} is the base model's name; pick another")
-        ranks = {name: folders.check_adapter(path, config) for name, path in adapters.items()}
+        if lora is not None:          # the model's own adapter: applied to requests for served_name
+            adapters[served_name] = lora
+        checked = {name: folders.served_adapter(path, config, None, work_dir) for name, path in adapters.items()}
         served = folders.runnable_model_folder(model_dir, config, work_dir)
         register()
         if not entry_point_installed():
@@ -98,10 +102,10 @@ class AsyncEcgLlava:
                       disable_log_stats=disable_log_stats)
         if max_num_seqs:
             kwargs["max_num_seqs"] = max_num_seqs
-        if ranks:
-            kwargs.update(enable_lora=True, max_lora_rank=max(ranks.values()), max_loras=len(ranks))
-        loras = {name: LoRARequest(name, i + 1, str(folders.runnable_adapter(path, config, work_dir)))
-                 for i, (name, path) in enumerate(adapters.items())}
+        if checked:
+            kwargs.update(enable_lora=True, max_lora_rank=max(r for r, _ in checked.values()),
+                          max_loras=len(checked))
+        loras = {name: LoRARequest(name, i + 1, str(served)) for i, (name, (_, served)) in enumerate(checked.items())}
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         return cls(model_dir, config, served_name, loras, engine, max_len)
 
@@ -111,7 +115,7 @@ class AsyncEcgLlava:
     # -- requests --------------------------------------------------------------------------------
     @property
     def model_names(self) -> list[str]:
-        return [self.served_name, *self.loras]
+        return [self.served_name, *(n for n in self.loras if n != self.served_name)]
 
     def prompt_ids(self, question: str, history=None) -> list[int]:
         from ecgbatch.llava.prompting import prompt_ids
@@ -133,7 +137,7 @@ class AsyncEcgLlava:
         from vllm.sampling_params import RequestOutputKind
 
         self.check_length(prompt_ids, sampling.max_tokens)
-        lora = self.loras.get(model) if model and model != self.served_name else None
+        lora = self.loras.get(model or self.served_name)
         sp = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, seed=sampling.seed, stop=sampling.stop or None,
                             output_kind=RequestOutputKind.DELTA)

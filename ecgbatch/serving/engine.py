@@ -135,8 +135,7 @@ class EcgLlavaEngine:
             if self.options.lora_rank is None:
                 raise folders.UnsupportedLoraRankError(
                     f"{adapter}: this engine was started without LoRA (lora_rank=None)")
-            folders.check_adapter(adapter, self.config, self.options.lora_rank)
-            served = folders.runnable_adapter(adapter, self.config, self.options.work_dir)
+            _, served = folders.served_adapter(adapter, self.config, self.options.lora_rank, self.options.work_dir)
             self._loras[key] = LoRARequest(Path(adapter).name or "adapter", len(self._loras) + 1, str(served))
         return self._loras[key]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ecgbatch.llava.errors import (AdapterMismatchError, ContextLengthError, EcgInputError,
-                                   EcgLlavaError, EcgPromptError, ModelFolderError)
+                                   EcgLlavaError, EcgPromptError, ModelFolderError, ModelNotInstalledError)
 
 __all__ = ["AdapterMismatchError", "ContextLengthError", "EcgInputError", "EcgLlavaError",
            "EcgPromptError", "ModelFolderError", "UnsupportedLoraRankError", "ModelNotInstalledError"]
@@ -13,9 +13,3 @@ class UnsupportedLoraRankError(AdapterMismatchError):
     """A LoRA rank that vLLM cannot serve (not one of its allowed ranks, or above max_lora_rank)."""
 
     kind = "unsupported_lora_rank"
-
-
-class ModelNotInstalledError(ModelFolderError):
-    """A zoo model name whose weights are not on this machine."""
-
-    kind = "model_not_installed"

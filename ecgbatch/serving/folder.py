@@ -65,6 +65,15 @@ def check_adapter(adapter: str | Path, config, max_lora_rank: int | None = None)
     return rank
 
 
+def served_adapter(adapter: str | Path, config, max_lora_rank: int | None = None,
+                   work_dir=None) -> tuple[int, Path]:
+    """(rank, folder vLLM loads) for a peft adapter of this model: ``check_adapter``, then the
+    adapter itself or its head-padded copy (``runnable_adapter``). Both engines (offline and
+    async) build their LoRARequests from this."""
+    rank = check_adapter(adapter, config, max_lora_rank)
+    return rank, runnable_adapter(adapter, config, work_dir)
+
+
 # -- head padding cache -----------------------------------------------------------------------------
 def _work_dir(work_dir: str | Path | None) -> Path:
     base = work_dir or os.environ.get("ECGBATCH_CACHE") or (Path.home() / ".cache" / "ecgbatch")

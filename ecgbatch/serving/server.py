@@ -42,6 +42,7 @@ PAGE = Path(__file__).with_name("web") / "index.html"
 class ServerConfig:
     model_dir: Path
     adapters: dict[str, Path] = field(default_factory=dict)
+    lora: Path | None = None              # the model's own adapter, applied to the base name
     served_name: str | None = None
     api_key: str | None = None
     ecg_dir: Path | None = None
@@ -164,8 +165,8 @@ def build_app(cfg: ServerConfig, engine_factory=None):
     @asynccontextmanager
     async def lifespan(app):
         factory = engine_factory or (lambda: AsyncEcgLlava.start(
-            cfg.model_dir, cfg.adapters, cfg.served_name, dtype=cfg.dtype, max_num_seqs=cfg.max_num_seqs,
-            work_dir=cfg.work_dir))
+            cfg.model_dir, cfg.adapters, cfg.served_name, lora=cfg.lora, dtype=cfg.dtype,
+            max_num_seqs=cfg.max_num_seqs, work_dir=cfg.work_dir))
         engine = factory()
         state["svc"] = ChatService(cfg, engine)
         try:
