@@ -65,8 +65,9 @@ def report_cmd(
     lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model"),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="what to ask about each ECG "
                                            f"[default: the report prompt {DEFAULT_QUESTION!r}]"),
-    ddp: bool = typer.Option(False, "--ddp", help="[--input] diagnosis-driven prompt from the record's "
-                             "calibrated labels"),
+    ddp: bool = typer.Option(False, "--ddp", help="diagnosis-driven prompt: the findings of the calibrated "
+                             "probes of the model's tower encoder (with --input: from the workspace's "
+                             "embeddings) before the question"),
     rag: int = typer.Option(0, "--rag", min=0, help="[--input] give the K nearest reference reports as examples"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="[--input --rag] workspace with "
                                              "embeddings and reports of reference records"),
@@ -101,12 +102,24 @@ def report_cmd(
                                           html, dtype, batch_size, block_size, num_cpus, as_json, progress))
     if not records:
         _fail("give RECORD... (or --input ARCHIVE)")
-    if ddp or rag or html is not None or output is not None:
-        _fail("--ddp, --rag, --html and -o need --input ARCHIVE")
-    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json)
+    if rag or html is not None or output is not None:
+        _fail("--rag, --html and -o need --input ARCHIVE")
+    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp)
 
 
-def _report_records(records, model, lora, question, max_tokens, dtype, as_json) -> None:
+def _ddp_questions(model: str, ecgs, question: str):
+    """(question per record, findings per record, labeller description): DDP (ecgbatch.llava.ddp)
+    for the records, computed before the engine starts, so that a missing probe fails fast."""
+    import numpy as np
+
+    from ecgbatch.llava.ddp import DdpLabeller, ddp_question
+
+    labeller = DdpLabeller.for_model(model)
+    findings = labeller.findings(np.stack([x for _, x in ecgs]))
+    return [ddp_question(question, f) for f in findings], findings, labeller.describe()
+
+
+def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is the report (--json)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -126,37 +139,50 @@ def _report_records(records, model, lora, question, max_tokens, dtype, as_json) 
         typer.echo(f"error: {path}: {msg}", err=True)
     if not ecgs:
         _fail("no record could be read")
-    results = _generate(folder, ecgs, question, lora, rank, max_tokens, dtype)
-    _print(results, failed, question, as_json)
+    questions, findings, ddp_info = [question] * len(ecgs), None, False
+    if ddp:
+        try:
+            questions, findings, ddp_info = _ddp_questions(model, ecgs, question)
+        except EcgLlavaError as exc:
+            _fail(exc)
+    results = _generate(folder, ecgs, questions, lora, rank, max_tokens, dtype)
+    _print(results, failed, question, as_json, findings, ddp_info)
     if failed:
         raise typer.Exit(code=1)
 
 
-def _generate(folder, ecgs, question, lora, rank, max_tokens, dtype):
+def _generate(folder, ecgs, questions, lora, rank, max_tokens, dtype):
+    """One request per (record, ECG) of ``ecgs`` with its question of ``questions``."""
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
 
     try:
         engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
-        ids = engine.prompt_ids(question)
-        reqs = [EcgRequest(x, ids, id=path) for path, x in ecgs]
+        reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
         return engine.generate(reqs, max_tokens=max_tokens, lora=lora)
     except (EcgLlavaError, CheckpointError) as exc:
         _fail(str(exc))
 
 
-def _print(results, failed, question, as_json: bool) -> None:
+def _print(results, failed, question, as_json: bool, findings=None, ddp_info=False) -> None:
+    """The reports (``findings``: the DDP findings per result, when DDP was on)."""
+    found = findings if findings is not None else [None] * len(results)
     if as_json:
-        out = {"question": question,
+        out = {"question": question, "ddp": ddp_info,
                "reports": [{"record": r.id, "text": r.text, "n_prompt_tokens": r.n_prompt_tokens,
-                            "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason}
-                           for r in results],
+                            "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason,
+                            **({"ddp_findings": [x.to_dict() for x in f]} if f is not None else {})}
+                           for r, f in zip(results, found)],
                "failures": [{"record": p, "error": m} for p, m in failed]}
         typer.echo(json.dumps(out, indent=2))
         return
-    for r in results:
+    if ddp_info:
+        typer.echo(f"DDP on: findings of {ddp_info['encoder']}'s probes ({', '.join(ddp_info['probes'])})")
+    for r, f in zip(results, found):
         typer.echo(f"== {r.id}")
+        if f is not None:
+            typer.echo("   DDP: " + ("; ".join(f"{x.text} (p={x.probability:.2f})" for x in f) or "no finding"))
         typer.echo(r.text.strip())
         if r.finish_reason == "length":
             typer.echo(f"   [stopped at --max-tokens {r.n_output_tokens}]")
