@@ -142,6 +142,7 @@ def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llav
                                                                   llava_converted):
     from ecgbatch.llava.assemble import load_trained_only
     from ecgbatch.llava.ddp import DDP_INTRO, DdpUnavailableError
+    from ecgbatch.training.instruct_ddp import ddp_selection
     from ecgbatch.training.llava_config import LlavaJobConfig
     from ecgbatch.training.llava_job import ddp_items
     from ecgbatch.training.llava_task import label_conversation
@@ -153,8 +154,6 @@ def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llav
     logs = []
     out = ddp_items(job, items, config, log=logs.append)
     changed = [i for i, (a, b) in enumerate(zip(items, out)) if a.conversations != b.conversations]
-    from ecgbatch.training.instruct_ddp import ddp_selection
-
     assert changed == ddp_selection(items, 0.5, 3) and len(changed) == round(0.5 * len(items) / 2)
     assert any("DDP: " in m for m in logs)
     cache = list((tmp_path / "cache").glob("ddp_embeddings-*.npz"))
@@ -230,21 +229,41 @@ def test_report_record_ddp_without_probes_is_refused_before_the_engine(llava_con
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_report_record_with_ddp_through_vllm(mini_tower_llava, sample_archive, tmp_path, monkeypatch):
-    """`ecgbatch report RECORD --ddp` on a full folder whose tower is ecg-coca-mini (vLLM CPU)."""
+    """`ecgbatch report RECORD --ddp` (its own process: vLLM CPU) on a full folder whose tower is
+    ecg-coca-mini, found through its tower weights."""
     pytest.importorskip("vllm")
+    import os
+    import subprocess
+    import sys
+
+    from ecgbatch._paths import REPO_ROOT
     from ecgbatch.llava.assemble import full_folder
 
     monkeypatch.setenv("ECGBATCH_CACHE", str(tmp_path / "cache"))
     full = full_folder(mini_tower_llava[0])
-    recs = [sample_archive / "cinc2021" / f"{n}.hea" for n in (AF[0], SINUS[0])]
-    r = _run("report", *recs, "--model", full, "--ddp", "--max-tokens", "4", "--json")
-    assert r.exit_code == 0, r.output
-    d = json.loads(r.stdout[r.stdout.index("{"):])
+    recs = [str(sample_archive / "cinc2021" / f"{n}.hea") for n in (AF[0], SINUS[0])]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1",
+               ECGBATCH_CACHE=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-m", "ecgbatch.cli", "report", *recs, "--model", str(full), "--ddp",
+                        "--max-tokens", "4", "--json"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    d = json.loads(p.stdout[p.stdout.index("{"):])
     assert d["ddp"]["encoder"] == "ecg-coca-mini"
     af, sinus = d["reports"]
     assert "atrial fibrillation" in [f["text"] for f in af["ddp_findings"]]
     assert "atrial fibrillation" not in [f["text"] for f in sinus["ddp_findings"]]
-    assert af["n_prompt_tokens"] > 0
+    from ecgbatch.llava.ddp import DdpFinding, ddp_question
+    from ecgbatch.llava.loading import load_tokenizer, read_config
+    from ecgbatch.llava.prompting import prompt_ids
+    from ecgbatch.pipelines.report import DEFAULT_QUESTION
+
+    cfg = read_config(full)
+    tok = load_tokenizer(full, cfg)
+    for r in d["reports"]:      # the engine was sent the DDP question (its tokens, +/- the ECG's expansion)
+        fs = [DdpFinding(f["label"], f["text"], f["probability"], f["labelset"]) for f in r["ddp_findings"]]
+        n = len(prompt_ids(tok, ddp_question(DEFAULT_QUESTION, fs), cfg))
+        assert r["n_prompt_tokens"] - n in (0, cfg.num_ecg_tokens - 1), (r["n_prompt_tokens"], n)
 
 
 def test_prepare_asks_with_ddp_and_keeps_the_examples(mini_tower_llava, sample_archive, tmp_path, monkeypatch):
