@@ -112,11 +112,11 @@ def show_reports(archive: Path, model: str = REPORT_MODEL, max_tokens: int = 160
     paths = [str(p) for _, p, _ in picks]
     print(f"$ ecgbatch report {' '.join(paths)} -m {model} --max-tokens {max_tokens}", flush=True)
     try:
-        results, failed, _ = report_records(paths, model, max_tokens=max_tokens)
+        rep = report_records(paths, model, max_tokens=max_tokens)
     except ModelNotInstalledError as exc:
         con.print(f"[yellow]no reports:[/yellow] {escape(str(exc))}", soft_wrap=True)
         return False
-    by_path = {r.id: r for r in results}
+    by_path, failed = {r.id: r for r in rep.results}, rep.failed
     for kind, p, labels in picks:
         con.print(f"[bold]{p.relative_to(archive)}[/bold] ({kind})")
         con.print("  reference: " + " | ".join(labels), soft_wrap=True, markup=False, highlight=False)

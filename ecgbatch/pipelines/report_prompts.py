@@ -6,7 +6,9 @@ the engine actors; it loads what it needs once and adds a ``question`` column.
 - ``--rag K --reference W`` (retrieval-augmented reporting): the reports of the K records of a
   reference workspace nearest to this ECG (ECG-to-ECG cosine, W's FAISS index) as examples.
 - ``--ddp`` (diagnosis-driven prompt): the labels ecgbatch's calibrated probes (shipped beside
-  the encoder's weights) give the record, with their probabilities, before the question.
+  the encoder's weights) give the record, with their probabilities, before the question; the
+  findings and the prompt text are ecgbatch.llava.ddp's, as for single records, evaluation and
+  training (here the workspace's embeddings are used instead of recomputing them).
 
 Reference texts: the newest report table of W (``ecgbatch report --input`` run on the reference
 archive), else the diagnoses text of W's embedding table (the records' header statements).
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ecgbatch.llava.ddp import ddp_question, findings_from_embeddings
 
 RAG_INTRO = "Reports of ECGs similar to this one:"
 RAG_ASK = "Using them only as examples, {question}"
@@ -115,21 +119,9 @@ class RagPromptUDF(_EmbeddingPrompts):
                 for hs in self.neighbours(vectors, sources)]
 
 
-DDP_LABELSETS = ("ptbxl-rhythm", "cpsc2018", "ptbxl-super")
-DDP_INTRO = "Calibrated classifiers of this ECG found:"
-
-
-def ddp_question(question: str, findings: list[tuple[str, str, float]]) -> str:
-    """The question after the classifier findings [(label set, label, probability)]."""
-    if not findings:
-        return question
-    items = "; ".join(f"{lab} (p={p:.2f}, {ls})" for ls, lab, p in findings)
-    return f"{DDP_INTRO} {items}.\n{question}"
-
-
 class DdpPromptUDF(_EmbeddingPrompts):
-    """``question`` = the labels the encoder's calibrated probes predict (at their thresholds
-    chosen by cross-validation) with their probabilities + the base question."""
+    """``question`` = the record's DDP findings (ecgbatch.llava.ddp: the encoder's calibrated
+    probes on the workspace's embedding, the paper's rule) + the base question."""
 
     def __init__(self, query_table: str, probe_files: list[str], question: str):
         from ecgbatch.encoders.probes import LinearProbe
@@ -139,13 +131,8 @@ class DdpPromptUDF(_EmbeddingPrompts):
         for pr in self.probes:
             pr.check_model(self.weights_hash, what=f"the embeddings of {query_table}")
 
-    def findings(self, vectors: np.ndarray) -> list[list[tuple[str, str, float]]]:
-        out: list[list[tuple[str, str, float]]] = [[] for _ in range(len(vectors))]
-        for pr in self.probes:
-            p = pr.trained_probabilities(vectors)
-            for row, (labels, probs) in enumerate(zip(pr.predict_trained(p), p)):
-                out[row] += [(pr.labelset, lab, float(probs[pr.trained.index(lab)])) for lab in labels]
-        return out
+    def findings(self, vectors: np.ndarray):
+        return findings_from_embeddings(self.probes, vectors)
 
     def questions(self, vectors, sources):
         return [ddp_question(self.question, f) for f in self.findings(vectors)]
@@ -183,7 +170,7 @@ def _actor_args() -> dict:
 
 def _prepare_ddp(settings, workspace, archive):
     """The ddp stage: the newest embedding table of the workspace and its model's probes."""
-    from ecgbatch.encoders.probes import find_probe
+    from ecgbatch.llava.ddp import probe_files
     from ecgbatch.models import registry
     from ecgbatch.pipelines.workspace import open_table
 
@@ -195,9 +182,6 @@ def _prepare_ddp(settings, workspace, archive):
     meta = table.read_meta()
     name = str(meta.get("model"))
     folder = registry.weights_folder(name) if registry.get(name) is not None else Path(name)
-    probes = [str(p) for p in (find_probe(folder, ls) for ls in DDP_LABELSETS) if p is not None]
-    if not probes:
-        raise FileNotFoundError(f"--ddp needs calibrated probes beside the weights of {name!r} "
-                                f"({folder}/probes/); fit them with `ecgbatch train probe`")
+    probes = [str(p) for p in probe_files(folder, name)]
     return (DdpPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
                                                      "question": settings.question}, **_actor_args()})

@@ -60,25 +60,36 @@ def _save(f: Path, rows: dict[str, np.ndarray]) -> None:
     tmp.replace(f)
 
 
+def cached_rows(f: Path, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray], batch_size: int = 16,
+                what: str = "rows", log=None) -> np.ndarray:
+    """Rows of the cache file ``f`` for ``keys`` (``record_key`` of each record), stacked; the
+    missing ones are computed in batches by ``compute(indices into keys)`` and the file rewritten
+    once (atomically). The ECG-token cache here and the DDP embedding cache use it."""
+    rows = _load(f)
+    todo = [i for i, k in enumerate(keys) if k not in rows]
+    if todo:
+        if log:
+            log(f"{what}: computing {len(todo)} of {len(keys)} records ({f.name})")
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s:s + batch_size]
+            for j, row in zip(idx, compute(idx)):
+                rows[keys[j]] = row
+        _save(f, rows)
+    return np.stack([rows[k] for k in keys])
+
+
 def ecg_tokens(model, paths: Sequence[str], read: Callable[[str], np.ndarray], cache_dir: str | Path,
                batch_size: int = 16, log=None) -> torch.Tensor:
     """Tower tokens [len(paths), N, W] (float32) for the records ``paths``; ``read(path)``
     returns the model input (12, samples) of one record. Missing rows are computed and added."""
-    f = cache_file(cache_dir, model)
-    rows = _load(f)
-    keys = [record_key(p) for p in paths]
-    todo = [i for i, k in enumerate(keys) if k not in rows]
-    if todo:
-        if log:
-            log(f"ECG tokens: computing {len(todo)} of {len(paths)} records with the frozen tower ({f.name})")
-        tower = model.ecg_tower
-        dev = next(tower.parameters()).device
-        for s in range(0, len(todo), batch_size):
-            idx = todo[s:s + batch_size]
-            x = torch.from_numpy(np.stack([read(paths[i]) for i in idx])).to(dev, next(tower.parameters()).dtype)
-            with torch.no_grad():
-                out = tower.transformer_output(x).float().cpu().numpy().astype(np.float16)
-            for j, i in enumerate(idx):
-                rows[keys[i]] = out[j]
-        _save(f, rows)
-    return torch.from_numpy(np.stack([rows[k] for k in keys]).astype(np.float32))
+    tower = model.ecg_tower
+    dev = next(tower.parameters()).device
+
+    def compute(idx):
+        x = torch.from_numpy(np.stack([read(paths[i]) for i in idx])).to(dev, next(tower.parameters()).dtype)
+        with torch.no_grad():
+            return tower.transformer_output(x).float().cpu().numpy().astype(np.float16)
+
+    rows = cached_rows(cache_file(cache_dir, model), [record_key(p) for p in paths], compute, batch_size,
+                       "ECG tokens (frozen tower)", log)
+    return torch.from_numpy(rows.astype(np.float32))

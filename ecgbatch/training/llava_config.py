@@ -44,6 +44,9 @@ class LlavaDataConfig:
     max_items: int | None = None      # a seeded subset (smoke runs, CPU budgets)
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
+    ddp: float = 0.0                  # seeded fraction of report items asked with diagnosis-driven
+                                      # prompts (ecgbatch.training.instruct_ddp; needs the probes of
+                                      # the tower's encoder)
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 
 
@@ -82,6 +85,8 @@ class LlavaJobConfig:
             raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a plain run name, got {self.name!r}")
+        if not 0.0 <= self.data.ddp <= 1.0:
+            raise ValueError(f"data.ddp must be a fraction in [0, 1], got {self.data.ddp!r}")
         if self.data.max_length < 8:
             raise ValueError(f"data.max_length must be >= 8, got {self.data.max_length!r}")
 

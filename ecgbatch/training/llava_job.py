@@ -1,7 +1,9 @@
 """ECG-LLaVA training (stage "align": projector only; stage "sft": LoRA + projector) as a Ray
 Train ``TorchTrainer`` job on 1..N workers.
 
-Driver (``run_job``): reads the ECG-Instruct items, labels every conversation (the loss mask,
+Driver (``run_job``): reads the ECG-Instruct items, asks a seeded fraction of the report items
+with diagnosis-driven prompts (``data.ddp``, ``ecgbatch.training.instruct_ddp``; not to be
+confused with torch's DistributedDataParallel below), labels every conversation (the loss mask,
 ``ecgbatch.training.llava_task``), computes the frozen tower's tokens once per record
 (``ecgbatch.training.ecg_tokens`` cache) and puts examples + tokens into the object store.
 Worker (``train_loop_per_worker``), in named steps: ``setup`` (model, stage, DDP, optimizer),
@@ -58,7 +60,7 @@ def save_trained(job: LlavaJobConfig):
 
     def save(model, folder):
         return save_trained_only(model, folder, job.model.base(), extra={"trained_by": {
-            "stage": job.stage, "run": job.name}})
+            "stage": job.stage, "run": job.name, "ddp": job.data.ddp}})
     return save
 
 
@@ -271,25 +273,44 @@ def label_items(items, tokenizer, config, max_length: int, log=print):
     return out, keep
 
 
+def item_reader(job: LlavaJobConfig, config):
+    """item -> the model's input [leads, samples] (the job's reader options per source)."""
+    from ecgbatch.llava.inputs import preprocess_for_model
+
+    def read(it):
+        opts = job.data.read_options.get(it.meta.get("source"), {}) if job.data.read_options else {}
+        return preprocess_for_model(it.read_ecg(**opts), config, record_id=it.id)
+    return read
+
+
+def ddp_items(job: LlavaJobConfig, items, config, log=print):
+    """``data.ddp``: the chosen report items asked with their DDP findings (instruct_ddp)."""
+    if not job.data.ddp:
+        return items
+    from ecgbatch.llava.ddp import DdpLabeller
+    from ecgbatch.training.instruct_ddp import apply_ddp
+
+    labeller = DdpLabeller.for_base(job.model.base(), preprocess=config.preprocess)
+    read_item = item_reader(job, config)
+    by_path = {str(it.ecg_path): it for it in items}
+    items, _ = apply_ddp(items, job.data.ddp, job.seed, labeller, lambda p: read_item(by_path[p]),
+                         job.data.cache_dir, config, log)
+    return items
+
+
 def prepare(job: LlavaJobConfig, log=print):
     """Driver-side data: labelled examples, tower tokens per record, example -> record row."""
-    from ecgbatch.llava.inputs import preprocess_for_model
     from ecgbatch.training.ecg_tokens import ecg_tokens
 
     model, tok = build_model(job, log)
-    items = select_items(job)
+    items = ddp_items(job, select_items(job), model.config, log)
     examples, keep = label_items(items, tok, model.config, job.data.max_length, log)
     items = [items[i] for i in keep]
     paths = sorted({str(it.ecg_path) for it in items})
     row = {p: i for i, p in enumerate(paths)}
     by_path = {str(it.ecg_path): it for it in items}
-
-    def read(path):
-        it = by_path[path]
-        opts = job.data.read_options.get(it.meta.get("source"), {}) if job.data.read_options else {}
-        return preprocess_for_model(it.read_ecg(**opts), model.config, record_id=it.id)
-
-    tokens = ecg_tokens(model, paths, read, job.data.cache_dir, log=log)
+    read_item = item_reader(job, model.config)
+    tokens = ecg_tokens(model, paths, lambda p: read_item(by_path[p]), job.data.cache_dir, log=log)
     rec_of = [row[str(it.ecg_path)] for it in items]
     return examples, tokens, rec_of, [it.id for it in items]
 
