@@ -165,7 +165,7 @@ def _report_records(records, model, lora, question, max_tokens, dtype, as_json, 
         rep = report_records(records, model, lora, question, max_tokens, dtype, ddp,
                              on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True))
     except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
+        _fail(exc)                  # "kind: message"
     if not rep.results:
         _fail("no record could be read")
     _print(rep, question, as_json)
