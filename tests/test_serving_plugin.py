@@ -36,3 +36,20 @@ def test_register_is_idempotent_and_names_the_architecture():
     from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
 
     assert AutoConfig.for_model("ecg_llava").__class__ is EcgLlavaConfig
+
+
+@pytest.mark.parametrize("cpus,env,expected", [
+    ({0, 1}, None, "0,1"),                      # a 2-core machine: every core
+    ({2, 5, 7, 9}, None, "2,5,7,9"),            # the allowed cores, not 0..n-1
+    (set(range(16)), None, None),               # a bigger CPU: vLLM's default (one core reserved)
+    ({0, 1}, "0", None),                        # the user's setting wins
+])
+def test_small_cpu_binds_every_core(monkeypatch, cpus, env, expected):
+    from ecgbatch.serving.engine import default_cpu_thread_binding
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: cpus)
+    if env is None:
+        monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    else:
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", env)
+    assert default_cpu_thread_binding() == expected
