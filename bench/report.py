@@ -35,11 +35,15 @@ Engines:
        logits-processor call of each batch.
   vLLM EcgLlavaEngine, all prompts in one generate call (continuous batching), enforce_eager,
        max_num_seqs = n. One engine process per --vllm-configs entry:
-         auto       vLLM's default CPU thread binding: the worker's OpenMP threads on all but
-                    one core, one core reserved for the scheduler process (on 2 cores: 1 thread)
-         all-cores  VLLM_CPU_OMP_THREADS_BIND = every allowed core (worker threads = cores)
+         auto       vLLM's default CPU thread binding (VLLM_CPU_OMP_THREADS_BIND=auto): the
+                    worker's OpenMP threads on all but one core, one core reserved for the
+                    scheduler process (on 2 cores: 1 thread)
+         all-cores  VLLM_CPU_OMP_THREADS_BIND = every allowed core (worker threads = cores):
+                    what ecgbatch's engine does by itself on a CPU with <= 4 cores
          inproc     VLLM_ENABLE_V1_MULTIPROCESSING=0: engine core and worker in this process,
                     no thread binding, torch's default threads (all cores), no IPC
+         compiled   all-cores with torch.compile (enforce_eager=False): start-up 48 -> 251 s on
+                    2 cores for -7 % per decode step; not the default
        Per run: a step profile (wall time of each engine step, tokens per step; the prefill
        phase ends when the last prompt got its first token) and a max_tokens=1 run of the same
        prompts (prefill + one token: the prefill cost alone).
@@ -70,7 +74,7 @@ REAL_REPORT_LENGTHS = (5, 5, 5, 5, 5, 6, 8, 8, 9, 9, 9, 9, 9, 10, 11, 12, 13, 13
                        15, 15, 15, 16, 16, 16, 16, 17, 19, 19, 19, 19, 20, 21, 21, 22, 22, 24, 24, 25, 26,
                        27, 28, 30, 31, 32, 33, 35, 37, 39, 43, 46, 51, 53, 57, 61, 70, 83, 88, 99)
 
-VLLM_CONFIGS = ("auto", "all-cores", "inproc")
+VLLM_CONFIGS = ("auto", "all-cores", "inproc", "compiled")
 
 
 # ---------------------------------------------------------------------------- model folder
@@ -303,13 +307,15 @@ def run_hf(folder: Path, prompts, dtype: str, length_specs, batch_sizes):
 # ---------------------------------------------------------------------------- vLLM
 def vllm_env(config: str) -> dict[str, str]:
     """Environment of one --vllm-configs entry (set before vLLM is imported)."""
-    if config == "auto":
-        return {}
+    if config == "auto":       # vLLM's own default, said explicitly (ecgbatch's engine binds all cores on <= 4)
+        return {"VLLM_CPU_OMP_THREADS_BIND": "auto"}
     if config == "all-cores":
         cpus = sorted(os.sched_getaffinity(0))
         return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
     if config == "inproc":
         return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if config == "compiled":   # all-cores + torch.compile (enforce_eager=False): slower start, faster steps?
+        return vllm_env("all-cores")
     raise SystemExit(f"unknown vLLM config {config!r} (one of {', '.join(VLLM_CONFIGS)})")
 
 
@@ -365,7 +371,8 @@ def run_vllm(folder: Path, prompts, dtype: str, length_specs, config: str, work:
 
     t0 = time.perf_counter()
     engine = EcgLlavaEngine(folder, dtype=dtype, max_num_seqs=len(prompts), work_dir=str(work),
-                            max_model_len=1024, llm_kwargs={"disable_log_stats": False})
+                            max_model_len=1024, llm_kwargs={"disable_log_stats": False},
+                            enforce_eager=config != "compiled")
     start_s = time.perf_counter() - t0
     from vllm import SamplingParams
 
@@ -375,20 +382,20 @@ def run_vllm(folder: Path, prompts, dtype: str, length_specs, config: str, work:
     prof = StepProfile(engine.llm)
     runs = iter(range(1, 1000))
 
-    def gen(params):
+    def gen(params, only=None):
         # Every call gets ECGs no earlier call saw (offset by 1e-5 * call number): vLLM's prefix
         # cache (on by default) would otherwise serve the repeated prompts' KV from the warm-up
         # and skip their prefill. An archive never repeats a record, so no real run gets that.
         k = next(runs)
         inputs = [{"prompt_token_ids": list(map(int, r.prompt_ids)),
                    "multi_modal_data": {"ecg": np.ascontiguousarray(r.ecg, dtype=np.float32) + np.float32(1e-5 * k)}}
-                  for r in reqs]
+                  for r in (reqs if only is None else reqs[:only])]
         prof.reset()
         t = time.perf_counter()
         outs = engine.llm.generate(inputs, params, use_tqdm=False)
         return outs, time.perf_counter() - t
 
-    gen(SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))         # warm-up
+    gen(SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), only=8)  # warm-up (8 prompts, as HF's 4)
     _, prefill_s = gen(SamplingParams(temperature=0.0, max_tokens=1))            # prefill + 1 token
     rows = []
     for spec in length_specs:
