@@ -40,6 +40,25 @@ class ArchiveOptions:
     progress: bool
 
 
+def _check_ddp_encoder(console, folder, table_root: str) -> None:
+    """Warn when the workspace's embeddings (whose probes give the DDP findings) come from another
+    encoder than the one the model's ECG tower is: the model learnt (if it was trained with DDP)
+    the findings of its own tower's encoder. A warning, not a refusal: the prompt is text."""
+    from ecgbatch.llava.ddp import DdpUnavailableError, tower_encoder
+    from ecgbatch.pipelines.workspace import ModelTable
+
+    used = ModelTable(Path(table_root).parent, Path(table_root).name).read_meta().get("model")
+    try:
+        tower, _ = tower_encoder(folder)
+    except DdpUnavailableError:
+        tower = None
+    if tower is None or Path(str(tower)).name != Path(str(used)).name:
+        console.print(f"[yellow]warning[/yellow]: --ddp findings come from {used}'s probes on the workspace's "
+                      f"embeddings, but the model's ECG tower is "
+                      f"{'no installed zoo encoder' if tower is None else repr(tower)}'s: a model trained with "
+                      "DDP saw its own tower encoder's findings")
+
+
 def _last_job(console, ws: Path) -> dict:
     """The newest report table's meta (what --resume without --input continues)."""
     metas = sorted(ws.glob("report-*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -95,6 +114,8 @@ def run_archive(o: ArchiveOptions) -> None:
             from ecgbatch.pipelines import report_prompts
 
             prompt_stage, settings = report_prompts.prepare(settings, ws, o.reference, o.archive)
+            if settings.mode == "ddp":
+                _check_ddp_encoder(console, folder, settings.reference)
         s = pipeline.run(o.archive, folder, ws, lora=lora, settings=settings, engines=o.engines,
                          gpus_per_engine=o.gpus_per_engine, batch_size=o.batch_size,
                          block_size=o.block_size, dtype=o.dtype, address=o.address, num_cpus=o.num_cpus,

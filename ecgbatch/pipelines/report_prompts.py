@@ -163,9 +163,13 @@ def prepare(settings, workspace, reference, archive):
 
 
 def _actor_args() -> dict:
+    """One prompt actor that reserves no CPU: its work per block (a FAISS query or a few probe
+    dot products on the stored embeddings) is small, and a reserved share would starve the read
+    tasks (one CPU each) on a small machine: with 2 CPUs, the engine actor's 1 + 0.5 here left
+    0.5, and the job waited for ever."""
     from ray.data import ActorPoolStrategy
 
-    return {"compute": ActorPoolStrategy(size=1), "num_cpus": 0.5, "max_restarts": 0}
+    return {"compute": ActorPoolStrategy(size=1), "num_cpus": 0, "max_restarts": 0}
 
 
 def _prepare_ddp(settings, workspace, archive):
