@@ -314,7 +314,7 @@ def vllm_env(config: str) -> dict[str, str]:
         return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus))}
     if config == "inproc":
         return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    if config == "compiled":   # all-cores + torch.compile (enforce_eager=False): slower start, faster steps?
+    if config == "compiled":   # all-cores + torch.compile (enforce_eager=False)
         return vllm_env("all-cores")
     raise SystemExit(f"unknown vLLM config {config!r} (one of {', '.join(VLLM_CONFIGS)})")
 
@@ -371,8 +371,8 @@ def run_vllm(folder: Path, prompts, dtype: str, length_specs, config: str, work:
 
     t0 = time.perf_counter()
     engine = EcgLlavaEngine(folder, dtype=dtype, max_num_seqs=len(prompts), work_dir=str(work),
-                            max_model_len=1024, llm_kwargs={"disable_log_stats": False},
-                            enforce_eager=config != "compiled")
+                            max_model_len=1024, enforce_eager=config != "compiled",
+                            llm_kwargs={"disable_log_stats": False})
     start_s = time.perf_counter() - t0
     from vllm import SamplingParams
 
