@@ -194,20 +194,21 @@ def ray_data_llm(archive: Path, folder: Path, args) -> dict:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from ecgbatch.llava.inputs import preprocess_for_model
-    from ecgbatch.llava.loading import load_tokenizer, read_config
+    from ecgbatch.llava.loading import load_tokenizer
     from ecgbatch.llava.prompting import prompt_ids
     from ecgbatch.pipelines.report import engine_kwargs
     from ecgbatch.serving import folder as folders
+    from ecgbatch.serving.engine import default_cpu_thread_binding, vllm_engine_args
 
-    cfg = read_config(folder)
-    served = folders.runnable_model_folder(folder, folders.check_model_folder(folder), str(args.work / "vllm"))
+    # the arguments the pipeline's actor gives its engine, turned into vLLM's by the same function
+    kw = engine_kwargs(dtype=args.dtype, max_num_seqs=args.batch_size, work_dir=str(args.work / "vllm"))
+    cfg = folders.check_model_folder(folder)
+    served = folders.runnable_model_folder(folder, cfg, kw["work_dir"])
+    ekw = vllm_engine_args(served, cfg, dtype=kw["dtype"], max_model_len=kw["max_model_len"],
+                           max_num_seqs=kw["max_num_seqs"], lora_rank=kw["lora_rank"], **kw["llm_kwargs"])
+    ekw.pop("model")                         # ray.data.llm takes it as model_source
     ids = [int(i) for i in prompt_ids(load_tokenizer(folder, cfg), DEFAULT_QUESTION, cfg)]
     items = [{"record_id": s.key, "ecg": preprocess_for_model(s.read(), cfg, record_id=s.key)} for s in readable(archive)]
-    kw = engine_kwargs(dtype=args.dtype, max_num_seqs=args.batch_size, work_dir=str(args.work / "vllm"))
-    ekw = {"dtype": args.dtype, "max_model_len": int(cfg.context_length or 2048), "enforce_eager": True,
-           "limit_mm_per_prompt": {"ecg": 1}, "max_num_seqs": args.batch_size, "seed": 0,
-           **kw.get("llm_kwargs", {})}
-    from ecgbatch.serving.engine import default_cpu_thread_binding
 
     bind = default_cpu_thread_binding()      # the thread binding our engine actor gets
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}

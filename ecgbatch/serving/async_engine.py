@@ -20,6 +20,7 @@ from typing import AsyncIterator
 import numpy as np
 
 from ecgbatch.serving import folder as folders
+from ecgbatch.serving.engine import context_length, vllm_engine_args
 from ecgbatch.serving.errors import ContextLengthError, ModelFolderError
 
 
@@ -96,15 +97,12 @@ class AsyncEcgLlava:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        max_len = int(max_model_len or config.context_length or 2048)
-        kwargs = dict(model=str(served), dtype=dtype, max_model_len=max_len, enforce_eager=enforce_eager,
-                      limit_mm_per_prompt={"ecg": 1}, seed=0, served_model_name=[served_name],
-                      disable_log_stats=disable_log_stats)
-        if max_num_seqs:
-            kwargs["max_num_seqs"] = max_num_seqs
-        if checked:
-            kwargs.update(enable_lora=True, max_lora_rank=max(r for r, _ in checked.values()),
-                          max_loras=len(checked))
+        max_len = context_length(config, max_model_len)
+        kwargs = vllm_engine_args(served, config, dtype=dtype, max_model_len=max_len, max_num_seqs=max_num_seqs,
+                                  enforce_eager=enforce_eager,
+                                  lora_rank=max((r for r, _ in checked.values()), default=None),
+                                  max_loras=max(1, len(checked)), served_model_name=[served_name],
+                                  disable_log_stats=disable_log_stats)
         loras = {name: LoRARequest(name, i + 1, str(served)) for i, (name, (_, served)) in enumerate(checked.items())}
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         return cls(model_dir, config, served_name, loras, engine, max_len)

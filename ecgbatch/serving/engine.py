@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 # On a CPU with this many usable cores or fewer, the offline engine binds vLLM's OpenMP threads to
 # every core instead of vLLM's default (all but one, that one left to the scheduler process).
-# Measured by bench/report.py on 2 cores (64 prompts, SmolLM2-135M, float32): prefill 42.8 s ->
-# 24.3 s, decode step at 64 sequences 735 -> 475 ms. Set VLLM_CPU_OMP_THREADS_BIND to override.
+# Measured by bench/report.py on 2 cores (64 prompts, SmolLM2-135M, float32; bench/RESULTS.md):
+# prefill 38.9 s -> 23.9 s, decode step at 60 sequences 725 -> 456 ms. Set VLLM_CPU_OMP_THREADS_BIND
+# to override.
 SMALL_CPU_CORES = 4
 
 
@@ -47,6 +48,27 @@ def default_cpu_thread_binding() -> str | None:
     if not cpus or len(cpus) > SMALL_CPU_CORES:
         return None
     return ",".join(map(str, cpus))
+
+
+def context_length(config, max_model_len: int | None = None) -> int:
+    """The engine's context: ``max_model_len`` when given, else the config's (2048 without one)."""
+    return int(max_model_len or config.context_length or 2048)
+
+
+def vllm_engine_args(served_dir: str | Path, config, *, dtype: str = "float32", max_model_len: int | None = None,
+                     max_num_seqs: int | None = None, enforce_eager: bool = True, lora_rank: int | None = None,
+                     max_loras: int = 1, **extra) -> dict:
+    """The vLLM engine arguments of an ECG-LLaVA folder (``served_dir``: its runnable copy,
+    folders.runnable_model_folder), shared by the offline engine, the async engine of serve/chat
+    and any other vLLM front end (bench/report_archive.py's ray.data.llm run): one ECG per prompt,
+    seed 0, the config's context; ``extra`` goes through as is."""
+    kwargs = dict(model=str(served_dir), dtype=dtype, max_model_len=context_length(config, max_model_len),
+                  enforce_eager=enforce_eager, limit_mm_per_prompt={"ecg": 1}, seed=0, **extra)
+    if max_num_seqs:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if lora_rank is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=max_loras)
+    return kwargs
 
 
 @dataclass
@@ -100,7 +122,7 @@ class EcgLlavaEngine:
         if opts.lora_rank is not None:
             folders.check_rank(opts.lora_rank, None, "max_lora_rank")
         self.served_dir = folders.runnable_model_folder(self.model_dir, self.config, opts.work_dir)
-        self.max_model_len = int(opts.max_model_len or self.config.context_length or 2048)
+        self.max_model_len = context_length(self.config, opts.max_model_len)
         self._loras: dict[str, object] = {}
         self.llm = self._build_llm()
         self._tokenizer = None
@@ -121,13 +143,9 @@ class EcgLlavaEngine:
         from vllm import LLM
 
         o = self.options
-        kwargs = dict(model=str(self.served_dir), dtype=o.dtype, max_model_len=self.max_model_len,
-                      enforce_eager=o.enforce_eager, limit_mm_per_prompt={"ecg": 1},
-                      seed=0, **o.llm_kwargs)
-        if o.max_num_seqs:
-            kwargs["max_num_seqs"] = o.max_num_seqs
-        if o.lora_rank is not None:
-            kwargs.update(enable_lora=True, max_lora_rank=o.lora_rank, max_loras=o.max_loras)
+        kwargs = vllm_engine_args(self.served_dir, self.config, dtype=o.dtype, max_model_len=self.max_model_len,
+                                  max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager,
+                                  lora_rank=o.lora_rank, max_loras=o.max_loras, **o.llm_kwargs)
         bind = default_cpu_thread_binding()
         if bind is None:
             return LLM(**kwargs)
