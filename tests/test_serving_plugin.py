@@ -48,6 +48,7 @@ def test_small_cpu_binds_every_core(monkeypatch, cpus, env, expected):
     from ecgbatch.serving.engine import default_cpu_thread_binding
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: cpus)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)    # the CPU rule, on any machine
     if env is None:
         monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     else:
