@@ -298,10 +298,9 @@ def eval_zeroshot(
 
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier, load_labelset
     from ecgbatch.eval.retrieval import embed_ecgs, precision_at_k
-    from ecgbatch.eval.zeroshot_eval import per_class_metrics, save_roc_png
+    from ecgbatch.eval.zeroshot_eval import keyword_labelset, per_class_metrics, save_roc_png
     from ecgbatch.models import load_model
-    from ecgbatch.training.texts import KEYWORD_LABELS, keyword_labels
-    from ecgbatch.training.validation import keyword_labelset
+    from ecgbatch.text.labels import KEYWORD_LABELS, keyword_labels
 
     try:
         m, _ = load_model(model)
@@ -399,8 +398,8 @@ def eval_crossval(
     from rich.console import Console
     from rich.table import Table
 
-    from ecgbatch.eval.crossval import crossval_scores, summary
-    from ecgbatch.training.texts import KEYWORD_LABELS
+    from ecgbatch.training.crossval import crossval_scores, summary
+    from ecgbatch.text.labels import KEYWORD_LABELS
 
     if label not in KEYWORD_LABELS:
         _fail(f"unknown keyword label {label!r} (known: {sorted(KEYWORD_LABELS)})")
@@ -579,7 +578,7 @@ def eval_classify(
     """Cross-validated (by patient) per-label AUC, F1 at the probe's thresholds, top-label and
     sinus vs AF/flutter accuracy, and a confusion table; zero-shot beside it."""
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier
-    from ecgbatch.eval.classify_eval import evaluate
+    from ecgbatch.training.probe_eval import evaluate
     from ecgbatch.training.probes import model_info
 
     m, data = _probe_inputs(model, labels, config)

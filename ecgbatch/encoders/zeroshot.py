@@ -56,7 +56,7 @@ def ckepe_key(label: str) -> str:
 
 
 # What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.ddp): words the
-# report findings matcher (ecgbatch.eval.findings) also reads. Others: the first CKEPE phrase.
+# report findings matcher (ecgbatch.text.findings) also reads. Others: the first CKEPE phrase.
 LABEL_TEXT = {
     "AFIB": "atrial fibrillation", "AFLT": "atrial flutter", "SR": "sinus rhythm",
     "SBRAD": "sinus bradycardia", "STACH": "sinus tachycardia", "SARRH": "sinus arrhythmia",

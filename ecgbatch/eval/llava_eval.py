@@ -2,14 +2,14 @@
 
 ``generate_reports`` asks each record's own report question (greedy, HF generate, batched);
 ``rhythm_goals`` measures what issue 11 asks of the rhythm statement, from the findings the
-texts state (``ecgbatch.eval.findings``): AF/flutter F1, the share of records whose stated rhythm
+texts state (``ecgbatch.text.findings``): AF/flutter F1, the share of records whose stated rhythm
 findings equal the reference's, and the false-AF rate on sinus records.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ecgbatch.eval.findings import group_keys, positive_findings
+from ecgbatch.text.findings import group_keys, positive_findings
 
 AF_KEYS = ("atrial_fibrillation", "atrial_flutter")
 

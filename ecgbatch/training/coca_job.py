@@ -128,7 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
     pos_labels = None
     if label_w > 0:
         from ecgbatch.training.label_loss import multi_positive_clip_loss
-        from ecgbatch.training.texts import keyword_labels
+        from ecgbatch.text.labels import keyword_labels
 
         names = list(job.loss.label_positives)
         pos_labels = torch.tensor([[keyword_labels(t, names)[n] for n in names] for t in base_texts],
@@ -259,7 +259,7 @@ def prepare_data(job: CocaJobConfig, progress=None):
     """Pair cache + patient-level split -> (PairSet, train_idx, val_idx, cache path)."""
     from ecgbatch.training.data import kfold_by_group, split_by_group
     from ecgbatch.training.pairs import load_or_build
-    from ecgbatch.training.texts import keyword_labels
+    from ecgbatch.text.labels import keyword_labels
 
     pre = _model_preprocess(job)
     pairs, cache = load_or_build(job.data.sources, pre, job.data.cache_dir, job.data.measure_method,

@@ -13,8 +13,9 @@ from collections import Counter
 
 import numpy as np
 
+from ecgbatch.text.labels import keyword_labels
 from ecgbatch.training.augment import AugmentConfig, augment, sample_rng
-from ecgbatch.training.texts import keyword_labels, join_statements, with_wave_suffix
+from ecgbatch.training.texts import join_statements, with_wave_suffix
 
 
 def _stable_int(*parts) -> int:

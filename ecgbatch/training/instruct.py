@@ -6,7 +6,7 @@ Per record (``record_facts``):
 - statements: the record's own label statements, each certain or hedged (PTB-XL diagnostic
   statements with likelihood < 50 or unstated; in any statement, a finding after a hedge word
   such as "undefined" or "possible" is hedged, as the findings matcher reads it);
-- present: findings (``ecgbatch.eval.findings``) asserted by a certain statement;
+- present: findings (``ecgbatch.text.findings``) asserted by a certain statement;
 - uncertain: findings of hedged statements, and findings that any statement is *related* to
   ("incomplete right bundle branch block" makes "no RBBB" unsafe);
 - absent (the negatives, ECG-Chat's "absent findings"): findings of the vocabulary the source
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgbatch.eval.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
+from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
 from ecgbatch.training.instruct_format import ECG_TOKEN
 from ecgbatch.training.pairs import SourceSpec, TextSource, _int_key, list_sources

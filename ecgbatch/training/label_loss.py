@@ -3,7 +3,7 @@
 ECG-Chat's InfoNCE treats every other pair in the batch as a negative, even when two reports say
 the same thing ("atrial fibrillation ..."). With class-balanced sampling about half a batch is
 AF/flutter, so the plain loss spends much of its gradient pushing AF ECGs away from other AF
-reports. Here pairs whose texts share a positive keyword label (``texts.keyword_labels``, e.g.
+reports. Here pairs whose texts share a positive keyword label (``ecgbatch.text.labels.keyword_labels``, e.g.
 ``af``) also count as positives: the target row is
 
     (1 - label_weight) * one_hot(own pair) + label_weight * uniform(pairs sharing a label, self included)

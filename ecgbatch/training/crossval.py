@@ -57,10 +57,10 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
     PairSet the runs trained on (their pair cache). A record held out by two runs is refused."""
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier
     from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
+    from ecgbatch.eval.zeroshot_eval import keyword_labelset
     from ecgbatch.pipelines.search import text_vector
+    from ecgbatch.text.labels import keyword_labels
     from ecgbatch.training.data import fit_texts, token_counter
-    from ecgbatch.training.texts import keyword_labels
-    from ecgbatch.training.validation import keyword_labelset
 
     where = {p: i for i, p in enumerate(pairs.path)}
     seen: set[str] = set()
