@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ecgbatch.io.detect import FORMATS, detect_format, split_index
-from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import ReadOptionError, UnknownFormatError
 from ecgbatch.io.quality import finalize
 from ecgbatch.io.record import Record
@@ -57,7 +57,7 @@ def _read(fmt: str, p: str, header_only: bool, index, fs, leads, layout, units, 
           reader_options) -> Record | RecordHeader:
     """The one table of readers behind read_record and read_header."""
     if fmt in ("wfdb", "wfdb_mat"):
-        from ecgbatch.io.wfdb_reader import read_wfdb
+        from ecgbatch.io.wfdb_record import read_wfdb
 
         return read_wfdb(p, header_only=header_only, check_length=check_length)
     if fmt == "cpsc_mat":

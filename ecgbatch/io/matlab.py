@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import MissingHeaderError, NotAnEcgError
 from ecgbatch.io.matfile import read_mat
 from ecgbatch.io.record import STANDARD_LEADS, Record

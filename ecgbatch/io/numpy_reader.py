@@ -17,7 +17,7 @@ from math import prod
 import numpy as np
 
 from ecgbatch.io import sidecar
-from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
 from ecgbatch.io.record import STANDARD_LEADS, Record

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ecgbatch.io.detect import HDF5_EXT, NUMPY_EXT, xml_format
-from ecgbatch.io.entries import Failure, RecordHeader, RecordSource
+from ecgbatch.io.entries import Failure, RecordSource
 from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import Record
 from ecgbatch.io.sidecar import DIR_SIDECAR
 from ecgbatch.io.validate import typed_errors

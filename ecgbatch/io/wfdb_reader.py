@@ -1,5 +1,6 @@
 """WFDB records (.hea + signal files), including PhysioNet/CinC Challenge records whose signal file
-is a MATLAB .mat holding ``val``; multi-segment records are assembled in ``wfdb_segments``.
+is a MATLAB .mat holding ``val``; multi-segment records are assembled in ``wfdb_segments`` from
+this module's single-segment path, and ``wfdb_record.read_wfdb`` picks one of the two.
 
 Every value is ``wfdb.rdsamp``'s, rounded once to float32: the same digital samples (every signal
 format, byte offsets, skew, several samples per frame averaged to one per frame as rdsamp's default
@@ -23,13 +24,13 @@ import struct
 import numpy as np
 
 from ecgbatch.io import wfdb_decode as dec
-from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import (EmptyFileError, HeaderError, LengthMismatchError,
                                 MissingSignalFileError, NotAnEcgError, TooFewLeadsError,
                                 TruncatedSignalError, UnknownFormatError, UnreadableError)
 from ecgbatch.io.leads import canonical_leads
 from ecgbatch.io.record import Record
-from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, parse_header, read_header_text
+from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, read_header_text
 
 _MAT4_TYPES = {30: (16, "<i2"), 20: (32, "<i4")}  # MAT v4 type code -> (WFDB fmt, dtype)
 
@@ -85,13 +86,8 @@ def signal_file_names(hea_path: str) -> list[str]:
     return list(dict.fromkeys(n + ".hea" if n_seg else n for n in names))
 
 
-def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True):
-    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader)."""
-    h = parse_header(read_header_text(hea_path), hea_path)
-    if h.segments is not None:
-        from ecgbatch.io.wfdb_segments import read_multisegment
-
-        return read_multisegment(h, hea_path, header_only=header_only, check_length=check_length)
+def read_single_segment(h: WfdbHeader, hea_path: str, *, header_only: bool = False, check_length: bool = True):
+    """A single-segment WFDB record (parsed header ``h``) as a Record (or a RecordHeader)."""
     n, plans = plan_record(h, hea_path, check_length=check_length)
     files = [f for f, _, _ in plans]
     meta = header_meta(h)

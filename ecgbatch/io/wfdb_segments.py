@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from ecgbatch.io.entries import RecordHeader
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import (HeaderError, LengthMismatchError, MissingSignalFileError,
                                 TooFewLeadsError)
 from ecgbatch.io.leads import canonical_leads

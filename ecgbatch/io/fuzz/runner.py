@@ -87,7 +87,7 @@ def record_problem(rec) -> str | None:
 
 
 def header_problem(h) -> str | None:
-    from ecgbatch.io.entries import RecordHeader
+    from ecgbatch.io.header import RecordHeader
 
     if not isinstance(h, RecordHeader):
         return f"returned {type(h).__name__}"
