@@ -3,7 +3,8 @@
 Light at import time: numpy/scipy only; NeuroKit2 and matplotlib load inside the functions that
 need them."""
 from ecgbatch.signal.config import ECGCHAT, PreprocessConfig
-from ecgbatch.signal.measure import Measurements, ecgchat_wave_text, measure
+from ecgbatch.signal.measure import ecgchat_wave_text, measure
+from ecgbatch.signal.measurements import Measurements
 from ecgbatch.signal.preprocess import Preprocessed, lead_key, preprocess, preprocess_batch
 
 __all__ = ["ECGCHAT", "Measurements", "PreprocessConfig", "Preprocessed", "ecgchat_wave_text",

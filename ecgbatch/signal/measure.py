@@ -10,48 +10,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
-from ecgbatch.io.errors import MissingLeadError
 from ecgbatch.signal import filters
-from ecgbatch.signal.preprocess import lead_key
+from ecgbatch.signal.delineation import measure_multilead
+from ecgbatch.signal.measurements import (ECGCHAT_FS, Measurements, beat_quality, lead_index,
+                                          neurokit_delineate)
 
-ECGCHAT_FS = 500
 METHODS = ("ecgchat", "multilead")
-QUALITY_FLAGS = ("ok", "too_few_beats", "noisy", "failed")
-MIN_BEATS = 3
-# Physiological ranges outside which a measurement says more about the signal than the heart.
-HR_RANGE_BPM = (25.0, 250.0)
-
-
-@dataclass
-class Measurements:
-    """Intervals in ms (NaN when unknown; ints for method="ecgchat", 0 when it failed as in
-    ECG-Chat). p_wave/r_wave/t_wave: ECG-Chat's mean P/R/T peak sample index at 500 Hz."""
-
-    hr_bpm: float
-    rr_ms: float
-    pr_ms: float
-    qrs_ms: float
-    qt_ms: float
-    qtc_ms: float
-    p_wave: float
-    r_wave: float
-    t_wave: float
-    n_beats: int
-    quality: str
-    method: str
-    lead: str = "II"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():  # JSON has no NaN
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = None
-        return d
 
 
 def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...]]:
@@ -78,29 +45,6 @@ def at_500hz(sig: np.ndarray, fs: float) -> np.ndarray:
     if abs(fs - ECGCHAT_FS) > 1e-9:
         x = filters.resample(x, fs, ECGCHAT_FS)
     return x
-
-
-def lead_index(leads, name: str) -> int:
-    keys = [lead_key(n) for n in leads]
-    try:
-        return keys.index(lead_key(name))
-    except ValueError:
-        raise MissingLeadError(f"lead {name!r} is needed for measurements; the record has "
-                               f"{list(leads)}") from None
-
-
-def neurokit_delineate(x: np.ndarray, fs: int = ECGCHAT_FS):
-    """ECG-Chat's NeuroKit2 chain on one lead -> (rpeaks dict, waves dict). Raises on failure."""
-    import neurokit2 as nk
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cleaned = nk.ecg_clean(x, sampling_rate=fs)
-        _, rpeaks = nk.ecg_peaks(cleaned, sampling_rate=fs, method="neurokit")
-        nk.signal_rate(rpeaks, sampling_rate=fs)  # computed (and able to raise) as in ECG-Chat
-        _, waves = nk.ecg_delineate(cleaned, rpeaks, sampling_rate=fs, method="dwt", show=False,
-                                    show_type="all")
-    return cleaned, rpeaks, waves
 
 
 def _nanmean_or_0(values) -> float:
@@ -130,14 +74,6 @@ def _ecgchat_values(rpeaks, waves, fs: int = ECGCHAT_FS) -> tuple[int, ...]:
             int(m(tp) * 1000))
 
 
-def _quality(n_beats: int, hr: float, interval_ok_fraction: float) -> str:
-    if n_beats < MIN_BEATS:
-        return "too_few_beats"
-    if not (HR_RANGE_BPM[0] <= hr <= HR_RANGE_BPM[1]) or interval_ok_fraction < 0.5:
-        return "noisy"
-    return "ok"
-
-
 def measure_ecgchat(x500: np.ndarray, lead: str = "II") -> Measurements:
     """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free)."""
     try:
@@ -153,7 +89,7 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II") -> Measurements:
                             method="ecgchat", lead=lead)
     rr, pr, qrs, qt_ms, qtc, p, r, t = vals
     hr = 60000.0 / rr if rr > 0 else 0.0
-    quality = "failed" if rr == 0 else _quality(n_beats, hr, ok_frac)
+    quality = "failed" if rr == 0 else beat_quality(n_beats, hr, ok_frac)
     return Measurements(round(hr, 1), rr, pr, qrs, qt_ms, qtc, p, r, t, n_beats=n_beats,
                         quality=quality, method="ecgchat", lead=lead)
 
@@ -167,8 +103,6 @@ def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measu
     i = lead_index(leads, lead)
     if method == "ecgchat":
         return measure_ecgchat(at_500hz(sig[i:i + 1], fs)[0], lead=lead)
-    from ecgbatch.signal.delineation import measure_multilead
-
     return measure_multilead(at_500hz(sig, fs), leads, lead=lead)
 
 
