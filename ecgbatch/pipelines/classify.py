@@ -152,9 +152,9 @@ def weights_folder_of(model: str, pretrained: str | None) -> Path | None:
 def table_probe(table: ModelTable, labels) -> Path | None:
     """The probe file for label set ``labels`` beside the weights that embedded ``table``."""
     from ecgbatch.encoders.probes import find_probe
-    from ecgbatch.encoders.zeroshot import BUILTIN, _ECGCHAT_ALIASES
+    from ecgbatch.encoders.zeroshot import BUILTIN, ECGCHAT_ALIASES
 
-    name = _ECGCHAT_ALIASES.get(str(labels), str(labels))
+    name = ECGCHAT_ALIASES.get(str(labels), str(labels))
     if name not in BUILTIN:
         return None
     meta = table.read_meta()

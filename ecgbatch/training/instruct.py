@@ -34,7 +34,7 @@ import numpy as np
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
 from ecgbatch.training.instruct_format import ECG_TOKEN
-from ecgbatch.training.pairs import SourceSpec, TextSource, _int_key, list_sources
+from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources
 
 _ALL = tuple(KEYS)
 # Findings each annotation protocol states whenever they are there, so that their absence from
@@ -142,7 +142,7 @@ def _header_labels(src: TextSource, rec, rid: str):
 
 
 def _ptbxl_labels(src: TextSource, rid: str, path: str):
-    row = src.rows.get(_int_key(Path(path).stem)) or src.rows.get(_int_key(rid))
+    row = src.rows.get(int_key(Path(path).stem)) or src.rows.get(int_key(rid))
     if row is None:
         raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {src.spec.metadata!r}")
     codes = T.parse_scp_codes(row["scp_codes"])
@@ -272,10 +272,10 @@ class InstructBuild:
 
 
 def _items_for(facts: RecordFacts, ecg: str, split: str, seed: int, dialogues: int) -> list[dict]:
-    from ecgbatch.training.data import _stable_int
+    from ecgbatch.training.data import stable_int
     from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
 
-    rng = np.random.default_rng(_stable_int(seed, facts.source, facts.record_id, "instruct"))
+    rng = np.random.default_rng(stable_int(seed, facts.source, facts.record_id, "instruct"))
     base = {"source": facts.source, "record_id": facts.record_id, "patient": facts.patient, "split": split}
     out = []
     rep = report_turn(facts, rng)
@@ -304,7 +304,7 @@ def _ptbxl_patients(sources: list[InstructSource], text_sources: list[TextSource
         if s.spec.text == "ptbxl":
             for key, row in ts.rows.items():
                 if row.get("patient_id"):
-                    out[key] = f"{s.spec.name}:patient:{_int_key(row['patient_id'])}"
+                    out[key] = f"{s.spec.name}:patient:{int_key(row['patient_id'])}"
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ecgbatch.training.job_config import OptimConfig, _build, apply_overrides, read_job_yaml
+from ecgbatch.training.job_config import OptimConfig, build_section, apply_overrides, read_job_yaml
 
 STAGES = ("align", "sft")
 
@@ -95,13 +95,13 @@ class LlavaJobConfig:
         d = dict(d)
         optim = {"epochs": 1, "batch_size": 16, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 0,
                  "grad_clip_norm": 1.0, **(d.pop("optim", None) or {})}
-        built = {"model": _build(ModelSpec, d.pop("model", None), "model"),
-                 "data": _build(LlavaDataConfig, d.pop("data", None), "data"),
-                 "lora": _build(LoraSection, d.pop("lora", None), "lora"),
-                 "optim": _build(OptimConfig, optim, "optim")}
+        built = {"model": build_section(ModelSpec, d.pop("model", None), "model"),
+                 "data": build_section(LlavaDataConfig, d.pop("data", None), "data"),
+                 "lora": build_section(LoraSection, d.pop("lora", None), "lora"),
+                 "optim": build_section(OptimConfig, optim, "optim")}
         if "name" not in d:
             raise ValueError("job config needs a 'name'")
-        return _build(cls, {**d, **built}, "job config")
+        return build_section(cls, {**d, **built}, "job config")
 
     def to_dict(self) -> dict:
         return asdict(self)

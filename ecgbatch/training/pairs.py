@@ -122,9 +122,9 @@ class TextSource:
                 self.snomed = T.SnomedNames.from_dir(folder)
         elif spec.text == "ptbxl":
             self.statements = T.ScpStatements.from_csv(resolve_path(spec.statements))
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "ecg_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "ecg_id")
         elif spec.text == "mimic":
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "study_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "study_id")
         elif spec.text == "table":
             self.table = T.read_text_table(resolve_path(spec.table))
 
@@ -133,14 +133,14 @@ class TextSource:
         if s.text == "header":
             return T.meta_text(record.meta or {}, self.snomed), f"{s.name}:{rid}"
         if s.text == "ptbxl":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(rid))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
             if row is None:
                 raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {s.metadata!r}")
             patient = row.get("patient_id") or rid
             return (T.ptbxl_text(row["scp_codes"], self.statements, row.get("report")),
-                    f"{s.name}:patient:{_int_key(patient)}")
+                    f"{s.name}:patient:{int_key(patient)}")
         if s.text == "mimic":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(rid))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
             if row is None:
                 raise T.TextSourceError(f"MIMIC study {rid!r} is not in {s.metadata!r}")
             return T.mimic_machine_report(row), f"{s.name}:patient:{row.get('subject_id') or rid}"
@@ -150,7 +150,7 @@ class TextSource:
         raise T.TextSourceError(f"record {rid!r} ({path}) has no row in {s.table!r}")
 
 
-def _int_key(v) -> str:
+def int_key(v) -> str:
     """'00318' / '318.0' / 318 -> '318' (PTB-XL ids and patient ids come in several forms)."""
     s = str(v).strip()
     try:
@@ -159,12 +159,12 @@ def _int_key(v) -> str:
         return s
 
 
-def _csv_by_key(path: Path, key: str) -> dict[str, dict]:
+def csv_by_key(path: Path, key: str) -> dict[str, dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or key not in rows[0]:
         raise ValueError(f"{str(path)!r} has no {key!r} column")
-    return {_int_key(r[key]): r for r in rows}
+    return {int_key(r[key]): r for r in rows}
 
 
 # --- the cache ------------------------------------------------------------------------------

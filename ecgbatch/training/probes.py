@@ -54,20 +54,20 @@ class SourceTruth:
     """The labels of set ``labelset`` that one pair source states for a record (None: nothing)."""
 
     def __init__(self, spec, labelset: str):
-        from ecgbatch.training.pairs import _csv_by_key, resolve_path
+        from ecgbatch.training.pairs import csv_by_key, resolve_path
 
         self.spec, self.labelset = spec, labelset
         self.rows = self.scp_classes = None
         if spec.text == "ptbxl":
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "ecg_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "ecg_id")
             self.scp_classes = _scp_classes(resolve_path(spec.statements))
 
     def labels(self, path: str, record_id: str) -> set[str] | None:
         from ecgbatch.training import texts as T
-        from ecgbatch.training.pairs import _int_key
+        from ecgbatch.training.pairs import int_key
 
         if self.spec.text == "ptbxl":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(record_id))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(record_id))
             if row is None:
                 return None
             return LS.labels_from_scp(self.labelset, T.parse_scp_codes(row["scp_codes"]), self.scp_classes)
