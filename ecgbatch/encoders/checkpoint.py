@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 
 from ecgbatch.encoders.build import (CHECKPOINT_MODEL_SUBDIR, CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE,
-                                    build_model, is_model_folder, model_folder_of, read_folder_config,
-                                    resolve_config)
+                                     build_model, is_model_folder, model_folder_of, read_folder_config,
+                                     resolve_config)
 from ecgbatch.encoders.config import CocaConfig
+from ecgbatch.encoders.ecg_tower import EcgTransformer
 from ecgbatch.encoders.errors import CheckpointError, CheckpointMismatchError, CheckpointReadError
 from ecgbatch.encoders.strict_load import load_state_dict_strict
+from ecgbatch.encoders.tokenizer import HFTokenizer
 
 __all__ = ["CHECKPOINT_MODEL_SUBDIR", "CONFIG_FILE", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_FILE", "TEXT_SUBDIR",
            "CheckpointError", "CheckpointMismatchError", "CheckpointReadError", "is_model_folder",
@@ -79,8 +81,6 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
     cfg, base = resolve_config(model_config)
     sd = read_torch_checkpoint(checkpoint, mmap=mmap)
     if ecg_only:
-        from ecgbatch.encoders.ecg_tower import EcgTransformer
-
         ecg_sd = {k[len("ecg."):]: v for k, v in sd.items() if k.startswith("ecg.")}
         if not ecg_sd:
             raise CheckpointMismatchError(f"{checkpoint} (ecg_only)", ["ecg.*"], sorted(sd)[:20], [])
@@ -178,8 +178,6 @@ def _load_trained_only(p: Path, cfg: CocaConfig, meta: dict, stored: dict, text_
     if model.provenance.get("text") != "pretrained":
         raise CheckpointReadError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
     if (p / TEXT_SUBDIR / "tokenizer_config.json").is_file() and model.tokenizer is None:
-        from ecgbatch.encoders.tokenizer import HFTokenizer
-
         model.tokenizer = HFTokenizer(p / TEXT_SUBDIR, cfg.text_cfg.context_length)
     own = model.state_dict()
     for prefix, info in base.items():

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from ecgbatch.encoders.zeroshot import labelset_from_mapping
+from ecgbatch.eval import metrics
 from ecgbatch.text.labels import label_prompts
 
 
 def _metrics():
-    from ecgbatch.eval import metrics
-
     return metrics
 
 

@@ -29,7 +29,7 @@ from ecgbatch.index.errors import IndexFormatError, InvalidVectorError
 from ecgbatch.index.faiss_index import bitmap_selector, l2_normalize, to_cpu, to_gpu
 from ecgbatch.index.filters import where_mask
 from ecgbatch.index.signature import ModelSignature
-from ecgbatch.index.vectors_file import open_vectors
+from ecgbatch.index.vectors_file import VectorFileWriter, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -343,8 +343,6 @@ class EcgIndex:
             if src is not None and Path(src).name.startswith(VECTORS_FILE + ".tmp"):
                 os.replace(src, vec_target)  # a freshly streamed file: move it into place
             else:
-                from ecgbatch.index.vectors_file import VectorFileWriter
-
                 w = VectorFileWriter(tmp, self.dim)
                 w.append_from(self.vectors)
                 w.close()

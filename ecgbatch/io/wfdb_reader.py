@@ -24,11 +24,13 @@ import struct
 import numpy as np
 
 from ecgbatch.io import wfdb_decode as dec
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, HeaderError, LengthMismatchError,
+                                MissingSignalFileError, NotAnEcgError, TooFewLeadsError, TruncatedSignalError,
+                                UnknownFormatError, UnreadableError)
 from ecgbatch.io.header import RecordHeader
-from ecgbatch.io.errors import (EmptyFileError, HeaderError, LengthMismatchError,
-                                MissingSignalFileError, NotAnEcgError, TooFewLeadsError,
-                                TruncatedSignalError, UnknownFormatError, UnreadableError)
 from ecgbatch.io.leads import canonical_leads
+from ecgbatch.io.matfile import read_mat   # not scipy.io.loadmat: it can crash on corrupt files
+from ecgbatch.io.quality import canonical_units
 from ecgbatch.io.record import Record
 from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, read_header_text
 
@@ -336,9 +338,6 @@ def _mat_layout(fpath: str, f: _File, hea_path: str) -> str | None:
 
 
 def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.io.matfile import read_mat  # not scipy.io.loadmat: it can crash on corrupt files
-
     try:
         val = read_mat(fpath, variables=("val",)).get("val")
     except EcgReadError as exc:
@@ -365,8 +364,6 @@ def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
 
 
 def to_common_units(signal: np.ndarray, units: list[str]):
-    from ecgbatch.io.quality import canonical_units
-
     scales = [canonical_units(u)[1] for u in units]
     if any(s is None for s in scales):
         return signal, "mixed"

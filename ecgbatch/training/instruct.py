@@ -31,10 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.io.errors import EcgReadError, MissingLeadError
+from ecgbatch.io.snomed import snomed_table
+from ecgbatch.signal import measure
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
+from ecgbatch.training.data import split_by_group, stable_int
 from ecgbatch.training.instruct_format import ECG_TOKEN
-from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources
+from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
+from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources, resolve_path
 
 _ALL = tuple(KEYS)
 # Findings each annotation protocol states whenever they are there, so that their absence from
@@ -113,8 +118,6 @@ def _ludb_protocol(diagnoses: list[str]) -> bool:
 
 @lru_cache(maxsize=1)
 def _packaged_snomed() -> T.SnomedNames:
-    from ecgbatch.io.snomed import snomed_table
-
     return T.SnomedNames({code: name for code, (name, _abbr) in snomed_table().items()})
 
 
@@ -249,9 +252,6 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
     present, uncertain, absent = classify_findings(stmts, _vocabulary(profile, isrc.annotates), report)
     meas = {}
     if measure_method:
-        from ecgbatch.io.errors import MissingLeadError
-        from ecgbatch.signal import measure
-
         try:
             m = measure(rec, method=measure_method)
         except MissingLeadError:
@@ -272,9 +272,6 @@ class InstructBuild:
 
 
 def _items_for(facts: RecordFacts, ecg: str, split: str, seed: int, dialogues: int) -> list[dict]:
-    from ecgbatch.training.data import stable_int
-    from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
-
     rng = np.random.default_rng(stable_int(seed, facts.source, facts.record_id, "instruct"))
     base = {"source": facts.source, "record_id": facts.record_id, "patient": facts.patient, "split": split}
     out = []
@@ -324,7 +321,6 @@ def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: f
     (``split_by_group``, per source); without it every item is in split "all". ``root``: write
     ``ecg`` paths relative to it (ECG-Chat's ``--ecg_folder``), else absolute. ``on_error``:
     "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops."""
-    from ecgbatch.io.errors import EcgReadError
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -359,8 +355,6 @@ def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: f
 
 
 def _splits(records: list[RecordFacts], val_fraction, seed: int) -> list[str]:
-    from ecgbatch.training.data import split_by_group
-
     if val_fraction is None:
         return ["all"] * len(records)
     groups = [f.patient for f in records]
@@ -377,8 +371,6 @@ def load_sources(arg: str) -> list[InstructSource]:
     ``data.sources``), or ``[NAME=]FOLDER`` of WFDB records with labels in their headers
     (Challenge ``dx_mapping_*.csv`` in the folder are used when present)."""
     import yaml
-
-    from ecgbatch.training.pairs import resolve_path
 
     name, _, folder = arg.rpartition("=") if "=" in arg else ("", "", arg)
     p = resolve_path(folder)

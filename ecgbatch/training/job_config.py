@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgbatch.training.augment import AugmentConfig
+from ecgbatch.training.data import TEXT_VARIANTS
 from ecgbatch.training.pairs import SourceSpec
 
 
@@ -142,8 +143,6 @@ class CocaJobConfig:
     fail_after_steps: int | None = None
 
     def __post_init__(self):
-        from ecgbatch.training.data import TEXT_VARIANTS
-
         bad = [k for k in self.data.text_variants if k not in TEXT_VARIANTS]
         if bad or not self.data.text_variants:
             raise ValueError(f"data.text_variants keys must be among {TEXT_VARIANTS}, got "

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ecgbatch.encoders.loss import gather_features
+
 
 def soft_targets(labels: torch.Tensor, label_weight: float) -> torch.Tensor:
     """[N, K] 0/1 labels -> [N, N] row-stochastic targets (see module doc)."""
@@ -48,8 +50,6 @@ def multi_positive_clip_loss(ecg_features: torch.Tensor, text_features: torch.Te
     if labels.shape[0] != ecg_features.shape[0]:
         raise ValueError(f"need one label row per pair, got {labels.shape[0]} for {ecg_features.shape[0]}")
     if world_size > 1:
-        from ecgbatch.encoders.loss import gather_features
-
         ecg_features, text_features = gather_features(ecg_features, text_features, rank=rank,
                                                       world_size=world_size)
         labels = _gather_labels(labels, world_size)

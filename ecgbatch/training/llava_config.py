@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ecgbatch.training.job_config import OptimConfig, build_section, apply_overrides, read_job_yaml
+from ecgbatch.training.job_config import OptimConfig, apply_overrides, build_section, read_job_yaml
+from ecgbatch.training.pairs import resolve_path
 
 STAGES = ("align", "sft")
 
@@ -28,8 +29,6 @@ class ModelSpec:
 
     def base(self) -> dict:
         if self.folder:
-            from ecgbatch.training.pairs import resolve_path
-
             return {"folder": str(resolve_path(self.folder))}
         return {"lm": self.lm, "tower": self.tower, "projector_type": self.projector_type,
                 "prompt_format": self.prompt_format, "max_context_length": self.max_context_length}

@@ -27,7 +27,11 @@ import numpy as np
 
 from ecgbatch._paths import REPO_ROOT, shared_dir
 from ecgbatch.errors import EcgbatchError
+from ecgbatch.io import RecordSource, list_records
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.signal import ecgchat_wave_text, measure
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.preprocess import preprocess
 from ecgbatch.training import texts as T
 
 TEXT_KINDS = ("header", "ptbxl", "table", "mimic")
@@ -91,7 +95,6 @@ def list_sources(records: str | Path) -> list:
     """RecordSources (``ecgbatch.io``) of a manifest (.parquet/.csv with a ``path`` column and
     optionally ``format``; rows of a failures column are kept, so reading them raises their
     typed error) or of a folder (listed by ``ecgbatch.io.list_records``)."""
-    from ecgbatch.io import RecordSource, list_records
 
     p = resolve_path(records)
     if p.is_file():
@@ -231,9 +234,6 @@ def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: 
     error kind, message) in ``PairSet.skipped``; ``"raise"`` stops at the first."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.signal import ecgchat_wave_text, measure
-    from ecgbatch.signal.preprocess import preprocess
 
     xs, cols, hr, skipped = [], {k: [] for k in ("text", "wave", "record_id", "source", "group", "path")}, [], []
     for spec in specs:
