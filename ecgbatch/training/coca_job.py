@@ -1,7 +1,8 @@
 """ECG-CoCa contrastive (+ caption) training as a Ray Train job (Train V2 ``TorchTrainer``).
 
 The driver (``run_job``) builds the pair cache once, splits it by patient, puts the arrays in
-the Ray object store and launches ``train_loop_per_worker`` on N workers. Each worker:
+the Ray object store and launches ``train_loop_per_worker`` on N workers. Each worker runs the
+shared loop (``ecgbatch.training.loop``) around ``CocaTrainTask``:
 
 - builds the model (same seed on every rank), freezes what the recipe freezes, wraps the step
   module in DDP (``ray.train.torch.prepare_model``);
