@@ -184,7 +184,7 @@ def test_graph_reads_function_level_and_relative_imports():
     assert _absolute("ecgbatch.encoders", rel) == "ecgbatch.encoders.errors"     # a package's __init__
     g = edges()
     assert "ecgbatch.errors" in g["ecgbatch.io.errors"]
-    assert "ecgbatch.io.wfdb_record" in g["ecgbatch.io.api"]        # imported inside _read()
+    assert "ecgbatch.io.muse" in g["ecgbatch.io.api"]               # imported inside _read_xml()
     assert len(MODULES) > 100 and sum(len(v) for v in g.values()) > 300
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

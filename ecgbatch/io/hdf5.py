@@ -22,9 +22,9 @@ from math import prod
 import numpy as np
 
 from ecgbatch.io import sidecar
-from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
