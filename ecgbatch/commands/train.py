@@ -332,7 +332,7 @@ def eval_zeroshot(
     if contrast:
         from ecgbatch.encoders.zeroshot import labelset_from_mapping
         from ecgbatch.eval.zeroshot_eval import contrast_scores
-        from ecgbatch.training.texts import KEYWORD_COUNTER_PROMPTS
+        from ecgbatch.text.labels import KEYWORD_COUNTER_PROMPTS
 
         missing = [n for n in names if n not in KEYWORD_COUNTER_PROMPTS]
         if missing:
