@@ -115,6 +115,20 @@ class RecordIndexError(EcgReadError, ValueError):
     kind = "record_index"
 
 
+class SignalFileOutsideError(EcgReadError):
+    """A record names a file (signal file, segment header, sidecar) that resolves, links
+    followed, outside the record's own folder (``ecgbatch.io.confine``)."""
+
+    kind = "signal_file_outside"
+
+
+class RecordTooLargeError(NotAnEcgError):
+    """A file declares a record larger than the per-record budget; refused before decoding (a
+    NotAnEcgError too, which such files raised before the budget existed)."""
+
+    kind = "record_too_large"
+
+
 class ReadOptionError(ValueError):
     """A bad argument to a reader (``layout=``, ``waveform=``, ...): the caller's mistake, not the
     file's, so it is raised as is and never turned into a failure of the file."""
