@@ -57,6 +57,13 @@ class BadSignalError(EcgReadError):
     kind = "bad_signal"
 
 
+class NoPhysiologicalContentError(BadSignalError):
+    """A readable signal that carries no ECG (every lead flat, saturated or missing, or an absurd
+    amplitude): refused before a model reports on it (``ecgbatch.signal.content``)."""
+
+    kind = "no_physiological_content"
+
+
 class UnreadableError(EcgReadError):
     """Permission denied, unreadable directory, I/O error."""
 

@@ -26,6 +26,7 @@ from ecgbatch.models import load_model  # -> (model, the create_model args the a
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, model_key
+from ecgbatch.signal.content import physiological_flags
 
 DEFAULT_MODEL = "ecg-coca-mini"
 DEFAULT_BLOCK_SIZE = 128
@@ -91,6 +92,8 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
         with src.local_source(source) as local:
             rec = local.read()
         stage = "preprocess"
+        flags = physiological_flags(rec.signal, rec.leads, rec.units)   # the report job refuses
+        rec.meta["quality"] = list(dict.fromkeys([*(rec.meta.get("quality") or ()), *flags]))
         pre = preprocess(rec, config)
         row.update(_meta_fields(rec.meta or {}))
         row["fs"] = float(rec.fs)
