@@ -58,3 +58,28 @@ def test_units_are_respected(real):
     assert NO_CONTENT not in physiological_flags(real.signal * 1000, real.leads, "uV")
     assert NO_CONTENT not in physiological_flags(real.signal * 1000, real.leads, "normalized")
     assert NO_CONTENT in physiological_flags(np.zeros((12, 100)), real.leads, "normalized")
+
+
+def test_report_input_marks_and_refuses_a_record_without_content(sample_archive):
+    """`report --input`: the read stage puts the flags in the row's ``quality`` column, the
+    generate stage writes the row as a failure (no_physiological_content) and never reaches the
+    engine for it (no engine exists here: the row is decided before any prompt is built)."""
+    from ecgbatch.io.scanner import list_records
+    from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
+    from ecgbatch.pipelines import embed, sources as src
+    from ecgbatch.pipelines.embed import LABEL_SEP
+    from ecgbatch.pipelines.report import ReportUDF
+
+    by_key = {s.key: s for s in list_records(str(sample_archive))}
+    keys = [next(k for k in sorted(by_key) if k.endswith("bad/flat_nan_absurd.hea"))]
+    batch = {"block": np.array(["b1"], dtype=object),
+             "sources": np.array([[src.source_to_json(by_key[k]) for k in keys]], dtype=object),
+             "ids": np.array([["bad/flat_nan_absurd"]], dtype=object)}
+    cfg = EcgLlavaConfig().preprocess_config         # what `report --input` reads with
+    out = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False)
+    assert out["ok"][0] and NO_CONTENT in out["quality"][0].split(LABEL_SEP)
+    udf = ReportUDF.__new__(ReportUDF)
+    udf.question, udf.max_tokens, udf.lora, udf._ids = "Please describe this ECG.", 2, None, {}
+    res = udf(dict(out))
+    assert not res["ok"][0] and res["error_kind"][0] == NO_CONTENT and res["report"][0] == ""
+    assert "no physiological content" in res["message"][0]
