@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request   # module level: the routes' annotations are resolved from here
+from starlette.requests import ClientDisconnect
 
-from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
+from ecgbatch.serving.chat_request import (ChatJob, Limits, RequestError, is_utf8, model_input,
+                                           parse_chat_request)
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "index.html"
@@ -79,8 +81,6 @@ async def read_json(request, limit: int, timeout_s: float = 30.0):
     Content-Length; 408 when it has not arrived within ``timeout_s``; 400 when it is not JSON this
     server can hold (syntax, depth, number size, invalid Unicode). ClientGone when the client
     disconnects first."""
-    from starlette.requests import ClientDisconnect
-
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is over the limit of {limit}", 413, "too_large")
@@ -120,8 +120,6 @@ def parse_json(raw: bytes):
 def check_json(body) -> None:
     """Depth at most MAX_JSON_DEPTH and every key and string valid Unicode (400 otherwise);
     iterative, so a deep body cannot exhaust the stack here either."""
-    from ecgbatch.serving.chat_request import is_utf8
-
     stack = [(body, 1)]
     while stack:
         v, depth = stack.pop()
