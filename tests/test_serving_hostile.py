@@ -171,8 +171,10 @@ def test_decompression_bombs_are_refused_fast_with_flat_memory(srv, tmp_path):
         took = time.perf_counter() - t
         err = openai_error(r, 413, 413)
         assert "budget" in err["message"] and took < 1.0, (name, took, err)
+        print(f"bomb {name}: {len(data)} bytes sent, 413 in {took * 1000:.0f} ms")
         no_leak(r.text, ecg_server)
     grew = _rss(pid)["VmHWM"] - before
+    print(f"server peak RSS growth over both bombs: {grew / 2**20:.1f} MB")
     assert grew < 100 << 20, f"server peak RSS grew by {grew >> 20} MB"   # the bombs hold 1.3 GB
 
 
