@@ -110,7 +110,8 @@ def _measurement_rules(key: str, clause: str, stated: set[str], by: dict[str, Gr
     ax = by.get("axis")
     if ax is not None:
         d = ax.value
-        if key == "axis_normal" and not (NORMAL_AXIS[0] - AXIS_MARGIN_DEG <= d <= NORMAL_AXIS[1] + AXIS_MARGIN_DEG):
+        lo, hi = NORMAL_AXIS[0] - AXIS_MARGIN_DEG, NORMAL_AXIS[1] + AXIS_MARGIN_DEG
+        if key == "axis_normal" and not lo <= d <= hi:
             yield (f"measured QRS axis {d:.0f} degrees",
                    f"a normal axis lies between {NORMAL_AXIS[0]:.0f} and +{NORMAL_AXIS[1]:.0f} degrees")
         if key == "axis_left" and d > LEFT_AXIS_MAX + AXIS_MARGIN_DEG:
@@ -147,12 +148,14 @@ def _probe_rules(key: str, state: str, probs: dict[str, float]) -> Iterable[tupl
         if state == "present" and direction in ("both", "present") and p <= ABSENT_P:
             yield f"{lab} probe p={p:.2f}", f"the calibrated classifier is confident it is absent (p <= {ABSENT_P})"
         if state == "negated" and direction in ("both", "negated") and p >= CONFIDENT_P:
-            yield f"{lab} probe p={p:.2f}", f"the calibrated classifier is confident it is present (p >= {CONFIDENT_P})"
+            yield (f"{lab} probe p={p:.2f}",
+                   f"the calibrated classifier is confident it is present (p >= {CONFIDENT_P})")
     if state == "present" and key in SINUS_KEYS:
         for lab in ("AFIB", "AFLT"):
             if probs.get(lab, 0.0) >= CONFIDENT_P:
+                what = BY_KEY[PROBE_KEYS[lab][0]].phrase
                 yield (f"{lab} probe p={probs[lab]:.2f}",
-                       f"the calibrated classifier is confident of {BY_KEY[PROBE_KEYS[lab][0]].phrase}, not a sinus rhythm")
+                       f"the calibrated classifier is confident of {what}, not a sinus rhythm")
 
 
 def contradictions(text: str, grounding) -> list[Contradiction]:
@@ -168,7 +171,8 @@ def contradictions(text: str, grounding) -> list[Contradiction]:
             continue
         rules = [("probe", a, r) for a, r in _probe_rules(m.finding, m.state, probs)]
         if m.state == "present":
-            rules = [("measurement", a, r) for a, r in _measurement_rules(m.finding, m.clause, stated, by, probs, found)] + rules
+            measured = _measurement_rules(m.finding, m.clause, stated, by, probs, found)
+            rules = [("measurement", a, r) for a, r in measured] + rules
         for source, against, reason in rules:
             k = (m.clause, m.finding, against)
             if k not in seen:

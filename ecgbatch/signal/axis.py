@@ -16,10 +16,10 @@ Categories (``axis_category(deg, convention)``), from the standards, not fitted 
   III; Mason et al., Circulation 2007;115:1325, the statement list): normal -30 to +90, left axis
   deviation -30 to -90, right axis deviation +90 to +180, and -90 to -180 "extreme" (right
   superior axis / "northwest", an indeterminate-looking quadrant).
-- ``"ludb"``: the Russian convention of LUDB's cardiologists (angle alpha; e.g. Orlov's
-  "Руководство по электрокардиографии"): horizontal 0 to +29, normal +30 to +69, vertical +70
-  to +90, left axis deviation below 0 (to -90), right axis deviation above +90; -90 to -180
-  "extreme" (LUDB has no such record).
+- ``"ludb"``: the Russian convention of LUDB's cardiologists (angle alpha; e.g. V. N. Orlov,
+  "Руководство по электрокардиографии"): horizontal 0 to +29, normal +30 to +69, vertical
+  +70 to +90, left axis deviation below 0 (to -90), right axis deviation above +90; -90 to
+  -180 "extreme" (LUDB has no such record).
 - ``"ptbxl"``: PTB-XL's ``heart_axis`` codes follow the German "Lagetyp" scheme of its reports
   (Linkstyp -30 to +30, überdrehter Linkstyp beyond -30, Indifferenz-/Mitteltyp +30 to +60,
   Steiltyp +60 to +90, Rechtstyp +90 to +120, überdrehter Rechtstyp beyond +120):
