@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from ecgbatch.io import read_record
-from ecgbatch.llava.contradictions import contradictions
-from ecgbatch.llava.grounding import GroundFinding, Grounding, ground
+from ecgbatch.llava.contradictions import contradictions, report_fields
+from ecgbatch.llava.grounding import GroundFinding, Grounding, ground, ground_batch
 from ecgbatch.signal import measure
 
 pytest.importorskip("neurokit2")
@@ -142,3 +142,15 @@ def test_findings_list_alone_and_empty_inputs():
     assert contradictions("", fs) == [] and contradictions("Sinus rhythm.", Grounding("")) == []
     with pytest.raises(ValueError, match="source"):
         GroundFinding("x", "x", "guess")
+
+
+def test_batch_and_report_row_fields(grounded, labeller):
+    ms = [grounded[k][0] for k in ("brady", "af")]
+    gs = ground_batch(ms + [None])
+    assert [g.text for g in gs[:2]] == [ground(m).text for m in ms] and gs[2].text == ""
+    with pytest.raises(ValueError, match="embeddings"):
+        ground_batch(ms, probes=labeller.probes, embeddings=np.zeros((3, 4)))
+    row = report_fields("Sinus rhythm. Normal ECG.", grounded["brady"][1])
+    assert json.loads(json.dumps(row)) == row
+    assert any(f["source"] == "probe" for f in row["findings"])
+    assert [c["finding"] for c in row["contradictions"]][:1] == ["sinus_rhythm"]

@@ -179,3 +179,10 @@ def contradictions(text: str, grounding) -> list[Contradiction]:
                 seen.add(k)
                 out.append(Contradiction(m.clause, m.finding, m.state, against, source, reason))
     return out
+
+
+def report_fields(text: str, grounding: Grounding) -> dict:
+    """The two fields a report row carries beside its text (JSON-able): ``findings`` (what the
+    prompt stated) and ``contradictions`` (statements of ``text`` that disagree with them)."""
+    return {"findings": [f.to_dict() for f in grounding.findings],
+            "contradictions": [c.to_dict() for c in contradictions(text, grounding)]}

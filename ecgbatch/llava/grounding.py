@@ -17,6 +17,10 @@ Nothing is invented: a failed measurement (quality other than "ok"), a missing o
 value (outside ecgbatch.signal.measure.INTERVAL_RANGES / HR_RANGE_BPM) is left out, and with
 nothing to state the text is empty.
 
+``ground_batch`` does it per ECG of a batch (measurement rows + embeddings [N, D]);
+ecgbatch.llava.contradictions.report_fields(text, grounding) gives a report row's ``findings``
+and ``contradictions``. ``Grounding.question(q)`` puts the lines before a question.
+
 ``Grounding.findings`` lists what the text states (label, source "measurement" | "probe", value
 or probability) for report rows; ``Grounding.probabilities`` keeps every probe label's calibrated
 probability (the highest over probes naming it), which ecgbatch.llava.contradictions needs to
@@ -195,3 +199,14 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
     if found:
         lines.append(f"{PROBE_INTRO} " + ", ".join(f"{f.text} (p={f.probability:.2f})" for f in found) + ".")
     return Grounding("\n".join(line for line in lines if line), tuple(measured + found), probs)
+
+
+def ground_batch(measurements: Sequence, *, probes: Sequence = (), embeddings=None,
+                 axis_convention: str = "aha") -> list[Grounding]:
+    """``ground`` per ECG: ``measurements`` (one per ECG, None where there are none) and, with
+    ``probes``, the encoder's ``embeddings`` [N, D] in the same order."""
+    if embeddings is not None and len(embeddings) != len(measurements):
+        raise ValueError(f"{len(measurements)} measurements but {len(embeddings)} embeddings")
+    embs = [None] * len(measurements) if embeddings is None else list(np.asarray(embeddings))
+    return [ground(m, probes=probes, embedding=e, axis_convention=axis_convention)
+            for m, e in zip(measurements, embs)]
