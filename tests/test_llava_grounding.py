@@ -93,6 +93,10 @@ def test_failed_or_missing_measurements_are_omitted_never_invented():
     g = ground(row)
     assert g.text == "Measured: heart rate 72 bpm; QRS axis 0 degrees (normal axis); QT 380 ms."
     assert ground({**row, "quality": "noisy"}).text == ""
+    # ECG-Chat's method measures a PR in atrial fibrillation too: not stated with an irregular RR
+    af = {"hr_bpm": 110.0, "rr_nrmssd": 0.3, "pr_ms": 160.0, "qrs_ms": 90.0, "method": "ecgchat"}
+    assert "PR" not in ground(af).text and "PR 160 ms" in ground({**af, "method": "multilead"}).text
+    assert "PR 160 ms" in ground({**af, "rr_nrmssd": 0.02}).text
 
 
 def test_contradictions_with_measured_rate_axis_and_rhythm(grounded):

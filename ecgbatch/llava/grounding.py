@@ -15,7 +15,8 @@ What it states, in two short lines (the mini LM has a 2,048-token context):
   threshold.
 Nothing is invented: a failed measurement (quality other than "ok"), a missing or implausible
 value (outside ecgbatch.signal.measure.INTERVAL_RANGES / HR_RANGE_BPM) is left out, and with
-nothing to state the text is empty.
+nothing to state the text is empty. A PR from another method than "multilead" is left out when
+the RR is irregular (ECG-Chat's method measures one in atrial fibrillation too).
 
 ``ground_batch`` does it per ECG of a batch (measurement rows + embeddings [N, D]);
 ecgbatch.llava.contradictions.report_fields(text, grounding) gives a report row's ``findings``
@@ -132,7 +133,11 @@ def measured_findings(m, axis_convention: str = "aha") -> list[GroundFinding]:
     if axis is not None:
         cat = axis_category(axis, axis_convention)
         out.append(GroundFinding("axis", AXIS_TEXT.get(cat, cat), "measurement", round(axis, 1), "degrees", cat))
+    method = m.get("method") if isinstance(m, Mapping) else getattr(m, "method", None)
+    irregular = any(f.category == "irregular" for f in out)
     for label, text, key in INTERVALS:
+        if key == "pr_ms" and irregular and method != "multilead":
+            continue  # ECG-Chat's method measures a "PR" to fibrillation waves; multilead withholds it
         v = _value(m, key)
         lo, hi = INTERVAL_RANGES[key]
         if v is not None and lo <= v <= hi:
