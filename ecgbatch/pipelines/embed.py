@@ -31,8 +31,9 @@ from ecgbatch.signal.content import physiological_flags
 DEFAULT_MODEL = "ecg-coca-mini"
 DEFAULT_BLOCK_SIZE = 128
 LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
-# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm.
-MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms")
+# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm,
+# the frontal QRS axis in degrees and the RR irregularity (RMSSD / mean RR, ecgbatch.signal.rate).
+MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "axis_deg", "rr_nrmssd")
 FAILURE_FIELDS = ("source", "record_id", "stage", "error_type", "error_kind", "message")
 
 
