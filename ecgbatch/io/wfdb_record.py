@@ -7,8 +7,11 @@ from ecgbatch.io.wfdb_reader import read_single_segment
 from ecgbatch.io.wfdb_segments import read_multisegment
 
 
-def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True):
-    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader)."""
+def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True,
+              max_bytes: int | None = None):
+    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader). Signal files
+    must lie in the header's folder (``confine.confined``); ``max_bytes``: the per-record budget
+    of decoded bytes, checked against the header before decoding (None: the default)."""
     h = parse_header(read_header_text(hea_path), hea_path)
     read = read_single_segment if h.segments is None else read_multisegment
-    return read(h, hea_path, header_only=header_only, check_length=check_length)
+    return read(h, hea_path, header_only=header_only, check_length=check_length, max_bytes=max_bytes)

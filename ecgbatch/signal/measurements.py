@@ -11,13 +11,17 @@ from typing import Any
 import numpy as np
 
 from ecgbatch.io.errors import MissingLeadError
+from ecgbatch.signal.axis import axis_category
 from ecgbatch.signal.preprocess import lead_key
+from ecgbatch.signal.rate import rr_irregular
 
 ECGCHAT_FS = 500
 QUALITY_FLAGS = ("ok", "too_few_beats", "noisy", "failed")
 MIN_BEATS = 3
 # Physiological ranges outside which a measurement says more about the signal than the heart.
 HR_RANGE_BPM = (25.0, 250.0)
+# Plausible ranges (ms); outside them a number says more about the delineation than the heart.
+INTERVAL_RANGES = {"pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700), "qtc_ms": (250, 700)}
 
 
 @dataclass
@@ -38,12 +42,26 @@ class Measurements:
     quality: str
     method: str
     lead: str = "II"
+    axis_deg: float = float("nan")   # frontal QRS axis, degrees in (-180, 180]
+    rr_nrmssd: float = float("nan")  # RMSSD / mean RR (ecgbatch.signal.rate)
+
+    @property
+    def axis_category(self) -> str | None:
+        """The axis category by the AHA convention (ecgbatch.signal.axis), None when unknown."""
+        return axis_category(self.axis_deg, "aha")
+
+    @property
+    def rr_irregular(self) -> bool | None:
+        """RR irregular by ecgbatch.signal.rate's threshold; None when unknown."""
+        return rr_irregular(self.rr_nrmssd)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k, v in d.items():  # JSON has no NaN
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
+        d["axis_category"] = self.axis_category
+        d["rr_irregular"] = self.rr_irregular
         return d
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from ecgbatch.io.errors import EcgReadError, MissingLeadError
 from ecgbatch.io.snomed import snomed_table
 from ecgbatch.signal import measure
+from ecgbatch.signal.measurements import INTERVAL_RANGES
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
 from ecgbatch.training.data import split_by_group, stable_int
@@ -63,8 +64,6 @@ CHALLENGE_PREFIXES = (("HR", "challenge"), ("JS", "challenge"), ("E", "challenge
                       ("A", "challenge-cpsc"), ("Q", "challenge-cpsc"))
 PTBXL_AXIS = {"MID": "normal electrical axis", "LAD": "left axis deviation", "ALAD": "left axis deviation",
               "RAD": "right axis deviation", "ARAD": "right axis deviation"}
-# Plausible ranges (ms); outside them a number says more about the delineation than the heart.
-INTERVAL_RANGES = {"pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700), "qtc_ms": (250, 700)}
 _PACED = re.compile(r"pac(ed|ing|emaker)")
 
 
