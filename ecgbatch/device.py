@@ -242,8 +242,10 @@ def attention_head_sizes(device: Device) -> tuple[int, ...]:
 
 
 # -- the embed path (ECG-CoCa on torch) ----------------------------------------------------------------
-def embed_batch_size(device: Device, requested: int | None = None) -> int:
-    return int(requested) if requested else (GPU_EMBED_BATCH if device.cuda else CPU_EMBED_BATCH)
+def embed_batch_size(on_gpu: bool, requested: int | None = None) -> int:
+    """ECGs per encoder forward: 64 on CPU (bench/embed.py), 512 on a GPU (bench/gpu_check.sh
+    sweeps it)."""
+    return int(requested) if requested else (GPU_EMBED_BATCH if on_gpu else CPU_EMBED_BATCH)
 
 
 def pin_memory(device: Device) -> bool:

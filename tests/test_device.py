@@ -128,8 +128,8 @@ def test_attention_head_sizes():
 
 # -- embed path ------------------------------------------------------------------------------------------------
 def test_embed_settings():
-    assert dv.embed_batch_size(CPU_DEV) == 64 and dv.embed_batch_size(H100) == 512
-    assert dv.embed_batch_size(H100, 100) == 100
+    assert dv.embed_batch_size(False) == 64 and dv.embed_batch_size(True) == 512
+    assert dv.embed_batch_size(True, 100) == 100
     assert not dv.pin_memory(CPU_DEV) and dv.pin_memory(H100)
     assert dv.autocast_dtype(CPU_DEV) is None
     assert dv.autocast_dtype(H100) == "bfloat16" and dv.autocast_dtype(T4) == "float16"
@@ -158,3 +158,29 @@ def test_model_shape_of_a_config(tmp_path):
     assert (m.num_layers, m.num_attention_heads, m.num_kv_heads, m.head_dim, m.context, m.weight_bytes) == \
         (3, 4, 2, 16, 512, 1000)
     assert m.kv_bytes_per_sequence("bfloat16") == 2 * 3 * 2 * 16 * 2 * 512
+
+
+# -- the engine arguments of a real model folder (no engine started) ---------------------------------------
+def test_vllm_engine_args_on_this_cpu_are_unchanged(llava_converted):
+    """What vLLM got before ecgbatch.device (float32, eager, the caller's max_num_seqs) is what it
+    gets on this CPU with the new defaults; a described H100 gets the GPU settings."""
+    from ecgbatch.serving import folder as folders
+    from ecgbatch.serving.engine import vllm_engine_args
+
+    cfg = folders.check_model_folder(llava_converted)
+    kw = vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8, device=CPU_DEV)
+    assert kw == {"model": str(llava_converted), "dtype": "float32", "max_model_len": cfg.context_length or 2048,
+                  "enforce_eager": True, "limit_mm_per_prompt": {"ecg": 1}, "seed": 0, "max_num_seqs": 32,
+                  "enable_lora": True, "max_lora_rank": 8, "max_loras": 1}
+    import torch
+
+    if not torch.cuda.is_available():
+        assert vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8) == kw   # detect(): CPU
+    g = vllm_engine_args(llava_converted, cfg, lora_rank=8, gpus_per_engine=0.5, device=H100)
+    assert (g["dtype"], g["enforce_eager"], g["gpu_memory_utilization"]) == ("bfloat16", False, 0.45)
+    assert g["max_num_seqs"] == 256 and "tensor_parallel_size" not in g
+    with pytest.raises(DeviceSettingsError, match="LoRA"):
+        vllm_engine_args(llava_converted, cfg, dtype="float32", lora_rank=8, device=H100)
+    # head padding only where the attention needs it: the fixture's heads of 16 run as is on CUDA
+    assert folders.runnable_model_folder(llava_converted, cfg, device=H100) == llava_converted
+    assert folders.target_head_dim(cfg, CPU_DEV) == 32
