@@ -217,12 +217,13 @@ def llava(dev, a) -> None:
 
 
 def print_table() -> None:
-    w = [max(len(str(r[k])) for r in ROWS + [{"section": "section", "setting": "setting", "metric": "metric",
-                                              "value": "value", "note": ""}]) for k in ("section", "setting", "metric", "value")]
+    keys = ("section", "setting", "metric", "value")
+    w = [max(len(str(r[k])) for r in ROWS + [dict(zip(keys, keys))]) for k in keys]
     print()
     print(f"{'section':<{w[0]}}  {'setting':<{w[1]}}  {'metric':<{w[2]}}  {'value':>{w[3]}}  note")
     for r in ROWS:
-        print(f"{r['section']:<{w[0]}}  {r['setting']:<{w[1]}}  {r['metric']:<{w[2]}}  {str(r['value']):>{w[3]}}  {r['note']}")
+        print(f"{r['section']:<{w[0]}}  {r['setting']:<{w[1]}}  {r['metric']:<{w[2]}}  "
+              f"{str(r['value']):>{w[3]}}  {r['note']}")
 
 
 def main() -> None:

@@ -75,7 +75,8 @@ def report_cmd(
                                           "to one .parquet or .jsonl file"),
     html: Optional[Path] = typer.Option(None, "--html", help="[--input] write a static page per record "
                                         "(plot, report, labels) and an index to this folder"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
+                                 "float32, bfloat16 or float16"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[--input] requests per engine "
                                               "call [default: 32 on CPU, 256 on GPU]"),
     block_size: int = typer.Option(64, "--block-size", min=1, help="[--input] records per committed shard"),

@@ -46,7 +46,8 @@ def serve_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="model id of the base model (default: the --model name)"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="most new tokens a request may ask for"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.01, help="largest request body"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16 or float16"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
+                                 "float32, bfloat16 or float16"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="vLLM's batch limit"),
 ) -> None:
     """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""

@@ -370,8 +370,8 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                     gpus_per_engine = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
                 batch_size = report_batch_size(gpus_per_engine > 0, batch_size, DEFAULT_BATCH_SIZE)
                 # CPU: vLLM's batch limit is the Ray batch (measured so); GPU: sized by the engine
-                ekw = engine_kwargs(dtype=dtype, lora_rank=rank, max_num_seqs=None if gpus_per_engine > 0 else batch_size,
-                                    gpus=gpus_per_engine, work_dir=work_dir)
+                ekw = engine_kwargs(dtype=dtype, lora_rank=rank, gpus=gpus_per_engine, work_dir=work_dir,
+                                    max_num_seqs=None if gpus_per_engine > 0 else batch_size)
                 ds = build_dataset(blocks, model_dir=str(folder), fingerprint=sig["fingerprint"],
                                    preprocess=pre, ekw=ekw, lora=lora, max_tokens=settings.max_tokens,
                                    question=settings.question, engines=engines,

@@ -90,7 +90,8 @@ class AsyncEcgLlava:
         if lora is not None:          # the model's own adapter: applied to requests for served_name
             adapters[served_name] = lora
         device = detect()
-        checked = {name: folders.served_adapter(path, config, None, work_dir, device) for name, path in adapters.items()}
+        checked = {name: folders.served_adapter(path, config, None, work_dir, device)
+                   for name, path in adapters.items()}
         served = folders.runnable_model_folder(model_dir, config, work_dir, device)
         register()
         if not entry_point_installed():
