@@ -21,7 +21,8 @@ The rules (vLLM 0.32; sources named where a number comes from):
     caller's value (the Ray batch, as measured).
   * LoRA on GPU: vLLM's Triton LoRA kernels (vllm/lora/ops/triton_ops) take float16/bfloat16
     only and vLLM sets the LoRA dtype to the model's: a float32 model with an adapter is refused
-    here with the fix, not at the first LoRA step.
+    here with the fix, not at the first LoRA step; on GPU the LoRA dtype is passed explicitly
+    (the model's half dtype), on CPU left to vLLM (the model's).
 """
 from __future__ import annotations
 
@@ -193,6 +194,7 @@ class EngineSettings:
     tensor_parallel_size: int
     gpu_memory_utilization: float | None   # None on CPU (vLLM's CPU KV space: VLLM_CPU_KVCACHE_SPACE)
     max_num_seqs: int | None
+    lora_dtype: str | None = None          # set on GPU with LoRA: the model's half dtype, explicitly
 
     def vllm_kwargs(self) -> dict:
         kw = {"dtype": self.dtype, "enforce_eager": self.enforce_eager}
@@ -202,6 +204,8 @@ class EngineSettings:
             kw["gpu_memory_utilization"] = self.gpu_memory_utilization
         if self.max_num_seqs:
             kw["max_num_seqs"] = self.max_num_seqs
+        if self.lora_dtype:
+            kw["lora_dtype"] = self.lora_dtype
         return kw
 
 
@@ -218,7 +222,8 @@ def engine_settings(device: Device, model: ModelShape, *, dtype: str = "auto", g
     gpus = 1.0 if gpus_per_engine is None or gpus_per_engine <= 0 else float(gpus_per_engine)
     seqs = sized_max_num_seqs(device, model, resolved, gpus, max_num_seqs)
     return EngineSettings(resolved, enforce_eager(device) if eager is None else eager,
-                          tensor_parallel_size(gpus, model), gpu_memory_utilization(gpus), seqs)
+                          tensor_parallel_size(gpus, model), gpu_memory_utilization(gpus), seqs,
+                          resolved if lora else None)
 
 
 def table_dtype(dtype: str, on_gpu: bool) -> str:

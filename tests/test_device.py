@@ -104,7 +104,8 @@ def test_engine_settings_cpu_are_the_measured_cpu_arguments():
 def test_engine_settings_gpu():
     s = dv.engine_settings(H100, SMOL, gpus_per_engine=0.5, lora=True)
     assert s.vllm_kwargs() == {"dtype": "bfloat16", "enforce_eager": False, "gpu_memory_utilization": 0.45,
-                               "max_num_seqs": 256}
+                               "max_num_seqs": 256, "lora_dtype": "bfloat16"}
+    assert "lora_dtype" not in dv.engine_settings(H100, SMOL).vllm_kwargs()
     tp = dv.engine_settings(H100, VICUNA, gpus_per_engine=2).vllm_kwargs()
     assert tp["tensor_parallel_size"] == 2 and tp["gpu_memory_utilization"] == 0.9
     assert dv.engine_settings(H100, SMOL, gpus_per_engine=None).gpu_memory_utilization == 0.9
@@ -178,7 +179,7 @@ def test_vllm_engine_args_on_this_cpu_are_unchanged(llava_converted):
         assert vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8) == kw   # detect(): CPU
     g = vllm_engine_args(llava_converted, cfg, lora_rank=8, gpus_per_engine=0.5, device=H100)
     assert (g["dtype"], g["enforce_eager"], g["gpu_memory_utilization"]) == ("bfloat16", False, 0.45)
-    assert g["max_num_seqs"] == 256 and "tensor_parallel_size" not in g
+    assert g["max_num_seqs"] == 256 and g["lora_dtype"] == "bfloat16" and "tensor_parallel_size" not in g
     with pytest.raises(DeviceSettingsError, match="LoRA"):
         vllm_engine_args(llava_converted, cfg, dtype="float32", lora_rank=8, device=H100)
     # head padding only where the attention needs it: the fixture's heads of 16 run as is on CUDA
