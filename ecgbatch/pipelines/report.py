@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.device import detect, report_batch_size, table_dtype, tensor_parallel_size
+from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size, table_dtype,
+                             tensor_parallel_size)
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
 from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
@@ -347,7 +348,10 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
     root = src.normalize_root(archive)
     ws = default_workspace() if workspace is None else workspace
     on_gpu = gpus_per_engine > 0 if gpus_per_engine is not None else detect().cuda
-    table, sig = open_report_table(ws, folder, config, lora, settings, table_dtype(dtype, on_gpu))
+    run_dtype = table_dtype(dtype, on_gpu)
+    if on_gpu and rank is not None:      # refused here, not in every engine actor
+        check_lora(Device(CUDA), run_dtype)
+    table, sig = open_report_table(ws, folder, config, lora, settings, run_dtype)
     by_key = {s.key: s for s in (sources if sources is not None else list_sources(root))}
     all_sources = sorted(by_key)
     ids = src.record_ids(all_sources, root)
