@@ -185,3 +185,14 @@ def test_vllm_engine_args_on_this_cpu_are_unchanged(llava_converted):
     # head padding only where the attention needs it: the fixture's heads of 16 run as is on CUDA
     assert folders.runnable_model_folder(llava_converted, cfg, device=H100) == llava_converted
     assert folders.target_head_dim(cfg, CPU_DEV) == 32
+
+
+def test_report_job_refuses_float32_lora_on_gpus_before_ray(llava_converted, sample_archive, tmp_path):
+    from ecgbatch.pipelines import report
+
+    with pytest.raises(DeviceSettingsError, match="LoRA"):
+        report.run(str(sample_archive), llava_converted, tmp_path / "ws", lora=llava_converted / "lora",
+                   gpus_per_engine=1.0, dtype="float32", progress=False)
+    with pytest.raises(DeviceSettingsError, match="whole GPUs"):
+        report.engine_kwargs(gpus=1.5)
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").rglob("*.parquet"))
