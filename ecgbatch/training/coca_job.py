@@ -257,7 +257,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def prepare_data(job: CocaJobConfig, progress=None):
     """Pair cache + patient-level split -> (PairSet, train_idx, val_idx, cache path)."""
-    from ecgbatch.training.data import kfold_by_group, split_by_group
+    from ecgbatch.training.data import group_strata, kfold_by_group, split_by_group
     from ecgbatch.training.pairs import load_or_build
     from ecgbatch.training.texts import keyword_labels
 
@@ -266,11 +266,12 @@ def prepare_data(job: CocaJobConfig, progress=None):
                                  job.data.on_error)
     strat_label = job.val.query_label if job.val.query_label else None
     labels = [keyword_labels(t, [strat_label])[strat_label] for t in pairs.text] if strat_label else None
+    strata = group_strata(pairs.group, pairs.source)   # a patient in two sources is split once
     if job.split.folds is not None:
-        tr, va = kfold_by_group(pairs.group, pairs.source, int(job.split.folds), int(job.split.fold),
+        tr, va = kfold_by_group(pairs.group, strata, int(job.split.folds), int(job.split.fold),
                                 job.split.seed, labels)
     else:
-        tr, va = split_by_group(pairs.group, pairs.source, job.split.val_fraction, job.split.seed, labels)
+        tr, va = split_by_group(pairs.group, strata, job.split.val_fraction, job.split.seed, labels)
     return pairs, tr, va, cache
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ecgbatch.encoders import label_sources as LS
 from ecgbatch.encoders.probes import LinearProbe, fit_binary, fit_softmax, unit_rows
-from ecgbatch.training.data import kfold_by_group
+from ecgbatch.training.data import group_strata, kfold_by_group
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3)
 MIN_POSITIVES = 5      # a label needs this many positive records (and >= 2 patients) to be trained
@@ -64,10 +64,10 @@ class SourceTruth:
 
     def labels(self, path: str, record_id: str) -> set[str] | None:
         from ecgbatch.training import texts as T
-        from ecgbatch.training.pairs import _int_key
+        from ecgbatch.training.pairs import find_ptbxl_row
 
         if self.spec.text == "ptbxl":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(record_id))
+            row = find_ptbxl_row(self.rows, path, record_id)
             if row is None:
                 return None
             return LS.labels_from_scp(self.labelset, T.parse_scp_codes(row["scp_codes"]), self.scp_classes)
@@ -137,7 +137,8 @@ def _fold_labels(data: ProbeData) -> list[int]:
 
 def folds_by_patient(data: ProbeData, folds: int, seed: int = 0):
     labs = _fold_labels(data)
-    return [kfold_by_group(data.group, data.source, folds, f, seed=seed, labels=labs) for f in range(folds)]
+    strata = group_strata(data.group, data.source)
+    return [kfold_by_group(data.group, strata, folds, f, seed=seed, labels=labs) for f in range(folds)]
 
 
 class _Standardiser:
@@ -230,17 +231,18 @@ def fit_probe(data: ProbeData, model_info: dict, folds: int = 5, seed: int = 0, 
 DEFAULT_CONFIG = "configs/coca-mini.yaml"
 
 
-def labelled_records(specs, preprocess, progress=None):
-    """A PairSet of every readable record of ``specs`` (signals preprocessed for the model,
-    record ids, patient groups), without the waveform measurements and texts that training
-    needs: a probe needs only the embedding and the source's labels. Unreadable records raise."""
+def labelled_records(specs, preprocess, progress=None, part: str = "train"):
+    """A PairSet of every readable record of one part of ``specs`` ("train": the test fold left
+    out, "test": only it; ``ecgbatch.training.pairs.split_record_sources``), with signals
+    preprocessed for the model, record ids and patient groups, without the waveform measurements
+    and texts that training needs: a probe needs only the embedding and the source's labels.
+    Unreadable records raise."""
     from ecgbatch.signal.preprocess import preprocess as prep
-    from ecgbatch.training.pairs import PairSet, TextSource, list_sources
+    from ecgbatch.training.pairs import PairSet, TextSource, split_record_sources
 
     xs, cols = [], {k: [] for k in ("record_id", "source", "group", "path")}
-    for spec in specs:
+    for spec, sources in split_record_sources(specs, part):
         text = TextSource(spec)
-        sources = list_sources(spec.records)[: spec.limit]
         for rs in sources:
             rec = rs.read(**(spec.read_options or {}))
             _, group = text.text_and_group(rs.path, rec)
@@ -257,15 +259,16 @@ def labelled_records(specs, preprocess, progress=None):
                    **cols)
 
 
-def training_pairs(config: str | Path, preprocess):
-    """(records, source specs) of a training config's data section (ecgbatch.training.job_config)."""
+def training_pairs(config: str | Path, preprocess, part: str = "train"):
+    """(records of one part, source specs) of a training config's data section
+    (ecgbatch.training.job_config); "train" leaves the test fold out."""
     from ecgbatch.training.job_config import load_job_config
     from ecgbatch.training.pairs import resolve_path
 
     specs = load_job_config(resolve_path(config)).data.sources
     if not specs:
         raise ValueError(f"training config {str(config)!r} lists no data sources")
-    return labelled_records(specs, preprocess), specs
+    return labelled_records(specs, preprocess, part=part), specs
 
 
 def model_info(model, name: str) -> dict:
