@@ -14,7 +14,7 @@ from ecgbatch import testfold
 from ecgbatch.training import texts as T
 from ecgbatch.training.instruct import build_instruct, load_sources
 from ecgbatch.training.job_config import load_job_config
-from ecgbatch.training.pairs import TextSource, split_record_sources
+from ecgbatch.training.pairs import record_keys, split_record_sources
 from ecgbatch.training.probes import labelled_records
 
 CONFIGS = ("configs/coca-mini.yaml",)
@@ -67,22 +67,6 @@ def test_no_ptbxl_patient_straddles(shared_data):
     assert sum(True in v for v in fold.values()) > 200
 
 
-def _groups(parts) -> tuple[set, set]:
-    """(ECG keys, patient groups) of split_record_sources output, groups as the trainers name them."""
-    keys, groups = set(), set()
-    for spec, rss in parts:
-        ts = TextSource(spec)
-        for rs in rss:
-            key = testfold.ecg_key(spec.test_dataset, rs.path)
-            assert key not in keys, f"{key} listed twice"
-            keys.add(key)
-            if spec.text == "ptbxl":
-                groups.add(f"ptbxl:patient:{int(float(ts.ptbxl_row(rs.path, '')['patient_id']))}")
-            else:
-                groups.add(f"{spec.name}:{rs.path.rsplit('/', 1)[-1].rsplit('.', 1)[0]}")
-    return keys, groups
-
-
 @pytest.mark.shared
 @pytest.mark.parametrize("config", CONFIGS)
 def test_training_sources_never_yield_the_test_fold(config):
@@ -90,8 +74,11 @@ def test_training_sources_never_yield_the_test_fold(config):
     names = {s.name for s in specs}
     assert {"ptbxl2k", "ptbxl", "ludb", "cinc2021"} <= names
     train, test = split_record_sources(specs, "train"), split_record_sources(specs, "test")
-    tr_keys, tr_groups = _groups(train)
-    te_keys, te_groups = _groups(test)
+    tr_keys, tr_groups = record_keys(specs, "train")
+    te_keys, te_groups = record_keys(specs, "test")
+    for part in (train, test):       # each ECG once
+        assert sum(len(r) for _, r in part) == len({testfold.ecg_key(s.test_dataset, x.path)
+                                                    for s, r in part for x in r})
     assert tr_keys and te_keys and not tr_keys & te_keys
     assert not tr_groups & te_groups, "a patient on both sides of the test split"
     assert te_keys == testfold.members()

@@ -603,6 +603,9 @@ def eval_testfold(
     zero_shot: str = typer.Option("af", "--zero-shot", help="comma list of keyword labels for zero-shot AUC"),
     trained_on_test: bool = typer.Option(False, "--trained-on-test",
                                          help="the model saw test-fold records: label its figures as training-set figures"),
+    unseen_by: Optional[Path] = typer.Option(None, "--unseen-by",
+                                             help="keep only test records (and patients) that no source of this "
+                                                  "training YAML holds, e.g. the config an older model was trained with"),
     reps: int = typer.Option(2000, help="bootstrap resamples (patients)"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("eval-testfold.json"), "--out", "-o", help="JSON output"),
@@ -620,6 +623,8 @@ def eval_testfold(
         job = load_job_config(resolve_path(config))
         pairs, cache = load_or_build(job.data.sources, m.preprocess_config, job.data.cache_dir,
                                      job.data.measure_method, "skip", part="test")
+        if unseen_by is not None:
+            pairs = _unseen_pairs(pairs, job.data.sources, load_job_config(resolve_path(unseen_by)).data.sources)
         res = evaluate_test_fold(m, pairs, job.data.sources, [x.strip() for x in labels.split(",") if x.strip()],
                                  [x.strip() for x in zero_shot.split(",") if x.strip()], reps=reps, seed=seed)
     except (ValueError, FileNotFoundError) as exc:
@@ -639,8 +644,27 @@ def eval_testfold(
         typer.echo(line)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "config": str(config), "cache": cache.name,
-                               "trained_on_test": trained_on_test, **res}, indent=2))
+                               "trained_on_test": trained_on_test,
+                               "unseen_by": None if unseen_by is None else str(unseen_by), **res}, indent=2))
     typer.echo(f"wrote {out}")
+
+
+def _unseen_pairs(pairs, specs, seen_specs):
+    """The pairs whose ECG and patient no record of ``seen_specs`` (any part) shares."""
+    from ecgbatch import testfold
+    from ecgbatch.training.pairs import record_keys
+
+    keys, groups = set(), set()
+    for part in ("train", "test"):
+        k, g = record_keys(seen_specs, part)
+        keys |= k
+        groups |= g
+    ds = {s.name: s.test_dataset for s in specs}
+    idx = [i for i, (src, path, g) in enumerate(zip(pairs.source, pairs.path, pairs.group))
+           if g not in groups and not (ds.get(src) and testfold.ecg_key(ds[src], path) in keys)]
+    if not idx:
+        raise ValueError("every test record is held by the --unseen-by sources")
+    return pairs.subset(idx)
 
 
 def _print_classify_eval(res: dict, model: str) -> None:

@@ -150,6 +150,23 @@ def split_record_sources(specs: list[SourceSpec], part: str = "train") -> list[t
     return out
 
 
+def record_keys(specs: list[SourceSpec], part: str = "train") -> tuple[set[str], set[str]]:
+    """(ECG keys, patient groups) of one part's records, without reading a signal: groups as the
+    builders name them (PTB-XL: its patient; other sources: one patient per record). For checks
+    such as "which test records did a model trained on these sources see"."""
+    keys, groups = set(), set()
+    for spec, rss in split_record_sources(specs, part):
+        ts = TextSource(spec) if spec.text == "ptbxl" else None
+        for rs in rss:
+            if spec.test_dataset:
+                keys.add(testfold.ecg_key(spec.test_dataset, rs.path))
+            if ts is not None:
+                groups.add(f"ptbxl:patient:{_int_key(ts.ptbxl_row(rs.path, '').get('patient_id') or '')}")
+            else:
+                groups.add(f"{spec.name}:{Path(rs.path).stem}")
+    return keys, groups
+
+
 # --- text per record ----------------------------------------------------------------------
 
 class TextSource:
