@@ -513,18 +513,27 @@ _PROBE_CONFIG_HELP = "training YAML whose data section lists the labelled record
 
 
 def _probe_inputs(model: str, labels: str, config: Path):
-    """(model, ProbeData) for `train probe` and `eval classify`."""
+    """(model, ProbeData) for `eval classify`."""
+    m, datas = _probe_inputs_many(model, [labels], config)
+    return m, datas[0]
+
+
+def _probe_inputs_many(model: str, labelsets: list[str], config: Path):
+    """(model, [ProbeData per label set]) of the config's training records (test fold left out),
+    embedded once."""
     from ecgbatch.encoders.label_sources import supported_labelsets
     from ecgbatch.models import load_model
-    from ecgbatch.training.probes import probe_data, training_pairs
+    from ecgbatch.training.probes import embed_pairs, probe_data, training_pairs
 
-    if labels not in supported_labelsets():
-        _fail(f"no mapping from the data's labels to {labels!r}; probes can be fitted for "
+    bad = [ls for ls in labelsets if ls not in supported_labelsets()]
+    if bad or not labelsets:
+        _fail(f"no mapping from the data's labels to {bad or labelsets!r}; probes can be fitted for "
               f"{supported_labelsets()}")
     try:
         m = load_model(model)[0]
         pairs, specs = training_pairs(config, m.preprocess_config)
-        return m, probe_data(m, pairs, specs, labels)
+        emb = embed_pairs(m, pairs)
+        return m, [probe_data(m, pairs, specs, ls, emb=emb) for ls in labelsets]
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 
@@ -532,7 +541,7 @@ def _probe_inputs(model: str, labels: str, config: Path):
 @train_app.command("probe")
 def train_probe(
     labels: str = typer.Option(..., "--labels", "-l", help="built-in label set: ptbxl-rhythm | ptbxl-super | "
-                               "ptbxl-sub | ptbxl-form | cpsc2018"),
+                               "ptbxl-sub | ptbxl-form | cpsc2018; a comma list fits several on one embedding pass"),
     model: str = typer.Option("ecg-coca-mini", "--model", "-m", help="zoo name or model folder"),
     config: Path = typer.Option(Path("configs/coca-mini.yaml"), "--config", "-c", help=_PROBE_CONFIG_HELP),
     folds: int = typer.Option(5, help="cross-validation folds by patient (L2 strength, thresholds)"),
@@ -541,30 +550,34 @@ def train_probe(
                                        "weights, <weights>/probes/<labels>.json, where classify finds it]"),
 ) -> None:
     """Fit a calibrated linear probe (logistic regression) for a label set on a model's embeddings
-    of labelled records; thresholds by cross-validation by patient."""
+    of labelled records (the test fold left out); thresholds by cross-validation by patient."""
     from ecgbatch.encoders.probes import probe_path
     from ecgbatch.pipelines.classify import weights_folder_of
     from ecgbatch.training.probes import fit_probe, model_info
 
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if out is not None and len(names) != 1:
+        _fail("--out takes one label set")
+    folder = None
     if out is None:
         folder = weights_folder_of(model, "default" if not Path(model).is_dir() else None)
         if folder is None:
             _fail(f"model {model!r} has no weights folder to store the probe beside: pass --out")
-        out = probe_path(folder, labels)
-    m, data = _probe_inputs(model, labels, config)
-    try:
-        probe = fit_probe(data, model_info(m, model), folds=folds, seed=seed)
-    except ValueError as exc:
-        _fail(str(exc))
-    probe.save(out)
-    info = probe.info
-    typer.echo(f"{labels}: {info['records']} records ({info['records_by_source']}), {info['patients']} patients; "
-               f"l2 {info['l2']}")
-    typer.echo("trained: " + ", ".join(f"{t} (n={info['positives'][t]}, thr {th:.3f})"
-                                       for t, th in zip(probe.trained, probe.thresholds)))
-    if probe.untrained:
-        typer.echo("untrained (too few records; marked, never predicted): " + ", ".join(probe.untrained))
-    typer.echo(f"wrote {out}")
+    m, datas = _probe_inputs_many(model, names, config)
+    for name, data in zip(names, datas):
+        try:
+            probe = fit_probe(data, model_info(m, model), folds=folds, seed=seed)
+        except ValueError as exc:
+            _fail(str(exc))
+        path = probe.save(out if out is not None else probe_path(folder, name))
+        info = probe.info
+        typer.echo(f"{name}: {info['records']} records ({info['records_by_source']}), {info['patients']} patients; "
+                   f"l2 {info['l2']}")
+        typer.echo("trained: " + ", ".join(f"{t} (n={info['positives'][t]}, thr {th:.3f})"
+                                           for t, th in zip(probe.trained, probe.thresholds)))
+        if probe.untrained:
+            typer.echo("untrained (too few records; marked, never predicted): " + ", ".join(probe.untrained))
+        typer.echo(f"wrote {path}")
 
 
 @eval_app.command("classify")

@@ -101,13 +101,18 @@ def truth_matrix(pairs, specs, labelset: str) -> tuple[np.ndarray, np.ndarray, d
     return y, keep, left_out
 
 
-def probe_data(model, pairs, specs, labelset: str, batch: int = 64) -> ProbeData:
-    """Embed the pairs that have ground truth for ``labelset``."""
+def embed_pairs(model, pairs, batch: int = 64) -> np.ndarray:
+    return np.concatenate([model.embed_ecgs(pairs.x[i:i + batch]) for i in range(0, len(pairs), batch)])
+
+
+def probe_data(model, pairs, specs, labelset: str, batch: int = 64, emb: np.ndarray | None = None) -> ProbeData:
+    """Embed the pairs that have ground truth for ``labelset`` (``emb``: the embeddings of all
+    ``pairs``, computed once for several label sets)."""
     y, keep, left_out = truth_matrix(pairs, specs, labelset)
     if not keep.any():
         raise ValueError(f"no record of the training data states labels of {labelset!r}")
     sub = pairs.subset(np.flatnonzero(keep))
-    emb = np.concatenate([model.embed_ecgs(sub.x[i:i + batch]) for i in range(0, len(sub), batch)])
+    emb = embed_pairs(model, sub, batch) if emb is None else np.asarray(emb)[keep]
     return ProbeData(labelset, LS.load_labelset(labelset).labels, emb, y[keep], list(sub.group),
                      list(sub.source), list(sub.record_id), left_out)
 
