@@ -82,6 +82,8 @@ def test_training_sources_never_yield_the_test_fold(config):
     assert tr_keys and te_keys and not tr_keys & te_keys
     assert not tr_groups & te_groups, "a patient on both sides of the test split"
     assert te_keys == testfold.members()
+    # evaluation of given records ("all") keeps both parts, each ECG once
+    assert sum(len(r) for _, r in split_record_sources(specs, "all")) == len(tr_keys) + len(te_keys)
     assert not any(testfold.in_test_fold(s.test_dataset, rs.path) for s, rss in train for rs in rss)
     counts = {s.name: len(r) for s, r in train}
     # 1,732 + 250 PTB-XL records, 19 held twice: each ECG once, from ptbxl2k (listed first)
@@ -110,5 +112,8 @@ def test_probe_and_instruct_builders_leave_the_test_fold_out(shared):
     ids = {(it["meta"]["source"], it["meta"]["record_id"]) for it in built.items}
     ds = {s.spec.name: s.spec.test_dataset for s in isrcs}
     assert len(ids) == 24 and not any(testfold.in_test_fold(ds[s], r) for s, r in ids)
+    test_items = build_instruct(isrcs, seed=0, measure_method=None, part="test").items
+    assert test_items and all(testfold.in_test_fold(ds[it["meta"]["source"]], it["meta"]["record_id"])
+                              for it in test_items)
     ptb = [r for r in built.records if r.source == "ptbxl2k"]
     assert ptb and all(r.scp_codes for r in ptb)       # likelihoods kept in the metadata

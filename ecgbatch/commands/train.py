@@ -192,7 +192,7 @@ def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, st
             dx_mapping = str(p)
         spec = SourceSpec(name="eval", records=str(p), text=text_source, dx_mapping=dx_mapping,
                           metadata=metadata, statements=statements, table=table, read_options=opts or None)
-        pairs = build_pairs([spec], model_pre, measure_method=measure_method, on_error="skip")
+        pairs = build_pairs([spec], model_pre, measure_method=measure_method, on_error="skip", part="all")
         if pairs.skipped:
             typer.secho(f"{len(pairs.skipped)} records left out (unreadable or no text), e.g. "
                         f"{pairs.skipped[0]['path']}: {pairs.skipped[0]['error']}", fg="yellow", err=True)

@@ -321,11 +321,13 @@ def _relative(path: str, root: Path | None) -> str:
 
 def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: float | dict | None = None,
                    measure_method: str | None = "multilead", dialogues: int = 2, root: str | Path | None = None,
-                   on_error: str = "skip", progress=None) -> InstructBuild:
+                   on_error: str = "skip", progress=None, part: str = "train") -> InstructBuild:
     """Items for every readable record with labels. ``val_fraction`` splits by patient
     (``split_by_group``, per source); without it every item is in split "all". ``root``: write
     ``ecg`` paths relative to it (ECG-Chat's ``--ecg_folder``), else absolute. ``on_error``:
-    "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops."""
+    "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops. ``part``: "train"
+    leaves the test fold out (``ecgbatch.testfold``), "test" is the test fold only (for
+    evaluation), "all" every record."""
     from ecgbatch.io.errors import EcgReadError
 
     if on_error not in ("raise", "skip"):
@@ -333,7 +335,7 @@ def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: f
     text_sources = [TextSource(s.spec) for s in sources]
     ptbxl_patient = _ptbxl_patients(sources, text_sources)
     records, skipped = [], []
-    parts = split_record_sources([s.spec for s in sources], "train")   # the test fold left out
+    parts = split_record_sources([s.spec for s in sources], part)   # "train": the test fold left out
     for isrc, ts, (_, rss) in zip(sources, text_sources, parts):
         for rs in rss:
             try:

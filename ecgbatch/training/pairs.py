@@ -12,7 +12,8 @@ A source is a dict (one per dataset, from the training YAML)::
     statements: ".../scp_statements.csv"  # ptbxl
     dataset: ludb                    # ptbxl | ludb | cinc2021: whose test-fold rule applies
                                      # (ecgbatch.testfold); default: ptbxl for text: ptbxl, else
-                                     # the name when it is one of these
+                                     # the name when it is one of these, else a folder of that
+                                     # name in ``records``
     table: ".../reports.csv"         # table: CSV/JSONL of (record_id or path, text[, patient_id])
 
 ``{shared}`` expands to ``ecgbatch._paths.shared_dir()``; other relative paths are taken from
@@ -35,7 +36,7 @@ from ecgbatch.signal.config import PreprocessConfig
 from ecgbatch.training import texts as T
 
 TEXT_KINDS = ("header", "ptbxl", "table", "mimic")
-PARTS = ("train", "test")
+PARTS = ("train", "test", "all")
 CACHE_VERSION = 2   # 2: test fold left out, duplicates across sources counted once, scp codes kept
 
 
@@ -92,7 +93,11 @@ class SourceSpec:
             return self.dataset
         if self.text == "ptbxl":
             return "ptbxl"
-        return self.name if self.name in testfold.DATASETS else None
+        if self.name in testfold.DATASETS:
+            return self.name
+        # a folder named after the data set (../shared/data/ludb/data, sample_archive/cinc2021)
+        parts = set(Path(str(self.records)).parts)
+        return next((d for d in testfold.DATASETS if d in parts), None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SourceSpec":
@@ -128,7 +133,8 @@ def list_sources(records: str | Path) -> list:
 
 def split_record_sources(specs: list[SourceSpec], part: str = "train") -> list[tuple[SourceSpec, list]]:
     """[(spec, RecordSources)] of one part of the data: "train" leaves out every record of the
-    test fold (``ecgbatch.testfold``), "test" keeps only those. An ECG that an earlier source
+    test fold (``ecgbatch.testfold``), "test" keeps only those, "all" (evaluation of given
+    records) keeps every record. An ECG that an earlier source
     already gave (the same PTB-XL ecg_id in two folders, a Challenge HR* copy of a PTB-XL
     record) is counted once, from the first source that lists it. ``limit`` applies after."""
     if part not in PARTS:
@@ -144,7 +150,7 @@ def split_record_sources(specs: list[SourceSpec], part: str = "train") -> list[t
                 if key in seen:
                     continue
                 seen.add(key)
-            if (ds is not None and testfold.in_test_fold(ds, rs.path)) == (part == "test"):
+            if part == "all" or (ds is not None and testfold.in_test_fold(ds, rs.path)) == (part == "test"):
                 keep.append(rs)
         out.append((spec, keep[: spec.limit]))
     return out
