@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.pipelines.ray_connect import init_ray, is_local
 from ecgbatch.training.job_config import CocaJobConfig, lr_at
 
 
@@ -314,13 +315,10 @@ def run_job(job: CocaJobConfig, num_workers: int = 1, gpus_per_worker: float = 0
         {"train": [pairs.path[i] for i in tr], "val": [pairs.path[i] for i in va]}, indent=0))
     (run_path / "job.json").write_text(json.dumps(job.to_dict(), indent=2, default=str))
 
-    local = address in (None, "", "local")
-    if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    local = is_local(address)
     started = False
     if not ray.is_initialized():
-        ray.init(address=None if local else address, include_dashboard=False, log_to_driver=True,
-                 **({"num_cpus": max(os.cpu_count() or 1, num_workers)} if local else {}))
+        init_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers), log_to_driver=True, log=log)
         started = True
     try:
         cpus = max(1, (os.cpu_count() or 1) // num_workers) if local else 1

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.pipelines.ray_connect import init_ray, is_local
 from ecgbatch.training.llava_config import LlavaJobConfig
 
 
@@ -315,22 +316,6 @@ def prepare(job: LlavaJobConfig, log=print):
     return examples, tokens, rec_of, [it.id for it in items]
 
 
-def init_ray(address, kwargs: dict, log=print, tries: int = 3) -> None:
-    """``ray.init`` that retries a local start whose raylet missed Ray's fixed 30 s registration
-    window (happens on an overloaded machine); other errors are raised at once."""
-    import ray
-
-    for attempt in range(1, tries + 1):
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, **kwargs)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this case
-            if "timed out during startup" not in str(exc) or attempt == tries:
-                raise
-            log(f"Ray did not start in time ({exc}); retrying ({attempt}/{tries - 1})")
-            ray.shutdown()
-
-
 def run_job(job: LlavaJobConfig, num_workers: int = 1, gpus_per_worker: float = 0.0, address: str | None = None,
             resume: bool = False, log=print):
     """Launch the TorchTrainer; returns the Ray ``Result`` (None when a resumed run is done)."""
@@ -359,13 +344,10 @@ def run_job(job: LlavaJobConfig, num_workers: int = 1, gpus_per_worker: float = 
     log(f"{len(examples)} labelled conversations on {tokens.shape[0]} records ({time.time() - t0:.0f} s)")
     (run_path / "items.json").write_text(json.dumps(ids, indent=0))
     (run_path / "job.json").write_text(json.dumps(job.to_dict(), indent=2, default=str))
-    local = address in (None, "", "local")
-    if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    local = is_local(address)
     started = False
     if not ray.is_initialized():
-        init_ray(None if local else address, {"num_cpus": max(os.cpu_count() or 1, num_workers)} if local else {},
-                 log)
+        init_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers), log_to_driver=True, log=log)
         started = True
     try:
         cpus = max(1, (os.cpu_count() or 1) // num_workers) if local else 1
