@@ -27,6 +27,7 @@ from ecgbatch.models import load_model  # -> (model, the create_model args the a
 from ecgbatch.pipelines import ray_connect
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, model_key
 
 DEFAULT_MODEL = "ecg-coca-mini"
@@ -464,7 +465,9 @@ def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[st
         summary.blocks_committed += 1
         count_kinds(summary.failure_kinds, bad)
 
-    stats = consume_blocks(ds, expected, commit, on_batch=lambda b: bar.advance(len(b["block"])))
+    progress = JobProgress(table, summary.total_records, summary.already_done)
+    stats = consume_blocks(ds, expected, commit, progress=progress,
+                           on_batch=lambda b: bar.advance(len(b["block"])))
     summary.pipeline_seconds = stats.pipeline_seconds
     summary.steady_records_per_s = stats.steady_records_per_s
 
