@@ -3,8 +3,9 @@ its own node with its own CPUs and custom resource), attached with --address HOS
 
 - embed: every record committed exactly once across the two nodes;
 - report --input: the worker node's raylet is SIGKILLed (by pid) after the first committed
-  block; Ray's retries or the rerun of the same command on the surviving head complete the job,
-  and the committed blocks hold every record exactly once (no record lost, none twice).
+  block; Ray's retries (or, failing those, the rerun of the same command on the surviving head)
+  complete the job, and the committed blocks hold every record exactly once (no record lost,
+  none twice).
 
 8 records, one per block, 8 new tokens per report. The cluster is stopped by its own process
 groups (tests/helpers/ray_cluster.py)."""
@@ -109,9 +110,13 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
     [root] = [p.parent for p in ws.glob("report-*/report.json")]
     committed = len(list((root / "reports").glob("part-*.parquet")))
     assert 0 < committed, "nothing committed before the kill"
-    if proc.returncode != 0:  # Ray did not recover in the run itself: the rerun on the head does
+    print(f"killed run exit code {proc.returncode}")
+    if proc.returncode != 0:
+        # a run that Ray could not finish (an engine actor has max_restarts=0, pipelines/report.py:
+        # a dead engine fails the run, no silent restart): the rerun on the surviving head reports
+        # only what no committed block holds
         r = subprocess.run(cmd, env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-        assert r.returncode == 0, r.stderr[-4000:]
+        assert r.returncode == 0, f"killed run: {err[-2000:]}\nrerun: {r.stderr[-3000:]}"
         out = r.stdout
     summary = json.loads(out)
     assert summary["failed"] == 0

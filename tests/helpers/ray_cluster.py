@@ -57,7 +57,24 @@ class LocalRayCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, args: list[str], name: str) -> subprocess.Popen:
+    def _start(self, args: list[str], name: str, tries: int = 3) -> subprocess.Popen:
+        """One node; a raylet that missed Ray's fixed 30 s registration window (a busy machine)
+        is started again after its process group is killed, any other failure is raised."""
+        for attempt in range(1, tries + 1):
+            try:
+                return self._start_once(args, name)
+            except RuntimeError as exc:
+                if "timed out during startup" not in str(exc) or attempt == tries:
+                    raise
+                proc = self.nodes.pop()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(30)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, args: list[str], name: str) -> subprocess.Popen:
         agent, agent_grpc, metrics, runtime_env = free_ports(4)
         log = open(self.root / f"{name}.log", "wb")
         proc = subprocess.Popen(
