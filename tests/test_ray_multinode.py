@@ -64,6 +64,14 @@ def _exactly_once(root, rows_dir: str, n: int) -> None:
     assert not list(root.rglob(".*.tmp"))
 
 
+def _summary(stdout: str) -> dict:
+    """The --json summary: the object that starts a line (after a node's death Ray's driver can
+    print its own lines to stdout before it)."""
+    start = 0 if stdout.startswith("{") else stdout.find("\n{") + 1
+    assert start >= 0 and stdout[start:start + 1] == "{", f"no JSON summary on stdout: {stdout[-2000:]!r}"
+    return json.JSONDecoder().raw_decode(stdout[start:])[0]
+
+
 def test_cluster_has_two_nodes(two_nodes):
     cluster, _ = two_nodes
     probe = ("import ray; ray.init(address=%r); "
@@ -81,7 +89,7 @@ def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
                                       "--block-size", "1", "--batch-size", "1"]),
                        env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    summary = json.loads(r.stdout)
+    summary = _summary(r.stdout)
     assert (summary["embedded"], summary["failed"], summary["blocks_committed"]) == (len(RECORDS), 0, len(RECORDS))
     [root] = [p.parent for p in ws.glob("*/embed.json")]
     _exactly_once(root, "embeddings", len(RECORDS))
@@ -110,7 +118,7 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
     [root] = [p.parent for p in ws.glob("report-*/report.json")]
     committed = len(list((root / "reports").glob("part-*.parquet")))
     assert 0 < committed, "nothing committed before the kill"
-    print(f"killed run exit code {proc.returncode}")
+    print(f"killed run exit code {proc.returncode}; its stdout before the summary: {out[:out.find('{')]!r}")
     if proc.returncode != 0:
         # a run that Ray could not finish (an engine actor has max_restarts=0, pipelines/report.py:
         # a dead engine fails the run, no silent restart): the rerun on the surviving head reports
@@ -118,7 +126,7 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
         r = subprocess.run(cmd, env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"killed run: {err[-2000:]}\nrerun: {r.stderr[-3000:]}"
         out = r.stdout
-    summary = json.loads(out)
+    summary = _summary(out)
     assert summary["failed"] == 0
     assert summary["already_done"] + summary["reported"] == len(RECORDS)
     _exactly_once(root, "reports", len(RECORDS))
