@@ -36,11 +36,14 @@ def read_ecgs(records: List[str], config):
     from ecgbatch.io import read_record
     from ecgbatch.io.errors import EcgReadError
     from ecgbatch.llava.inputs import preprocess_for_model
+    from ecgbatch.signal.content import require_physiological
 
     ok, failed = [], []
     for path in records:
         try:
-            ok.append((path, preprocess_for_model(read_record(path), config, record_id=path)))
+            rec = read_record(path)
+            require_physiological(rec)      # no confident report on a flat or absurd signal
+            ok.append((path, preprocess_for_model(rec, config, record_id=path)))
         except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
             failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
     return ok, failed

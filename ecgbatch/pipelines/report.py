@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.io.errors import NoPhysiologicalContentError
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
+from ecgbatch.signal.content import NO_CONTENT
 
 DEFAULT_QUESTION = "Please describe this ECG."
 DEFAULT_BLOCK_SIZE = 64
@@ -117,6 +119,7 @@ class ReportUDF:
         return self._ids[question]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ecgbatch.pipelines.embed import LABEL_SEP
         from ecgbatch.serving.engine import EcgRequest
         from ecgbatch.serving.errors import EcgLlavaError
 
@@ -132,6 +135,11 @@ class ReportUDF:
                "generation_s": np.full(n, np.nan)}
         todo = []
         for i in np.flatnonzero(batch["ok"]):
+            if NO_CONTENT in str(batch["quality"][i] if "quality" in batch else "").split(LABEL_SEP):
+                _fail(batch, i, NoPhysiologicalContentError(
+                    f"no physiological content ({str(batch['quality'][i]).replace(LABEL_SEP, ', ')}); "
+                    "not reported"), NO_CONTENT)
+                continue
             req = EcgRequest(x[i], self._prompt_ids(str(questions[i])), id=str(batch["record_id"][i]))
             try:
                 self.engine.check_request(req, self.max_tokens)
