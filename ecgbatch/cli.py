@@ -18,7 +18,7 @@ def _root() -> None:
 
 # Each module exposes register(app). Order = order in --help.
 _COMMAND_MODULES = ("io", "inspect", "models", "train", "reports", "data", "archive", "report", "chat",
-                    "serve")
+                    "serve", "status")
 for _name in _COMMAND_MODULES:
     try:
         _mod = importlib.import_module(f"ecgbatch.commands.{_name}")

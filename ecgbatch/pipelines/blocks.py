@@ -46,9 +46,23 @@ def count_kinds(counts: dict[str, int], bad: list[dict[str, Any]]) -> None:
 
 
 def consume_blocks(ds, expected: dict[str, int], commit: Callable[[str, list[dict[str, Any]]], None],
-                   on_batch: Callable[[dict[str, np.ndarray]], None] | None = None) -> StreamStats:
+                   on_batch: Callable[[dict[str, np.ndarray]], None] | None = None,
+                   progress=None) -> StreamStats:
     """Iterate ``ds`` on the driver, call ``commit(block, rows)`` once per complete block (every
-    record of ``expected[block]`` back, no source twice) and ``on_batch`` for each batch (progress)."""
+    record of ``expected[block]`` back, no source twice) and ``on_batch`` for each batch (progress).
+    ``progress`` (a job_progress.JobProgress) is told of each commit and of the end."""
+    try:
+        stats = _consume(ds, expected, commit, on_batch, progress)
+    except BaseException:
+        if progress is not None:
+            progress.close(ok=False)
+        raise
+    if progress is not None:
+        progress.close(ok=True)
+    return stats
+
+
+def _consume(ds, expected, commit, on_batch, progress) -> StreamStats:
     pending: dict[str, list[dict[str, Any]]] = {}
     stats = StreamStats()
     t_start = time.perf_counter()
@@ -70,6 +84,8 @@ def consume_blocks(ds, expected: dict[str, int], commit: Callable[[str, list[dic
             if len(rows) != expected[key] or len({r["source"] for r in rows}) != len(rows):
                 raise RuntimeError(f"block {key}: got {len(rows)} rows for {expected[key]} records")
             commit(key, rows)
+            if progress is not None:
+                progress.block(rows)
     if pending:
         raise RuntimeError(f"the dataset ended with {len(pending)} incomplete blocks")
     t_end = time.perf_counter()

@@ -12,6 +12,7 @@ never duplicates a record (see ecgbatch.pipelines.workspace).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -23,8 +24,10 @@ import numpy as np
 import pyarrow as pa
 
 from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
+from ecgbatch.pipelines import ray_connect
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, model_key
 from ecgbatch.signal.content import physiological_flags
 
@@ -346,41 +349,20 @@ class EmbedSummary:
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterator[None]:
-    """A local Ray started here (and shut down after), an existing cluster (``address``: "auto"
-    or "ray://host:port"), or the session the caller already started (left running)."""
+    """A new local Ray started here (and shut down after), an existing cluster (``address``:
+    "auto", "host:port" or "ray://host:port"; see ecgbatch.pipelines.ray_connect), or the session
+    the caller already started (left running)."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    import logging
 
-    ctx_kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address in (None, "", "local"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        _init_local(num_cpus, ctx_kwargs)
-    else:
-        ray.init(address=address, **ctx_kwargs)
+    ray_connect.init_ray(address, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
-
-
-def _init_local(num_cpus: int | None, ctx_kwargs: dict[str, Any], attempts: int = 3) -> None:
-    """ray.init of a local head; Ray gives its raylet a fixed 30 s to come up, which a busy
-    machine can miss: that one failure is retried (after a clean shutdown), any other raised."""
-    import ray
-
-    for attempt in range(attempts):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **ctx_kwargs)
-            return
-        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this case
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
-            ray.shutdown()
-            time.sleep(2.0)
 
 
 def _jsonable(d: dict) -> dict:
@@ -492,7 +474,9 @@ def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[st
         summary.blocks_committed += 1
         count_kinds(summary.failure_kinds, bad)
 
-    stats = consume_blocks(ds, expected, commit, on_batch=lambda b: bar.advance(len(b["block"])))
+    progress = JobProgress(table, summary.total_records, summary.already_done)
+    stats = consume_blocks(ds, expected, commit, progress=progress,
+                           on_batch=lambda b: bar.advance(len(b["block"])))
     summary.pipeline_seconds = stats.pipeline_seconds
     summary.steady_records_per_s = stats.steady_records_per_s
 

@@ -33,6 +33,7 @@ from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size
 from ecgbatch.io.errors import NoPhysiologicalContentError
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
 from ecgbatch.signal.content import NO_CONTENT
 
@@ -310,7 +311,8 @@ def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[s
     def on_batch(b) -> None:
         bar.advance(len(b["block"]), tokens=int(np.asarray(b["n_output_tokens"]).sum()))
 
-    stats = consume_blocks(ds, expected, commit, on_batch=on_batch)
+    progress = JobProgress(table, summary.total_records, summary.already_done)
+    stats = consume_blocks(ds, expected, commit, progress=progress, on_batch=on_batch)
     summary.pipeline_seconds = stats.pipeline_seconds
     summary.first_result_s = stats.first_result_s
     summary.steady_records_per_s = stats.steady_records_per_s

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ecgbatch.pipelines.ray_connect import init_ray, is_local
 from ecgbatch.training import checkpointing as C
 from ecgbatch.training.data import steps_per_epoch
 from ecgbatch.training.job_config import lr_at
@@ -257,22 +258,6 @@ def plan_run(job, num_workers: int, resume: bool, log=print) -> tuple[Path | Non
     return existing, True
 
 
-def init_ray(address, kwargs: dict, log=print, tries: int = 3) -> None:
-    """``ray.init`` that retries a local start whose raylet missed Ray's fixed 30 s registration
-    window (happens on an overloaded machine); other errors are raised at once."""
-    import ray
-
-    for attempt in range(1, tries + 1):
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=True, **kwargs)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for this case
-            if "timed out during startup" not in str(exc) or attempt == tries:
-                raise
-            log(f"Ray did not start in time ({exc}); retrying ({attempt}/{tries - 1})")
-            ray.shutdown()
-
-
 def launch(train_loop, job, arrays: dict, loop_config: dict, resume_from: Path | None, num_workers: int = 1,
            gpus_per_worker: float = 0.0, address: str | None = None, log=print):
     """Start (or join) Ray, put ``arrays`` in the object store and run ``train_loop`` on
@@ -284,13 +269,10 @@ def launch(train_loop, job, arrays: dict, loop_config: dict, resume_from: Path |
     from ray.train.torch import TorchTrainer
 
     run_path = job.run_path()
-    local = address in (None, "", "local")
-    if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    local = is_local(address)
     started = False
     if not ray.is_initialized():
-        init_ray(None if local else address, {"num_cpus": max(os.cpu_count() or 1, num_workers)} if local else {},
-                 log)
+        init_ray(address, num_cpus=max(os.cpu_count() or 1, num_workers), log_to_driver=True, log=log)
         started = True
     try:
         cpus = max(1, (os.cpu_count() or 1) // num_workers) if local else 1

@@ -1,0 +1,90 @@
+"""The README's "Submitted as Ray jobs" recipe, run as written: a local head with its dashboard
+and Ray 2.60 token auth (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN on the cluster, the bearer header
+on the job client), then `embed`, `index build` and `report --input` as three Ray jobs through
+the job SDK with the checkout as working directory. 4 records, 8 new tokens per report. The
+cluster is stopped by its own process groups (tests/helpers/ray_cluster.py)."""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import shutil
+
+import pytest
+from helpers.ray_cluster import LocalRayCluster
+from typer.testing import CliRunner
+
+from ecgbatch._paths import REPO_ROOT
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RECORDS = ["A0689", "A1041", "E00271", "E07500"]
+
+
+def readme_recipe() -> dict:
+    """The python block after the README's ``<!-- ray-job-recipe -->`` marker, executed."""
+    text = (REPO_ROOT / "README.md").read_text()
+    m = re.search(r"<!-- ray-job-recipe -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README.md lost its ray-job-recipe block"
+    ns: dict = {}
+    exec(compile(m.group(1), "README.md:ray-job-recipe", "exec"), ns)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def archive(sample_archive, tmp_path_factory):
+    d = tmp_path_factory.mktemp("jobs-archive")
+    for rid in RECORDS:
+        for f in (sample_archive / "cinc2021").glob(f"{rid}.*"):
+            shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A head with its dashboard and token auth: (cluster, token)."""
+    token = secrets.token_hex(32)
+    with LocalRayCluster(env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "VLLM_CPU_KVCACHE_SPACE": "1",
+                              "PYTHONPATH": ""}, dashboard=True, start_timeout=180) as cluster:
+        cluster.start_head(num_cpus=2)
+        yield cluster, token
+
+
+def test_job_server_refuses_a_client_without_the_token(head):
+    from ray.job_submission import JobSubmissionClient
+
+    cluster, _ = head
+    with pytest.raises(Exception, match="(?i)401|unauthori|authenticat"):
+        JobSubmissionClient(cluster.dashboard_url).list_jobs()
+
+
+def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_path, monkeypatch):
+    cluster, token = head
+    ns = readme_recipe()
+    ws = tmp_path / "ws"
+    monkeypatch.chdir(REPO_ROOT)                              # the recipe's working_dir "."
+    done = ns["run_jobs"](cluster.dashboard_url, token, archive, ws, model=llava_converted, max_tokens=8,
+                          env={**ns["ENV"], "VLLM_CPU_KVCACHE_SPACE": "1"}, timeout_s=900)
+    statuses = [(e.split()[1], str(s)) for e, s, _ in done]
+    assert [s for _, s in statuses] == ["SUCCEEDED"] * 3, (statuses, done[-1][2][-4000:])
+    (_, _, embed_log), (_, _, index_log), (_, _, report_log) = done
+
+    from ecgbatch.pipelines.workspace import ModelTable, ReportTable
+
+    [emb] = [p for p in ws.glob("*/embed.json")]
+    assert ModelTable(ws, emb.parent.name).count() == (len(RECORDS), 0)
+    assert re.search(r'"embedded": 4', embed_log) and "index" in index_log
+    assert (emb.parent / "index" / "index.json").is_file()
+    [rep] = [p for p in ws.glob("report-*/report.json")]
+    table = ReportTable(ws, rep.parent.name)
+    assert table.count() == (len(RECORDS), 0)
+    assert re.search(r'"reported": 4', report_log)
+    assert all(r["n_output_tokens"] <= 8 for r in table.read_table(["n_output_tokens"]).to_pylist())
+    # both jobs left their progress in the workspace; `ecgbatch status` reads it
+    from ecgbatch.cli import app
+
+    res = CliRunner().invoke(app, ["status", str(ws), "--json"])
+    assert res.exit_code == 0, res.output
+    prog = {t["job"]: t["progress"] for t in json.loads(res.output)["tables"]}
+    for job in ("embed", "report --input"):
+        assert (prog[job]["state"], prog[job]["done"], prog[job]["total"]) == ("finished", 4, 4), prog

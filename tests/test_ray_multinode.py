@@ -1,0 +1,132 @@
+"""`embed` and `report --input` on a local two-node Ray cluster (two `ray start` processes, each
+its own node with its own CPUs and custom resource), attached with --address HOST:PORT:
+
+- embed: every record committed exactly once across the two nodes;
+- report --input: the worker node's raylet is SIGKILLed (by pid) after the first committed
+  block; Ray's retries (or, failing those, the rerun of the same command on the surviving head)
+  complete the job, and the committed blocks hold every record exactly once (no record lost,
+  none twice).
+
+8 records, one per block, 8 new tokens per report. The cluster is stopped by its own process
+groups (tests/helpers/ray_cluster.py)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from helpers.ray_cluster import LocalRayCluster
+
+from ecgbatch._paths import REPO_ROOT
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+RECORDS = ["A0689", "A1041", "E00271", "E07500", "HR03961", "JS01048", "JS09740", "JS11438"]
+
+
+@pytest.fixture(scope="module")
+def archive(sample_archive, tmp_path_factory):
+    d = tmp_path_factory.mktemp("multinode-archive")
+    for rid in RECORDS:
+        for f in (sample_archive / "cinc2021").glob(f"{rid}.*"):
+            shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), "VLLM_CPU_KVCACHE_SPACE": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    with LocalRayCluster(env=env, start_timeout=180) as cluster:
+        cluster.start_head(num_cpus=2, resources='{"head_node": 1}')
+        worker = cluster.add_worker(num_cpus=2, resources='{"worker_node": 1}')
+        yield cluster, worker
+
+
+def _cli(cluster, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ecgbatch.cli", *args, "--address", cluster.address, "--no-progress", "--json"]
+
+
+def _exactly_once(root, rows_dir: str, n: int) -> None:
+    """Each record in exactly one committed block: n sources, no duplicates, no failures."""
+    sources = Counter()
+    for f in sorted((root / rows_dir).glob("part-*.parquet")):
+        sources.update(pq.read_table(f, columns=["source"]).column("source").to_pylist())
+    assert len(sources) == n and set(sources.values()) == {1}, sources
+    assert not list((root / "failures").glob("part-*.parquet"))
+    assert not list(root.rglob(".*.tmp"))
+
+
+def _summary(stdout: str) -> dict:
+    """The --json summary: the object that starts a line (after a node's death Ray's driver can
+    print its own lines to stdout before it)."""
+    start = 0 if stdout.startswith("{") else stdout.find("\n{") + 1
+    assert start >= 0 and stdout[start:start + 1] == "{", f"no JSON summary on stdout: {stdout[-2000:]!r}"
+    return json.JSONDecoder().raw_decode(stdout[start:])[0]
+
+
+def test_cluster_has_two_nodes(two_nodes):
+    cluster, _ = two_nodes
+    probe = ("import ray; ray.init(address=%r); "
+             "print(sorted(k for n in ray.nodes() if n['Alive'] for k in n['Resources'] if k.endswith('_node')))"
+             % cluster.address)
+    r = subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "['head_node', 'worker_node']"
+
+
+def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
+    cluster, _ = two_nodes
+    ws = tmp_path / "ws"
+    r = subprocess.run(_cli(cluster, ["embed", str(archive), "-w", str(ws), "--no-index", "--encoders", "2",
+                                      "--block-size", "1", "--batch-size", "1"]),
+                       env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = _summary(r.stdout)
+    assert (summary["embedded"], summary["failed"], summary["blocks_committed"]) == (len(RECORDS), 0, len(RECORDS))
+    [root] = [p.parent for p in ws.glob("*/embed.json")]
+    _exactly_once(root, "embeddings", len(RECORDS))
+
+
+def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converted, tmp_path):
+    cluster, worker = two_nodes
+    ws = tmp_path / "ws"
+    cmd = _cli(cluster, ["report", "--input", str(archive), "-w", str(ws), "--model", str(llava_converted),
+                         "--max-tokens", "8", "--block-size", "1", "--batch-size", "1"])
+    proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        raylet = cluster.raylet_pid(worker)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and not list(ws.glob("report-*/reports/part-*")):
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the job ended before the kill: {proc.communicate()[1][-3000:]}"
+        assert list(ws.glob("report-*/reports/part-*")), "no block committed within the time limit"
+        os.kill(raylet, signal.SIGKILL)                      # the worker node dies mid-run
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(60)
+    [root] = [p.parent for p in ws.glob("report-*/report.json")]
+    committed = len(list((root / "reports").glob("part-*.parquet")))
+    assert 0 < committed, "nothing committed before the kill"
+    print(f"killed run exit code {proc.returncode}; its stdout before the summary: {out[:out.find('{')]!r}")
+    if proc.returncode != 0:
+        # a run that Ray could not finish (an engine actor has max_restarts=0, pipelines/report.py:
+        # a dead engine fails the run, no silent restart): the rerun on the surviving head reports
+        # only what no committed block holds
+        r = subprocess.run(cmd, env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"killed run: {err[-2000:]}\nrerun: {r.stderr[-3000:]}"
+        out = r.stdout
+    summary = _summary(out)
+    assert summary["failed"] == 0
+    assert summary["already_done"] + summary["reported"] == len(RECORDS)
+    _exactly_once(root, "reports", len(RECORDS))
