@@ -20,7 +20,7 @@ import numpy as np
 
 LABELS_DIR = Path(__file__).resolve().parent / "labels"
 BUILTIN = ("ptbxl-super", "ptbxl-sub", "ptbxl-form", "ptbxl-rhythm", "cpsc2018")
-_ECGCHAT_ALIASES = {"ptbxl_super_class": "ptbxl-super", "ptbxl_sub_class": "ptbxl-sub",
+ECGCHAT_ALIASES = {"ptbxl_super_class": "ptbxl-super", "ptbxl_sub_class": "ptbxl-sub",
                     "ptbxl_form": "ptbxl-form", "ptbxl_rhythm": "ptbxl-rhythm"}
 
 
@@ -55,7 +55,7 @@ def ckepe_key(label: str) -> str:
     return label.replace("_", "").replace("(s)", "")
 
 
-# What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.ddp): words the
+# What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.diagnosis_prompt): words the
 # report findings matcher (ecgbatch.eval.findings) also reads. Others: the first CKEPE phrase.
 LABEL_TEXT = {
     "AFIB": "atrial fibrillation", "AFLT": "atrial flutter", "SR": "sinus rhythm",
@@ -80,7 +80,7 @@ def label_text(label: str) -> str:
 
 
 def builtin_labelset(name: str) -> LabelSet:
-    name = _ECGCHAT_ALIASES.get(name, name)
+    name = ECGCHAT_ALIASES.get(name, name)
     sets = json.loads((LABELS_DIR / "labelsets.json").read_text())
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in label set {name!r}; known: {list(BUILTIN)}")
@@ -111,7 +111,7 @@ def load_labelset(name_or_path: str | Path | LabelSet) -> LabelSet:
     if isinstance(name_or_path, LabelSet):
         return name_or_path
     s = str(name_or_path)
-    if s in BUILTIN or s in _ECGCHAT_ALIASES:
+    if s in BUILTIN or s in ECGCHAT_ALIASES:
         return builtin_labelset(s)
     p = Path(s)
     if not p.is_file():

@@ -57,7 +57,7 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
     PairSet the runs trained on (their pair cache). A record held out by two runs is refused."""
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier
     from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
-    from ecgbatch.pipelines.search import text_vector
+    from ecgbatch.pipelines.queries import text_vector
     from ecgbatch.training.data import fit_texts, token_counter
     from ecgbatch.training.texts import keyword_labels
     from ecgbatch.training.validation import keyword_labelset

@@ -24,21 +24,16 @@ from pathlib import Path
 
 import torch
 
-from ecgbatch.llava.errors import ModelFolderError
+from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
+from ecgbatch.models.resolve import LORA_SUBDIR, model_folder
 
 TRAINED_ONLY = "trained-only"
-LORA_SUBDIR = "lora"
 
 
 def _tower_folder(tower: str) -> Path:
-    p = Path(tower)
-    if (p / "config.json").is_file():
-        return p
-    from ecgbatch.llava.errors import ModelNotInstalledError
-    from ecgbatch.models import registry
-
+    """The ECG-CoCa folder of a tower given as a zoo name or folder (ecgbatch.models' resolver)."""
     try:
-        return registry.weights_folder(tower)
+        return model_folder(tower, "ecg-coca")
     except (ValueError, FileNotFoundError) as exc:
         raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
 
@@ -57,7 +52,7 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
     freshly initialised projector (seeded)."""
     from ecgbatch.encoders.checkpoint import load_state_dict_strict, read_folder_config
     from ecgbatch.llava.base_models import base_folder
-    from ecgbatch.llava.convert import _load_base, _tokenizer, build_config
+    from ecgbatch.llava.convert import build_config, load_base_lm, tokenizer_with_ecg_token
     from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM, build_ecg_tower, build_projector
 
     lm_dir = base_folder(lm, log)
@@ -66,11 +61,11 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
     config = build_config(base_cfg, {"tokenizer_model_max_length": max_context_length},
                           read_folder_config(tdir), projector_type)
     config.prompt_format = prompt_format
-    tokenizer = _tokenizer(lm_dir, config.ecg_token, {"tokenizer_model_max_length": max_context_length})
+    tokenizer = tokenizer_with_ecg_token(lm_dir, config.ecg_token, {"tokenizer_model_max_length": max_context_length})
     config.ecg_token_id = tokenizer.convert_tokens_to_ids(config.ecg_token)
     with torch.device("meta"):
         model = EcgLlavaForCausalLM(config)
-    model.language_model = _load_base(lm_dir, torch.float32)
+    model.language_model = load_base_lm(lm_dir, torch.float32)
     model.ecg_tower = build_ecg_tower(config)
     load_state_dict_strict(model.ecg_tower, _tower_state(tdir), f"ECG tower of {str(tdir)!r}")
     torch.manual_seed(seed)
@@ -188,59 +183,8 @@ def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> 
     return cached_folder(dest, write, f"the full ECG-LLaVA folder of {name or src.name}", log)
 
 
-CONVERT_HINT = ("pass --model FOLDER, e.g. an ECG-Chat LLaVA run converted with `ecgbatch models "
-                "convert-ecgchat-llava --base VICUNA --lora RUN --ecg-coca CKPT -o FOLDER`")
-
-
-def find_model(name_or_path: str | Path) -> Path:
-    """The folder (full or trained-only) an ECG-LLaVA model is given by: a folder with a
-    config.json, a zoo name of the ecg-llava family (its installed weights:
-    ``$ECGBATCH_MODELS_DIR/<name>``, then the package's ``models/weights/<name>``), or any other
-    name found as ``$ECGBATCH_MODELS_DIR/<name>``. Raises ModelNotInstalledError (with the zoo
-    entry's install text) or ModelFolderError saying what was looked at."""
-    import os
-
-    from ecgbatch.llava.errors import ModelNotInstalledError
-    from ecgbatch.models import registry
-
-    name = str(name_or_path)
-    p = Path(name_or_path)
-    if (p / "config.json").is_file():
-        return p
-    is_path = p.exists() or os.sep in name or bool(os.altsep and os.altsep in name)
-    if is_path:
-        raise ModelFolderError(f"{name!r} is not an ECG-LLaVA model folder (no config.json)")
-    entry = registry.get(name)
-    llava_names = registry.names("ecg-llava")
-    if entry is not None and entry.kind != "ecg-llava":
-        raise ModelFolderError(f"{name!r} is an {entry.kind} model, not an ECG-LLaVA model (the zoo's "
-                               f"ECG-LLaVA models: {', '.join(llava_names)})")
-    if entry is not None:
-        found = registry.find_weights(name)
-        if found is not None:
-            return found
-    env = os.environ.get(registry.ENV_DIR)
-    if entry is None and env and (Path(env) / name / "config.json").is_file():
-        return Path(env) / name
-    looked = ", ".join(str(c) for c in registry.candidates(name)) if entry is not None else \
-        f"${registry.ENV_DIR}/{name} (${registry.ENV_DIR}={env or '<unset>'})"
-    if entry is not None:
-        how = f"{entry.install}; or {CONVERT_HINT}" if entry.install else CONVERT_HINT
-        raise ModelNotInstalledError(f"{name} is not installed (looked in {looked}): {how}")
-    raise ModelNotInstalledError(f"{name!r} is neither an ECG-LLaVA model folder nor an installed model "
-                                 f"(looked in {looked}; the zoo's ECG-LLaVA models: {', '.join(llava_names)}): "
-                                 f"{CONVERT_HINT}, or put the folder at ${registry.ENV_DIR}/{name}")
-
-
-def resolve_model(name_or_path: str | Path, log=None) -> tuple[Path, Path | None]:
-    """(full folder, the model's own LoRA adapter folder or None) for an ECG-LLaVA model given
-    as ``find_model`` takes it. A trained-only folder (``ecgbatch train export``, and what ships
-    as ecg-llava-mini) is assembled into the cache at first use, saying so through ``log``.
-    The adapter is the folder's ``lora/`` (the one every generative command applies unless the
-    user gives another)."""
-    p = find_model(name_or_path)
-    if is_trained_only(p):
-        name = str(name_or_path) if p != Path(name_or_path) else p.name
-        p = full_folder(p, name, log)
-    lora = p / LORA_SUBDIR
-    return p, (lora if (lora / "adapter_config.json").is_file() else None)
+def runnable_folder(folder: str | Path, name: str | None = None, log=None) -> Path:
+    """The folder vLLM and ``report`` load for a folder the resolver found: a trained-only folder
+    assembled into the cache at first use (``full_folder``), any other folder as it is. The ECG-LLaVA
+    family's plug-in for ``ecgbatch.models.llava_model``."""
+    return full_folder(folder, name, log) if is_trained_only(folder) else Path(folder)

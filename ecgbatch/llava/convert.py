@@ -134,7 +134,8 @@ def build_config(base_cfg: dict, llava_cfg: dict, coca_cfg, projector_type: str)
                           tie_word_embeddings=bool(base_cfg.get("tie_word_embeddings", False)))
 
 
-def _load_base(base_dir: Path, dtype):
+def load_base_lm(base_dir: Path, dtype):
+    """The base language model of a folder (transformers), refusing missing or mis-shaped tensors."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -147,7 +148,8 @@ def _load_base(base_dir: Path, dtype):
     return lm
 
 
-def _tokenizer(base_dir: Path, ecg_token: str, llava_cfg: dict):
+def tokenizer_with_ecg_token(base_dir: Path, ecg_token: str, llava_cfg: dict):
+    """The base model's tokenizer with ``ecg_token`` added, padded and sized as ECG-Chat trains."""
     from transformers import AutoTokenizer
 
     try:
@@ -181,13 +183,13 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     adapter_cfg, adapter = read_adapter(lora_dir)
     config = build_config(base_cfg, llava_cfg, coca_cfg, projector_type)
 
-    lm = _load_base(base_dir, dtype)
+    lm = load_base_lm(base_dir, dtype)
     check_adapter(lm, adapter_cfg, adapter, repr(str(lora_dir)))
     try:
         tower = load_ecgchat_checkpoint(ckpt, coca_cfg, ecg_only=True)
     except CheckpointError as exc:
         raise ConversionError(f"ECG tower from {str(ckpt)!r}: {exc}") from None
-    tokenizer = _tokenizer(base_dir, config.ecg_token, llava_cfg)
+    tokenizer = tokenizer_with_ecg_token(base_dir, config.ecg_token, llava_cfg)
     config.ecg_token_id = tokenizer.convert_tokens_to_ids(config.ecg_token)
 
     with torch.device("meta"):

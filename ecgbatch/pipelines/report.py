@@ -28,11 +28,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.llava.prompting import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
+from ecgbatch.pipelines.sources import list_sources
 from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
 
-DEFAULT_QUESTION = "Please describe this ECG."
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
 PROMPT_MODES = ("report", "question", "ddp", "rag")
@@ -202,8 +205,6 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     generating, one whole block per call."""
     from ray.data import ActorPoolStrategy
 
-    from ecgbatch.pipelines.embed import read_stage
-
     if batch_size < 1 or engines < 1:
         raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
     ds = read_stage(blocks, preprocess)
@@ -227,8 +228,6 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
 # ---------------------------------------------------------------------------------------------
 def reports_table(rows: list[dict[str, Any]], signature: dict[str, str]) -> pa.Table:
     """The shard of one block (reported rows only; the full schema even when empty)."""
-    from ecgbatch.pipelines.embed import metadata_columns
-
     n = len(rows)
     cols: dict[str, pa.Array] = {
         "record_id": pa.array([str(r["record_id"]) for r in rows], pa.string()),
@@ -280,8 +279,6 @@ class ReportSummary:
 def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[str, str],
              summary: ReportSummary, bar) -> None:
     from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
-    from ecgbatch.pipelines.embed import failures_table
-
     def commit(key: str, rows: list[dict[str, Any]]) -> None:
         ok, bad = split_failures(rows)
         table.commit_block(key, reports_table(ok, signature), failures_table(bad))
@@ -329,7 +326,6 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
     skipped, the rest is cut into blocks of ``block_size`` committed one by one."""
-    from ecgbatch.pipelines.embed import _quiet_ray_data, list_sources, ray_session
     from ecgbatch.pipelines.progress import RecordProgress
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
@@ -359,7 +355,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
             with ray_session(address, num_cpus):
                 import ray
 
-                _quiet_ray_data()
+                quiet_ray_data()
                 if gpus_per_engine is None:
                     gpus_per_engine = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
                 ekw = engine_kwargs(dtype=dtype, lora_rank=rank, max_num_seqs=batch_size,

@@ -7,7 +7,7 @@ the engine actors; it loads what it needs once and adds a ``question`` column.
   reference workspace nearest to this ECG (ECG-to-ECG cosine, W's FAISS index) as examples.
 - ``--ddp`` (diagnosis-driven prompt): the labels ecgbatch's calibrated probes (shipped beside
   the encoder's weights) give the record, with their probabilities, before the question; the
-  findings and the prompt text are ecgbatch.llava.ddp's, as for single records, evaluation and
+  findings and the prompt text are ecgbatch.llava.diagnosis_prompt's, as for single records, evaluation and
   training (here the workspace's embeddings are used instead of recomputing them).
 
 Reference texts: the newest report table of W (``ecgbatch report --input`` run on the reference
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgbatch.llava.ddp import ddp_question, findings_from_embeddings
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings
 
 RAG_INTRO = "Reports of ECGs similar to this one:"
 RAG_ASK = "Using them only as examples, {question}"
@@ -119,8 +119,8 @@ class RagPromptUDF(_EmbeddingPrompts):
                 for hs in self.neighbours(vectors, sources)]
 
 
-class DdpPromptUDF(_EmbeddingPrompts):
-    """``question`` = the record's DDP findings (ecgbatch.llava.ddp: the encoder's calibrated
+class DiagnosisPromptUDF(_EmbeddingPrompts):
+    """``question`` = the record's DDP findings (ecgbatch.llava.diagnosis_prompt: the encoder's calibrated
     probes on the workspace's embedding, the paper's rule) + the base question."""
 
     def __init__(self, query_table: str, probe_files: list[str], question: str):
@@ -135,7 +135,7 @@ class DdpPromptUDF(_EmbeddingPrompts):
         return findings_from_embeddings(self.probes, vectors)
 
     def questions(self, vectors, sources):
-        return [ddp_question(self.question, f) for f in self.findings(vectors)]
+        return [diagnosis_prompt(self.question, f) for f in self.findings(vectors)]
 
 
 def prepare(settings, workspace, reference, archive):
@@ -143,7 +143,7 @@ def prepare(settings, workspace, reference, archive):
     from ecgbatch.pipelines.workspace import open_table
 
     if settings.mode == "ddp":
-        stage = _prepare_ddp(settings, workspace, archive)
+        stage = prepare_diagnosis_prompts(settings, workspace, archive)
         return stage, replace(settings, reference=stage[1]["fn_constructor_kwargs"]["query_table"])
     if reference is None:
         raise ValueError("--rag K needs --reference WORKSPACE")
@@ -172,9 +172,9 @@ def _actor_args() -> dict:
     return {"compute": ActorPoolStrategy(size=1), "num_cpus": 0, "max_restarts": 0}
 
 
-def _prepare_ddp(settings, workspace, archive):
+def prepare_diagnosis_prompts(settings, workspace, archive):
     """The ddp stage: the newest embedding table of the workspace and its model's probes."""
-    from ecgbatch.llava.ddp import probe_files
+    from ecgbatch.llava.diagnosis_prompt import probe_files
     from ecgbatch.models import registry
     from ecgbatch.pipelines.workspace import open_table
 
@@ -187,5 +187,5 @@ def _prepare_ddp(settings, workspace, archive):
     name = str(meta.get("model"))
     folder = registry.weights_folder(name) if registry.get(name) is not None else Path(name)
     probes = [str(p) for p in probe_files(folder, name)]
-    return (DdpPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
+    return (DiagnosisPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
                                                      "question": settings.question}, **_actor_args()})

@@ -154,3 +154,13 @@ def local_source(source) -> Iterator:
         yield replace(source, path=os.path.join(tmp, name), format=source.format or None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_sources(root: str) -> list:
+    """Every RecordSource of an archive, via ecgbatch.io's cheap listing (no signal decoding);
+    pyarrow filesystem URIs are listed by sources.list_remote."""
+    if is_uri(root):
+        return list_remote(root)
+    from ecgbatch.io import list_records
+
+    return list(list_records(root))

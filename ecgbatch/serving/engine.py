@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 SMALL_CPU_CORES = 4
 
 
+def engine_env(log_stream: bool = True) -> None:
+    """vLLM's defaults for the generative commands, set before vLLM is imported: its log at
+    WARNING (on stderr with ``log_stream``: stdout is the report, --json), a small KV cache on CPU
+    unless the user set one."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if log_stream:
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
 def default_cpu_thread_binding() -> str | None:
     """The VLLM_CPU_OMP_THREADS_BIND value that binds the OpenMP threads to every allowed core on a
     small CPU machine; None when it is already set, on a GPU, or on a bigger CPU."""

@@ -45,7 +45,7 @@ class LlavaDataConfig:
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     ddp: float = 0.0                  # seeded fraction of report items asked with diagnosis-driven
-                                      # prompts (ecgbatch.training.instruct_ddp; needs the probes of
+                                      # prompts (ecgbatch.training.instruct_diagnosis_prompt; needs the probes of
                                       # the tower's encoder)
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 

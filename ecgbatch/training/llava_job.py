@@ -2,7 +2,7 @@
 Train ``TorchTrainer`` job on 1..N workers.
 
 Driver (``run_job``): reads the ECG-Instruct items, asks a seeded fraction of the report items
-with diagnosis-driven prompts (``data.ddp``, ``ecgbatch.training.instruct_ddp``; not to be
+with diagnosis-driven prompts (``data.ddp``, ``ecgbatch.training.instruct_diagnosis_prompt``; not to be
 confused with torch's DistributedDataParallel below), labels every conversation (the loss mask,
 ``ecgbatch.training.llava_task``), computes the frozen tower's tokens once per record
 (``ecgbatch.training.ecg_tokens`` cache) and puts examples + tokens into the object store.
@@ -284,16 +284,16 @@ def item_reader(job: LlavaJobConfig, config):
 
 
 def ddp_items(job: LlavaJobConfig, items, config, log=print):
-    """``data.ddp``: the chosen report items asked with their DDP findings (instruct_ddp)."""
+    """``data.ddp``: the chosen report items asked with their DDP findings (instruct_diagnosis_prompt)."""
     if not job.data.ddp:
         return items
-    from ecgbatch.llava.ddp import DdpLabeller
-    from ecgbatch.training.instruct_ddp import apply_ddp
+    from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
+    from ecgbatch.training.instruct_diagnosis_prompt import apply_diagnosis_prompts
 
-    labeller = DdpLabeller.for_base(job.model.base(), preprocess=config.preprocess)
+    labeller = FindingsLabeller.for_base(job.model.base(), preprocess=config.preprocess)
     read_item = item_reader(job, config)
     by_path = {str(it.ecg_path): it for it in items}
-    items, _ = apply_ddp(items, job.data.ddp, job.seed, labeller, lambda p: read_item(by_path[p]),
+    items, _ = apply_diagnosis_prompts(items, job.data.ddp, job.seed, labeller, lambda p: read_item(by_path[p]),
                          job.data.cache_dir, config, log)
     return items
 

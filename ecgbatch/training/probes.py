@@ -17,6 +17,7 @@ import numpy as np
 
 from ecgbatch.encoders import label_sources as LS
 from ecgbatch.encoders.probes import LinearProbe, fit_binary, fit_softmax, unit_rows
+from ecgbatch.models import load_model
 from ecgbatch.training.data import kfold_by_group
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -270,3 +271,15 @@ def training_pairs(config: str | Path, preprocess):
 
 def model_info(model, name: str) -> dict:
     return {"name": str(name), "weights_hash": str(model.weights_hash), "embed_dim": int(model.embed_dim)}
+
+
+def probe_inputs(model: str, labels: str, config: str | Path):
+    """(model, ProbeData) of `train probe` and `eval classify`: the model ``model`` names, and its
+    embeddings of the labelled records of the training YAML ``config`` with their ``labels``
+    truth. Raises ValueError / FileNotFoundError saying what is missing."""
+    if labels not in LS.supported_labelsets():
+        raise ValueError(f"no mapping from the data's labels to {labels!r}; probes can be fitted for "
+                         f"{LS.supported_labelsets()}")
+    m = load_model(model)[0]
+    pairs, specs = training_pairs(config, m.preprocess_config)
+    return m, probe_data(m, pairs, specs, labels)

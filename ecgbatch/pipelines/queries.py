@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from ecgbatch.pipelines.classify import load_probe_for, table_probe
+from ecgbatch.pipelines.table_model import load_table_model
 from ecgbatch.pipelines.workspace import ModelTable
 
 RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses", "quality")
@@ -89,20 +91,6 @@ def contrast_prompts(matched: list[str]) -> list[str]:
                 if c and c not in out:
                     out.append(c)
     return out
-
-
-def load_table_model(table: ModelTable, device: str = "cpu"):
-    """The model that wrote ``table`` (same create_model arguments); refuses other weights."""
-    from ecgbatch.models import create_model
-    from ecgbatch.pipelines.embed import model_weights_hash
-
-    meta = table.read_meta()
-    model = create_model(meta["model"], device=device, **meta.get("create_args", {}))
-    got = model_weights_hash(model)
-    if got != meta["weights_hash"]:
-        raise ValueError(f"model {meta['model']!r} now has weights {got!r}, but {table.root} was "
-                         f"embedded with {meta['weights_hash']!r}: re-run `ecgbatch embed`")
-    return model
 
 
 def _mean_unit(model, prompts: list[str]) -> np.ndarray:
@@ -163,8 +151,6 @@ class SearchResult:
 def probe_for_query(table: ModelTable, matched: list[str]):
     """((probe, "labelset:LABEL") of the first matched label that the table's model has a trained
     probe for, or None; the matched labels its probes list as untrained)."""
-    from ecgbatch.pipelines.classify import load_probe_for, table_probe
-
     untrained = []
     for m in matched:
         name, label = m.split(":", 1)
