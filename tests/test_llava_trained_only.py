@@ -72,7 +72,7 @@ def test_resolve_errors_say_what_to_do(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def real_requests(vllm_engine):
     from ecgbatch.llava.inputs import read_for_model
-    from ecgbatch.llava.prompting import DEFAULT_QUESTION
+    from ecgbatch.llava.questions import DEFAULT_QUESTION
     from ecgbatch.serving.engine import EcgRequest
 
     ecgs, failed = read_for_model([str(p) for p in RECORDS], vllm_engine.config)

@@ -127,7 +127,7 @@ def test_archive_report_equals_record_path(job, archive, vllm_engine, llava_conv
     """The same record and greedy decoding give the same report as `ecgbatch report RECORD`
     (whose steps are read_for_model + prompt_ids + EcgLlavaEngine.generate)."""
     from ecgbatch.llava.inputs import read_for_model
-    from ecgbatch.llava.prompting import DEFAULT_QUESTION
+    from ecgbatch.llava.questions import DEFAULT_QUESTION
     from ecgbatch.serving.engine import EcgRequest
 
     _, table, _, _, _ = job

@@ -12,7 +12,7 @@ import typer
 
 from ecgbatch.commands.common import fail
 from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
-from ecgbatch.llava.prompting import DEFAULT_QUESTION
+from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA
 
 

@@ -24,7 +24,12 @@ from pathlib import Path
 
 import torch
 
+from ecgbatch.encoders.checkpoint import load_state_dict_strict, read_folder_config, tensors_hash
+from ecgbatch.llava.base_models import base_folder, cache_root, cached_folder
+from ecgbatch.llava.convert import build_config, load_base_lm, tokenizer_with_ecg_token
 from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
+from ecgbatch.llava.loading import load_ecg_llava, save_ecg_llava
+from ecgbatch.llava.modeling_ecg_llava import build_ecg_tower, build_projector, EcgLlavaForCausalLM
 from ecgbatch.models.resolve import LORA_SUBDIR, model_folder
 
 TRAINED_ONLY = "trained-only"
@@ -50,11 +55,6 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
     """(model, tokenizer): the language model ``lm`` (a base name of base_models.BASES or an HF
     folder), the ECG tower of the ECG-CoCa model ``tower`` (zoo name or folder; frozen) and a
     freshly initialised projector (seeded)."""
-    from ecgbatch.encoders.checkpoint import load_state_dict_strict, read_folder_config
-    from ecgbatch.llava.base_models import base_folder
-    from ecgbatch.llava.convert import build_config, load_base_lm, tokenizer_with_ecg_token
-    from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM, build_ecg_tower, build_projector
-
     lm_dir = base_folder(lm, log)
     tdir = _tower_folder(tower)
     base_cfg = json.loads((lm_dir / "config.json").read_text())
@@ -76,8 +76,6 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
 def base_model(base: dict, log=None):
     """(model, tokenizer) for a trained-only folder's ``base`` entry (projector not yet loaded)."""
     if "folder" in base:
-        from ecgbatch.llava.loading import load_ecg_llava
-
         return load_ecg_llava(base["folder"])
     return new_ecg_llava(base["lm"], base["tower"], base.get("projector_type", "mlp2x_gelu"),
                          base.get("prompt_format", "chat_template"), base.get("max_context_length", 2048),
@@ -92,8 +90,6 @@ def _lm_base_state(model) -> dict[str, torch.Tensor]:
 
 
 def base_hashes(model) -> dict[str, str]:
-    from ecgbatch.encoders.checkpoint import tensors_hash
-
     return {"language_model": tensors_hash(_lm_base_state(model)),
             "ecg_tower": tensors_hash(model.ecg_tower.state_dict())}
 
@@ -132,8 +128,6 @@ def is_trained_only(folder: str | Path) -> bool:
 def load_projector(model, folder: str | Path) -> None:
     from safetensors.torch import load_file
 
-    from ecgbatch.encoders.checkpoint import load_state_dict_strict
-
     sd = load_file(str(Path(folder) / "model.safetensors"))
     sd = {k[len("projector."):] if k.startswith("projector.") else k: v.float() for k, v in sd.items()}
     load_state_dict_strict(model.projector, sd, f"projector of {str(folder)!r}", prefix="projector.")
@@ -166,9 +160,6 @@ def _folder_key(folder: Path) -> str:
 def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> Path:
     """The full ECG-LLaVA folder (+ lora/) of a trained-only folder, assembled into the cache at
     first use (``$ECGBATCH_CACHE/models/<name>-<sha of the trained-only files>/``)."""
-    from ecgbatch.llava.base_models import cache_root, cached_folder
-    from ecgbatch.llava.loading import save_ecg_llava
-
     src = Path(trained_only)
     if not is_trained_only(src):
         raise ModelFolderError(f"{str(src)!r} is not a trained-only ECG-LLaVA folder")

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.encoders.probes import find_probe, LinearProbe, ProbeError
+from ecgbatch.encoders.zeroshot import label_text
 from ecgbatch.llava.errors import EcgLlavaError, ModelFolderError
 from ecgbatch.models import registry
 from ecgbatch.models.resolve import model_folder
@@ -75,8 +77,6 @@ def diagnosis_prompt(question: str, findings: list[Finding]) -> str:
 def findings_from_embeddings(probes, emb) -> list[list[Finding]]:
     """Per row of ``emb`` [N, D] (the encoder's embeddings): its findings, in probe order,
     most probable first within a probe (see the module doc for the rule)."""
-    from ecgbatch.encoders.zeroshot import label_text
-
     emb = np.asarray(emb)
     out: list[list[Finding]] = [[] for _ in range(len(emb))]
     for pr in probes:
@@ -100,8 +100,6 @@ def _once(findings: list[Finding]) -> list[Finding]:
 
 def probe_files(weights_folder, encoder: str) -> list[Path]:
     """The DDP label sets' probe files beside an encoder's weights (DiagnosisPromptUnavailableError if none)."""
-    from ecgbatch.encoders.probes import find_probe
-
     paths = [p for p in (find_probe(weights_folder, ls) for ls in PROBE_LABELSETS) if p is not None]
     if not paths:
         raise DiagnosisPromptUnavailableError(
@@ -113,8 +111,6 @@ def probe_files(weights_folder, encoder: str) -> list[Path]:
 
 def load_probes(weights_folder, weights_hash: str, encoder: str) -> list:
     """The DDP probes beside an encoder's weights, checked against its weights."""
-    from ecgbatch.encoders.probes import LinearProbe, ProbeError
-
     try:
         probes = [LinearProbe.load(p) for p in probe_files(weights_folder, encoder)]
         for pr in probes:

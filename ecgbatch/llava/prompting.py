@@ -18,8 +18,6 @@ from typing import Sequence
 from ecgbatch.llava.configuration_ecg_llava import DEFAULT_ECG_TOKEN
 from ecgbatch.llava.errors import EcgPromptError
 
-DEFAULT_QUESTION = "Please describe this ECG."   # the report request of every generative path
-
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ecgbatch.pipelines.workspace import make_blocks
+
 
 @dataclass
 class StreamStats:
@@ -25,7 +27,6 @@ def plan_blocks(all_sources: list[str], done: set[str], by_key: dict, ids: dict[
     """(records still to do, their work blocks ``(key, sources as JSON, record ids)``). Small jobs
     get smaller blocks, so reading is spread over several tasks (>= ~8 blocks)."""
     from ecgbatch.pipelines import sources as src
-    from ecgbatch.pipelines.workspace import make_blocks
 
     todo = [s for s in all_sources if s not in done]
     bs = max(1, min(block_size, math.ceil(len(todo) / 8)))

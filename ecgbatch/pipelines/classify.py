@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.models import model_folder
+from ecgbatch.encoders import ZeroShotClassifier
+from ecgbatch.encoders.probes import find_probe, LinearProbe
+from ecgbatch.encoders.zeroshot import BUILTIN, ECGCHAT_ALIASES
 from ecgbatch.pipelines.ray_common import NO_ACTOR_RESTARTS, no_restart_warning
-from ecgbatch.pipelines.table_model import load_table_model
+from ecgbatch.pipelines.table_model import load_table_model, table_weights_folder
 from ecgbatch.pipelines.workspace import ModelTable, atomic_write_table
 
 UNTRAINED_NOTE = "untrained: no training records, never predicted"
@@ -93,8 +95,6 @@ class ProbeUDF:
     [N, C] (calibrated probabilities, NaN for untrained labels), predicted, top."""
 
     def __init__(self, probe: dict):
-        from ecgbatch.encoders.probes import LinearProbe
-
         self.probe = LinearProbe.from_dict(probe) if isinstance(probe, dict) else probe
         self.labels = self.probe.labels
 
@@ -131,35 +131,20 @@ class ClassifyResult:
 
 
 def make_udf(model, labels, *, softmax: bool = False, top_k: int = 1, threshold: float | None = None):
-    from ecgbatch.encoders import ZeroShotClassifier
-
     zs = ZeroShotClassifier(model, labels)
     return zs, ZeroShotUDF(zs.class_embeddings, zs.logit_scale, zs.labels, softmax, top_k, threshold)
 
 
 def table_probe(table: ModelTable, labels) -> Path | None:
     """The probe file for label set ``labels`` beside the weights that embedded ``table``."""
-    from ecgbatch.encoders.probes import find_probe
-    from ecgbatch.encoders.zeroshot import BUILTIN, ECGCHAT_ALIASES
-
     name = ECGCHAT_ALIASES.get(str(labels), str(labels))
     if name not in BUILTIN:
         return None
-    meta = table.read_meta()
-    pretrained = meta.get("create_args", {}).get("pretrained")
-    weights = meta["model"] if pretrained in (None, "default") else pretrained
-    if pretrained != "default" and not Path(weights).is_dir():
-        return None                     # random weights, an ECG-Chat .pt file: no probes beside them
-    try:
-        return find_probe(model_folder(weights, "ecg-coca"), name)
-    except (ValueError, FileNotFoundError):
-        return None
+    return find_probe(table_weights_folder(table), name)
 
 
 def load_probe_for(table: ModelTable, path: str | Path):
     """The probe at ``path``, refused unless it was fitted on the embeddings of this table's model."""
-    from ecgbatch.encoders.probes import LinearProbe
-
     probe = LinearProbe.load(path)
     meta = table.read_meta()
     probe.check_model(meta.get("weights_hash"), what=f"the embeddings in {table.root}")

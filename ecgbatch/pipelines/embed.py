@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
+from ecgbatch.models import create_model, load_model
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
+from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import NO_ACTOR_RESTARTS, no_restart_warning, quiet_ray_data, ray_session
 from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
 from ecgbatch.pipelines.sources import list_sources
@@ -43,8 +44,6 @@ class EncoderUDF:
     def __init__(self, model: str, spec: dict[str, Any], weights_hash: str, use_gpu: bool = False,
                  torch_threads: int | None = None):
         import torch
-
-        from ecgbatch.models import create_model
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -152,8 +151,6 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
 
     Exactly-once and resumable: records already committed (embedded or failed) are skipped, the
     rest is cut into blocks of ``block_size`` and committed block by block."""
-    from ecgbatch.pipelines.progress import RecordProgress
-
     t0 = time.perf_counter()
     root = src.normalize_root(archive)
     ws = default_workspace() if workspace is None else workspace
@@ -208,8 +205,6 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
 def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[str, str], dim: int,
              summary: EmbedSummary, bar) -> None:
     """Group the streamed rows by block and commit each block as soon as it is complete."""
-    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
-
     def commit(key: str, rows: list[dict[str, Any]]) -> None:
         ok, bad = split_failures(rows)
         table.commit_block(key, embeddings_table(ok, signature, dim), failures_table(bad))

@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
+from ecgbatch.io import read_record
+from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.classify import load_probe_for, table_probe
 from ecgbatch.pipelines.table_model import load_table_model
 from ecgbatch.pipelines.workspace import ModelTable
@@ -56,8 +59,6 @@ def _first_phrase(prompt: str) -> str:
 
 def query_prompts(text: str) -> tuple[list[str], list[str]]:
     """(prompts to ensemble, "labelset:LABEL" names matched) for a text query."""
-    from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
-
     q = _norm(text)
     if not q:
         raise ValueError(f"empty text query {text!r}")
@@ -75,8 +76,6 @@ def query_prompts(text: str) -> tuple[list[str], list[str]]:
 def contrast_prompts(matched: list[str]) -> list[str]:
     """The prompts of the normal classes of the label sets a query matched (none when the
     query is itself a normal class, or matched nothing): what `search --contrast` subtracts."""
-    from ecgbatch.encoders.zeroshot import load_labelset
-
     if any(NORMAL_LABEL.get(m.split(":", 1)[0]) == m.split(":", 1)[1] for m in matched):
         return []
     out: list[str] = []
@@ -119,7 +118,6 @@ def text_vector(model, text: str, expand: bool = False, contrast: bool = False, 
 
 def record_vector(model, path: str) -> np.ndarray:
     """Read, preprocess (the model's PreprocessConfig) and encode one ECG file."""
-    from ecgbatch.io import read_record
     from ecgbatch.signal import preprocess
 
     rec = read_record(path)
@@ -229,8 +227,6 @@ def search(table: ModelTable, query: str | None = None, *, like: str | None = No
 def plot_hits(result: SearchResult, out_dir: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """One 12-lead plot per hit (ecgbatch.signal.plot) in ``out_dir``. Returns (files written,
     [(record id, reason)] for hits that cannot be drawn on ECG paper, e.g. z-scored signals)."""
-    from ecgbatch.io import read_record
-    from ecgbatch.pipelines import sources as src
     from ecgbatch.signal.plot import plot_ecg
 
     out = Path(out_dir)

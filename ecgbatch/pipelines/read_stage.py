@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.io.errors import EcgReadError
 from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.read_ledger import crash_row, READ_TASK_RETRIES, ReadTracker, start_ledger
+from ecgbatch.signal import preprocess
+from ecgbatch.signal.config import PreprocessConfig
 
 LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
 # Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm.
@@ -68,9 +72,6 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
     Typed input errors (ecgbatch.io.errors.EcgReadError) become failure rows with their kind;
     any other exception is recorded too (error_kind="unexpected") so one odd file cannot stop an
     archive-wide job, and it is visible in the failures table and the summary."""
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.signal import preprocess
-
     row: dict[str, Any] = {"source": source.key, "ok": False, "stage": "read", "error_type": "",
                            "error_kind": "", "message": "", "x": None, "notes": ""}
     stage = "read"
@@ -108,9 +109,6 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
     also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
     so that the encoder actors only run the network. ``ledger`` (read_ledger.start_ledger): a
     record whose worker process died in an earlier attempt of this task becomes a failure row."""
-    from ecgbatch.pipelines.read_ledger import ReadTracker, crash_row
-    from ecgbatch.signal.config import PreprocessConfig
-
     cfg = PreprocessConfig.from_dict(preprocess)
     n_leads, n_samples = len(cfg.leads), cfg.n_samples
     tracker = ReadTracker(ledger)
@@ -170,7 +168,6 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
     n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
     block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
     # a worker that dies on a record (native crash, OOM kill) is retried without that record
-    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, start_ledger
 
     return ds.map_batches(read_and_preprocess, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,

@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.llava.prompting import DEFAULT_QUESTION
+from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
+from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
 from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
 from ecgbatch.pipelines.sources import list_sources
-from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
+from ecgbatch.pipelines.workspace import atomic_write_table, default_workspace, model_key, ReportTable
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
@@ -278,7 +279,6 @@ class ReportSummary:
 
 def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[str, str],
              summary: ReportSummary, bar) -> None:
-    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
     def commit(key: str, rows: list[dict[str, Any]]) -> None:
         ok, bad = split_failures(rows)
         table.commit_block(key, reports_table(ok, signature), failures_table(bad))
@@ -326,7 +326,6 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
     skipped, the rest is cut into blocks of ``block_size`` committed one by one."""
-    from ecgbatch.pipelines.progress import RecordProgress
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
     t0 = time.perf_counter()
@@ -378,8 +377,6 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
 def export(table: ReportTable, out: str | os.PathLike) -> Path:
     """Every committed report of ``table`` in one file (.parquet, or .jsonl one object a line),
     written atomically."""
-    from ecgbatch.pipelines.workspace import atomic_write_table
-
     out = Path(out)
     t = table.read_table()
     if out.suffix == ".parquet":

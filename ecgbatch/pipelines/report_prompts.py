@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings
+from ecgbatch.encoders.probes import LinearProbe
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings, probe_files
+from ecgbatch.pipelines.table_model import table_weights_folder
+from ecgbatch.pipelines.workspace import ModelTable, open_table, ReportTable
+
 
 RAG_INTRO = "Reports of ECGs similar to this one:"
 RAG_ASK = "Using them only as examples, {question}"
@@ -37,8 +41,6 @@ def rag_question(question: str, examples: list[str]) -> str:
 def reference_texts(reference: Path) -> tuple[dict[str, str], str]:
     """record_id -> example text of a reference workspace, and where the texts came from."""
     import pyarrow.parquet as pq
-
-    from ecgbatch.pipelines.workspace import ReportTable, open_table
 
     metas = sorted(reference.glob("report-*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for m in metas:
@@ -61,7 +63,6 @@ class _EmbeddingPrompts:
 
     def __init__(self, query_table: str, question: str):
         from ecgbatch.index.store import embeddings_to_numpy
-        from ecgbatch.pipelines.workspace import ModelTable
 
         table = ModelTable(Path(query_table).parent, Path(query_table).name)
         self.weights_hash = table.read_meta().get("weights_hash")
@@ -124,8 +125,6 @@ class DiagnosisPromptUDF(_EmbeddingPrompts):
     probes on the workspace's embedding, the paper's rule) + the base question."""
 
     def __init__(self, query_table: str, probe_files: list[str], question: str):
-        from ecgbatch.encoders.probes import LinearProbe
-
         super().__init__(query_table, question)
         self.probes = [LinearProbe.load(p) for p in probe_files]
         for pr in self.probes:
@@ -140,8 +139,6 @@ class DiagnosisPromptUDF(_EmbeddingPrompts):
 
 def prepare(settings, workspace, reference, archive):
     """(prompt stage for build_dataset, settings with the reference recorded) for ddp/rag."""
-    from ecgbatch.pipelines.workspace import open_table
-
     if settings.mode == "ddp":
         stage = prepare_diagnosis_prompts(settings, workspace, archive)
         return stage, replace(settings, reference=stage[1]["fn_constructor_kwargs"]["query_table"])
@@ -174,18 +171,12 @@ def _actor_args() -> dict:
 
 def prepare_diagnosis_prompts(settings, workspace, archive):
     """The ddp stage: the newest embedding table of the workspace and its model's probes."""
-    from ecgbatch.llava.diagnosis_prompt import probe_files
-    from ecgbatch.models import registry
-    from ecgbatch.pipelines.workspace import open_table
-
     try:
         table = open_table(Path(workspace))
     except (FileNotFoundError, ValueError) as exc:
         raise FileNotFoundError(f"--ddp labels records from their embeddings: run `ecgbatch embed {archive} "
                                 f"-w {workspace}` first ({exc})") from None
-    meta = table.read_meta()
-    name = str(meta.get("model"))
-    folder = registry.weights_folder(name) if registry.get(name) is not None else Path(name)
-    probes = [str(p) for p in probe_files(folder, name)]
+    name = str(table.read_meta().get("model"))
+    probes = [str(p) for p in probe_files(table_weights_folder(table), name)]
     return (DiagnosisPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
                                                      "question": settings.question}, **_actor_args()})

@@ -28,6 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.io import read_record
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.leads import canonical_lead
+from ecgbatch.io.record import Record
+from ecgbatch.llava.inputs import preprocess_for_model
+
 
 class RequestError(ValueError):
     """A request the server refuses: ``status`` is the HTTP status, ``code`` a short machine word."""
@@ -190,9 +196,6 @@ def parse_chat_request(body, ecg_token: str, limits: Limits, default_max_tokens:
 # -- the ECG part --------------------------------------------------------------------------------
 def decode_inline(spec: dict, limits: Limits):
     """A ``Record`` from an inline ECG part (base64 float32 lead-major, rate, lead names)."""
-    from ecgbatch.io.leads import canonical_lead
-    from ecgbatch.io.record import Record
-
     leads, fs, units = spec.get("leads"), spec.get("fs"), spec.get("units", "mV")
     if not isinstance(leads, list) or not leads or not all(isinstance(x, str) for x in leads):
         _fail("ecg.leads must be a non-empty list of lead names (e.g. ['I', 'II', ..., 'V6'])")
@@ -240,9 +243,6 @@ def resolve_ecg_path(rel, ecg_dir: Path | None) -> Path:
 
 def ecg_record(spec, ecg_dir: Path | None, limits: Limits):
     """The part's Record and a display name (never the server's absolute path)."""
-    from ecgbatch.io import read_record
-    from ecgbatch.io.errors import EcgReadError
-
     if not isinstance(spec, dict):
         _fail("an ECG part needs an 'ecg' object with 'data' (inline) or 'path'")
     if ("data" in spec) == ("path" in spec):
@@ -269,9 +269,6 @@ def _strip_root(msg: str, ecg_dir) -> str:
 
 def model_input(spec, config, ecg_dir: Path | None, limits: Limits) -> np.ndarray:
     """The ECG part -> the model's input array (the same preprocessing ``report`` uses)."""
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.llava.inputs import preprocess_for_model
-
     rec, name = ecg_record(spec, ecg_dir, limits)
     try:
         return preprocess_for_model(rec, config, record_id=name)

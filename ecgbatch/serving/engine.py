@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ecgbatch.llava.loading import load_tokenizer
+from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.serving import folder as folders
 from ecgbatch.serving.errors import ContextLengthError, EcgInputError, EcgPromptError
 
@@ -170,16 +172,12 @@ class EcgLlavaEngine:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ecgbatch.llava.loading import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.model_dir, self.config)
         return self._tokenizer
 
     def prompt_ids(self, question: str, history=None) -> list[int]:
         """The generation prompt for ``question`` in the model's prompt format, as token ids
         (the same ids the HF path uses)."""
-        from ecgbatch.llava.prompting import prompt_ids
-
         return prompt_ids(self.tokenizer, question, self.config, history)
 
     # -- LoRA ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 
 from ecgbatch.llava.diagnosis_prompt import FindingsLabeller, diagnosis_prompt
 from ecgbatch.llava.inputs import read_for_model
-from ecgbatch.llava.prompting import DEFAULT_QUESTION
+from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
 from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest, engine_env
 from ecgbatch.serving.folder import check_adapter, check_model_folder

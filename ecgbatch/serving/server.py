@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fastapi import Request   # module level: the routes' annotations are resolved from here
 
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ class ChatService:
 
     async def prepare(self, body) -> tuple[ChatJob, object, list[int]]:
         """Parse, check the model name, build the ECG input (in a thread) and the prompt ids."""
-        from ecgbatch.llava.errors import EcgLlavaError
-
         job = parse_chat_request(body, self.engine.config.ecg_token, self.cfg.limits, self.cfg.default_max_tokens)
         if job.model not in self.engine.model_names:
             raise RequestError(f"model {job.model!r} is not served here; GET /v1/models lists "
