@@ -136,6 +136,12 @@ def test_ddp_selection_is_a_seeded_fraction_of_report_items(sample_archive):
     with pytest.raises(ValueError, match=r"data\.ddp"):
         LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 1.5}})
     assert LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 0.5}}).data.ddp == 0.5
+    # the config key is named for what it is; the paper's data.ddp stays an alias of it
+    job = LlavaJobConfig.from_dict({"name": "x", "data": {"diagnosis_prompt": 0.25}})
+    assert job.data.diagnosis_prompt == 0.25 and job.data.ddp == 0.25
+    assert LlavaJobConfig.from_dict(job.to_dict()).data.diagnosis_prompt == 0.25      # a checkpoint's job
+    with pytest.raises(ValueError, match="not both"):
+        LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 0.5, "diagnosis_prompt": 0.5}})
 
 
 def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llava, sample_archive, tmp_path,

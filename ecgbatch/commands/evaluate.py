@@ -59,37 +59,56 @@ def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, st
     return pairs
 
 
+def _model_and_pairs(model, data, text_source, dx_mapping, metadata, statements, table, read_option, split,
+                     split_part, source):
+    """(the model --model names, its evaluation pairs from the _PAIR_OPTS options)."""
+    try:
+        m, _ = load_model(model)
+        return m, _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
+                              read_option, split, split_part, "ecgchat", source)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
 _DATA_HELP = "records folder, manifest (.parquet/.csv with 'path') or a pair cache (.npz)"
 _TS_HELP = "text per record: header (LUDB free text / Challenge #Dx) | ptbxl | table | mimic"
+# The options that say which (ECG, text) pairs an evaluation runs on (retrieval, zeroshot).
+_PAIR_OPTS = dict(
+    data=typer.Option(..., "--data", help=_DATA_HELP),
+    text_source=typer.Option("header", "--text-source", help=_TS_HELP),
+    dx_mapping=typer.Option(None, help="folder with dx_mapping_*.csv (Challenge codes)"),
+    metadata=typer.Option(None, help="ptbxl: database CSV; mimic: machine_measurements.csv"),
+    statements=typer.Option(None, help="ptbxl: scp_statements.csv"),
+    table=typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
+    read_option=typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
+    split=typer.Option(None, help="a run's split.json: evaluate one part only"),
+    split_part=typer.Option("val", help="train | val"),
+    source=typer.Option(None, help="pair cache (.npz) only: keep one data source"),
+)
 
 
 @eval_app.command("retrieval")
 def eval_retrieval(
     model: str = typer.Option(..., "--model", "-m", help="zoo name, model folder or training checkpoint"),
-    data: str = typer.Option(..., "--data", help=_DATA_HELP),
-    text_source: str = typer.Option("header", "--text-source", help=_TS_HELP),
-    dx_mapping: Optional[str] = typer.Option(None, help="folder with dx_mapping_*.csv (Challenge codes)"),
-    metadata: Optional[str] = typer.Option(None, help="ptbxl: database CSV; mimic: machine_measurements.csv"),
-    statements: Optional[str] = typer.Option(None, help="ptbxl: scp_statements.csv"),
-    table: Optional[str] = typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
-    read_option: list[str] = typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
+    data: str = _PAIR_OPTS["data"],
+    text_source: str = _PAIR_OPTS["text_source"],
+    dx_mapping: Optional[str] = _PAIR_OPTS["dx_mapping"],
+    metadata: Optional[str] = _PAIR_OPTS["metadata"],
+    statements: Optional[str] = _PAIR_OPTS["statements"],
+    table: Optional[str] = _PAIR_OPTS["table"],
+    read_option: list[str] = _PAIR_OPTS["read_option"],
     wde: bool = typer.Option(True, "--wde/--no-wde", help="append the measurement suffix to every report"),
-    split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
-    split_part: str = typer.Option("val", help="train | val"),
-    source: Optional[str] = typer.Option(None, help="pair cache (.npz) only: keep one data source"),
+    split: Optional[Path] = _PAIR_OPTS["split"],
+    split_part: str = _PAIR_OPTS["split_part"],
+    source: Optional[str] = _PAIR_OPTS["source"],
     out: Path = typer.Option(Path("eval-retrieval.json"), "--out", "-o", help="JSON output"),
 ) -> None:
     """ECG <-> report retrieval over the full similarity matrix (ECG-Chat's protocol)."""
-
     from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
     from ecgbatch.training.data import fit_texts, token_counter
 
-    try:
-        m, _ = load_model(model)
-        pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
-                            read_option, split, split_part, "ecgchat", source)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    m, pairs = _model_and_pairs(model, data, text_source, dx_mapping, metadata, statements, table, read_option,
+                                split, split_part, source)
     texts = fit_texts(pairs.text, pairs.wave if wde else None, token_counter(m.tokenizer),
                       m.cfg.text_cfg.context_length)
     res = retrieval_metrics(embed_ecgs(m, pairs.x), embed_texts(m, m.tokenizer, texts))
@@ -110,17 +129,17 @@ def eval_retrieval(
 @eval_app.command("zeroshot")
 def eval_zeroshot(
     model: str = typer.Option(..., "--model", "-m", help="zoo name, model folder or training checkpoint"),
-    data: str = typer.Option(..., "--data", help=_DATA_HELP),
+    data: str = _PAIR_OPTS["data"],
     labels: str = typer.Option("af", "--labels",
                                help="comma list of keyword labels read from the reports (af, sinus_rhythm, "
                                     "lbbb, rbbb, lvh, avb1, lad), or a CSV (record_id/path + one 0/1 column per label)"),
     prompts: Optional[Path] = typer.Option(None, help="JSON/YAML {label: prompt | [prompts]} (default: built-in)"),
-    text_source: str = typer.Option("header", "--text-source", help=_TS_HELP),
-    dx_mapping: Optional[str] = typer.Option(None, help="folder with dx_mapping_*.csv (Challenge codes)"),
-    metadata: Optional[str] = typer.Option(None, help="ptbxl: database CSV; mimic: machine_measurements.csv"),
-    statements: Optional[str] = typer.Option(None, help="ptbxl: scp_statements.csv"),
-    table: Optional[str] = typer.Option(None, help="table: CSV/JSONL of (record_id or path, text)"),
-    read_option: list[str] = typer.Option([], "--read-option", help="reader option, e.g. fs=500"),
+    text_source: str = _PAIR_OPTS["text_source"],
+    dx_mapping: Optional[str] = _PAIR_OPTS["dx_mapping"],
+    metadata: Optional[str] = _PAIR_OPTS["metadata"],
+    statements: Optional[str] = _PAIR_OPTS["statements"],
+    table: Optional[str] = _PAIR_OPTS["table"],
+    read_option: list[str] = _PAIR_OPTS["read_option"],
     threshold: float = typer.Option(0.5, help="fixed threshold for the fixed-threshold F1"),
     contrast: bool = typer.Option(False, "--contrast/--no-contrast",
                                   help="binary scores against each label's counter-prompt (af vs 'sinus "
@@ -132,19 +151,18 @@ def eval_zeroshot(
     k: int = typer.Option(8, help="top-k for --query"),
     query_prevalence: Optional[float] = typer.Option(
         None, help="also: --query precision on random pools where the label has this prevalence (e.g. 0.08)"),
-    split: Optional[Path] = typer.Option(None, help="a run's split.json: evaluate one part only"),
-    split_part: str = typer.Option("val", help="train | val"),
-    source: Optional[str] = typer.Option(None, help="pair cache (.npz) only: keep one data source"),
+    split: Optional[Path] = _PAIR_OPTS["split"],
+    split_part: str = _PAIR_OPTS["split_part"],
+    source: Optional[str] = _PAIR_OPTS["source"],
     out: Path = typer.Option(Path("eval-zeroshot"), "--out", "-o", help="output folder (JSON + roc.png)"),
 ) -> None:
     """Zero-shot classification: per-class AUC, best-threshold F1, fixed-threshold F1, ROC PNG."""
     from ecgbatch.eval.zeroshot_eval import save_roc_png
     from ecgbatch.eval.zeroshot_run import evaluate_zeroshot
 
+    m, pairs = _model_and_pairs(model, data, text_source, dx_mapping, metadata, statements, table, read_option,
+                                split, split_part, source)
     try:
-        m, _ = load_model(model)
-        pairs = _eval_pairs(m.preprocess_config, data, text_source, dx_mapping, metadata, statements, table,
-                            read_option, split, split_part, "ecgchat", source)
         run = evaluate_zeroshot(m, pairs, labels, prompts, threshold, contrast, query, expand, k, query_prevalence)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

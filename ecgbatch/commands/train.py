@@ -140,18 +140,6 @@ def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> N
             fail(str(exc))
 
 
-def print_metrics(metrics: dict, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in metrics.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(t)
-
-
 @train_app.command("export")
 def train_export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a training checkpoint directory (or an "

@@ -35,6 +35,7 @@ from ecgbatch.encoders.checkpoint import (CheckpointError, load_ecgchat_checkpoi
 from ecgbatch.llava.configuration_ecg_llava import PROJECTOR_TYPES, EcgLlavaConfig
 from ecgbatch.llava.errors import ConversionError
 from ecgbatch.llava.loading import apply_lora, check_adapter, read_adapter, save_ecg_llava
+from ecgbatch.llava.modeling_ecg_llava import build_projector, EcgLlavaForCausalLM
 
 LORA_SUBDIR = "lora"
 NON_LORA = "non_lora_trainables.bin"
@@ -169,8 +170,6 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
                           ecg_config=None, dtype=torch.float32) -> Path:
     """Convert (see module docstring). Returns ``out_dir``. Raises ConversionError /
     CheckpointError / AdapterMismatchError naming what is missing or mis-shaped."""
-    from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM
-
     base_dir, lora_dir, ckpt, out = Path(base_dir), Path(lora_dir), Path(ecg_coca_ckpt), Path(out_dir)
     base_cfg = _read_json(base_dir / "config.json", "base model config")
     llava_cfg = read_llava_config(lora_dir, base_cfg)
@@ -228,8 +227,6 @@ def _write_atomically(out: Path, write) -> Path:
 
 
 def _projector_module(config: EcgLlavaConfig, tensors: dict[str, torch.Tensor], dtype) -> torch.nn.Module:
-    from ecgbatch.llava.modeling_ecg_llava import build_projector
-
     proj = build_projector(config).to(dtype)
     try:
         load_state_dict_strict(proj, {k: v.to(dtype) for k, v in tensors.items()}, f"{NON_LORA} (mm_projector)",

@@ -40,6 +40,7 @@ from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.classify import load_probe_for, table_probe
 from ecgbatch.pipelines.table_model import load_table_model
 from ecgbatch.pipelines.workspace import ModelTable
+from ecgbatch.signal import preprocess
 
 RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses", "quality")
 
@@ -118,8 +119,6 @@ def text_vector(model, text: str, expand: bool = False, contrast: bool = False, 
 
 def record_vector(model, path: str) -> np.ndarray:
     """Read, preprocess (the model's PreprocessConfig) and encode one ECG file."""
-    from ecgbatch.signal import preprocess
-
     rec = read_record(path)
     x = preprocess(rec, model.preprocess_config).x
     return model.embed_ecgs(x[None])[0]

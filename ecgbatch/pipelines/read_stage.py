@@ -19,6 +19,7 @@ from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.read_ledger import crash_row, READ_TASK_RETRIES, ReadTracker, start_ledger
 from ecgbatch.signal import preprocess
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.measure import measure
 
 LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
 # Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm.
@@ -55,8 +56,6 @@ def _meta_fields(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure(record) -> dict[str, float]:
-    from ecgbatch.signal.measure import measure
-
     m = measure(record)
     failed = m.quality == "failed"
     out = {}

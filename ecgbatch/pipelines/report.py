@@ -36,6 +36,7 @@ from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
 from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
 from ecgbatch.pipelines.sources import list_sources
 from ecgbatch.pipelines.workspace import atomic_write_table, default_workspace, model_key, ReportTable
+from ecgbatch.serving.errors import EcgLlavaError
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
@@ -121,7 +122,6 @@ class ReportUDF:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecgbatch.serving.engine import EcgRequest
-        from ecgbatch.serving.errors import EcgLlavaError
 
         x = batch.pop("x")
         n = len(x)

@@ -34,6 +34,7 @@ from fastapi import Request   # module level: the routes' annotations are resolv
 
 from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
+from ecgbatch.serving.server_upload import preview
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "index.html"
@@ -215,8 +216,6 @@ def build_app(cfg: ServerConfig, engine_factory=None):
 
     @app.post("/v1/ecg/preview")
     async def ecg_preview(request: Request):
-        from ecgbatch.serving.server_upload import preview
-
         body = await read_json(request, cfg.limits.max_body_bytes)
         return JSONResponse(await asyncio.to_thread(preview, body, cfg.limits))
 

@@ -6,7 +6,7 @@
 - ``data``: patient-level splits, balanced seeded epoch orders, worker slices, text variants
 - ``augment``: seeded on-the-fly ECG augmentation
 - ``job_config``: the job YAML (configs/*.yaml) as dataclasses
-- ``coca_task``: the step module (what DDP wraps), freezing, optimizer groups
+- ``coca_task``: the step module (what DistributedDataParallel wraps), freezing, optimizer groups
 - ``coca_job``: ``train_loop_per_worker`` + ``run_job`` (TorchTrainer launch, resume)
 - ``checkpointing``: per-epoch checkpoints (model folder + optimizer state), trained-only folders
 - ``validation``: retrieval / zero-shot / text-query metrics on held-out pairs

@@ -1,8 +1,9 @@
-"""Diagnosis-driven prompts in ECG-LLaVA training data (``data.ddp`` of configs/llava-*.yaml).
+"""The diagnosis-driven prompt (the paper's DDP) in ECG-LLaVA training data
+(``data.diagnosis_prompt``, alias ``data.ddp``, of configs/llava-*.yaml).
 
 A seeded fraction of the job's report items (``meta.kind == "report"``) gets its question
-rewritten as at inference with ``--ddp`` (``ecgbatch.llava.diagnosis_prompt.diagnosis_prompt``): the findings of
-the tower's encoder's calibrated probes on the item's own ECG, then the question. Only the human
+rewritten as at inference with ``--ddp`` (``ecgbatch.llava.diagnosis_prompt.diagnosis_prompt``): the
+findings of the tower's encoder's calibrated probes on the item's own ECG, then the question. Only the human
 turn changes, so the loss masking is untouched (answers stay labelled, prompts masked). The
 encoder's embedding of each record is computed once and cached like the tower tokens
 (``<cache_dir>/ddp_embeddings-<encoder weights sha>-<preprocess sha>.npz``, keyed by the record
@@ -23,10 +24,10 @@ SEED_SALT = 13
 
 
 def diagnosis_prompt_selection(items, fraction: float, seed: int) -> list[int]:
-    """Indices (sorted) of the report items that get a DDP question: round(fraction x reports),
+    """Indices (sorted) of the report items that get a diagnosis-prompt question: round(fraction x reports),
     drawn with a generator seeded by (seed, 13), so the same job picks the same items."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"data.ddp must be a fraction in [0, 1], got {fraction!r}")
+        raise ValueError(f"data.diagnosis_prompt (data.ddp) must be a fraction in [0, 1], got {fraction!r}")
     reports = [i for i, it in enumerate(items) if it.meta.get("kind") == "report"]
     k = int(round(fraction * len(reports)))
     pick = np.random.default_rng([seed, SEED_SALT]).permutation(len(reports))[:k]
