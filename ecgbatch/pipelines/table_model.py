@@ -29,9 +29,10 @@ def load_table_model(table: ModelTable, device: str = "cpu"):
 def table_weights_folder(table: ModelTable) -> Path | None:
     """The folder of the weights that embedded ``table`` (ecgbatch.models.model_folder), where
     its probes live; None for weights that have no folder (random, an ECG-Chat .pt file) or are
-    no longer installed."""
+    no longer installed. A table that records no create_args was embedded with the name's own
+    trained weights (load_model's default)."""
     meta = table.read_meta()
-    pretrained = meta.get("create_args", {}).get("pretrained")
+    pretrained = meta.get("create_args", {}).get("pretrained", "default")
     weights = meta["model"] if pretrained in (None, "default") else pretrained
     if pretrained != "default" and not Path(weights).is_dir():
         return None
