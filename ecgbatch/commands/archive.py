@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
 
@@ -98,8 +100,6 @@ def embed_command(
 
 
 def _print_embed_summary(console, s) -> None:
-    from rich.table import Table
-
     t = Table(title=f"embed: {s.model}", show_header=False)
     t.add_row("table", s.table)
     t.add_row("records in archive", str(s.total_records))
@@ -151,8 +151,6 @@ def _emit_rows(rows: list[dict], columns: tuple[str, ...], as_json: bool, as_csv
         w.writeheader()
         w.writerows(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     out = Console()
     if not out.is_terminal:

@@ -17,6 +17,7 @@ import numpy as np
 import typer
 
 from ecgbatch.commands.common import fail
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
 
 HELP = "commands: /plot [FILE.png]  /reset  /save FILE.json  /quit   (anything else is a question)"
@@ -149,7 +150,6 @@ def chat_cmd(
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.io import read_record
     from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.llava.inputs import read_for_model
     from ecgbatch.serving.folder import check_adapter, check_model_folder
     from ecgbatch.serving.server_upload import summary

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
+import yaml
 
 from ecgbatch._paths import default_workspace
 from ecgbatch.errors import EcgbatchError

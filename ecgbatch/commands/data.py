@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ecgbatch.commands.common import fail
 
@@ -49,9 +51,6 @@ def instruct_command(
 
 
 def _summary(built, output: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     con = Console()
     t = Table(title=f"{len(built.items)} items from {len(built.records)} records -> {output}")
     for c in ("source", "records", "patients", "train/val/all records", "items", "yes", "no", "measured"):

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ecgbatch.commands.common import fail
 from ecgbatch.models import llava_model
@@ -75,9 +77,6 @@ def eval_report(
 ) -> None:
     """BLEU-1/4, ROUGE-L, METEOR and CE-F1 of generated reports, beside ECG-Chat's paper numbers
     (with --model: generate them first for the held-out records, and check the rhythm goals)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ecgbatch.eval.llava_eval import goal_rows, rhythm_goals
     from ecgbatch.eval.report_metrics import PAPER, comparison_rows, report_metrics
 

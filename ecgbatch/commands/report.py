@@ -12,6 +12,7 @@ import typer
 
 from ecgbatch.commands.common import fail
 from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA
 
@@ -69,7 +70,6 @@ def report_cmd(
 
 def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False) -> None:
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.serving.record_reports import report_records
 
     try:

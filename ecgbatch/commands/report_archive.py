@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
 from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.models import llava_model
 
 
@@ -86,7 +88,6 @@ def run_archive(o: ArchiveOptions) -> None:
 
     engine_env(log_stream=False)
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.pipelines import report as pipeline
     from ecgbatch.pipelines.workspace import WorkspaceLockedError
 
@@ -141,8 +142,6 @@ def run_archive(o: ArchiveOptions) -> None:
 
 
 def _print_summary(console, s) -> None:
-    from rich.table import Table
-
     t = Table(title=f"report: {Path(s.model).name} ({s.prompt_mode})", show_header=False)
     t.add_row("table", s.table)
     t.add_row("records in archive", str(s.total_records))

@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ecgbatch.commands.common import fail
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
 
 
@@ -53,7 +54,6 @@ def serve_cmd(
     """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.serving.chat_request import Limits
     from ecgbatch.serving.server import ServerConfig, serve
 

@@ -12,7 +12,8 @@ from typing import Optional
 import typer
 
 from ecgbatch.commands.common import PROBE_CONFIG_HELP, fail, key_values, print_metrics
-from ecgbatch.models import model_folder
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.models import create_model, model_folder
 
 train_app = typer.Typer(no_args_is_help=True, help="Train ECG-CoCa and ECG-LLaVA models (Ray Train) and "
                         "linear probes.")
@@ -52,7 +53,6 @@ def train_coca(
 
 def _train_llava(stage: str, config: Path, workers: int, gpus_per_worker: float, address, resume: bool,
                  set_: list[str]) -> None:
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.training.instruct_format import InstructDataError
     from ecgbatch.training.llava_config import load_llava_job
     from ecgbatch.training.llava_job import run_job
@@ -112,7 +112,6 @@ def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> N
     import shutil
 
     from ecgbatch.llava.assemble import full_folder
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.training.checkpointing import MODEL_SUBDIR
 
     ck = _llava_checkpoint(run)
@@ -159,7 +158,6 @@ def train_export(
         _export_llava(checkpoint, out, full, dtype)
         return
 
-    from ecgbatch.models import create_model
     from ecgbatch.training import checkpointing as C
     from ecgbatch.training.coca_task import configure_trainable, trainable_names
     from ecgbatch.training.job_config import CocaJobConfig
