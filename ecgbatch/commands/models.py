@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ecgbatch.commands.common import fail
-from ecgbatch.models import load_model
+from ecgbatch import models as zoo
 from ecgbatch.models.listing import zoo_rows
 
 models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list models, convert ECG-Chat checkpoints.")
@@ -24,7 +24,7 @@ def load_model(model: str, random: bool = False):
     """The model a command was given (ecgbatch.models.load_model); random=True: the seeded random
     init (pretrained text tower when installed) for trying the mechanics. Errors exit with code 2."""
     try:
-        return load_model(model, random_init=random)[0]
+        return zoo.load_model(model, random_init=random)[0]
     except (FileNotFoundError, ValueError) as exc:   # CheckpointError is a ValueError
         hint = "" if random else " (use --random to try the mechanics with untrained weights)"
         fail(f"cannot load model {model!r}: {exc}{hint}")
