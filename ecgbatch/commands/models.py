@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ecgbatch.commands.common import fail
 from ecgbatch import models as zoo
+from ecgbatch.commands.common import fail
 from ecgbatch.models.listing import zoo_rows
 
 models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list models, convert ECG-Chat checkpoints.")
