@@ -35,14 +35,6 @@ from ecgbatch.models.resolve import LORA_SUBDIR, model_folder
 TRAINED_ONLY = "trained-only"
 
 
-def _tower_folder(tower: str) -> Path:
-    """The ECG-CoCa folder of a tower given as a zoo name or folder (ecgbatch.models' resolver)."""
-    try:
-        return model_folder(tower, "ecg-coca")
-    except (ValueError, FileNotFoundError) as exc:
-        raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
-
-
 def _tower_state(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -56,7 +48,10 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
     folder), the ECG tower of the ECG-CoCa model ``tower`` (zoo name or folder; frozen) and a
     freshly initialised projector (seeded)."""
     lm_dir = base_folder(lm, log)
-    tdir = _tower_folder(tower)
+    try:
+        tdir = model_folder(tower, "ecg-coca")
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
     base_cfg = json.loads((lm_dir / "config.json").read_text())
     config = build_config(base_cfg, {"tokenizer_model_max_length": max_context_length},
                           read_folder_config(tdir), projector_type)

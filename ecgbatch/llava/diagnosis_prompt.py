@@ -122,15 +122,6 @@ def load_probes(weights_folder, weights_hash: str, encoder: str) -> list:
 
 # --- which encoder an ECG-LLaVA model's tower comes from ------------------------------------
 
-def _model_folder(model: str | Path) -> Path:
-    """The model's folder as every command finds it (ecgbatch.models.model_folder; a trained-only
-    folder stays un-assembled: its config names the tower)."""
-    try:
-        return model_folder(model, "ecg-llava")
-    except ModelFolderError as exc:
-        raise DiagnosisPromptUnavailableError(f"--ddp: {exc}") from None
-
-
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
@@ -157,16 +148,21 @@ def _tower_hash(folder: Path, prefix: str) -> str | None:
 def tower_encoder(model: str | Path) -> tuple[str, str | None]:
     """(ECG-CoCa zoo name or folder, the tower's weights hash if recorded) of an ECG-LLaVA model
     given as a zoo name, a trained-only folder (``base.tower``, or ``base.folder`` followed) or a
-    full folder (its tower's weights matched against the installed zoo encoders)."""
-    folder = _model_folder(model)
-    for _ in range(4):
-        cfg = json.loads((folder / "config.json").read_text())
-        base = cfg.get("base") or {}
-        if base.get("tower"):
-            return str(base["tower"]), (cfg.get("base_sha256_16") or {}).get("ecg_tower")
-        if not base.get("folder"):
-            break
-        folder = _model_folder(base["folder"])
+    full folder (its tower's weights matched against the installed zoo encoders). The folders are
+    found as every command finds them (ecgbatch.models.model_folder; a trained-only folder stays
+    un-assembled: its config names the tower)."""
+    try:
+        folder = model_folder(model, "ecg-llava")
+        for _ in range(4):
+            cfg = json.loads((folder / "config.json").read_text())
+            base = cfg.get("base") or {}
+            if base.get("tower"):
+                return str(base["tower"]), (cfg.get("base_sha256_16") or {}).get("ecg_tower")
+            if not base.get("folder"):
+                break
+            folder = model_folder(base["folder"], "ecg-llava")
+    except ModelFolderError as exc:
+        raise DiagnosisPromptUnavailableError(f"--ddp: {exc}") from None
 
     got = _tower_hash(folder, "ecg_tower.")
     looked = []
@@ -214,7 +210,7 @@ class FindingsLabeller:
     def for_model(cls, model: str | Path, **kw) -> "FindingsLabeller":
         """The labeller of an ECG-LLaVA model (zoo name, trained-only or full folder)."""
         encoder, tower_hash = tower_encoder(model)
-        cfg = json.loads((_model_folder(model) / "config.json").read_text())
+        cfg = json.loads((model_folder(model, "ecg-llava") / "config.json").read_text())   # tower_encoder found it
         return cls(encoder, cfg.get("preprocess"), tower_hash, **kw)
 
     @classmethod
