@@ -17,8 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ecgbatch.commands.common import fail
-from ecgbatch.models import llava_model
+from ecgbatch.commands.common import fail, key_values
 
 _DIFFERENCES = (
     "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
@@ -153,40 +152,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens,
               ddp: bool = False) -> tuple[dict[str, str], dict[str, str], dict | bool]:
-    """({source/record_id: generated report} for the report items of ``data`` in ``split``,
-    {source/record_id: the question as asked}, the DDP labeller's description or False)."""
-    import yaml
-
-    from ecgbatch.eval.llava_eval import generate_reports, report_items
-    from ecgbatch.llava import load_ecg_llava
-    from ecgbatch.llava.inputs import preprocess_for_model
+    """--model: the reports of ``data``'s report items in ``split`` (ecgbatch.eval.report_generation)."""
+    from ecgbatch.eval.report_generation import generate_for_items
     from ecgbatch.training.instruct_format import read_instruct
 
     opts: dict[str, dict] = {}
-    for item in read_option:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--read-option needs SOURCE.key=value, got {item!r}")
-        k, v = item.split("=", 1)
+    for k, v in key_values(read_option, "--read-option").items():
+        if "." not in k:
+            raise ValueError(f"--read-option needs SOURCE.key=value, got {k}={v!r}")
         src, key = k.split(".", 1)
-        opts.setdefault(src, {})[key] = yaml.safe_load(v)
-    items = report_items(read_instruct(data, split=split))
-    if limit is not None and len(items) > limit:   # evenly spaced: every source keeps its share
-        items = [items[int(i * len(items) / limit)] for i in range(limit)]
-    if not items:
-        raise ValueError(f"{str(data)!r} has no report items in split {split!r}")
-    labeller = None
-    if ddp:
-        from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
-
-        labeller = FindingsLabeller.for_model(model)     # before the model: a missing probe fails fast
-    folder, lora = llava_model(model, log=lambda m: typer.echo(m, err=True))
-    m, tok = load_ecg_llava(folder, lora=lora, merge_lora=lora is not None)
-
-    def read(it):
-        return preprocess_for_model(it.read_ecg(**opts.get(it.meta.get("source"), {})), m.config, record_id=it.id)
-
-    asked: list[str] = []
-    texts = generate_reports(m, tok, items, read, batch_size, max_new_tokens,
-                             log=lambda msg: typer.echo(msg, err=True), ddp=labeller, asked=asked)
-    keys = [f"{it.meta.get('source')}/{it.meta.get('record_id')}" for it in items]
-    return dict(zip(keys, texts)), dict(zip(keys, asked)), (labeller.describe() if labeller is not None else False)
+        opts.setdefault(src, {})[key] = v
+    return generate_for_items(model, read_instruct(data, split=split), limit, opts, batch_size, max_new_tokens, ddp,
+                              log=lambda msg: typer.echo(msg, err=True), what=f"{str(data)!r} in split {split!r}")
