@@ -18,7 +18,6 @@ from ecgbatch.commands.eval_report import eval_report
 from ecgbatch.models import load_model
 
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models: retrieval, zero-shot, crossval, classify, report.")
-eval_app.command("report")(eval_report)
 
 
 def register(app: typer.Typer) -> None:
@@ -310,3 +309,6 @@ def _print_classify_eval(res: dict, model: str) -> None:
     for truth, row in conf.items():
         t.add_row(truth, *[str(row.get(c, "")) for c in cols])
     con.print(t)
+
+
+eval_app.command("report")(eval_report)   # ecgbatch.commands.eval_report, last in --help as before
