@@ -158,10 +158,12 @@ def vllm_engine(llava_assembled, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ecg_server(llava_converted, tmp_path_factory):
     """`ecgbatch serve` on a free loopback port with the fixture model, its adapter as model
-    "ecg-chat", API key "test-key" and sample_archive/ as --ecg-dir. Yields a dict (url, key,
-    base, adapter)."""
+    "ecg-chat", API key "test-key", a copy of sample_archive/ as --ecg-dir (the hostile tests add
+    files to it and an ``outside`` folder beside it), at most 8 chat requests in flight and a 5 s
+    body timeout. Yields a dict (url, key, base, adapter, log, pid, ecg_dir, outside)."""
     pytest.importorskip("vllm")
     pytest.importorskip("fastapi")
+    import shutil
     import signal
     import subprocess
     import sys
@@ -175,11 +177,15 @@ def ecg_server(llava_converted, tmp_path_factory):
     port = free_port()
     work = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", ECGBATCH_CACHE=str(work))
+    ecg_dir, outside = work / "ecgs", work / "outside"
+    shutil.copytree(REPO_ROOT / "sample_archive", ecg_dir, symlinks=True)
+    outside.mkdir()
     log = open(work / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "ecgbatch.cli", "serve", "--model", str(llava_converted),
                              "--name", "tiny", "--lora", f"ecg-chat={llava_converted / 'lora'}",
-                             "--api-key", "test-key", "--ecg-dir", str(REPO_ROOT / "sample_archive"),
-                             "--port", str(port), "--max-tokens", "64", "--max-body-mb", "2"],
+                             "--api-key", "test-key", "--ecg-dir", str(ecg_dir),
+                             "--port", str(port), "--max-tokens", "64", "--max-body-mb", "2",
+                             "--max-in-flight", "8", "--body-timeout", "5"],
                             cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -194,7 +200,8 @@ def ecg_server(llava_converted, tmp_path_factory):
                 proc.kill()
                 pytest.fail("ecgbatch serve did not start within 600 s")
             time.sleep(1)
-    yield {"url": url, "key": "test-key", "base": "tiny", "adapter": "ecg-chat", "log": work / "server.log"}
+    yield {"url": url, "key": "test-key", "base": "tiny", "adapter": "ecg-chat", "log": work / "server.log",
+           "pid": proc.pid, "ecg_dir": ecg_dir, "outside": outside}
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=30)

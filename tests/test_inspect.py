@@ -61,6 +61,8 @@ def test_inspect_json(app, ludb):
     ref = _ludb_reference(ludb / "1")
     assert abs(ml["hr_bpm"] - ref["hr_bpm"]) < 3
     assert abs(ml["qrs_ms"] - ref["qrs_ms"]) < 25 and abs(ml["qt_ms"] - ref["qt_ms"]) < 40
+    for d in (ml, ec):  # LUDB 1: sinus bradycardia, a horizontal-to-left axis (about +15 degrees)
+        assert -30 < d["axis_deg"] < 30 and d["axis_category"] == "normal" and d["rr_irregular"] is False
     assert info["ecgchat_wave_text"].startswith(" RR: ") and isinstance(ec["rr_ms"], int)
 
 

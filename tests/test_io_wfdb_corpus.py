@@ -22,7 +22,7 @@ import wfdb
 
 from ecgbatch.io import read_header, read_record
 from ecgbatch.io.errors import (EcgReadError, HeaderError, MissingSignalFileError, NotAnEcgError,
-                                TruncatedSignalError, UnknownFormatError)
+                                RecordTooLargeError, TruncatedSignalError, UnknownFormatError)
 from ecgbatch.io.leads import canonical_leads
 
 WFDB_WRITES = ("80", "212", "16", "24", "32", "508", "516", "524")
@@ -288,7 +288,8 @@ def test_zero_gain_is_uncalibrated_and_huge_skew_is_nan(tmp_path):
 
 def test_bad_multisegment_and_flac_records_give_typed_errors(tmp_path):
     _segment(tmp_path, "s1", "16", 50, 1, NAMES)
-    cases = {"gap": ("g/2 3 500\ns1 50\n~ 1000000000000\n", HeaderError),
+    # a gap of 10^12 samples: over the per-record budget before anything is allocated
+    cases = {"gap": ("g/2 3 500\ns1 50\n~ 1000000000000\n", RecordTooLargeError),
              "missing": ("m/2 3 500\ns1 50\nnope 50\n", MissingSignalFileError),
              "length": ("l/1 3 500\ns1 60\n", EcgReadError),
              "nested": ("n/1 3 500\ng 50\n", HeaderError)}

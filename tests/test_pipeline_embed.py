@@ -56,6 +56,7 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
     assert 20 < out["hr_bpm"][0] < 250 and out["age"][0] > 0 and out["sex"][0] in ("M", "F")
     assert "rhythm" in out["diagnoses"][0].lower()
     assert np.isnan(out["hr_bpm"][1])
+    assert -180 < out["axis_deg"][0] <= 180 and 0 <= out["rr_nrmssd"][0] < 1 and np.isnan(out["axis_deg"][1])
     # the same record through the model directly == what the encoder UDF returns
     udf = embed.EncoderUDF.__new__(embed.EncoderUDF)
     udf.model = model

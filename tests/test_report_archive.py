@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.shared, pytest.mark
 
 MAX_TOKENS = 8
 GOOD = ["A0689", "A1041", "E00271", "E07500", "HR03961"]
-BAD = {"garbage": "bad_header", "single_lead": "missing_lead"}
+BAD = {"garbage": "bad_header", "single_lead": "missing_lead", "flat_nan_absurd": "no_physiological_content"}
 
 
 def _cli(args, **kw):

@@ -74,7 +74,9 @@ def test_report_refuses_bad_model_folder_before_starting_vllm(llava_converted, t
 @pytest.mark.shared
 def test_report_no_readable_record(llava_converted):
     r = CliRunner().invoke(app, ["report", "sample_archive/bad/garbage.hea", "sample_archive/bad/single_lead.hea",
-                                 "--model", str(llava_converted)])
+                                 "sample_archive/bad/flat_nan_absurd.hea", "--model", str(llava_converted)])
     assert r.exit_code == 2
     assert "garbage.hea" in r.output and "single_lead.hea" in r.output and "missing_lead" in r.output
+    # readable, but no ECG in it: listed as a failure, never reported on
+    assert "flat_nan_absurd.hea: no_physiological_content" in r.output
     assert "no record could be read" in r.output

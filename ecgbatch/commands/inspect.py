@@ -91,6 +91,8 @@ def _print_rich(info: dict[str, Any]) -> None:
         m.add_column(name, justify="right")
     rows = [("heart rate (bpm)", "hr_bpm"), ("RR (ms)", "rr_ms"), ("PR (ms)", "pr_ms"),
             ("QRS (ms)", "qrs_ms"), ("QT (ms)", "qt_ms"), ("QTc Bazett (ms)", "qtc_ms"),
+            ("QRS axis (degrees)", "axis_deg"), ("axis category (AHA)", "axis_category"),
+            ("RR RMSSD / mean RR", "rr_nrmssd"), ("RR irregular (> 0.1)", "rr_irregular"),
             ("P/R/T mean peak (sample)", None), ("beats", "n_beats"), ("quality", "quality")]
     for label, key in rows:
         cells = []

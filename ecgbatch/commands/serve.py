@@ -50,6 +50,10 @@ def serve_cmd(
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.01, help="largest request body"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="vLLM's batch limit"),
+    max_in_flight: int = typer.Option(512, "--max-in-flight", min=1,
+                                      help="chat requests (bodies read) in progress at once; more get 429"),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1,
+                                       help="seconds a request body may take to arrive (then 408)"),
 ) -> None:
     """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -75,8 +79,9 @@ def serve_cmd(
         fail(str(exc))
     name = name or Path(model).name
     cfg = ServerConfig(model_dir=folder, adapters=adapters, lora=own, served_name=name, api_key=api_key,
-                       ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs,
-                       limits=Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * 1024 * 1024)),
+                       ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs, max_in_flight=max_in_flight,
+                       limits=Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                                     body_timeout_s=body_timeout),
                        default_max_tokens=min(256, max_tokens))
     typer.echo(f"ecgbatch serve: http://{host}:{port}/ (model {name}{' with its adapter ' + str(own) if own else ''}"
                f"{', adapters ' + ', '.join(cfg.adapters) if cfg.adapters else ''})", err=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ecgbatch.io.confine import check_budget
 from ecgbatch.io.detect import FORMATS, detect_format, split_index
 from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import ReadOptionError, UnknownFormatError
@@ -24,7 +25,7 @@ _IDENTIFIER = re.compile(
 def read_record(path, *, format: str | None = None, index: int | None = None, fs: float | None = None,
                 leads=None, layout: str | None = None, units: str | None = None,
                 target_units: str | None = "mV", strict: bool = False, min_leads: int = 1,
-                check_length: bool = True, **reader_options) -> Record:
+                check_length: bool = True, max_bytes: int | None = None, **reader_options) -> Record:
     """Read one ECG record from ``path``, whatever its format, as a ``Record``.
 
     path: a file (``x.hea``, ``x.dat``, ``x.mat``, ``x.npy``, ``x.h5``, ``x.xml``), a WFDB record
@@ -37,6 +38,10 @@ def read_record(path, *, format: str | None = None, index: int | None = None, fs
     strict: raise typed errors (BadSignalError, TooFewLeadsError, UnknownLeadError) instead of
       recording quality flags in ``meta["quality"]``. min_leads: fewer leads -> TooFewLeadsError.
     check_length: a WFDB signal file longer than its header says -> LengthMismatchError.
+    max_bytes: the budget of decoded bytes for this record (None: ``confine.DEFAULT_RECORD_BYTES``);
+      every reader compares what the file declares with it BEFORE decoding (RecordTooLargeError).
+    Files a record names (WFDB signal files, segment headers, sidecars) must lie in its own folder,
+    links followed (SignalFileOutsideError; ``confine.confined``).
     Other keyword options go to the XML readers that accept them (e.g. MUSE ``waveform=``).
 
     Whatever the file holds, the result satisfies ``validate.check_record`` (finite-or-NaN samples,
@@ -45,7 +50,8 @@ def read_record(path, *, format: str | None = None, index: int | None = None, fs
     """
     fmt, p, index = _resolve(path, format, index, layout)
     with typed_errors(p):
-        rec = _read(fmt, p, False, index, fs, leads, layout, units, check_length, reader_options)
+        rec = _read(fmt, p, False, index, fs, leads, layout, units, check_length, max_bytes,
+                    reader_options)
         if units is not None and fmt not in ("numpy", "hdf5"):
             rec.units = units  # the caller knows better than the file
         rec.meta = scrub_identifiers(rec.meta)
@@ -54,23 +60,24 @@ def read_record(path, *, format: str | None = None, index: int | None = None, fs
 
 
 def _read(fmt: str, p: str, header_only: bool, index, fs, leads, layout, units, check_length,
-          reader_options) -> Record | RecordHeader:
+          max_bytes, reader_options) -> Record | RecordHeader:
     """The one table of readers behind read_record and read_header."""
     if fmt in ("wfdb", "wfdb_mat"):
         from ecgbatch.io.wfdb_reader import read_wfdb
 
-        return read_wfdb(p, header_only=header_only, check_length=check_length)
+        return read_wfdb(p, header_only=header_only, check_length=check_length, max_bytes=max_bytes)
     if fmt == "cpsc_mat":
         from ecgbatch.io.matlab import read_cpsc_mat
 
-        return read_cpsc_mat(p, header_only=header_only, fs=fs)
+        return read_cpsc_mat(p, header_only=header_only, fs=fs, max_bytes=max_bytes)
     if fmt in ("numpy", "hdf5"):
         if fmt == "numpy":
             from ecgbatch.io.numpy_reader import read_numpy as reader
         else:
             from ecgbatch.io.hdf5 import read_hdf5 as reader
         return reader(p, header_only=header_only, index=index, fs=fs, leads=leads, units=units,
-                      layout=layout)
+                      layout=layout, max_bytes=max_bytes)
+    check_budget(_file_size(p), max_bytes, p, "the XML file")  # its samples are no larger than its text
     rec = _read_xml(fmt, p, reader_options)
     if header_only:
         return RecordHeader(rec.record_id, rec.source, fmt, rec.fs, rec.leads, rec.n_samples,
@@ -81,14 +88,15 @@ def _read(fmt: str, p: str, header_only: bool, index, fs, leads, layout, units, 
 def read_header(path, *, format: str | None = None, index: int | None = None, fs: float | None = None,
                 leads=None, layout: str | None = None, units: str | None = None,
                 target_units: str | None = "mV", check_length: bool = True,
-                **reader_options) -> RecordHeader:
+                max_bytes: int | None = None, **reader_options) -> RecordHeader:
     """Header-only metadata (record id, fs, leads, n_samples, units, meta) without decoding the
     signal where the format allows it (WFDB, NumPy, HDF5); XML and CPSC .mat are read whole.
     For WFDB the signal files are still checked to exist and to have the length the header says.
     Same guarantees as ``read_record`` (``validate.check_header``, typed errors only)."""
     fmt, p, index = _resolve(path, format, index, layout)
     with typed_errors(p):
-        h = _read(fmt, p, True, index, fs, leads, layout, units, check_length, reader_options)
+        h = _read(fmt, p, True, index, fs, leads, layout, units, check_length, max_bytes,
+                  reader_options)
         if units is not None and fmt not in ("numpy", "hdf5"):
             h.units = units
         h.meta = scrub_identifiers(h.meta)
@@ -119,6 +127,13 @@ def _resolve(path, format, index, layout=None):
     if format in ("wfdb", "wfdb_mat") and not p.lower().endswith(".hea"):
         p = os.path.splitext(p)[0] + ".hea" if os.path.splitext(p)[1] else p + ".hea"
     return format, p, index
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # the reader reports the missing or unreadable file itself
 
 
 def _read_xml(fmt: str, path: str, options: dict) -> Record:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+from ecgbatch.io.confine import confined
 from ecgbatch.io.errors import (EmptyFileError, MissingHeaderError, NotAnEcgError,
                                 UnknownFormatError, UnreadableError)
 
@@ -44,7 +45,7 @@ def detect_format(path: str) -> tuple[str, str]:
             return "wfdb", path + ".hea"
         raise UnreadableError(f"{path}: no such file", path)
     if ext in SIGNAL_EXT:
-        hea = _sibling_header(root)
+        hea = _sibling_header(root, path)
         if hea:
             return "wfdb", hea
         if ext == ".dat":
@@ -77,10 +78,11 @@ def xml_format(path: str, head: bytes | None = None) -> str:
     return XML_ROOTS[root]
 
 
-def _sibling_header(root: str) -> str | None:
+def _sibling_header(root: str, path: str) -> str | None:
+    """The .hea beside the signal file ``path`` (read on its behalf: confined to its folder)."""
     for cand in (root + ".hea", root + ".HEA"):
         if os.path.exists(cand):
-            return cand
+            return confined(os.path.dirname(root), os.path.basename(cand), path)
     return None
 
 

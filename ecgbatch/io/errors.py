@@ -57,6 +57,13 @@ class BadSignalError(EcgReadError):
     kind = "bad_signal"
 
 
+class NoPhysiologicalContentError(BadSignalError):
+    """A readable signal that carries no ECG (every lead flat, saturated or missing, or an absurd
+    amplitude): refused before a model reports on it (``ecgbatch.signal.content``)."""
+
+    kind = "no_physiological_content"
+
+
 class UnreadableError(EcgReadError):
     """Permission denied, unreadable directory, I/O error."""
 
@@ -113,6 +120,20 @@ class RecordIndexError(EcgReadError, ValueError):
     ValueError, which these cases raised before)."""
 
     kind = "record_index"
+
+
+class SignalFileOutsideError(EcgReadError):
+    """A record names a file (signal file, segment header, sidecar) that resolves, links
+    followed, outside the record's own folder (``ecgbatch.io.confine``)."""
+
+    kind = "signal_file_outside"
+
+
+class RecordTooLargeError(NotAnEcgError):
+    """A file declares a record larger than the per-record budget; refused before decoding (a
+    NotAnEcgError too, which such files raised before the budget existed)."""
+
+    kind = "record_too_large"
 
 
 class ReadOptionError(ValueError):

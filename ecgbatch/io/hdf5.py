@@ -22,6 +22,7 @@ from math import prod
 import numpy as np
 
 from ecgbatch.io import sidecar
+from ecgbatch.io.confine import check_budget
 from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
@@ -171,11 +172,27 @@ def _record_id(f, ds, name: str, index: int, path: str) -> str:
     return f"{name}#{str(rid)[:64]}"
 
 
+def check_decoded_size(ds, path: str, max_bytes: int | None) -> None:
+    """The bytes reading one record inflates, from the dataset's shape and chunking alone (before
+    any chunk is read): the record itself (as float32, or the stored type when wider) and, for a
+    chunked (possibly compressed) dataset, every chunk that record touches, decoded whole."""
+    item = max(ds.dtype.itemsize, 4)
+    record = tuple(int(n) for n in (ds.shape[1:] if ds.ndim == 3 else ds.shape))
+    check_budget(prod(record) * item, max_bytes, path, f"dataset {ds.name!r} of shape {tuple(ds.shape)}")
+    if ds.chunks:
+        touched = [1 if ds.ndim == 3 and axis == 0 else -(-int(n) // int(c))
+                   for axis, (n, c) in enumerate(zip(ds.shape, ds.chunks))]
+        check_budget(prod(touched) * prod(ds.chunks) * ds.dtype.itemsize, max_bytes, path,
+                     f"dataset {ds.name!r} in chunks of {tuple(ds.chunks)}")
+
+
 def read_hdf5(path: str, *, header_only: bool = False, index: int | None = None, fs=None,
-              leads=None, units=None, layout: str | None = None):
+              leads=None, units=None, layout: str | None = None, max_bytes: int | None = None):
     name = os.path.basename(path)
     f = _open(path)
     ds = _dataset(f, path)
+    with _h5(path, "reading the dataset's layout"):
+        check_decoded_size(ds, path, max_bytes)
     meta: dict = {"storage": f"hdf5 {ds.name} {ds.dtype} {tuple(ds.shape)}"}
     if ds.ndim == 3:
         if index is None:

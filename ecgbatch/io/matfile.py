@@ -28,8 +28,8 @@ from math import prod
 
 import numpy as np
 
-from ecgbatch.io.errors import (EmptyFileError, NotAnEcgError, TruncatedSignalError,
-                                UnknownFormatError, UnreadableError)
+from ecgbatch.io.errors import (EmptyFileError, NotAnEcgError, RecordTooLargeError,
+                                TruncatedSignalError, UnknownFormatError, UnreadableError)
 
 MAX_BYTES = 1 << 28      # 256 MiB: far above any ECG matrix, far below what would hurt a worker
 MAX_DEPTH = 8            # struct/cell nesting (a 12-lead record uses 2)
@@ -85,8 +85,8 @@ def _read_file(path: str, max_bytes: int) -> bytes:
         if size == 0:
             raise EmptyFileError(f"{path}: file is empty", path)
         if size > max_bytes:
-            raise NotAnEcgError(f"{path}: {size} bytes is more than the {max_bytes}-byte limit for "
-                                "a MATLAB ECG file", path)
+            raise RecordTooLargeError(f"{path}: {size} bytes is more than the {max_bytes}-byte "
+                                      "limit for a MATLAB ECG file", path)
         with open(path, "rb") as fh:
             return fh.read()
     except OSError as exc:
@@ -223,10 +223,14 @@ class _V5:
                 raise self._bad(f"compressed element at byte {pos} is too short")
             first = self._u32(memoryview(head), 0)
             need = 8 + (4 if first >> 16 else self._u32(memoryview(head), 4))
-            limit = min(self.max_bytes, max(len(data), 64) * ZLIB_MAX_RATIO)
+            limit = max(len(data), 64) * ZLIB_MAX_RATIO
             if need > limit:
                 raise self._bad(f"compressed element at byte {pos} claims {need} bytes "
                                 f"(limit {limit} for {len(data)} compressed bytes)")
+            if need > self.max_bytes:
+                raise RecordTooLargeError(f"{self.path}: compressed element at byte {pos} declares "
+                                          f"{need} bytes, over the budget of {self.max_bytes}; not "
+                                          "inflated", self.path)
             rest = d.decompress(d.unconsumed_tail, need - 8) if need > 8 else b""
             if len(rest) < need - 8:
                 raise TruncatedSignalError(f"{self.path}: compressed element at byte {pos} ends "
@@ -291,9 +295,12 @@ class _V5:
         if mx_class == MX_CHAR and mtype == 16:  # UTF-8 text: the byte count is not the char count
             text = bytes(buf[start:start + nbytes]).decode("utf-8", "replace")
             return text if len(dims) == 2 and dims[0] == 1 else [text]
-        if count * stored.itemsize != nbytes or count * 8 > self.max_bytes:
+        if count * stored.itemsize != nbytes:
             raise self._bad(f"{name!r}: {dims} elements of {stored.itemsize} bytes do not fill "
                             f"the {nbytes}-byte data element")
+        if count * 8 > self.max_bytes:
+            raise RecordTooLargeError(f"{self.path}: {name!r} of {dims} elements is over the budget "
+                                      f"of {self.max_bytes} bytes", self.path)
         arr = np.frombuffer(buf, stored, count, start).reshape(dims, order="F")
         if mx_class == MX_CHAR:
             return _chars(arr.reshape(dims[0], -1, order="F").astype(np.uint32), self.path)

@@ -12,17 +12,20 @@ import numpy as np
 
 from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import MissingHeaderError, NotAnEcgError
-from ecgbatch.io.matfile import read_mat
+from ecgbatch.io.matfile import MAX_BYTES, read_mat
 from ecgbatch.io.record import STANDARD_LEADS, Record
 from ecgbatch.io.wfdb_header import parse_age, parse_sex
 
 CPSC_FS = 500.0  # CPSC2018: "sampled at 500 Hz"; the files do not store it
 
 
-def read_cpsc_mat(path: str, *, header_only: bool = False, fs: float | None = None):
+def read_cpsc_mat(path: str, *, header_only: bool = False, fs: float | None = None,
+                  max_bytes: int | None = None):
     """Read a CPSC2018 .mat (``ECG`` struct) with the package's own MAT reader (``matfile``):
-    SciPy's compiled reader can crash the process on a corrupt file."""
-    m = read_mat(path, variables=("ECG",))
+    SciPy's compiled reader can crash the process on a corrupt file. ``max_bytes`` bounds the
+    file, every zlib-compressed element and every matrix before it is inflated or decoded."""
+    m = read_mat(path, variables=("ECG",),
+                 max_bytes=MAX_BYTES if max_bytes is None else min(max_bytes, MAX_BYTES))
     stem = os.path.splitext(os.path.basename(path))[0]
     ecg = m.get("ECG")
     if ecg is None:

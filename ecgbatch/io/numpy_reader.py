@@ -17,6 +17,7 @@ from math import prod
 import numpy as np
 
 from ecgbatch.io import sidecar
+from ecgbatch.io.confine import DEFAULT_RECORD_BYTES, check_budget
 from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
@@ -70,10 +71,13 @@ def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     return prod(shape) * dtype.itemsize
 
 
-def _load_npy(path: str, size: int, header_only: bool):
+def _load_npy(path: str, size: int, header_only: bool, max_bytes: int | None):
     with open(path, "rb") as fh:
         shape, dtype, _ = _npy_header(fh, path, ".npy")
         offset = fh.tell()
+    # one record of a 3-D container is decoded (to float32, or the stored type when wider)
+    record = shape[1:] if len(shape) == 3 else shape
+    check_budget(prod(record) * max(dtype.itemsize, 4), max_bytes, path, f".npy shape {shape}")
     need = _nbytes(shape, dtype)
     if offset + need > size:
         raise TruncatedSignalError(f"{path}: .npy header declares shape {shape} of {dtype} "
@@ -85,8 +89,10 @@ def _load_npy(path: str, size: int, header_only: bool):
         raise NotAnEcgError(f"{path}: unreadable .npy ({exc})", path) from None
 
 
-def _load_npz(path: str):
-    """(signal array, settings stored inside the file), every member's size checked first."""
+def _load_npz(path: str, max_bytes: int | None):
+    """(signal array, settings stored inside the file), every member's size (the zip header's,
+    then the .npy header's) checked against the budget before it is inflated."""
+    budget = DEFAULT_RECORD_BYTES if max_bytes is None else max_bytes
     try:
         with zipfile.ZipFile(path) as z:
             infos = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
@@ -99,7 +105,7 @@ def _load_npz(path: str):
                 raise NotAnEcgError(f"{path}: .npz without a signal array (entries: {names[:20]})", path)
             inner = {k: _member(z, infos[k], path, MAX_SETTING_BYTES, numeric=False)
                      for k in _SETTINGS if k in infos}
-            arr = _member(z, infos[key], path, MAX_ARRAY_BYTES)
+            arr = _member(z, infos[key], path, min(MAX_ARRAY_BYTES, budget))
     except EcgReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - zipfile/zlib raise many types on corrupt archives
@@ -111,8 +117,8 @@ def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: int,
             numeric: bool = True) -> np.ndarray:
     """One .npy member of an .npz: declared sizes checked against limits before decompressing."""
     name = info.filename
-    if info.file_size > limit or (info.compress_type != zipfile.ZIP_STORED
-                                  and info.file_size > max(info.compress_size, 64) * ZIP_MAX_RATIO):
+    check_budget(info.file_size, limit, path, f".npz entry {name!r} (zip header)")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(info.compress_size, 64) * ZIP_MAX_RATIO:
         raise NotAnEcgError(f"{path}: .npz entry {name!r} declares {info.file_size} bytes "
                             f"({info.compress_size} compressed; limit {limit})", path)
     with z.open(info) as fh:
@@ -122,8 +128,7 @@ def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: int,
         if not numeric and len(shape) > 1:
             raise NotAnEcgError(f"{path}: .npz entry {name!r} has shape {shape}", path)
         need = _nbytes(shape, dtype)
-        if need > limit:
-            raise NotAnEcgError(f"{path}: .npz entry {name!r} declares {need} bytes", path)
+        check_budget(need, limit, path, f".npz entry {name!r} (.npy header)")
         data = fh.read(need)
     if len(data) != need:
         raise TruncatedSignalError(f"{path}: .npz entry {name!r} holds {len(data)} of the {need} "
@@ -131,13 +136,13 @@ def _member(z: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, limit: int,
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
 
 
-def _load(path: str, header_only: bool):
+def _load(path: str, header_only: bool, max_bytes: int | None = None):
     """(array, settings stored inside the file)."""
     head, size = _check(path)
     if head.startswith(NPY_MAGIC):
-        return _load_npy(path, size, header_only), {}
+        return _load_npy(path, size, header_only, max_bytes), {}
     if head.startswith(ZIP_MAGIC):
-        return _load_npz(path)
+        return _load_npz(path, max_bytes)
     raise NotAnEcgError(f"{path}: not a NumPy file (starts with {head[:6]!r})", path)
 
 
@@ -148,8 +153,8 @@ def count_records(path: str) -> int | None:
 
 
 def read_numpy(path: str, *, header_only: bool = False, index: int | None = None, fs=None,
-               leads=None, units=None, layout: str | None = None):
-    arr, inner = _load(path, header_only)
+               leads=None, units=None, layout: str | None = None, max_bytes: int | None = None):
+    arr, inner = _load(path, header_only, max_bytes)
     if arr.dtype.kind not in "iuf":
         raise NotAnEcgError(f"{path}: array dtype {arr.dtype} is not numeric", path)
     stem = os.path.splitext(os.path.basename(path))[0]

@@ -6,7 +6,8 @@ file, then the caller's options. Example ``ecgbatch.json``::
     {"fs": 500, "leads": ["I", "II", ...], "units": "normalized", "layout": "samples_first",
      "meta": {"preprocessing": "band-pass 0.5-40 Hz, z-score per lead (by the source)"}}
 
-Also decides which axis of a 2-D array holds the leads.
+A sidecar, like any file a record names, must resolve (links followed) inside the array file's
+folder (``confine.confined``). Also decides which axis of a 2-D array holds the leads.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
+from ecgbatch.io.confine import confined
 from ecgbatch.io.errors import AmbiguousLayoutError, HeaderError, LeadMismatchError, ReadOptionError
 from ecgbatch.io.validate import check_rate
 
@@ -32,12 +34,14 @@ def sidecar_for(path: str) -> dict[str, Any]:
     """Merged sidecar settings for an array file (empty dict when there are none)."""
     folder = os.path.dirname(os.path.abspath(path))
     out: dict[str, Any] = {}
-    for cand in (os.path.join(folder, DIR_SIDECAR), os.path.splitext(path)[0] + ".json"):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for name in (DIR_SIDECAR, stem + ".json"):
+        cand = os.path.join(folder, name)
         try:
             st = os.stat(cand)
         except OSError:
             continue
-        out.update(_load(cand, st.st_mtime_ns))
+        out.update(_load(confined(folder, name, path), st.st_mtime_ns))
     return out
 
 

@@ -102,10 +102,13 @@ def parse_header(text: str, path: str = "") -> WfdbHeader:
         n_samples = int(rec[3]) if len(rec) > 3 else None
         n_seg = int(n_seg) if n_seg else None
     except ValueError:
-        raise HeaderError(f"{path}: malformed record line {body[0]!r}", path) from None
+        raise HeaderError(f"{path}: malformed record line (expected 'name[/segments] signals "
+                          "[fs [samples]]'; its text is not echoed: a header is untrusted)",
+                          path) from None
     if (n_sig < 0 or not math.isfinite(fs) or fs <= 0 or (n_samples is not None and n_samples < 0)
             or (n_seg is not None and n_seg < 1)):
-        raise HeaderError(f"{path}: implausible record line {body[0]!r}", path)
+        raise HeaderError(f"{path}: implausible record line (a negative count, or a rate that is "
+                          "not a positive finite number)", path)
     base_time = rec[4] if len(rec) > 4 else None
     base_date = rec[5] if len(rec) > 5 else None
     if n_seg is not None:
@@ -115,7 +118,7 @@ def parse_header(text: str, path: str = "") -> WfdbHeader:
         raise HeaderError(
             f"{path}: record line announces {n_sig} signals but {len(body) - 1} signal lines follow",
             path)
-    signals = [_parse_signal(ln, path) for ln in body[1:1 + n_sig]]
+    signals = [_parse_signal(ln, path, i + 1) for i, ln in enumerate(body[1:1 + n_sig])]
     return WfdbHeader(rec[0], n_sig, fs, n_samples, base_time, base_date, signals, comments)
 
 
@@ -124,28 +127,32 @@ def _parse_segments(lines: list[str], n_seg: int, path: str) -> list[tuple[str, 
         raise HeaderError(f"{path}: record line announces {n_seg} segments but {len(lines)} "
                           "segment lines follow", path)
     segments = []
-    for ln in lines[:n_seg]:
+    for k, ln in enumerate(lines[:n_seg], 1):
         parts = ln.split()
         try:
             length = int(parts[1])
         except (IndexError, ValueError):
-            raise HeaderError(f"{path}: malformed segment line {ln!r}", path) from None
+            raise HeaderError(f"{path}: malformed segment line {k} (expected 'name length')",
+                              path) from None
         if length < 0 or "/" in parts[0] or "\\" in parts[0] or parts[0] in (".", ".."):
-            raise HeaderError(f"{path}: implausible segment line {ln!r}", path)
+            raise HeaderError(f"{path}: implausible segment line {k} (a negative length, or a name "
+                              "with a folder in it)", path)
         segments.append((parts[0], length))
     return segments
 
 
-def _parse_signal(line: str, path: str) -> SignalSpec:
+def _parse_signal(line: str, path: str, k: int = 1) -> SignalSpec:
+    """Signal line ``k`` (1-based). Messages name the line and field, never their text (a header
+    is untrusted: its text must not travel into an error a server sends back)."""
     parts = line.split(None, 8)
     if len(parts) < 2:
-        raise HeaderError(f"{path}: signal line without a format: {line!r}", path)
+        raise HeaderError(f"{path}: signal line {k} has no format field", path)
     fmt_field = _format_field(parts[1])
     if fmt_field is None:
-        raise HeaderError(f"{path}: bad format field {parts[1]!r}", path)
+        raise HeaderError(f"{path}: signal line {k}: bad format field", path)
     fmt, spf, skew, offset = fmt_field
     if spf < 1:
-        raise HeaderError(f"{path}: zero samples per frame in {parts[1]!r}", path)
+        raise HeaderError(f"{path}: signal line {k}: zero samples per frame", path)
     gain, baseline, units = DEFAULT_GAIN, None, "mV"
     try:
         adc_res = int(parts[3]) if len(parts) > 3 else 0
@@ -155,16 +162,17 @@ def _parse_signal(line: str, path: str) -> SignalSpec:
         if len(parts) > 2:
             gain, baseline, units = _gain_field(parts[2])
     except ValueError:
-        raise HeaderError(f"{path}: malformed signal line {line!r}", path) from None
+        raise HeaderError(f"{path}: malformed signal line {k} (ADC fields must be integers, the "
+                          "gain 'gain[(baseline)][/units]')", path) from None
     if not math.isfinite(gain) or 0 < abs(gain) < _MIN_GAIN:
-        raise HeaderError(f"{path}: gain {parts[2]!r} is not a finite number that keeps physical "
-                          "values finite", path)
+        raise HeaderError(f"{path}: signal line {k}: the gain is not a finite number that keeps "
+                          "physical values finite", path)
     if gain == 0:
         gain = DEFAULT_GAIN
     baseline = adc_zero if baseline is None else baseline
     if any(v is not None and not -_INT32 <= v < _INT32 for v in (baseline, init_value)):
-        raise HeaderError(f"{path}: baseline or initial value outside the 32-bit range in {line!r}",
-                          path)
+        raise HeaderError(f"{path}: signal line {k}: baseline or initial value outside the 32-bit "
+                          "range", path)
     description = parts[8].strip() if len(parts) > 8 else ""
     return SignalSpec(parts[0], fmt, spf, skew, offset, gain, baseline, units, adc_res, adc_zero,
                       init_value, checksum, description)

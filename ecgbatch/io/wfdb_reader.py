@@ -23,11 +23,13 @@ import struct
 import numpy as np
 
 from ecgbatch.io import wfdb_decode as dec
+from ecgbatch.io.confine import check_budget, confined
 from ecgbatch.io.entries import RecordHeader
-from ecgbatch.io.errors import (EmptyFileError, HeaderError, LengthMismatchError,
+from ecgbatch.io.errors import (EcgReadError, EmptyFileError, HeaderError, LengthMismatchError,
                                 MissingSignalFileError, NotAnEcgError, TooFewLeadsError,
                                 TruncatedSignalError, UnknownFormatError, UnreadableError)
 from ecgbatch.io.leads import canonical_leads
+from ecgbatch.io.matfile import MAX_BYTES, read_mat
 from ecgbatch.io.record import Record
 from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, parse_header, read_header_text
 
@@ -80,19 +82,23 @@ def signal_file_names(hea_path: str) -> list[str]:
     try:
         n_lines = int(n_seg) if n_seg else int(lines[0][1]) if len(lines[0]) > 1 else 0
     except ValueError:
-        raise HeaderError(f"{hea_path}: malformed record line {' '.join(lines[0])!r}", hea_path) from None
+        raise HeaderError(f"{hea_path}: malformed record line (line 1)", hea_path) from None
     names = [ln[0] for ln in lines[1:1 + n_lines] if ln[0] != "~"]
     return list(dict.fromkeys(n + ".hea" if n_seg else n for n in names))
 
 
-def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True):
-    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader)."""
+def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True,
+              max_bytes: int | None = None):
+    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader). Signal files
+    must lie in the header's folder (``confine.confined``); ``max_bytes``: the per-record budget
+    of decoded bytes, checked against the header before decoding (None: the default)."""
     h = parse_header(read_header_text(hea_path), hea_path)
     if h.segments is not None:
         from ecgbatch.io.wfdb_segments import read_multisegment
 
-        return read_multisegment(h, hea_path, header_only=header_only, check_length=check_length)
-    n, plans = plan_record(h, hea_path, check_length=check_length)
+        return read_multisegment(h, hea_path, header_only=header_only, check_length=check_length,
+                                 max_bytes=max_bytes)
+    n, plans = plan_record(h, hea_path, check_length=check_length, max_bytes=max_bytes)
     files = [f for f, _, _ in plans]
     meta = header_meta(h)
     meta["storage"] = "wfdb " + "/".join(sorted({str(f.fmt) for f in files})) + (
@@ -106,7 +112,7 @@ def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = 
     fmt_name = "wfdb_mat" if "in .mat" in meta["storage"] else "wfdb"
     if header_only:
         return RecordHeader(record_id, hea_path, fmt_name, h.fs, leads, int(n), rec_units, meta)
-    signal, bad = read_signals(h, hea_path, n, plans)
+    signal, bad = read_signals(h, hea_path, n, plans, max_bytes)
     if rec_units == "mixed":  # bring every lead to mV when the units allow it
         signal, rec_units = to_common_units(signal, [s.units for s in h.signals])
     meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in bad]
@@ -118,17 +124,20 @@ def record_units(specs: list[SignalSpec]) -> str:
     return units.pop() if len(units) == 1 else "mixed"
 
 
-def plan_record(h: WfdbHeader, hea_path: str, *, check_length: bool = True):
-    """Check a single-segment header against its signal files without decoding: each file exists,
-    holds the samples the header promises (TruncatedSignalError) and no more (LengthMismatchError,
-    when check_length). Returns (samples per signal, [(file, path, how)])."""
+def plan_record(h: WfdbHeader, hea_path: str, *, check_length: bool = True,
+                max_bytes: int | None = None):
+    """Check a single-segment header against its signal files without decoding: each file lies in
+    the header's folder (SignalFileOutsideError), exists, holds the samples the header promises
+    (TruncatedSignalError) and no more (LengthMismatchError, when check_length), and the record
+    fits the decoded-size budget (RecordTooLargeError). Returns (samples per signal,
+    [(file, path, how)])."""
     if h.n_sig == 0:
         raise TooFewLeadsError(f"{hea_path}: header declares no signals", hea_path)
     folder = os.path.dirname(hea_path)
     n = h.n_samples
     plans = []
     for f in _files(h, hea_path):
-        fpath = os.path.join(folder, f.name)
+        fpath = confined(folder, f.name, hea_path)
         if f.flac:
             n = _check_flac(fpath, f, n, hea_path, check_length)
             plans.append((f, fpath, "flac"))
@@ -153,10 +162,17 @@ def plan_record(h: WfdbHeader, hea_path: str, *, check_length: bool = True):
         plans.append((f, fpath, "raw"))
     if n == 0:
         raise EmptyFileError(f"{hea_path}: record has 0 samples", hea_path)
+    check_budget(record_bytes(h, n), max_bytes, hea_path, "the header")
     return n, plans
 
 
-def read_signals(h: WfdbHeader, hea_path: str, n: int, plans) -> tuple[np.ndarray, list[int]]:
+def record_bytes(h: WfdbHeader, n: int) -> int:
+    """Bytes of the stored samples decoded to 32-bit values (every sample of every frame)."""
+    return 4 * n * sum(s.spf for s in h.signals)
+
+
+def read_signals(h: WfdbHeader, hea_path: str, n: int, plans,
+                 max_bytes: int | None = None) -> tuple[np.ndarray, list[int]]:
     """Decode every file of a planned record: physical float32 [signals, n] in the header's units
     (each value wfdb.rdsamp's float64 value rounded to float32) and the signals whose stored
     checksum disagrees with the data."""
@@ -164,7 +180,7 @@ def read_signals(h: WfdbHeader, hea_path: str, n: int, plans) -> tuple[np.ndarra
     checksums: dict[int, int] = {}
     for f, fpath, how in plans:
         if how == "loadmat":
-            frames = _load_loadmat(fpath, f, n, hea_path)
+            frames = _load_loadmat(fpath, f, n, hea_path, max_bytes)
         elif how == "flac":
             frames = _load_flac(fpath, f, n, hea_path)
         else:
@@ -339,12 +355,10 @@ def _mat_layout(fpath: str, f: _File, hea_path: str) -> str | None:
     return "loadmat"
 
 
-def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str) -> np.ndarray:
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.io.matfile import read_mat  # not scipy.io.loadmat: it can crash on corrupt files
-
-    try:
-        val = read_mat(fpath, variables=("val",)).get("val")
+def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str, max_bytes: int | None) -> np.ndarray:
+    try:  # matfile, not scipy.io.loadmat: SciPy can crash the process on a corrupt file
+        val = read_mat(fpath, variables=("val",),
+                       max_bytes=MAX_BYTES if max_bytes is None else min(max_bytes, MAX_BYTES)).get("val")
     except EcgReadError as exc:
         raise type(exc)(str(exc), hea_path) from None
     if not isinstance(val, np.ndarray) or val.ndim != 2 or not np.issubdtype(val.dtype, np.number):

@@ -9,8 +9,9 @@ segments end to end, NaN where a segment is a gap or lacks a signal - ``wfdb.rds
 Names, units and descriptions come from the layout header (variable) or the first segment that
 has data (fixed).
 
-A gap claims samples that no file backs, so the whole record's size is bounded (``MAX_VALUES``)
-before anything is allocated.
+A gap claims samples that no file backs, so the whole record's size is checked against the
+per-record budget (``confine.check_budget``) before anything is allocated; segment headers, like
+signal files, must lie in the master header's folder (``confine.confined``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import os
 
 import numpy as np
 
+from ecgbatch.io.confine import check_budget, confined
 from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (HeaderError, LengthMismatchError, MissingSignalFileError,
                                 TooFewLeadsError)
@@ -27,17 +29,15 @@ from ecgbatch.io.wfdb_header import WfdbHeader, header_meta, parse_header, read_
 from ecgbatch.io.wfdb_reader import (plan_record, read_signals, record_units,
                                      to_common_units)
 
-MAX_VALUES = 1 << 31  # signals x samples: 8 GiB as float32; more is no ECG a reader should allocate
-
 
 def read_multisegment(h: WfdbHeader, hea_path: str, *, header_only: bool = False,
-                      check_length: bool = True):
+                      check_length: bool = True, max_bytes: int | None = None):
     """A multi-segment record as one Record (or RecordHeader), gaps as NaN."""
     folder = os.path.dirname(hea_path)
     layout, parts, variable = _layout(h, folder, hea_path)
     total = sum(length for _, length in parts)
-    _check_size(h, total, hea_path)
-    segments = _plan_segments(folder, parts, h, hea_path, check_length)
+    _check_size(h, total, hea_path, max_bytes)
+    segments = _plan_segments(folder, parts, h, hea_path, check_length, max_bytes)
     meta = header_meta(h)
     fmts = sorted({str(s.fmt) for _, _, sh, _, _ in segments if sh for s in sh.signals})
     meta["storage"] = f"wfdb multi-segment ({len(parts)} segments, format {'/'.join(fmts)})"
@@ -47,20 +47,21 @@ def read_multisegment(h: WfdbHeader, hea_path: str, *, header_only: bool = False
     record_id = os.path.splitext(os.path.basename(hea_path))[0]
     if header_only:
         return RecordHeader(record_id, hea_path, "wfdb", h.fs, leads, total, rec_units, meta)
-    signal, flagged = _assemble(segments, names, variable, total, hea_path)
+    signal, flagged = _assemble(segments, names, variable, total, hea_path, max_bytes)
     if rec_units == "mixed":
         signal, rec_units = to_common_units(signal, [s.units for s in layout.signals])
     meta["quality"] = [f"checksum_mismatch:{leads[i]}" for i in sorted(flagged)]
     return Record(signal, float(h.fs), leads, rec_units, record_id, hea_path, meta)
 
 
-def _plan_segments(folder: str, parts, h: WfdbHeader, hea_path: str, check_length: bool):
+def _plan_segments(folder: str, parts, h: WfdbHeader, hea_path: str, check_length: bool,
+                   max_bytes: int | None):
     """[(name, length, header, path, plan)] with each data segment's files checked (no decoding);
     header, path and plan are None for a gap."""
     out = []
     for name, length in parts:
         sh, path = _data_header(folder, name, h, hea_path)
-        plan = plan_record(sh, path, check_length=check_length) if sh else None
+        plan = plan_record(sh, path, check_length=check_length, max_bytes=max_bytes) if sh else None
         if plan is not None and plan[0] != length:
             raise LengthMismatchError(f"{hea_path}: segment {name!r} holds {plan[0]} samples, "
                                       f"the master header says {length}", hea_path)
@@ -68,7 +69,8 @@ def _plan_segments(folder: str, parts, h: WfdbHeader, hea_path: str, check_lengt
     return out
 
 
-def _assemble(segments, names: list[str], variable: bool, total: int, hea_path: str):
+def _assemble(segments, names: list[str], variable: bool, total: int, hea_path: str,
+              max_bytes: int | None):
     """The segments end to end: float32 [signals, total], NaN where no segment has data; and the
     rows whose checksum disagrees in some segment."""
     signal = np.full((len(names), total), np.nan, np.float32)
@@ -76,7 +78,7 @@ def _assemble(segments, names: list[str], variable: bool, total: int, hea_path: 
     start = 0
     for _, length, sh, path, plan in segments:
         if sh is not None:
-            data, bad = read_signals(sh, path, length, plan[1])
+            data, bad = read_signals(sh, path, length, plan[1], max_bytes)
             rows = _rows(sh, names, variable, hea_path)
             for j, row in enumerate(rows):
                 if row is not None:
@@ -103,22 +105,21 @@ def _layout(h: WfdbHeader, folder: str, hea_path: str):
     return layout, parts, variable
 
 
-def _check_size(h: WfdbHeader, total: int, hea_path: str) -> None:
+def _check_size(h: WfdbHeader, total: int, hea_path: str, max_bytes: int | None) -> None:
     if h.n_samples is not None and h.n_samples != total:
         raise HeaderError(f"{hea_path}: record line says {h.n_samples} samples, the segments add "
                           f"up to {total}", hea_path)
     if total == 0:
         raise HeaderError(f"{hea_path}: multi-segment record has 0 samples", hea_path)
-    if total * h.n_sig > MAX_VALUES:
-        raise HeaderError(f"{hea_path}: {h.n_sig} signals x {total} samples is more than "
-                          f"{MAX_VALUES} values; refusing to allocate it", hea_path)
+    check_budget(4 * total * h.n_sig, max_bytes, hea_path, f"the master header ({h.n_sig} signals x "
+                 f"{total} samples as float32)")
 
 
 def _segment_header(folder: str, name: str, master: WfdbHeader, hea_path: str):
     """(parsed single-segment header, its path), or (None, None) for a gap."""
     if name == "~":
         return None, None
-    path = os.path.join(folder, name + ".hea")
+    path = confined(folder, name + ".hea", hea_path)
     if not os.path.isfile(path):
         raise MissingSignalFileError(f"{hea_path}: segment header {name + '.hea'!r} is missing",
                                      hea_path)

@@ -10,6 +10,7 @@ from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.record import Record
 from ecgbatch.llava.errors import EcgInputError
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.content import require_physiological
 from ecgbatch.signal.preprocess import preprocess
 
 
@@ -63,7 +64,9 @@ def read_for_model(records: list[str], config) -> tuple[list[tuple[str, np.ndarr
     ok, failed = [], []
     for path in records:
         try:
-            ok.append((path, preprocess_for_model(read_record(path), config, record_id=path)))
+            rec = read_record(path)
+            require_physiological(rec)      # no confident report on a flat or absurd signal
+            ok.append((path, preprocess_for_model(rec, config, record_id=path)))
         except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
             failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
     return ok, failed

@@ -19,11 +19,13 @@ from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.read_ledger import crash_row, READ_TASK_RETRIES, ReadTracker, start_ledger
 from ecgbatch.signal import preprocess
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.content import physiological_flags
 from ecgbatch.signal.measure import measure
 
 LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
-# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm.
-MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms")
+# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm,
+# the frontal QRS axis in degrees and the RR irregularity (RMSSD / mean RR, ecgbatch.signal.rate).
+MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "axis_deg", "rr_nrmssd")
 FAILURE_FIELDS = ("source", "record_id", "stage", "error_type", "error_kind", "message")
 
 
@@ -78,6 +80,8 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
         with src.local_source(source) as local:
             rec = local.read()
         stage = "preprocess"
+        flags = physiological_flags(rec.signal, rec.leads, rec.units)   # the report job refuses
+        rec.meta["quality"] = list(dict.fromkeys([*(rec.meta.get("quality") or ()), *flags]))
         pre = preprocess(rec, config)
         row.update(_meta_fields(rec.meta or {}))
         row["fs"] = float(rec.fs)

@@ -28,15 +28,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.io.errors import NoPhysiologicalContentError
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
 from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
-from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
+from ecgbatch.pipelines.read_stage import LABEL_SEP, failures_table, metadata_columns, read_stage
 from ecgbatch.pipelines.sources import list_sources
 from ecgbatch.pipelines.workspace import atomic_write_table, default_workspace, model_key, ReportTable
 from ecgbatch.serving.errors import EcgLlavaError
+from ecgbatch.signal.content import NO_CONTENT
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
@@ -135,6 +137,11 @@ class ReportUDF:
                "generation_s": np.full(n, np.nan)}
         todo = []
         for i in np.flatnonzero(batch["ok"]):
+            if NO_CONTENT in str(batch["quality"][i] if "quality" in batch else "").split(LABEL_SEP):
+                _fail(batch, i, NoPhysiologicalContentError(
+                    f"no physiological content ({str(batch['quality'][i]).replace(LABEL_SEP, ', ')}); "
+                    "not reported"), NO_CONTENT)
+                continue
             req = EcgRequest(x[i], self._prompt_ids(str(questions[i])), id=str(batch["record_id"][i]))
             try:
                 self.engine.check_request(req, self.max_tokens)

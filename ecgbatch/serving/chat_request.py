@@ -9,8 +9,12 @@ The ECG content part (ecgbatch's own type; one per conversation, in a user messa
 Inline samples may come at any rate and in any lead order or spelling ecgbatch maps
 (``canonical_lead``): they go through the model's own preprocessing (lead mapping by name,
 units, resampling, crop/pad: ``ecgbatch.llava.preprocess_for_model``), exactly like a record read
-from a file. Paths are resolved under ``--ecg-dir`` only (symlinks followed, then checked), so a
-remote caller cannot make the server read other files.
+from a file. Paths are resolved under ``--ecg-dir`` only (symlinks followed, then checked; a path
+without its extension is completed first and then checked the same way), and every file the
+record names must lie in the record's own folder (``ecgbatch.io.confine``), so a remote caller
+cannot make the server read other files. Error messages name files relative to --ecg-dir only
+(``public_message``); a record's decoded size is bounded before decoding
+(``Limits.max_decoded_bytes``), and a signal without physiological content is refused (422).
 
 The conversation becomes (question, history) for ``ecgbatch.llava.prompting.prompt_ids``: user /
 assistant turns alternating, ending with a user turn; the ECG is the conversation's and goes into
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,11 @@ from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.leads import canonical_lead
 from ecgbatch.io.record import Record
 from ecgbatch.llava.inputs import preprocess_for_model
+from ecgbatch.signal.content import NO_CONTENT, physiological_flags
+
+MAX_PATH_CHARS = 1024       # ecg.path; each component at most NAME_MAX (255) as on Linux
+MAX_NAME_CHARS = 255
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\"/:]+/)+(?=[^\s'\"/:]*)")
 
 
 class RequestError(ValueError):
@@ -54,6 +65,15 @@ class Limits:
     max_tokens: int = 1024                      # most new tokens a request may ask for
     max_messages: int = 64
     max_text_chars: int = 32_000                # all message texts together
+    body_timeout_s: float = 30.0                # a request body must arrive within this (408)
+    # decoded bytes one request may inflate its ECG to (the reader's per-record budget, checked
+    # against what the file declares before decoding): the largest record the limits let through,
+    # max_leads x max_samples, as float64 (the widest type a reader decodes to) = 15 MB by default
+    max_decoded_bytes: int | None = None
+
+    def __post_init__(self):
+        if self.max_decoded_bytes is None:
+            self.max_decoded_bytes = self.max_leads * self.max_samples * 8
 
 
 @dataclass
@@ -98,6 +118,8 @@ def _message_text_and_ecgs(msg, i: int, ecg_token: str) -> tuple[str, list[dict]
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 _fail(f"messages[{i}].content[{j}]: a text part needs a string 'text'")
+            if not is_utf8(part["text"]):
+                _fail(f"messages[{i}].content[{j}]: the text is not valid Unicode (lone surrogate)")
             texts.append(part["text"])
         elif kind == "ecg":
             if msg.get("role") != "user":
@@ -150,15 +172,32 @@ def parse_conversation(messages, ecg_token: str, limits: Limits) -> tuple[str, l
     return turns[-1], history, ecgs[0]
 
 
+def is_utf8(text: str) -> bool:
+    """False for a str that cannot be sent on as UTF-8 (lone surrogates from JSON \\ud800 escapes)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _number(body: dict, key: str, default, kind, lo, hi):
     v = body.get(key, default)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        _fail(f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {v!r}")
-    if not lo <= v <= hi:
-        _fail(f"'{key}' must be between {lo} and {hi}, got {v!r}")
+    whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not whole):
+        _fail(f"'{key}' must be a{'n integer' if kind is int else ' number'}, got {_short(v)}")
+    if not lo <= v <= hi:      # int/float comparisons are exact for any size: no float(v) overflow
+        _fail(f"'{key}' must be between {lo} and {hi}, got {_short(v)}")
     return kind(v)
+
+
+def _short(v) -> str:
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10 ** 30 else f"an integer of {len(str(abs(v)))} digits"
+    return text[:40]
 
 
 def parse_sampling(body: dict, limits: Limits, default_max_tokens: int) -> SamplingRequest:
@@ -183,7 +222,7 @@ def parse_chat_request(body, ecg_token: str, limits: Limits, default_max_tokens:
     if not isinstance(body, dict):
         _fail("the request body must be a JSON object")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model or len(model) > 256 or not is_utf8(model):
         _fail("'model' must name a served model (see GET /v1/models)")
     question, history, ecg = parse_conversation(body.get("messages"), ecg_token, limits)
     opts = body.get("stream_options") or {}
@@ -226,18 +265,39 @@ def decode_inline(spec: dict, limits: Limits):
 
 
 def resolve_ecg_path(rel, ecg_dir: Path | None) -> Path:
-    """``rel`` under ``ecg_dir`` (after following links), or RequestError (403 outside it)."""
+    """The file ``rel`` names under ``ecg_dir``, links followed, or RequestError (403 outside it,
+    404 missing, 400 malformed). A WFDB record name without its extension is completed to its
+    .hea FIRST and that file is then resolved and checked exactly like a path given with it;
+    ``container.h5#3`` is checked as ``container.h5``."""
     if ecg_dir is None:
         _fail("ECG paths are disabled on this server (it was started without --ecg-dir); send the "
               "samples inline", 403, "paths_disabled")
-    if not isinstance(rel, str) or not rel or "\x00" in rel:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or not is_utf8(rel):
         _fail("ecg.path must be a non-empty string")
+    if len(rel) > MAX_PATH_CHARS or any(len(part.encode()) > MAX_NAME_CHARS for part in rel.split("/")):
+        _fail(f"ecg.path is too long (at most {MAX_PATH_CHARS} characters, {MAX_NAME_CHARS} bytes "
+              "per name)")
     root = Path(ecg_dir).resolve()
-    p = (root / rel).resolve()
+    base, sep, index = rel.rpartition("#")
+    name, suffix = (base, sep + index) if sep and index.isdigit() else (rel, "")
+    try:
+        p = _under(root, root / name, rel)
+        if not p.exists():
+            hea = root / (name + ".hea")
+            if not (hea.is_symlink() or hea.exists()):
+                _fail(f"ecg.path {rel!r}: no such record under the server's ECG folder", 404, "not_found")
+            p = _under(root, hea, rel)
+            if not p.exists():
+                _fail(f"ecg.path {rel!r}: no such record under the server's ECG folder", 404, "not_found")
+    except OSError as exc:      # ENAMETOOLONG, ELOOP, EACCES ...: the name cannot be used
+        _fail(f"ecg.path {rel!r} cannot be used ({os.strerror(exc.errno) if exc.errno else 'bad path'})")
+    return Path(str(p) + suffix)
+
+
+def _under(root: Path, path: Path, rel: str) -> Path:
+    p = path.resolve()
     if p != root and root not in p.parents:
         _fail(f"ecg.path {rel!r} is outside the server's ECG folder", 403, "path_outside_ecg_dir")
-    if not p.exists() and not p.with_suffix(".hea").exists():
-        _fail(f"ecg.path {rel!r}: no such record under the server's ECG folder", 404, "not_found")
     return p
 
 
@@ -251,10 +311,11 @@ def ecg_record(spec, ecg_dir: Path | None, limits: Limits):
         return decode_inline(spec, limits), "inline ECG"
     p = resolve_ecg_path(spec["path"], ecg_dir)
     try:
-        rec = read_record(str(p))
+        rec = read_record(str(p), max_bytes=limits.max_decoded_bytes)
     except EcgReadError as exc:
-        _fail(f"ecg.path {spec['path']!r} cannot be read ({exc.kind}): {_strip_root(str(exc), ecg_dir)}",
-              422, "unreadable_ecg")
+        status = 413 if exc.kind == "record_too_large" else 403 if exc.kind == "signal_file_outside" else 422
+        _fail(f"ecg.path {spec['path']!r} cannot be read ({exc.kind}): {public_message(str(exc), ecg_dir)}",
+              status, exc.kind if status != 422 else "unreadable_ecg")
     except (OSError, ValueError) as exc:
         _fail(f"ecg.path {spec['path']!r} cannot be read: {type(exc).__name__}", 422, "unreadable_ecg")
     if rec.n_samples > limits.max_samples:
@@ -263,15 +324,25 @@ def ecg_record(spec, ecg_dir: Path | None, limits: Limits):
     return rec, spec["path"]
 
 
-def _strip_root(msg: str, ecg_dir) -> str:
-    return msg.replace(str(Path(ecg_dir).resolve()) + "/", "").replace(str(ecg_dir) + "/", "") if ecg_dir else msg
+def public_message(msg: str, *folders) -> str:
+    """``msg`` fit to send to a client: paths under ``folders`` (as given and resolved) made
+    relative to them, and any other absolute path cut to its last name."""
+    for folder in folders:
+        if folder:
+            for form in {str(Path(folder).resolve()), os.path.abspath(str(folder)), str(folder)}:
+                msg = msg.replace(form.rstrip("/") + "/", "")
+    return _ABS_PATH.sub("", msg)
 
 
 def model_input(spec, config, ecg_dir: Path | None, limits: Limits) -> np.ndarray:
     """The ECG part -> the model's input array (the same preprocessing ``report`` uses)."""
     rec, name = ecg_record(spec, ecg_dir, limits)
+    flags = physiological_flags(rec.signal, rec.leads, rec.units)
+    if NO_CONTENT in flags:     # no confident report on a flat, saturated or absurd signal
+        _fail(f"the ECG has no physiological content ({', '.join(flags[:-1][:6])}); the model would "
+              "report on noise", 422, NO_CONTENT)
     try:
         return preprocess_for_model(rec, config, record_id=name)
     except (EcgReadError, ValueError) as exc:
         _fail(f"the ECG cannot be brought to the model's input ({getattr(exc, 'kind', 'bad_ecg_input')}): "
-              f"{_strip_root(str(exc), ecg_dir)}", 422, "unusable_ecg")
+              f"{public_message(str(exc), ecg_dir)}", 422, "unusable_ecg")

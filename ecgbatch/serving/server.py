@@ -16,7 +16,12 @@ LoRA and scheduling stay vLLM's: every request goes to the one AsyncLLM (continu
 
 Safety: binds loopback unless told otherwise; ``--api-key`` is checked on every /v1 route
 (Bearer, constant-time); bodies, ECG sizes, messages and max_tokens are capped; every refusal is a
-4xx JSON error in OpenAI's shape ({"error": {"message", "type", "code"}}).
+4xx JSON error in OpenAI's shape ({"error": {"message", "type", "code"}}): malformed JSON, nesting
+deeper than MAX_JSON_DEPTH, numbers past Python's digit limit, invalid Unicode included. A body
+must arrive within ``Limits.body_timeout_s`` (408), and a request takes an in-flight slot only once
+its body is read, so slow or stalled uploads cannot hold the slots that valid requests need. A
+client that goes away is logged in one line; an unexpected exception is logged once (with its
+traceback, in the server log only) and answered 500 in the same JSON shape.
 """
 from __future__ import annotations
 
@@ -31,13 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request   # module level: the routes' annotations are resolved from here
+from starlette.requests import ClientDisconnect
 
 from ecgbatch.llava.errors import EcgLlavaError
-from ecgbatch.serving.chat_request import ChatJob, Limits, RequestError, model_input, parse_chat_request
+from ecgbatch.serving.chat_request import (ChatJob, Limits, RequestError, is_utf8, model_input,
+                                           parse_chat_request)
 from ecgbatch.serving.server_upload import preview
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "index.html"
+MAX_JSON_DEPTH = 32     # an OpenAI chat body nests ~6 deep (messages / content / part / ecg)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was read."""
 
 
 @dataclass
@@ -60,26 +72,69 @@ def error_response(status: int, message: str, code: str = "invalid_request"):
     from fastapi.responses import JSONResponse
 
     kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-            413: "invalid_request_error", 429: "rate_limit_error"}.get(status, "invalid_request_error")
+            413: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}},
                         status_code=status)
 
 
-async def read_json(request, limit: int):
-    """The body as JSON, refused (413) once it passes ``limit`` bytes, even without Content-Length."""
+async def read_json(request, limit: int, timeout_s: float = 30.0):
+    """The body as JSON: refused (413) once it passes ``limit`` bytes, even without
+    Content-Length; 408 when it has not arrived within ``timeout_s``; 400 when it is not JSON this
+    server can hold (syntax, depth, number size, invalid Unicode). ClientGone when the client
+    disconnects first."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body of {declared} bytes is over the limit of {limit}", 413, "too_large")
     chunks, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > limit:
-            raise RequestError(f"request body is over the limit of {limit} bytes", 413, "too_large")
-        chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks) or b"null")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"the body is not valid JSON: {exc}") from None
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                n += len(chunk)
+                if n > limit:
+                    raise RequestError(f"request body is over the limit of {limit} bytes", 413, "too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(f"the request body did not arrive within {timeout_s:g} s", 408,
+                           "body_timeout") from None
+    except ClientDisconnect:
+        raise ClientGone() from None
+    return parse_json(b"".join(chunks))
+
+
+def parse_json(raw: bytes):
+    """JSON bytes -> value, or RequestError(400) naming what is wrong (never echoing the body)."""
+    try:
+        body = json.loads(raw or b"null")
+    except RecursionError:
+        raise RequestError(f"the body is not valid JSON: nested deeper than {MAX_JSON_DEPTH}") from None
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                           f"{exc.colno}") from None
+    except UnicodeDecodeError:
+        raise RequestError("the body is not valid JSON: it is not UTF-8") from None
+    except ValueError:          # an integer past Python's 4300-digit conversion limit
+        raise RequestError("the body is not valid JSON this server accepts: a number is too long") from None
+    check_json(body)
+    return body
+
+
+def check_json(body) -> None:
+    """Depth at most MAX_JSON_DEPTH and every key and string valid Unicode (400 otherwise);
+    iterative, so a deep body cannot exhaust the stack here either."""
+    stack = [(body, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise RequestError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                if isinstance(k, str) and not is_utf8(k):
+                    raise RequestError("the body holds a key that is not valid Unicode (lone surrogate)")
+                stack.append((x, depth + 1))
+        elif isinstance(v, str) and not is_utf8(v):
+            raise RequestError("the body holds a string that is not valid Unicode (lone surrogate)")
 
 
 class ChatService:
@@ -140,7 +195,9 @@ class ChatService:
                     yield chunk({"content": d.text} if d.text else {}, d.finish_reason)
         except Exception as exc:   # the status line is sent already: report in-band, then end
             log.exception("stream %s failed", rid)
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+            err = {"message": f"the engine failed while streaming ({type(exc).__name__}; logged on "
+                              "the server)", "type": "server_error"}
+            yield f"data: {json.dumps({'error': err})}\n\n"
         if job.include_usage and last is not None:
             yield chunk(None, usage=_usage(last))
         yield "data: [DONE]\n\n"
@@ -188,6 +245,13 @@ def build_app(cfg: ServerConfig, engine_factory=None):
             return await call_next(request)
         except RequestError as exc:
             return error_response(exc.status, str(exc), exc.code)
+        except ClientGone:
+            log.warning("%s %s: the client disconnected before its request body was read",
+                        request.method, request.url.path)
+            return error_response(400, "the client disconnected", "client_disconnected")
+        except Exception:       # noqa: BLE001 - never a traceback or a plain-text 500 to the client
+            log.exception("%s %s failed unexpectedly", request.method, request.url.path)
+            return error_response(500, "internal server error (logged on the server)", "internal_error")
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -216,19 +280,21 @@ def build_app(cfg: ServerConfig, engine_factory=None):
 
     @app.post("/v1/ecg/preview")
     async def ecg_preview(request: Request):
-        body = await read_json(request, cfg.limits.max_body_bytes)
+        body = await read_json(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
         return JSONResponse(await asyncio.to_thread(preview, body, cfg.limits))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         svc: ChatService = state["svc"]
+        # the body first: a slot is taken only by a request that has arrived whole (a stalled
+        # upload holds a connection until body_timeout_s, never a slot)
+        body = await read_json(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
         if svc.in_flight >= cfg.max_in_flight:
             raise RequestError(f"the server is busy ({svc.in_flight} requests in flight); retry later",
                                429, "busy")
         svc.in_flight += 1
         streaming = False
         try:
-            body = await read_json(request, cfg.limits.max_body_bytes)
             job, ecg, ids = await svc.prepare(body)
             if job.stream:
                 streaming = True

@@ -4,7 +4,11 @@ record's samples as an inline ECG part, a summary, and the standard 12-lead plot
 Body: {"files": [{"name": "A0689.hea", "data": "<base64>"}, {"name": "A0689.dat", ...}]}; the
 first file that names a record (a .hea, .xml, .mat, .npy, .h5) is read with ecgbatch's readers.
 Uploaded files go to a fresh temporary folder under their base names only, and a WFDB header may
-only refer to signal files uploaded with it (never to a file elsewhere on the server).
+only refer to signal files uploaded with it (never to a file elsewhere on the server; the readers'
+own rule, ``ecgbatch.io.confine``, holds too). The record is read with the request's decoded-size
+budget (``Limits.max_decoded_bytes``): a compressed upload that declares more (an HDF5 or .npz
+bomb, a zlib MAT element) is refused with 413 before anything is inflated. Messages never show
+the server's temporary folder.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 from ecgbatch.io import read_record
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.wfdb_reader import signal_file_names
-from ecgbatch.serving.chat_request import Limits, RequestError
+from ecgbatch.serving.chat_request import Limits, RequestError, public_message
 
 RECORD_SUFFIXES = (".hea", ".xml", ".mat", ".npy", ".h5", ".hdf5")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -43,12 +47,20 @@ def _files(body) -> list[tuple[str, bytes]]:
     return out
 
 
+def _unreadable(name: str, exc, folder: Path) -> RequestError:
+    """A reader's error as the client sees it: its kind, and its message without the folder."""
+    kind = getattr(exc, "kind", type(exc).__name__)
+    status = 413 if kind == "record_too_large" else 422
+    return RequestError(f"{name} cannot be read ({kind}): {public_message(str(exc), folder)}", status,
+                        "too_large" if status == 413 else "unreadable_ecg")
+
+
 def _record_file(folder: Path, names: list[str]) -> Path:
     for hea in [n for n in names if n.lower().endswith(".hea")]:      # every header, whichever is read
         try:
             refs = signal_file_names(str(folder / hea))
         except EcgReadError as exc:
-            raise RequestError(f"{hea}: {exc}", 422, "unreadable_ecg") from None
+            raise _unreadable(hea, exc, folder) from None
         bad = [r for r in refs if r not in names]
         if bad:
             raise RequestError(f"{hea} refers to signal files that were not uploaded with it: "
@@ -71,10 +83,9 @@ def preview(body, limits: Limits) -> dict:
             (folder / name).write_bytes(data)
         path = _record_file(folder, [n for n, _ in files])
         try:
-            rec = read_record(str(path))
+            rec = read_record(str(path), max_bytes=limits.max_decoded_bytes)
         except EcgReadError as exc:
-            raise RequestError(f"{path.name} cannot be read ({exc.kind}): {str(exc).replace(tmp + '/', '')}",
-                               422, "unreadable_ecg") from None
+            raise _unreadable(path.name, exc, folder) from None
         except (OSError, ValueError) as exc:
             raise RequestError(f"{path.name} cannot be read: {type(exc).__name__}", 422, "unreadable_ecg") from None
         if rec.n_samples > limits.max_samples or rec.n_leads > limits.max_leads:
@@ -83,7 +94,8 @@ def preview(body, limits: Limits) -> dict:
         try:
             png = plot_ecg(rec, folder / "plot.png", dpi=80).read_bytes()
         except ValueError as exc:
-            raise RequestError(f"{path.name} cannot be plotted: {exc}", 422, "unreadable_ecg") from None
+            raise RequestError(f"{path.name} cannot be plotted: {public_message(str(exc), folder)}", 422,
+                               "unreadable_ecg") from None
     return {"ecg": inline_spec(rec), "summary": summary(rec, path.name),
             "plot_png": base64.b64encode(png).decode()}
 

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from ecgbatch.signal import filters
+from ecgbatch.signal.axis import frontal_axis
+from ecgbatch.signal.rate import rr_regularity
 
 QRS_THRESHOLD = 0.05  # fraction of peak spatial velocity above noise
 QRS_SEARCH_S = 0.15  # max distance of a QRS bound from the R peak
@@ -111,6 +113,21 @@ def _nanmean(v) -> float:
     return float(np.mean(v)) if len(v) else float("nan")
 
 
+def axis_and_regularity(x: np.ndarray, leads, rpeaks: np.ndarray, fs: float, y: np.ndarray | None = None,
+                        bounds=None) -> tuple[float, float]:
+    """(frontal QRS axis in degrees, RR normalised RMSSD) of leads ``x`` [L, T] at ``fs`` with
+    R peaks ``rpeaks``; ``y`` (x band-passed 0.5-40 Hz) and ``bounds`` (QRS onsets, offsets)
+    when the caller has them already. NaN where not measurable."""
+    rr = np.diff(np.asarray(rpeaks, dtype=float)) * 1000.0 / fs
+    nrmssd = rr_regularity(rr).nrmssd
+    if len(rpeaks) < 2 or x.shape[1] <= 30:
+        return float("nan"), nrmssd
+    if y is None:
+        y = filters.bandpass(x, fs, 0.5, 40.0)
+    ons, offs = bounds if bounds is not None else qrs_bounds(y, rpeaks, fs)
+    return round(frontal_axis(y, leads, ons, offs, fs), 1), round(nrmssd, 4)
+
+
 def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
     """All leads at 500 Hz (float64, NaN-free) -> Measurements (median over beats, ms)."""
     from ecgbatch.signal.measure import (ECGCHAT_FS, Measurements, _quality, lead_index,
@@ -149,8 +166,10 @@ def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
     pos = {k: _nanmean(np.array([np.nan if v is None else v for v in waves[k]], float))
            for k in ("ECG_P_Peaks", "ECG_T_Peaks")}
     ok = float(np.mean(np.isfinite(qrs) & np.isfinite(qt)))
+    axis, nrmssd = axis_and_regularity(x500, leads, r, fs, y=y, bounds=(ons, offs))
     return Measurements(round(hr, 1), round(rr_mean, 1), round(_nanmedian(pr), 1),
                         round(_nanmedian(qrs), 1), round(qt_med, 1), round(float(qtc), 1),
                         round(pos["ECG_P_Peaks"], 1), round(float(np.mean(r)), 1),
                         round(pos["ECG_T_Peaks"], 1), n_beats=len(r),
-                        quality=_quality(len(r), hr, ok), method="multilead", lead=lead)
+                        quality=_quality(len(r), hr, ok), method="multilead", lead=lead,
+                        axis_deg=axis, rr_nrmssd=nrmssd)

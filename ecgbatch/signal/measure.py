@@ -5,7 +5,12 @@ method="ecgchat" reproduces ECG-Chat's ``signal_analysis.py::signal_analyse`` st
 (lead II, NeuroKit2 ecg_clean -> ecg_peaks("neurokit") -> ecg_delineate("dwt") at 500 Hz, NaN-mean
 over beats, int() of ms, all eight values 0 on any exception). method="multilead" (see
 ecgbatch.signal.delineation) keeps NeuroKit2's R peaks, P onsets and T offsets but measures the
-QRS from all leads; it is what ``ecgbatch inspect`` shows."""
+QRS from all leads; it is what ``ecgbatch inspect`` shows.
+
+Both methods also give the frontal QRS axis (``axis_deg``, ecgbatch.signal.axis, from the QRS
+windows of ecgbatch.signal.delineation on all leads) and the RR irregularity (``rr_nrmssd``,
+ecgbatch.signal.rate) from their R peaks; these are beside ECG-Chat's eight values, which stay
+as ECG-Chat computes them."""
 from __future__ import annotations
 
 import math
@@ -17,7 +22,9 @@ import numpy as np
 
 from ecgbatch.io.errors import MissingLeadError
 from ecgbatch.signal import filters
+from ecgbatch.signal.axis import axis_category
 from ecgbatch.signal.preprocess import lead_key
+from ecgbatch.signal.rate import rr_irregular
 
 ECGCHAT_FS = 500
 METHODS = ("ecgchat", "multilead")
@@ -25,6 +32,8 @@ QUALITY_FLAGS = ("ok", "too_few_beats", "noisy", "failed")
 MIN_BEATS = 3
 # Physiological ranges outside which a measurement says more about the signal than the heart.
 HR_RANGE_BPM = (25.0, 250.0)
+# Plausible ranges (ms); outside them a number says more about the delineation than the heart.
+INTERVAL_RANGES = {"pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700), "qtc_ms": (250, 700)}
 
 
 @dataclass
@@ -45,12 +54,26 @@ class Measurements:
     quality: str
     method: str
     lead: str = "II"
+    axis_deg: float = float("nan")   # frontal QRS axis, degrees in (-180, 180]
+    rr_nrmssd: float = float("nan")  # RMSSD / mean RR (ecgbatch.signal.rate)
+
+    @property
+    def axis_category(self) -> str | None:
+        """The axis category by the AHA convention (ecgbatch.signal.axis), None when unknown."""
+        return axis_category(self.axis_deg, "aha")
+
+    @property
+    def rr_irregular(self) -> bool | None:
+        """RR irregular by ecgbatch.signal.rate's threshold; None when unknown."""
+        return rr_irregular(self.rr_nrmssd)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k, v in d.items():  # JSON has no NaN
             if isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
+        d["axis_category"] = self.axis_category
+        d["rr_irregular"] = self.rr_irregular
         return d
 
 
@@ -138,8 +161,10 @@ def _quality(n_beats: int, hr: float, interval_ok_fraction: float) -> str:
     return "ok"
 
 
-def measure_ecgchat(x500: np.ndarray, lead: str = "II") -> Measurements:
-    """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free)."""
+def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None) -> Measurements:
+    """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free). ``all_leads``:
+    (every lead at 500 Hz [L, T], their names) to add the axis and RR irregularity from the
+    same R peaks."""
     try:
         _, rpeaks, waves = neurokit_delineate(x500)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -154,8 +179,14 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II") -> Measurements:
     rr, pr, qrs, qt_ms, qtc, p, r, t = vals
     hr = 60000.0 / rr if rr > 0 else 0.0
     quality = "failed" if rr == 0 else _quality(n_beats, hr, ok_frac)
-    return Measurements(round(hr, 1), rr, pr, qrs, qt_ms, qtc, p, r, t, n_beats=n_beats,
-                        quality=quality, method="ecgchat", lead=lead)
+    m = Measurements(round(hr, 1), rr, pr, qrs, qt_ms, qtc, p, r, t, n_beats=n_beats,
+                     quality=quality, method="ecgchat", lead=lead)
+    if all_leads is not None and quality != "failed":
+        from ecgbatch.signal.delineation import axis_and_regularity
+
+        m.axis_deg, m.rr_nrmssd = axis_and_regularity(
+            all_leads[0], all_leads[1], np.asarray(rpeaks["ECG_R_Peaks"], dtype=int), float(ECGCHAT_FS))
+    return m
 
 
 def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measurements:
@@ -165,11 +196,12 @@ def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measu
         raise ValueError(f"measure method must be one of {METHODS}, got {method!r}")
     sig, fs, leads = _unpack(record_or_tuple)
     i = lead_index(leads, lead)
+    x500 = at_500hz(sig, fs)
     if method == "ecgchat":
-        return measure_ecgchat(at_500hz(sig[i:i + 1], fs)[0], lead=lead)
+        return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads))
     from ecgbatch.signal.delineation import measure_multilead
 
-    return measure_multilead(at_500hz(sig, fs), leads, lead=lead)
+    return measure_multilead(x500, leads, lead=lead)
 
 
 def ecgchat_wave_text(m: Measurements) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgbatch.eval.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
+from ecgbatch.signal.measure import INTERVAL_RANGES
 from ecgbatch.training import texts as T
 from ecgbatch.training.instruct_format import ECG_TOKEN
 from ecgbatch.training.pairs import SourceSpec, TextSource, _int_key, list_sources
@@ -58,8 +59,6 @@ CHALLENGE_PREFIXES = (("HR", "challenge"), ("JS", "challenge"), ("E", "challenge
                       ("A", "challenge-cpsc"), ("Q", "challenge-cpsc"))
 PTBXL_AXIS = {"MID": "normal electrical axis", "LAD": "left axis deviation", "ALAD": "left axis deviation",
               "RAD": "right axis deviation", "ARAD": "right axis deviation"}
-# Plausible ranges (ms); outside them a number says more about the delineation than the heart.
-INTERVAL_RANGES = {"pr_ms": (60, 400), "qrs_ms": (40, 250), "qt_ms": (200, 700), "qtc_ms": (250, 700)}
 _PACED = re.compile(r"pac(ed|ing|emaker)")
 
 

@@ -1,0 +1,160 @@
+"""The grounded prompt (ecgbatch.llava.grounding) and the contradictions of a report with it
+(ecgbatch.llava.contradictions), on real records: LUDB and the sample archive, measured with the
+multilead method, with ecg-coca-mini's shipped probes on its real embeddings; the report texts
+are hand-written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ecgbatch.io import read_record
+from ecgbatch.llava.contradictions import contradictions, report_fields
+from ecgbatch.llava.grounding import GroundFinding, Grounding, ground, ground_batch
+from ecgbatch.signal import measure
+
+pytest.importorskip("neurokit2")
+
+
+@pytest.fixture(scope="module")
+def labeller():
+    from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
+
+    return FindingsLabeller("ecg-coca-mini")
+
+
+@pytest.fixture(scope="module")
+def grounded(sample_archive, shared_data, labeller):
+    """name -> (Measurements, Grounding) for a sinus bradycardia (LUDB 1), an atrial
+    fibrillation (Challenge A0689), a sinus rhythm (HR03961) and a marked left axis with atrial
+    fibrillation (LUDB 83)."""
+    from ecgbatch.llava.inputs import preprocess_for_model
+
+    paths = {"brady": sample_archive / "ludb" / "1.hea", "af": sample_archive / "cinc2021" / "A0689.hea",
+             "sinus": sample_archive / "cinc2021" / "HR03961.hea", "left": shared_data / "ludb" / "data" / "83.hea"}
+    recs = {k: read_record(p) for k, p in paths.items()}
+    x = np.stack([preprocess_for_model(r, labeller.model.preprocess_config) for r in recs.values()])
+    emb = labeller.embed(x)
+    out = {}
+    for (k, rec), e in zip(recs.items(), emb):
+        m = measure(rec, method="multilead")
+        out[k] = (m, ground(m, probes=labeller.probes, embedding=e))
+    return out
+
+
+def _said(cs) -> set[tuple[str, str]]:
+    return {(c.finding, c.source) for c in cs}
+
+
+def test_brady_record_prompt_states_rate_rhythm_axis_intervals_and_probes(grounded, labeller):
+    m, g = grounded["brady"]
+    lines = g.text.split("\n")
+    assert len(lines) == 2 and len(g.text) < 400  # compact: the mini LM has 2,048 tokens
+    assert lines[0].startswith(f"Measured: heart rate {round(m.hr_bpm)} bpm (bradycardia, regular RR); ")
+    assert f"QRS axis {round(m.axis_deg)} degrees (normal axis)" in lines[0]
+    assert f"PR {round(m.pr_ms)} ms, QRS {round(m.qrs_ms)} ms, QT/QTc {round(m.qt_ms)}/{round(m.qtc_ms)} ms." in lines[0]
+    assert lines[1].startswith("Classifier findings: sinus bradycardia (p=0.9")
+    by = {f.label: f for f in g.findings}
+    assert by["bradycardia"].source == "measurement" and by["bradycardia"].value == round(m.hr_bpm, 1)
+    assert by["axis"].unit == "degrees" and by["axis"].category == "normal"
+    assert by["SBRAD"].source == "probe" and by["SBRAD"].probability > 0.9
+    # every probe finding stated is at or above its probe's cross-validated threshold
+    thr = {(p.labelset, lab): t for p in labeller.probes for lab, t in zip(p.trained, p.thresholds)}
+    probe = [f for f in g.findings if f.source == "probe"]
+    assert probe and all(f.probability >= thr[(f.labelset, f.label)] for f in probe)
+    assert set(g.probabilities) >= {"AFIB", "SR", "SBRAD", "LBBB", "HYP"}
+    json.dumps(g.to_dict())  # report rows carry it as JSON
+
+
+def test_af_record_states_irregular_rr_no_pr_and_the_af_probe(grounded):
+    m, g = grounded["af"]
+    assert "(irregular RR)" in g.text and "atrial fibrillation (p=" in g.text
+    assert "PR " not in g.text and m.pr_ms != m.pr_ms  # multilead withholds PR in AF: never invented
+    assert not any(f.label == "SR" for f in g.findings)
+
+
+def test_deterministic_and_equal_from_a_row_dict(grounded, labeller):
+    m, g = grounded["sinus"]
+    row = {k: v for k, v in m.to_dict().items()}
+    assert ground(row).text == ground(m).text == g.text.split("\n")[0]
+    assert ground(m) == ground(m)
+
+
+def test_failed_or_missing_measurements_are_omitted_never_invented():
+    flat = (np.zeros((12, 5000)), 500, ("I", "II", "III", "aVR", "aVL", "aVF",
+                                        "V1", "V2", "V3", "V4", "V5", "V6"))
+    g = ground(measure(flat, method="multilead"))
+    assert g.text == "" and g.findings == () and g.question("Describe.") == "Describe."
+    assert ground(None).text == ""
+    # ECG-Chat's method writes 0 for what failed; a row may hold None; an axis of 0 is real
+    row = {"hr_bpm": 72.0, "rr_nrmssd": None, "axis_deg": 0.0, "pr_ms": 0, "qrs_ms": None,
+           "qt_ms": 380.0, "qtc_ms": 9999.0, "quality": "ok"}
+    g = ground(row)
+    assert g.text == "Measured: heart rate 72 bpm; QRS axis 0 degrees (normal axis); QT 380 ms."
+    assert ground({**row, "quality": "noisy"}).text == ""
+    # ECG-Chat's method measures a PR in atrial fibrillation too: not stated with an irregular RR
+    af = {"hr_bpm": 110.0, "rr_nrmssd": 0.3, "pr_ms": 160.0, "qrs_ms": 90.0, "method": "ecgchat"}
+    assert "PR" not in ground(af).text and "PR 160 ms" in ground({**af, "method": "multilead"}).text
+    assert "PR 160 ms" in ground({**af, "rr_nrmssd": 0.02}).text
+
+
+def test_contradictions_with_measured_rate_axis_and_rhythm(grounded):
+    _, brady = grounded["brady"]   # about 45 bpm, regular RR, axis about +15, QRS about 80 ms
+    assert _said(contradictions("Sinus rhythm. Normal ECG.", brady)) >= {("sinus_rhythm", "measurement")}
+    assert contradictions("Sinus bradycardia. Normal ECG.", brady) == []
+    assert ("sinus_tachycardia", "measurement") in _said(contradictions("Sinus tachycardia.", brady))
+    af = contradictions("Atrial fibrillation.", brady)
+    assert {("atrial_fibrillation", "measurement"), ("atrial_fibrillation", "probe")} <= _said(af)
+    assert any("regular RR" in c.against for c in af) and any("constant PR" in c.reason for c in af)
+    assert contradictions("Possible atrial fibrillation.", brady) == []  # hedged: not a statement
+    assert ("axis_right", "measurement") in _said(contradictions("Right axis deviation.", brady))
+    assert contradictions("Left axis deviation.", brady) == []  # +15 is left in LUDB's/German usage
+    lbbb = contradictions("Complete left bundle branch block.", brady)
+    assert ("lbbb", "measurement") in _said(lbbb) and "120 ms" in lbbb[0].reason
+    assert contradictions("Incomplete right bundle branch block.", brady) == []
+    assert ("av_block", "measurement") in _said(contradictions("First degree AV block.", brady))
+
+
+def test_contradictions_with_confident_probes(grounded):
+    _, af = grounded["af"]         # AF probe 0.99
+    no_af = contradictions("No atrial fibrillation. Sinus rhythm.", af)
+    assert ("atrial_fibrillation", "probe") in _said(no_af) and ("sinus_rhythm", "probe") in _said(no_af)
+    c = next(c for c in no_af if c.finding == "atrial_fibrillation")
+    assert c.stated == "negated" and c.statement == "no atrial fibrillation" and "AFIB" in c.against
+    assert contradictions("Atrial fibrillation with a normal ventricular rate.", af) == []
+    _, left = grounded["left"]     # LUDB 83: left axis deviation, about -70 degrees
+    assert ("axis_normal", "measurement") in _said(contradictions("Normal electrical axis.", left))
+    assert contradictions("Left axis deviation.", left) == []
+
+
+def test_contradictions_read_back_from_a_report_row(grounded):
+    _, g = grounded["sinus"]       # about 90 bpm, regular, axis about +60
+    text = "Sinus bradycardia. Left axis deviation. No sinus rhythm."
+    direct = contradictions(text, g)
+    assert contradictions(text, json.loads(json.dumps(g.to_dict()))) == direct
+    assert {"sinus_bradycardia", "axis_left", "sinus_rhythm"} <= {c.finding for c in direct}
+    assert all(set(c.to_dict()) == {"statement", "finding", "stated", "against", "source", "reason"}
+               for c in direct)
+
+
+def test_findings_list_alone_and_empty_inputs():
+    fs = [GroundFinding("heart_rate", "heart rate", "measurement", 130.0, "bpm"),
+          GroundFinding("AFIB", "atrial fibrillation", "probe", probability=0.97, labelset="ptbxl-rhythm")]
+    said = _said(contradictions("Sinus rhythm. No atrial fibrillation.", fs))
+    assert said == {("sinus_rhythm", "measurement"), ("sinus_rhythm", "probe"), ("atrial_fibrillation", "probe")}
+    assert contradictions("", fs) == [] and contradictions("Sinus rhythm.", Grounding("")) == []
+    with pytest.raises(ValueError, match="source"):
+        GroundFinding("x", "x", "guess")
+
+
+def test_batch_and_report_row_fields(grounded, labeller):
+    ms = [grounded[k][0] for k in ("brady", "af")]
+    gs = ground_batch(ms + [None])
+    assert [g.text for g in gs[:2]] == [ground(m).text for m in ms] and gs[2].text == ""
+    with pytest.raises(ValueError, match="embeddings"):
+        ground_batch(ms, probes=labeller.probes, embeddings=np.zeros((3, 4)))
+    row = report_fields("Sinus rhythm. Normal ECG.", grounded["brady"][1])
+    assert json.loads(json.dumps(row)) == row
+    assert any(f["source"] == "probe" for f in row["findings"])
+    assert [c["finding"] for c in row["contradictions"]][:1] == ["sinus_rhythm"]
