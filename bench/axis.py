@@ -79,7 +79,8 @@ def axes_of(x: np.ndarray, fs: float, leads) -> dict[str, float]:
     from ecgbatch.signal import filters
     from ecgbatch.signal.axis import frontal_axis
     from ecgbatch.signal.delineation import qrs_bounds
-    from ecgbatch.signal.measure import ECGCHAT_FS, at_500hz, lead_index, neurokit_delineate
+    from ecgbatch.signal.measure import at_500hz
+    from ecgbatch.signal.measurements import ECGCHAT_FS, lead_index, neurokit_delineate
 
     from ecgbatch.signal.rate import rr_regularity
 

@@ -113,7 +113,7 @@ def test_probe_save_load_round_trip_and_refusals(shipped, tmp_path):
 @pytest.mark.slow
 def test_probe_on_real_embeddings_beats_chance_on_held_out_patients(shared_data):
     from ecgbatch.encoders import create_model
-    from ecgbatch.eval.classify_eval import evaluate
+    from ecgbatch.training.probe_eval import evaluate
     from ecgbatch.training.job_config import load_job_config
     from ecgbatch.training.probes import labelled_records, probe_data
     from ecgbatch._paths import REPO_ROOT

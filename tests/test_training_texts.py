@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from ecgbatch.text.labels import keyword_labels
 from ecgbatch.training import texts as T
 
 
@@ -23,7 +24,7 @@ def test_ludb_axis_and_rhythm_forms(shared_data):
     for hea in sorted((shared_data / "ludb" / "data").glob("*.hea")):
         text = T.ludb_text(T.hea_comments(hea))
         assert text and "rhythm:" not in text and "electric axis of the heart" not in text
-        seen_af += T.keyword_labels(text, ["af"])["af"]
+        seen_af += keyword_labels(text, ["af"])["af"]
     assert seen_af == 10  # 8 atrial fibrillation + 2 atrial flutter in the shared LUDB half
 
 
@@ -51,7 +52,7 @@ def test_ptbxl_prefers_english_statements(shared_data):
     assert t.startswith("atrial fibrillation. ")       # rhythm first
     assert t.count("atrial fibrillation") == 1          # report repeat dropped
     assert "st segments are depressed" in t             # English report kept
-    n_af = sum(T.keyword_labels(T.ptbxl_text(r["scp_codes"], st), ["af"])["af"] for r in rows.values())
+    n_af = sum(keyword_labels(T.ptbxl_text(r["scp_codes"], st), ["af"])["af"] for r in rows.values())
     assert n_af == 122
     with pytest.raises(T.TextSourceError, match="not in scp_statements"):
         T.ptbxl_text("{'NOPE': 100.0}", st)

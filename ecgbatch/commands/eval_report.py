@@ -22,7 +22,7 @@ from ecgbatch.commands.common import fail, key_values
 _DIFFERENCES = (
     "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
     "PTB-XL test set with GPT-4o-translated reports and SCP-statement CE labels (its matcher unpublished).",
-    "Here: the texts given; CE labels from ecgbatch.eval.findings' keyword matcher on both texts; "
+    "Here: the texts given; CE labels from ecgbatch.text.findings' keyword matcher on both texts; "
     "DDP as stated above. Numbers are comparable in kind, not in data or model size.",
 )
 _DDP_CAVEAT = ("ecg-coca-mini's shipped probes were fitted on all 477 records of ../shared/data: DDP "

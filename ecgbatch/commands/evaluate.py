@@ -206,8 +206,8 @@ def eval_crossval(
 ) -> None:
     """Pooled held-out scores of a k-fold cross-validation: AUC and query precision per source."""
 
-    from ecgbatch.eval.crossval import crossval_scores, summary
-    from ecgbatch.training.texts import KEYWORD_LABELS
+    from ecgbatch.text.labels import KEYWORD_LABELS
+    from ecgbatch.training.crossval import crossval_scores, summary
 
     if label not in KEYWORD_LABELS:
         fail(f"unknown keyword label {label!r} (known: {sorted(KEYWORD_LABELS)})")
@@ -257,7 +257,7 @@ def eval_classify(
     """Cross-validated (by patient) per-label AUC, F1 at the probe's thresholds, top-label and
     sinus vs AF/flutter accuracy, and a confusion table; zero-shot beside it."""
     from ecgbatch.encoders.zeroshot import ZeroShotClassifier
-    from ecgbatch.eval.classify_eval import evaluate
+    from ecgbatch.training.probe_eval import evaluate
     from ecgbatch.training.probes import model_info, probe_inputs
 
     try:

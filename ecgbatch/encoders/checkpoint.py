@@ -16,13 +16,15 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ecgbatch.encoders.build import (CHECKPOINT_MODEL_SUBDIR, CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE,
-                                    build_model, checkpoint_model_folder, is_model_folder, read_folder_config,
-                                    resolve_config)
+                                     build_model, checkpoint_model_folder, is_model_folder, read_folder_config,
+                                     resolve_config)
 from ecgbatch.encoders.config import CocaConfig
+from ecgbatch.encoders.ecg_tower import EcgTransformer
 from ecgbatch.encoders.errors import CheckpointError, CheckpointMismatchError, CheckpointReadError
+from ecgbatch.encoders.strict_load import load_state_dict_strict
+from ecgbatch.encoders.tokenizer import HFTokenizer
 
 __all__ = ["CHECKPOINT_MODEL_SUBDIR", "CONFIG_FILE", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_FILE", "TEXT_SUBDIR",
            "CheckpointError", "CheckpointMismatchError", "CheckpointReadError", "is_model_folder",
@@ -33,20 +35,6 @@ FORMAT_VERSION = 1
 TEXT_SUBDIR = "text_encoder"
 # Written by transformers < 4.31 and deleted by ECG-Chat's loader too.
 _DROP_KEYS = ("text.transformer.embeddings.position_ids",)
-
-
-def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], where: str,
-                           prefix: str = "") -> None:
-    """Copy ``state_dict`` into ``module`` after checking every key and shape (raises with lists;
-    key names in the error carry ``prefix``, e.g. "ecg." for the tower alone)."""
-    own = module.state_dict()
-    missing = sorted(prefix + k for k in set(own) - set(state_dict))
-    unexpected = sorted(prefix + k for k in set(state_dict) - set(own))
-    mismatched = [(prefix + k, tuple(state_dict[k].shape), tuple(own[k].shape))
-                  for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(where, missing, unexpected, mismatched)
-    module.load_state_dict(state_dict, strict=True)
 
 
 # -- ECG-Chat .pt checkpoints -------------------------------------------------------------------
@@ -93,8 +81,6 @@ def load_ecgchat_checkpoint(checkpoint: str | Path, model_config: str | Path | C
     cfg, base = resolve_config(model_config)
     sd = read_torch_checkpoint(checkpoint, mmap=mmap)
     if ecg_only:
-        from ecgbatch.encoders.ecg_tower import EcgTransformer
-
         ecg_sd = {k[len("ecg."):]: v for k, v in sd.items() if k.startswith("ecg.")}
         if not ecg_sd:
             raise CheckpointMismatchError(f"{checkpoint} (ecg_only)", ["ecg.*"], sorted(sd)[:20], [])
@@ -192,8 +178,6 @@ def _load_trained_only(p: Path, cfg: CocaConfig, meta: dict, stored: dict, text_
     if model.provenance.get("text") != "pretrained":
         raise CheckpointReadError(f"{str(p)!r} needs the text encoder {cfg.text_cfg.hf_model_name!r} installed")
     if (p / TEXT_SUBDIR / "tokenizer_config.json").is_file() and model.tokenizer is None:
-        from ecgbatch.encoders.tokenizer import HFTokenizer
-
         model.tokenizer = HFTokenizer(p / TEXT_SUBDIR, cfg.text_cfg.context_length)
     own = model.state_dict()
     for prefix, info in base.items():

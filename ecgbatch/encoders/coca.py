@@ -17,6 +17,7 @@ from torch import nn
 from ecgbatch.encoders.config import CocaConfig
 from ecgbatch.encoders.decoder import MultimodalTransformer
 from ecgbatch.encoders.ecg_tower import EcgTransformer
+from ecgbatch.encoders.rhythm import RhythmChannel, text_rr_ms
 from ecgbatch.encoders.text_tower import HFTextEncoder
 
 
@@ -30,8 +31,6 @@ class CoCa(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]) * cfg.init_logit_scale)
         self.rhythm = None
         if cfg.rhythm_cfg is not None:
-            from ecgbatch.encoders.rhythm import RhythmChannel
-
             self.rhythm = RhythmChannel(cfg.rhythm_cfg, cfg.ecg_cfg.width,
                                         list(cfg.preprocess.leads).index(cfg.rhythm_cfg.lead), cfg.preprocess.fs)
         self.tokenizer = None          # set by the factory when a tokenizer is available
@@ -101,7 +100,6 @@ class CoCa(nn.Module):
 
     def text_rr_ms(self, ids: torch.Tensor) -> np.ndarray:
         """The RR interval (ms, NaN if none) each tokenised text states (rhythm channel)."""
-        from ecgbatch.encoders.rhythm import text_rr_ms
 
         if self.tokenizer is None:
             raise ValueError("this model's rhythm channel reads RR values from the text and needs "

@@ -29,6 +29,40 @@ def _from_known(cls, d: dict[str, Any], where: str, ignore: tuple[str, ...] = ()
 
 
 @dataclass
+class RhythmCfg:
+    """The rhythm channel (``ecgbatch.encoders.rhythm``) of our own ECG-CoCa variants."""
+
+    lead: str = "II"
+    weight: float = 0.5          # share of the squared norm (and of the similarity) of the RR block
+    rr_min_ms: float = 200.0
+    rr_max_ms: float = 3000.0
+    n_bins: int = 95             # + 1 "unknown" slot: 96 extra dimensions
+    bandwidth: float = 0.042     # Gaussian width of a bin in log RR (kernel width sqrt(2) x this)
+    hidden: int = 64
+
+    def __post_init__(self):
+        if not 0.0 < self.weight < 1.0:
+            raise ValueError(f"rhythm_cfg.weight must be in (0, 1), got {self.weight!r}")
+        if not 0 < self.rr_min_ms < self.rr_max_ms:
+            raise ValueError(f"rhythm_cfg needs 0 < rr_min_ms < rr_max_ms, got {self.rr_min_ms!r}, "
+                             f"{self.rr_max_ms!r}")
+        if self.n_bins < 2 or self.bandwidth <= 0 or self.hidden < 1:
+            raise ValueError("rhythm_cfg.n_bins must be >= 2, bandwidth > 0 and hidden >= 1, got "
+                             f"{self.n_bins!r}, {self.bandwidth!r}, {self.hidden!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RhythmCfg":
+        return _from_known(cls, d, "rhythm_cfg")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def dim(self) -> int:
+        return self.n_bins + 1
+
+
+@dataclass
 class EcgCfg:
     """1-D ViT over all leads at once (ECG-Chat ``CLIPEcgCfg``; defaults = ECG-Chat's)."""
 
@@ -159,8 +193,6 @@ class CocaConfig:
         pre = d.get("preprocess")
         rhythm = d.get("rhythm_cfg")
         if rhythm is not None:
-            from ecgbatch.encoders.rhythm import RhythmCfg
-
             rhythm = RhythmCfg.from_dict(rhythm)
         return cls(
             arch=d.get("arch", "ecg-coca"),

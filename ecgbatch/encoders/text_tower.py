@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from ecgbatch.encoders.config import TextCfg
+from ecgbatch.encoders.errors import CheckpointReadError
+from ecgbatch.encoders.strict_load import load_state_dict_strict
 
 
 def build_hf_transformer(source: str | Path | None, hf_config: dict[str, Any] | None,
@@ -39,8 +41,6 @@ def build_hf_transformer(source: str | Path | None, hf_config: dict[str, Any] | 
 def load_hf_weights(model: nn.Module, folder: Path) -> None:
     """The folder's encoder weights, strictly: only the pooler (ECG-Chat builds BERT without it)
     and the legacy position_ids buffer are skipped; any other difference raises."""
-    from ecgbatch.encoders.checkpoint import CheckpointReadError, load_state_dict_strict
-
     st, pt = folder / "model.safetensors", folder / "pytorch_model.bin"
     try:
         if st.is_file():

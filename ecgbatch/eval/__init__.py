@@ -5,7 +5,7 @@
 - ``zeroshot_eval``: zero-shot classification metrics per class (AUC, oracle best-threshold F1,
   fixed-threshold F1) and ROC curves as PNG.
 - ``metrics``: the metric definitions (macro AUC, best-threshold F1, ...), numpy only.
-- ``findings``: clinical findings read from report text (negation-aware keyword table).
+- findings in report text: ``ecgbatch.text.findings`` (negation-aware keyword table).
 - ``report_metrics``: report generation: BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1.
 
 Command line: ``ecgbatch eval retrieval|zeroshot|report ...``.

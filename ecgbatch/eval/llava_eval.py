@@ -2,14 +2,15 @@
 
 ``generate_reports`` asks each record's own report question (greedy, HF generate, batched);
 ``rhythm_goals`` measures what issue 11 asks of the rhythm statement, from the findings the
-texts state (``ecgbatch.eval.findings``): AF/flutter F1, the share of records whose stated rhythm
+texts state (``ecgbatch.text.findings``): AF/flutter F1, the share of records whose stated rhythm
 findings equal the reference's, and the false-AF rate on sinus records.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ecgbatch.eval.findings import group_keys, positive_findings
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt
+from ecgbatch.text.findings import group_keys, positive_findings
 
 AF_KEYS = ("atrial_fibrillation", "atrial_flutter")
 
@@ -39,8 +40,6 @@ def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new
         qs = [it.conversations[0]["value"].replace(cfg.ecg_token, "").strip() for it in chunk]
         x_np = np.stack([read(it) for it in chunk])
         if ddp is not None:
-            from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt
-
             qs = [diagnosis_prompt(q, f) for q, f in zip(qs, ddp.findings(x_np))]
         if asked is not None:
             asked.extend(qs)

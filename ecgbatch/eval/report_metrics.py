@@ -13,7 +13,7 @@ generated and reference texts (one reference per item), all on a 0-100 scale.
   ``wordnet-base`` + ``wordnet-sense-index`` (/usr/share/wordnet, or $ECGBATCH_WORDNET_DIR),
   laid out once as an NLTK corpus under ~/.cache/ecgbatch/nltk_data. Without either,
   ``meteor`` raises ``MeteorUnavailable`` and ``report_metrics`` leaves METEOR out, saying why.
-- Clinical efficacy (CE) F1: findings read from both texts by ``ecgbatch.eval.findings``
+- Clinical efficacy (CE) F1: findings read from both texts by ``ecgbatch.text.findings``
   (negation-aware keyword matcher), per-finding F1 over items, macro F1 per group (CE-Rhythm,
   CE-Form, CE-Disease) over the findings that occur in the references, and overall.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgbatch.eval.findings import GROUPS, KEYS, group_keys, positive_findings
+from ecgbatch.text.findings import GROUPS, KEYS, group_keys, positive_findings
 
 # ECG-Chat (+DDP), PTB-XL report generation, Table II as quoted in ecg-chat-reference.md 9.
 PAPER = {"model": "ECG-Chat + DDP (Vicuna-13B, ECG-CoCa, 45k ECG-Instruct; PTB-XL test, "

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.encoders.zeroshot import labelset_from_mapping
+from ecgbatch.eval import metrics
+from ecgbatch.text.labels import label_prompts
+
 
 def _metrics():
-    from ecgbatch.eval import metrics
-
     return metrics
+
+
+def keyword_labelset(names):
+    """The zero-shot label set of KEYWORD_LABELS labels (``ecgbatch.text.labels``)."""
+    return labelset_from_mapping("keywords", {n: label_prompts(n) for n in names})
 
 
 def per_class_metrics(y_true, scores, labels, threshold: float = 0.5) -> dict:

@@ -17,10 +17,9 @@ import numpy as np
 
 from ecgbatch.encoders.zeroshot import LabelSet, ZeroShotClassifier, labelset_from_mapping, load_labelset
 from ecgbatch.eval.retrieval import embed_ecgs, precision_at_k, precision_at_k_at_prevalence
-from ecgbatch.eval.zeroshot_eval import contrast_scores, per_class_metrics
+from ecgbatch.eval.zeroshot_eval import contrast_scores, keyword_labelset, per_class_metrics
 from ecgbatch.pipelines.queries import text_vector
-from ecgbatch.training.texts import KEYWORD_COUNTER_PROMPTS, KEYWORD_LABELS, keyword_labels
-from ecgbatch.training.validation import keyword_labelset
+from ecgbatch.text.labels import KEYWORD_COUNTER_PROMPTS, KEYWORD_LABELS, keyword_labels
 
 
 @dataclass

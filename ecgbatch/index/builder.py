@@ -32,7 +32,7 @@ from ecgbatch.index.faiss_index import (
     choose_kind, choose_nlist, choose_pq_m, choose_pq_nbits, l2_normalize, new_index, require_gpu, to_cpu, to_gpu,
     train_size as default_train_size,
 )
-from ecgbatch.index.search import FAISS_ID, INDEX_FILE, VECTORS_FILE, EcgIndex, IndexParams, _tmp
+from ecgbatch.index.search import FAISS_ID, INDEX_FILE, VECTORS_FILE, EcgIndex, IndexParams, staging_path
 from ecgbatch.index.signature import ModelSignature
 from ecgbatch.index.store import (
     EMBEDDING_COLUMN, EMBEDDINGS_SUBDIR, ID_COLUMN, INDEX_SUBDIR, SIGNATURE_COLUMNS,
@@ -272,7 +272,7 @@ def _build_streaming(store: EmbeddingStore, out: Path, *, kind, gpu, nlist, pq_m
     empty = train_empty_index(k, sample, params, gpu=gpu)
     del sample
     out.mkdir(parents=True, exist_ok=True)
-    writer = VectorFileWriter(_tmp(out / VECTORS_FILE), d)
+    writer = VectorFileWriter(staging_path(out / VECTORS_FILE), d)
     try:
         seen: set[str] = set()
         metas, parts = [], []
@@ -368,7 +368,7 @@ def update_index(workspace: str | Path | Sequence[str | Path], *, index_dir: str
             if not keep.any():
                 continue
             if writer is None:  # copy the old vectors once, then append
-                writer = VectorFileWriter(_tmp(path / VECTORS_FILE), idx.dim)
+                writer = VectorFileWriter(staging_path(path / VECTORS_FILE), idx.dim)
                 writer.append_from(idx.vectors)
             v = l2_normalize(batch.vectors[keep], "new embeddings")
             idx.index.add(v)

@@ -29,7 +29,7 @@ from ecgbatch.index.errors import IndexFormatError, InvalidVectorError
 from ecgbatch.index.faiss_index import bitmap_selector, l2_normalize, to_cpu, to_gpu
 from ecgbatch.index.filters import where_mask
 from ecgbatch.index.signature import ModelSignature
-from ecgbatch.index.vectors_file import open_vectors
+from ecgbatch.index.vectors_file import VectorFileWriter, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -339,21 +339,19 @@ class EcgIndex:
         vec_target = path / VECTORS_FILE
         src = getattr(self.vectors, "filename", None)
         if src is None or Path(src).resolve() != vec_target.resolve():
-            tmp = _tmp(vec_target)
+            tmp = staging_path(vec_target)
             if src is not None and Path(src).name.startswith(VECTORS_FILE + ".tmp"):
                 os.replace(src, vec_target)  # a freshly streamed file: move it into place
             else:
-                from ecgbatch.index.vectors_file import VectorFileWriter
-
                 w = VectorFileWriter(tmp, self.dim)
                 w.append_from(self.vectors)
                 w.close()
                 os.replace(tmp, vec_target)
             self.vectors = open_vectors(vec_target)
-        tmp = _tmp(path / IDS_FILE)
+        tmp = staging_path(path / IDS_FILE)
         pq.write_table(self.meta, tmp)
         os.replace(tmp, path / IDS_FILE)
-        tmp = _tmp(path / INDEX_FILE)
+        tmp = staging_path(path / INDEX_FILE)
         faiss.write_index(to_cpu(self.index), str(tmp))
         os.replace(tmp, path / INDEX_FILE)
         self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -371,7 +369,7 @@ class EcgIndex:
             "faiss_version": faiss.__version__,
             **{k: v for k, v in self.info.items() if k not in ("count", "signature", "params")},
         }
-        tmp = _tmp(path / MANIFEST_FILE)
+        tmp = staging_path(path / MANIFEST_FILE)
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(tmp, path / MANIFEST_FILE)
         self.path = path
@@ -424,5 +422,6 @@ class EcgIndex:
         return obj
 
 
-def _tmp(target: Path) -> Path:
+def staging_path(target: Path) -> Path:
+    """The temporary name a file is written under before its atomic rename to ``target``."""
     return target.with_name(f"{target.name}.tmp-{os.getpid()}")

@@ -12,8 +12,9 @@ Imports only NumPy at import time (h5py, pyarrow and the XML readers load on fir
 """
 from ecgbatch.io.api import read_header, read_record, scrub_identifiers
 from ecgbatch.io.detect import FORMATS, detect_format
-from ecgbatch.io.entries import Failure, RecordHeader, RecordSource
+from ecgbatch.io.entries import Failure, RecordSource
 from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.leads import canonical_lead, canonical_leads
 from ecgbatch.io.record import STANDARD_LEADS, Record
 from ecgbatch.io.scanner import Scan, ScanStats, list_records, scan

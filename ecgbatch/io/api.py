@@ -10,12 +10,16 @@ import numpy as np
 
 from ecgbatch.io.confine import check_budget
 from ecgbatch.io.detect import FORMATS, detect_format, split_index
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import ReadOptionError, UnknownFormatError
+from ecgbatch.io.hdf5 import read_hdf5
+from ecgbatch.io.header import RecordHeader
+from ecgbatch.io.matlab import read_cpsc_mat
+from ecgbatch.io.numpy_reader import read_numpy
 from ecgbatch.io.quality import finalize
 from ecgbatch.io.record import Record
 from ecgbatch.io.sidecar import LAYOUTS
 from ecgbatch.io.validate import check_header, check_record, typed_errors
+from ecgbatch.io.wfdb_record import read_wfdb
 
 _IDENTIFIER = re.compile(
     r"(^|_)(name|patient|pid|mrn|ssn|dob|birth|address|phone|email)(_|$)|^patient|^id$",
@@ -61,20 +65,14 @@ def read_record(path, *, format: str | None = None, index: int | None = None, fs
 
 def _read(fmt: str, p: str, header_only: bool, index, fs, leads, layout, units, check_length,
           max_bytes, reader_options) -> Record | RecordHeader:
-    """The one table of readers behind read_record and read_header."""
+    """The one table of readers behind read_record and read_header (the XML readers load on
+    first use: they are optional)."""
     if fmt in ("wfdb", "wfdb_mat"):
-        from ecgbatch.io.wfdb_reader import read_wfdb
-
         return read_wfdb(p, header_only=header_only, check_length=check_length, max_bytes=max_bytes)
     if fmt == "cpsc_mat":
-        from ecgbatch.io.matlab import read_cpsc_mat
-
         return read_cpsc_mat(p, header_only=header_only, fs=fs, max_bytes=max_bytes)
     if fmt in ("numpy", "hdf5"):
-        if fmt == "numpy":
-            from ecgbatch.io.numpy_reader import read_numpy as reader
-        else:
-            from ecgbatch.io.hdf5 import read_hdf5 as reader
+        reader = read_numpy if fmt == "numpy" else read_hdf5
         return reader(p, header_only=header_only, index=index, fs=fs, leads=leads, units=units,
                       layout=layout, max_bytes=max_bytes)
     check_budget(_file_size(p), max_bytes, p, "the XML file")  # its samples are no larger than its text

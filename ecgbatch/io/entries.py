@@ -1,49 +1,12 @@
-"""Light-weight things a scan yields besides full Records: header-only entries, record sources
-(what to read, cheap to list and to ship to Ray workers) and failures."""
+"""Light-weight things a scan yields besides full Records: record sources (what to read, cheap to
+list and to ship to Ray workers) and failures. Header-only entries: ``ecgbatch.io.header``."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from ecgbatch.io.api import read_header, read_record
 from ecgbatch.io.errors import EcgReadError, error_class
-from ecgbatch.io.leads import canonical_leads
-from ecgbatch.io.quality import canonical_units
-
-
-@dataclass
-class RecordHeader:
-    """Everything a manifest needs about a record, without decoding its signal."""
-
-    record_id: str
-    source: str
-    format: str
-    fs: float
-    leads: tuple[str, ...]
-    n_samples: int
-    units: str = "mV"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_leads(self) -> int:
-        return len(self.leads)
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_samples / float(self.fs) if self.fs else float("nan")
-
-    def finalize(self, target_units: str | None = "mV", leads=None) -> "RecordHeader":
-        """Same naming rules as ``quality.finalize`` (canonical leads, target units)."""
-        if leads is not None:
-            self.leads = tuple(leads)
-        self.leads = canonical_leads(self.leads)
-        src, to_mv = canonical_units(self.units)
-        if target_units is not None:
-            want, want_to_mv = canonical_units(target_units)
-            if to_mv is not None and want_to_mv is not None and want != src:
-                self.meta["source_units"] = src
-                src = want
-        self.units = src
-        return self
 
 
 @dataclass
@@ -71,14 +34,10 @@ class RecordSource:
             raise error_class(self.error_kind)(self.error_message or self.error_kind, self.path)
 
     def read(self, **options):
-        from ecgbatch.io.api import read_record
-
         self.raise_error()
         return read_record(self.path, format=self.format, index=self.index, **options)
 
     def read_header(self, **options):
-        from ecgbatch.io.api import read_header
-
         self.raise_error()
         return read_header(self.path, format=self.format, index=self.index, **options)
 

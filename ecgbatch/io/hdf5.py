@@ -23,9 +23,9 @@ import numpy as np
 
 from ecgbatch.io import sidecar
 from ecgbatch.io.confine import check_budget
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

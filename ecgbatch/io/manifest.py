@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ecgbatch.io.entries import Failure, RecordHeader
+from ecgbatch.io.entries import Failure
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import Record
 
 _FIXED_META = ("age", "sex", "diagnoses", "dx_codes", "acquired", "quality", "storage", "scan")

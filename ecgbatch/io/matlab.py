@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import MissingHeaderError, NotAnEcgError
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.matfile import MAX_BYTES, read_mat
 from ecgbatch.io.record import STANDARD_LEADS, Record
 from ecgbatch.io.wfdb_header import parse_age, parse_sex

@@ -18,9 +18,9 @@ import numpy as np
 
 from ecgbatch.io import sidecar
 from ecgbatch.io.confine import DEFAULT_RECORD_BYTES, check_budget
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, MissingMetadataError, NotAnEcgError,
                                 RecordIndexError, TruncatedSignalError, UnreadableError)
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import STANDARD_LEADS, Record
 
 NPY_MAGIC = b"\x93NUMPY"

@@ -23,12 +23,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ecgbatch.io import hdf5, numpy_reader
 from ecgbatch.io.detect import HDF5_EXT, NUMPY_EXT, xml_format
-from ecgbatch.io.entries import Failure, RecordHeader, RecordSource
+from ecgbatch.io.entries import Failure, RecordSource
 from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.record import Record
 from ecgbatch.io.sidecar import DIR_SIDECAR
 from ecgbatch.io.validate import typed_errors
+from ecgbatch.io.wfdb_reader import signal_file_names
 
 DOC_EXT = frozenset((".csv", ".tsv", ".txt", ".md", ".rst", ".pdf", ".html", ".htm", ".json",
                      ".yaml", ".yml", ".xlsx", ".xls", ".sha256", ".md5", ".log"))
@@ -111,8 +114,6 @@ def list_records(root, *, expand: bool = True, stats: ScanStats | None = None) -
 
 
 def _group(folder: str, names: list[str], stats: ScanStats) -> Iterator[RecordSource]:
-    from ecgbatch.io.wfdb_reader import signal_file_names
-
     present = set(names)
     by_lower = {n.lower(): n for n in names}
     claimed: set[str] = set()
@@ -199,10 +200,7 @@ def _expand(sources: Iterator[RecordSource], expand: bool) -> Iterator[RecordSou
             yield src
             continue
         try:
-            if src.format == "numpy":
-                from ecgbatch.io.numpy_reader import count_records
-            else:
-                from ecgbatch.io.hdf5 import count_records
+            count_records = numpy_reader.count_records if src.format == "numpy" else hdf5.count_records
             with typed_errors(src.path):  # the record count is checked against the file's size
                 n = count_records(src.path)
         except EcgReadError as exc:

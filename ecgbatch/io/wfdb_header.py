@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from ecgbatch.io.errors import EmptyFileError, HeaderError, UnreadableError
+from ecgbatch.io.snomed import snomed_names
 
 DEFAULT_GAIN = 200.0  # WFDB: an uncalibrated (gain 0 or absent) signal is read with 200 adu/unit
 _INT32 = 1 << 31      # the WFDB library holds baselines and samples in (32-bit) ints
@@ -232,7 +233,6 @@ def header_meta(h: WfdbHeader) -> dict[str, Any]:
         elif key == "dx":
             meta["dx_codes"] = [c.strip() for c in re.split(r"[,;\s]+", value) if c.strip()]
             if meta["dx_codes"]:  # readable names beside the codes (unknown codes kept as is)
-                from ecgbatch.io.snomed import snomed_names
 
                 meta["dx_names"] = snomed_names(meta["dx_codes"])
         elif key in ("rx", "hx", "sx"):

@@ -1,5 +1,6 @@
 """WFDB records (.hea + signal files), including PhysioNet/CinC Challenge records whose signal file
-is a MATLAB .mat holding ``val``; multi-segment records are assembled in ``wfdb_segments``.
+is a MATLAB .mat holding ``val``; multi-segment records are assembled in ``wfdb_segments`` from
+this module's single-segment path, and ``wfdb_record.read_wfdb`` picks one of the two.
 
 Every value is ``wfdb.rdsamp``'s, rounded once to float32: the same digital samples (every signal
 format, byte offsets, skew, several samples per frame averaged to one per frame as rdsamp's default
@@ -24,14 +25,15 @@ import numpy as np
 
 from ecgbatch.io import wfdb_decode as dec
 from ecgbatch.io.confine import check_budget, confined
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (EcgReadError, EmptyFileError, HeaderError, LengthMismatchError,
                                 MissingSignalFileError, NotAnEcgError, TooFewLeadsError,
                                 TruncatedSignalError, UnknownFormatError, UnreadableError)
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.leads import canonical_leads
 from ecgbatch.io.matfile import MAX_BYTES, read_mat
+from ecgbatch.io.quality import canonical_units
 from ecgbatch.io.record import Record
-from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, parse_header, read_header_text
+from ecgbatch.io.wfdb_header import SignalSpec, WfdbHeader, header_meta, read_header_text
 
 _MAT4_TYPES = {30: (16, "<i2"), 20: (32, "<i4")}  # MAT v4 type code -> (WFDB fmt, dtype)
 
@@ -87,17 +89,11 @@ def signal_file_names(hea_path: str) -> list[str]:
     return list(dict.fromkeys(n + ".hea" if n_seg else n for n in names))
 
 
-def read_wfdb(hea_path: str, *, header_only: bool = False, check_length: bool = True,
-              max_bytes: int | None = None):
-    """Read a WFDB record from its .hea path; returns a Record (or a RecordHeader). Signal files
-    must lie in the header's folder (``confine.confined``); ``max_bytes``: the per-record budget
-    of decoded bytes, checked against the header before decoding (None: the default)."""
-    h = parse_header(read_header_text(hea_path), hea_path)
-    if h.segments is not None:
-        from ecgbatch.io.wfdb_segments import read_multisegment
-
-        return read_multisegment(h, hea_path, header_only=header_only, check_length=check_length,
-                                 max_bytes=max_bytes)
+def read_single_segment(h: WfdbHeader, hea_path: str, *, header_only: bool = False, check_length: bool = True,
+                        max_bytes: int | None = None):
+    """A single-segment WFDB record (parsed header ``h``) as a Record (or a RecordHeader). Signal
+    files must lie in the header's folder (``confine.confined``); ``max_bytes``: the per-record
+    budget of decoded bytes, checked against the header before decoding (None: the default)."""
     n, plans = plan_record(h, hea_path, check_length=check_length, max_bytes=max_bytes)
     files = [f for f, _, _ in plans]
     meta = header_meta(h)
@@ -383,8 +379,6 @@ def _load_loadmat(fpath: str, f: _File, n: int, hea_path: str, max_bytes: int | 
 
 
 def to_common_units(signal: np.ndarray, units: list[str]):
-    from ecgbatch.io.quality import canonical_units
-
     scales = [canonical_units(u)[1] for u in units]
     if any(s is None for s in scales):
         return signal, "mixed"

@@ -20,9 +20,9 @@ import os
 import numpy as np
 
 from ecgbatch.io.confine import check_budget, confined
-from ecgbatch.io.entries import RecordHeader
 from ecgbatch.io.errors import (HeaderError, LengthMismatchError, MissingSignalFileError,
                                 TooFewLeadsError)
+from ecgbatch.io.header import RecordHeader
 from ecgbatch.io.leads import canonical_leads
 from ecgbatch.io.record import Record
 from ecgbatch.io.wfdb_header import WfdbHeader, header_meta, parse_header, read_header_text

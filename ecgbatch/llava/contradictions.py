@@ -1,8 +1,8 @@
 """Statements of a generated report that disagree with what ecgbatch measured or what its
 calibrated probes are confident of: ``contradictions(text, grounding)``.
 
-The text is read with the negation-aware matcher of ecgbatch.eval.findings (``mentions``: one
-definition of "what a text says about a finding"; it moves to ecgbatch.text.findings). Hedged
+The text is read with the negation-aware matcher of ecgbatch.text.findings (``mentions``: one
+definition of "what a text says about a finding", shared with training labels and eval). Hedged
 statements ("possible LVH") are never contradictions. Rules, each with the fact it stands on:
 
 Measurements (ecgbatch.signal; tolerances absorb measurement error, they are not fitted):
@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ecgbatch.eval.findings import BY_KEY, mentions
+from ecgbatch.text.findings import BY_KEY, mentions
 from ecgbatch.llava.grounding import GroundFinding, Grounding
 from ecgbatch.signal.rate import BRADYCARDIA_BPM, TACHYCARDIA_BPM
 
@@ -62,7 +62,7 @@ _FIRST_DEGREE = re.compile(r"\b(first|1st|1)[- ]?(degree|°)|\bi°|\bprolonged p
 @dataclass(frozen=True)
 class Contradiction:
     statement: str   # the clause of the report (lower-cased, as the matcher reads it)
-    finding: str     # the ecgbatch.eval.findings key it states
+    finding: str     # the ecgbatch.text.findings key it states
     stated: str      # "present" | "negated"
     against: str     # what it disagrees with, e.g. "measured heart rate 45 bpm"
     source: str      # "measurement" | "probe"

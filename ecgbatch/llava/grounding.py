@@ -14,7 +14,7 @@ What it states, in two short lines (the mini LM has a 2,048-token context):
   paper's DDP sentences, the top rhythm of an exclusive probe is not stated when it is below its
   threshold.
 Nothing is invented: a failed measurement (quality other than "ok"), a missing or implausible
-value (outside ecgbatch.signal.measure.INTERVAL_RANGES / HR_RANGE_BPM) is left out, and with
+value (outside ecgbatch.signal.measurements.INTERVAL_RANGES / HR_RANGE_BPM) is left out, and with
 nothing to state the text is empty. A PR from another method than "multilead" is left out when
 the RR is irregular (ECG-Chat's method measures one in atrial fibrillation too).
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from ecgbatch.llava.diagnosis_prompt import Finding, findings_from_embeddings
 from ecgbatch.signal.axis import AXIS_TEXT, axis_category
-from ecgbatch.signal.measure import HR_RANGE_BPM, INTERVAL_RANGES
+from ecgbatch.signal.measurements import HR_RANGE_BPM, INTERVAL_RANGES
 from ecgbatch.signal.rate import rate_category, rr_irregular
 
 SOURCES = ("measurement", "probe")

@@ -26,6 +26,7 @@ from scipy.ndimage import uniform_filter1d
 
 from ecgbatch.signal import filters
 from ecgbatch.signal.axis import frontal_axis
+from ecgbatch.signal.measurements import ECGCHAT_FS, Measurements, beat_quality, lead_index, neurokit_delineate
 from ecgbatch.signal.rate import rr_regularity
 
 QRS_THRESHOLD = 0.05  # fraction of peak spatial velocity above noise
@@ -130,9 +131,6 @@ def axis_and_regularity(x: np.ndarray, leads, rpeaks: np.ndarray, fs: float, y: 
 
 def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
     """All leads at 500 Hz (float64, NaN-free) -> Measurements (median over beats, ms)."""
-    from ecgbatch.signal.measure import (ECGCHAT_FS, Measurements, _quality, lead_index,
-                                         neurokit_delineate)
-
     fs = float(ECGCHAT_FS)
     failed = Measurements(*([float("nan")] * 9), n_beats=0, quality="failed",
                           method="multilead", lead=lead)
@@ -171,5 +169,5 @@ def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
                         round(_nanmedian(qrs), 1), round(qt_med, 1), round(float(qtc), 1),
                         round(pos["ECG_P_Peaks"], 1), round(float(np.mean(r)), 1),
                         round(pos["ECG_T_Peaks"], 1), n_beats=len(r),
-                        quality=_quality(len(r), hr, ok), method="multilead", lead=lead,
+                        quality=beat_quality(len(r), hr, ok), method="multilead", lead=lead,
                         axis_deg=axis, rr_nrmssd=nrmssd)

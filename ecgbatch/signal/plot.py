@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgbatch.signal import filters
-from ecgbatch.signal.preprocess import lead_key
+from ecgbatch.signal.preprocess import lead_key, unit_factor
 
 MM_PER_S = 25.0
 MM_PER_MV = 10.0
@@ -91,8 +91,6 @@ def plot_ecg(record, out_path, measurements=None, dpi: int = 200, title: str | N
 
     units = str(getattr(record, "units", "mV") or "mV")
     if units.strip().lower() not in ("mv", "millivolt", "millivolts"):
-        from ecgbatch.signal.preprocess import unit_factor
-
         f = unit_factor(units, "mV")
         if f is None:
             raise ValueError(f"cannot plot at 10 mm/mV a signal in units {units!r}")

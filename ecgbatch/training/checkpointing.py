@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
+from ecgbatch.encoders import save_pretrained
 from ecgbatch.models.registry import CHECKPOINT_MODEL_SUBDIR as MODEL_SUBDIR
 # One hash rule for base weights and one marker, shared with the loader that checks them.
-from ecgbatch.encoders.checkpoint import TRAINED_ONLY, tensors_hash
+from ecgbatch.encoders.checkpoint import TRAINED_ONLY, load_folder, tensors_hash
 
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
@@ -34,7 +35,6 @@ def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict, 
     """Write one training checkpoint (see module doc) into ``folder``. ``save_model(model,
     folder)`` writes the model part (default: the ECG-CoCa folder; the ECG-LLaVA job passes its
     trained-only writer)."""
-    from ecgbatch.encoders import save_pretrained
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +86,6 @@ def save_trained_only(model, folder: str | Path, trained: set[str], base_prefix:
     hash and must come back identical from the locally installed text encoder."""
     from safetensors.torch import save_file
 
-    from ecgbatch.encoders import save_pretrained
-
     out = Path(folder)
     save_pretrained(model, out)            # config.json + text_encoder/ (+ full weights, replaced below)
     sd = model.state_dict()
@@ -124,7 +122,6 @@ def load_trained_only(folder: str | Path, device=None, text_encoder_dir=None):
     """Rebuild the model of a trained-only folder (the encoders' loader does it: base text
     weights from the installed text encoder, hash-checked; stored tensors on top; strict about
     anything else)."""
-    from ecgbatch.encoders.checkpoint import load_folder
 
     if not is_trained_only(folder):
         raise ValueError(f"{str(folder)!r} is not a trained-only folder")

@@ -13,11 +13,13 @@ from collections import Counter
 
 import numpy as np
 
+from ecgbatch.text.labels import keyword_labels
 from ecgbatch.training.augment import AugmentConfig, augment, sample_rng
-from ecgbatch.training.texts import keyword_labels, join_statements, with_wave_suffix
+from ecgbatch.training.texts import join_statements, with_wave_suffix
 
 
-def _stable_int(*parts) -> int:
+def stable_int(*parts) -> int:
+    """A seed from ``parts`` that is the same in every process (unlike ``hash``)."""
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
@@ -54,7 +56,7 @@ def split_by_group(groups: list[str], strata: list[str], val_fraction: float | d
             if isinstance(val_fraction, dict) else float(val_fraction)
         if not 0.0 <= frac < 1.0:
             raise ValueError(f"val fraction for {stratum!r} must be in [0, 1), got {frac!r}")
-        rng = np.random.default_rng(_stable_int(seed, stratum, lab))
+        rng = np.random.default_rng(stable_int(seed, stratum, lab))
         k = int(round(frac * len(gs)))
         if frac > 0 and k == 0 and len(gs) >= 2:
             k = 1
@@ -75,7 +77,7 @@ def kfold_by_group(groups: list[str], strata: list[str], folds: int, fold: int, 
     val_groups: set[str] = set()
     offset = 0   # continue dealing across strata/labels so small classes spread over the folds
     for stratum, lab, gs in cells:
-        rng = np.random.default_rng(_stable_int(seed, stratum, lab, "kfold"))
+        rng = np.random.default_rng(stable_int(seed, stratum, lab, "kfold"))
         for j, gi in enumerate(rng.permutation(len(gs))):
             if (offset + j) % folds == fold:
                 val_groups.add(gs[gi])

@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ecgbatch.encoders.checkpoint import tensors_hash
+
 
 def tower_hash(tower: torch.nn.Module) -> str:
-    from ecgbatch.encoders.checkpoint import tensors_hash
-
     return tensors_hash({k: v for k, v in tower.state_dict().items()})
 
 

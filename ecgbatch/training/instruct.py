@@ -6,7 +6,7 @@ Per record (``record_facts``):
 - statements: the record's own label statements, each certain or hedged (PTB-XL diagnostic
   statements with likelihood < 50 or unstated; in any statement, a finding after a hedge word
   such as "undefined" or "possible" is hedged, as the findings matcher reads it);
-- present: findings (``ecgbatch.eval.findings``) asserted by a certain statement;
+- present: findings (``ecgbatch.text.findings``) asserted by a certain statement;
 - uncertain: findings of hedged statements, and findings that any statement is *related* to
   ("incomplete right bundle branch block" makes "no RBBB" unsafe);
 - absent (the negatives, ECG-Chat's "absent findings"): findings of the vocabulary the source
@@ -31,11 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ecgbatch.eval.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
-from ecgbatch.signal.measure import INTERVAL_RANGES
+from ecgbatch.io.errors import EcgReadError, MissingLeadError
+from ecgbatch.io.snomed import snomed_table
+from ecgbatch.signal import measure
+from ecgbatch.signal.measurements import INTERVAL_RANGES
+from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
+from ecgbatch.training.data import split_by_group, stable_int
 from ecgbatch.training.instruct_format import ECG_TOKEN
-from ecgbatch.training.pairs import SourceSpec, TextSource, _int_key, list_sources
+from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
+from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources, resolve_path
 
 _ALL = tuple(KEYS)
 # Findings each annotation protocol states whenever they are there, so that their absence from
@@ -112,8 +117,6 @@ def _ludb_protocol(diagnoses: list[str]) -> bool:
 
 @lru_cache(maxsize=1)
 def _packaged_snomed() -> T.SnomedNames:
-    from ecgbatch.io.snomed import snomed_table
-
     return T.SnomedNames({code: name for code, (name, _abbr) in snomed_table().items()})
 
 
@@ -141,7 +144,7 @@ def _header_labels(src: TextSource, rec, rid: str):
 
 
 def _ptbxl_labels(src: TextSource, rid: str, path: str):
-    row = src.rows.get(_int_key(Path(path).stem)) or src.rows.get(_int_key(rid))
+    row = src.rows.get(int_key(Path(path).stem)) or src.rows.get(int_key(rid))
     if row is None:
         raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {src.spec.metadata!r}")
     codes = T.parse_scp_codes(row["scp_codes"])
@@ -248,9 +251,6 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
     present, uncertain, absent = classify_findings(stmts, _vocabulary(profile, isrc.annotates), report)
     meas = {}
     if measure_method:
-        from ecgbatch.io.errors import MissingLeadError
-        from ecgbatch.signal import measure
-
         try:
             m = measure(rec, method=measure_method)
         except MissingLeadError:
@@ -271,10 +271,7 @@ class InstructBuild:
 
 
 def _items_for(facts: RecordFacts, ecg: str, split: str, seed: int, dialogues: int) -> list[dict]:
-    from ecgbatch.training.data import _stable_int
-    from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
-
-    rng = np.random.default_rng(_stable_int(seed, facts.source, facts.record_id, "instruct"))
+    rng = np.random.default_rng(stable_int(seed, facts.source, facts.record_id, "instruct"))
     base = {"source": facts.source, "record_id": facts.record_id, "patient": facts.patient, "split": split}
     out = []
     rep = report_turn(facts, rng)
@@ -303,7 +300,7 @@ def _ptbxl_patients(sources: list[InstructSource], text_sources: list[TextSource
         if s.spec.text == "ptbxl":
             for key, row in ts.rows.items():
                 if row.get("patient_id"):
-                    out[key] = f"{s.spec.name}:patient:{_int_key(row['patient_id'])}"
+                    out[key] = f"{s.spec.name}:patient:{int_key(row['patient_id'])}"
     return out
 
 
@@ -323,7 +320,6 @@ def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: f
     (``split_by_group``, per source); without it every item is in split "all". ``root``: write
     ``ecg`` paths relative to it (ECG-Chat's ``--ecg_folder``), else absolute. ``on_error``:
     "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops."""
-    from ecgbatch.io.errors import EcgReadError
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -358,8 +354,6 @@ def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: f
 
 
 def _splits(records: list[RecordFacts], val_fraction, seed: int) -> list[str]:
-    from ecgbatch.training.data import split_by_group
-
     if val_fraction is None:
         return ["all"] * len(records)
     groups = [f.patient for f in records]
@@ -376,8 +370,6 @@ def load_sources(arg: str) -> list[InstructSource]:
     ``data.sources``), or ``[NAME=]FOLDER`` of WFDB records with labels in their headers
     (Challenge ``dx_mapping_*.csv`` in the folder are used when present)."""
     import yaml
-
-    from ecgbatch.training.pairs import resolve_path
 
     name, _, folder = arg.rpartition("=") if "=" in arg else ("", "", arg)
     p = resolve_path(folder)

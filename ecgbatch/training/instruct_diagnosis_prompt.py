@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings
+
 SEED_SALT = 13
 
 
@@ -37,8 +39,6 @@ def diagnosis_prompt_selection(items, fraction: float, seed: int) -> list[int]:
 def with_diagnosis_prompt(item, findings, ecg_token: str = "<ecg>"):
     """A copy of ``item`` whose first human turn asks the DDP question (the placeholder kept
     where it was, at the start or the end); ``meta.ddp`` records the findings."""
-    from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt
-
     conv = [dict(t) for t in item.conversations]
     first = conv[0]["value"]
     q = first.replace(ecg_token, "").strip()
@@ -58,7 +58,6 @@ def record_findings(labeller, paths: list[str], read: Callable[[str], np.ndarray
                     log=None) -> list:
     """DDP findings of each record ``paths[i]`` (``read(path)`` -> the model's input), from the
     encoder embeddings cached per record."""
-    from ecgbatch.llava.diagnosis_prompt import findings_from_embeddings
     from ecgbatch.training.ecg_tokens import cached_rows, record_key
 
     emb = cached_rows(embedding_cache_file(cache_dir, labeller, config), [record_key(p) for p in paths],

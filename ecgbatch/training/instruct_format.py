@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ecgbatch.io import read_record
+
 ECG_TOKEN = "<ecg>"
 ROLES = ("human", "gpt")
 
@@ -42,7 +44,6 @@ class InstructItem:
 
     def read_ecg(self, **read_options):
         """The item's ECG as an ``ecgbatch.io.Record``."""
-        from ecgbatch.io import read_record
 
         return read_record(self.ecg_path, **read_options)
 

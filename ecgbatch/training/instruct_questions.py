@@ -3,7 +3,7 @@ a fact of the record: a label statement, a finding present or absent by its labe
 measured value with its unit (said to be measured). Phrasings vary, picked by a seeded rng."""
 from __future__ import annotations
 
-from ecgbatch.eval.findings import BY_KEY, group_keys
+from ecgbatch.text.findings import BY_KEY, group_keys
 
 REPORT_REQUESTS = (
     "Please write a report for this ECG.",

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from ecgbatch.training.augment import AugmentConfig
+from ecgbatch.training.data import TEXT_VARIANTS
 from ecgbatch.training.pairs import SourceSpec
 
 
-def _build(cls, d: dict | None, where: str):
+def build_section(cls, d: dict | None, where: str):
+    """The dataclass ``cls`` from a job YAML section; unknown keys raise, naming ``where``."""
     d = dict(d or {})
     known = {f.name for f in fields(cls)}
     unknown = set(d) - known
@@ -141,8 +143,6 @@ class CocaJobConfig:
     fail_after_steps: int | None = None
 
     def __post_init__(self):
-        from ecgbatch.training.data import TEXT_VARIANTS
-
         bad = [k for k in self.data.text_variants if k not in TEXT_VARIANTS]
         if bad or not self.data.text_variants:
             raise ValueError(f"data.text_variants keys must be among {TEXT_VARIANTS}, got "
@@ -163,11 +163,11 @@ class CocaJobConfig:
                     "optim": (OptimConfig, d.pop("optim", None)), "loss": (LossConfig, d.pop("loss", None)),
                     "text_tower": (TextTowerConfig, d.pop("text_tower", None)),
                     "val": (ValConfig, d.pop("val", None))}
-        built = {k: _build(c, v, k) for k, (c, v) in sections.items()}
+        built = {k: build_section(c, v, k) for k, (c, v) in sections.items()}
         built["augment"] = AugmentConfig.from_dict(d.pop("augment", None))
         if "name" not in d:
             raise ValueError("job config needs a 'name'")
-        return _build(cls, {**d, **built}, "job config")
+        return build_section(cls, {**d, **built}, "job config")
 
     def to_dict(self) -> dict:
         d = asdict(self)

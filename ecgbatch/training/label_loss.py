@@ -3,7 +3,7 @@
 ECG-Chat's InfoNCE treats every other pair in the batch as a negative, even when two reports say
 the same thing ("atrial fibrillation ..."). With class-balanced sampling about half a batch is
 AF/flutter, so the plain loss spends much of its gradient pushing AF ECGs away from other AF
-reports. Here pairs whose texts share a positive keyword label (``texts.keyword_labels``, e.g.
+reports. Here pairs whose texts share a positive keyword label (``ecgbatch.text.labels.keyword_labels``, e.g.
 ``af``) also count as positives: the target row is
 
     (1 - label_weight) * one_hot(own pair) + label_weight * uniform(pairs sharing a label, self included)
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ecgbatch.encoders.loss import gather_features
 
 
 def soft_targets(labels: torch.Tensor, label_weight: float) -> torch.Tensor:
@@ -48,8 +50,6 @@ def multi_positive_clip_loss(ecg_features: torch.Tensor, text_features: torch.Te
     if labels.shape[0] != ecg_features.shape[0]:
         raise ValueError(f"need one label row per pair, got {labels.shape[0]} for {ecg_features.shape[0]}")
     if world_size > 1:
-        from ecgbatch.encoders.loss import gather_features
-
         ecg_features, text_features = gather_features(ecg_features, text_features, rank=rank,
                                                       world_size=world_size)
         labels = _gather_labels(labels, world_size)

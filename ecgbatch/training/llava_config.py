@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ecgbatch.training.job_config import OptimConfig, _build, apply_overrides, read_job_yaml
+from ecgbatch.training.job_config import OptimConfig, apply_overrides, build_section, read_job_yaml
+from ecgbatch.training.pairs import resolve_path
 
 STAGES = ("align", "sft")
 
@@ -28,8 +29,6 @@ class ModelSpec:
 
     def base(self) -> dict:
         if self.folder:
-            from ecgbatch.training.pairs import resolve_path
-
             return {"folder": str(resolve_path(self.folder))}
         return {"lm": self.lm, "tower": self.tower, "projector_type": self.projector_type,
                 "prompt_format": self.prompt_format, "max_context_length": self.max_context_length}
@@ -107,13 +106,13 @@ class LlavaJobConfig:
             if "diagnosis_prompt" in data:
                 raise ValueError("give data.diagnosis_prompt or its alias data.ddp, not both")
             data["diagnosis_prompt"] = data.pop("ddp")
-        built = {"model": _build(ModelSpec, d.pop("model", None), "model"),
-                 "data": _build(LlavaDataConfig, data, "data"),
-                 "lora": _build(LoraSection, d.pop("lora", None), "lora"),
-                 "optim": _build(OptimConfig, optim, "optim")}
+        built = {"model": build_section(ModelSpec, d.pop("model", None), "model"),
+                 "data": build_section(LlavaDataConfig, data, "data"),
+                 "lora": build_section(LoraSection, d.pop("lora", None), "lora"),
+                 "optim": build_section(OptimConfig, optim, "optim")}
         if "name" not in d:
             raise ValueError("job config needs a 'name'")
-        return _build(cls, {**d, **built}, "job config")
+        return build_section(cls, {**d, **built}, "job config")
 
     def to_dict(self) -> dict:
         return asdict(self)

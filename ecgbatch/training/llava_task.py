@@ -21,6 +21,7 @@ from torch import nn
 
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX
 from ecgbatch.llava.conversation import label_vicuna_v1
+from ecgbatch.llava.errors import EcgPromptError
 from ecgbatch.llava.modeling_ecg_llava import splice_ecg_embeddings
 from ecgbatch.llava.prompting import tokenize_with_ecg
 
@@ -45,8 +46,6 @@ def _chat(source) -> list[dict]:
     for j, t in enumerate(turns):
         want = "human" if j % 2 == 0 else "gpt"
         if t.get("from") != want:
-            from ecgbatch.llava.errors import EcgPromptError
-
             raise EcgPromptError(f"conversation turn {j} is from {t.get('from')!r}; turns must alternate "
                                  "human, gpt, human, ...")
         out.append({"role": roles[want], "content": t["value"]})

@@ -27,7 +27,11 @@ import numpy as np
 
 from ecgbatch._paths import REPO_ROOT, shared_dir
 from ecgbatch.errors import EcgbatchError
+from ecgbatch.io import RecordSource, list_records
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.signal import ecgchat_wave_text, measure
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.preprocess import preprocess
 from ecgbatch.training import texts as T
 
 TEXT_KINDS = ("header", "ptbxl", "table", "mimic")
@@ -91,7 +95,6 @@ def list_sources(records: str | Path) -> list:
     """RecordSources (``ecgbatch.io``) of a manifest (.parquet/.csv with a ``path`` column and
     optionally ``format``; rows of a failures column are kept, so reading them raises their
     typed error) or of a folder (listed by ``ecgbatch.io.list_records``)."""
-    from ecgbatch.io import RecordSource, list_records
 
     p = resolve_path(records)
     if p.is_file():
@@ -122,9 +125,9 @@ class TextSource:
                 self.snomed = T.SnomedNames.from_dir(folder)
         elif spec.text == "ptbxl":
             self.statements = T.ScpStatements.from_csv(resolve_path(spec.statements))
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "ecg_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "ecg_id")
         elif spec.text == "mimic":
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "study_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "study_id")
         elif spec.text == "table":
             self.table = T.read_text_table(resolve_path(spec.table))
 
@@ -133,14 +136,14 @@ class TextSource:
         if s.text == "header":
             return T.meta_text(record.meta or {}, self.snomed), f"{s.name}:{rid}"
         if s.text == "ptbxl":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(rid))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
             if row is None:
                 raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {s.metadata!r}")
             patient = row.get("patient_id") or rid
             return (T.ptbxl_text(row["scp_codes"], self.statements, row.get("report")),
-                    f"{s.name}:patient:{_int_key(patient)}")
+                    f"{s.name}:patient:{int_key(patient)}")
         if s.text == "mimic":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(rid))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
             if row is None:
                 raise T.TextSourceError(f"MIMIC study {rid!r} is not in {s.metadata!r}")
             return T.mimic_machine_report(row), f"{s.name}:patient:{row.get('subject_id') or rid}"
@@ -150,7 +153,7 @@ class TextSource:
         raise T.TextSourceError(f"record {rid!r} ({path}) has no row in {s.table!r}")
 
 
-def _int_key(v) -> str:
+def int_key(v) -> str:
     """'00318' / '318.0' / 318 -> '318' (PTB-XL ids and patient ids come in several forms)."""
     s = str(v).strip()
     try:
@@ -159,12 +162,12 @@ def _int_key(v) -> str:
         return s
 
 
-def _csv_by_key(path: Path, key: str) -> dict[str, dict]:
+def csv_by_key(path: Path, key: str) -> dict[str, dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or key not in rows[0]:
         raise ValueError(f"{str(path)!r} has no {key!r} column")
-    return {_int_key(r[key]): r for r in rows}
+    return {int_key(r[key]): r for r in rows}
 
 
 # --- the cache ------------------------------------------------------------------------------
@@ -231,9 +234,6 @@ def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: 
     error kind, message) in ``PairSet.skipped``; ``"raise"`` stops at the first."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.signal import ecgchat_wave_text, measure
-    from ecgbatch.signal.preprocess import preprocess
 
     xs, cols, hr, skipped = [], {k: [] for k in ("text", "wave", "record_id", "source", "group", "path")}, [], []
     for spec in specs:

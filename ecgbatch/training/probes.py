@@ -17,8 +17,13 @@ import numpy as np
 
 from ecgbatch.encoders import label_sources as LS
 from ecgbatch.encoders.probes import LinearProbe, fit_binary, fit_softmax, unit_rows
+from ecgbatch.eval.metrics import choose_thresholds
 from ecgbatch.models import load_model
+from ecgbatch.signal.preprocess import preprocess as prep
+from ecgbatch.training import texts as T
 from ecgbatch.training.data import kfold_by_group
+from ecgbatch.training.job_config import load_job_config
+from ecgbatch.training.pairs import PairSet, TextSource, csv_by_key, int_key, list_sources, resolve_path
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3)
 MIN_POSITIVES = 5      # a label needs this many positive records (and >= 2 patients) to be trained
@@ -55,20 +60,15 @@ class SourceTruth:
     """The labels of set ``labelset`` that one pair source states for a record (None: nothing)."""
 
     def __init__(self, spec, labelset: str):
-        from ecgbatch.training.pairs import _csv_by_key, resolve_path
-
         self.spec, self.labelset = spec, labelset
         self.rows = self.scp_classes = None
         if spec.text == "ptbxl":
-            self.rows = _csv_by_key(resolve_path(spec.metadata), "ecg_id")
+            self.rows = csv_by_key(resolve_path(spec.metadata), "ecg_id")
             self.scp_classes = _scp_classes(resolve_path(spec.statements))
 
     def labels(self, path: str, record_id: str) -> set[str] | None:
-        from ecgbatch.training import texts as T
-        from ecgbatch.training.pairs import _int_key
-
         if self.spec.text == "ptbxl":
-            row = self.rows.get(_int_key(Path(path).stem)) or self.rows.get(_int_key(record_id))
+            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(record_id))
             if row is None:
                 return None
             return LS.labels_from_scp(self.labelset, T.parse_scp_codes(row["scp_codes"]), self.scp_classes)
@@ -198,7 +198,6 @@ def fit_probe(data: ProbeData, model_info: dict, folds: int = 5, seed: int = 0, 
               min_positives: int = MIN_POSITIVES) -> LinearProbe:
     """The probe of ``data``'s label set: L2 strength by cross-validated log-loss, thresholds
     maximising each label's out-of-fold F1, then one fit on every record."""
-    from ecgbatch.eval.metrics import choose_thresholds
 
     trained = trainable_labels(data, min_positives)
     if not trained or (LS.is_exclusive(data.labelset) and len(trained) < 2):
@@ -235,8 +234,6 @@ def labelled_records(specs, preprocess, progress=None):
     """A PairSet of every readable record of ``specs`` (signals preprocessed for the model,
     record ids, patient groups), without the waveform measurements and texts that training
     needs: a probe needs only the embedding and the source's labels. Unreadable records raise."""
-    from ecgbatch.signal.preprocess import preprocess as prep
-    from ecgbatch.training.pairs import PairSet, TextSource, list_sources
 
     xs, cols = [], {k: [] for k in ("record_id", "source", "group", "path")}
     for spec in specs:
@@ -260,8 +257,6 @@ def labelled_records(specs, preprocess, progress=None):
 
 def training_pairs(config: str | Path, preprocess):
     """(records, source specs) of a training config's data section (ecgbatch.training.job_config)."""
-    from ecgbatch.training.job_config import load_job_config
-    from ecgbatch.training.pairs import resolve_path
 
     specs = load_job_config(resolve_path(config)).data.sources
     if not specs:

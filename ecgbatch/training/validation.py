@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecgbatch.encoders.zeroshot import ZeroShotClassifier, labelset_from_mapping
+from ecgbatch.eval import metrics as M
 from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, flat_metrics, precision_at_k, retrieval_metrics
-from ecgbatch.training.texts import KEYWORD_COUNTER_PROMPTS, KEYWORD_LABELS, keyword_labels
-
-
-def label_prompts(name: str) -> list[str]:
-    """Zero-shot prompts of a KEYWORD_LABELS label (one or more, ensembled)."""
-    p = KEYWORD_LABELS[name][1]
-    return [p] if isinstance(p, str) else list(p)
-
-
-def keyword_labelset(names):
-    from ecgbatch.encoders.zeroshot import labelset_from_mapping
-
-    return labelset_from_mapping("keywords", {n: label_prompts(n) for n in names})
+from ecgbatch.eval.zeroshot_eval import contrast_scores, keyword_labelset
+from ecgbatch.text.labels import KEYWORD_COUNTER_PROMPTS, keyword_labels
 
 
 def validate(model, x: np.ndarray, texts: list[str], base_texts: list[str], labels=("af",),
@@ -28,9 +19,6 @@ def validate(model, x: np.ndarray, texts: list[str], base_texts: list[str], labe
     """Flat metrics dict ("val/ecg_to_text/R@1", "val/zeroshot/af/auc", "val/query/p@8", ...).
     ``texts``: what the model is trained to match (with the WDE suffix); ``base_texts``: the
     diagnosis statements only, where labels are read."""
-    from ecgbatch.encoders.zeroshot import ZeroShotClassifier
-    from ecgbatch.eval import metrics as M
-
     tok = tokenizer or model.tokenizer
     e = embed_ecgs(model, x, device=device)
     t = embed_texts(model, tok, texts, device=device)
@@ -46,9 +34,6 @@ def validate(model, x: np.ndarray, texts: list[str], base_texts: list[str], labe
             out[f"val/zeroshot/{n}/n_pos"] = float(y[:, j].sum())
         with_counter = [n for n in names if n in KEYWORD_COUNTER_PROMPTS]
         if with_counter:
-            from ecgbatch.encoders.zeroshot import labelset_from_mapping
-            from ecgbatch.eval.zeroshot_eval import contrast_scores
-
             cols = [names.index(n) for n in with_counter]
             pos = ZeroShotClassifier(model, keyword_labelset(with_counter), tokenizer=tok, lower=True)
             neg = ZeroShotClassifier(model, labelset_from_mapping(

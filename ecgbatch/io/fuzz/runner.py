@@ -34,8 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.io import list_records
+from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.fuzz.mutate import mutate_case
 from ecgbatch.io.fuzz.seeds import Seed
+from ecgbatch.io.hdf5 import close_files
+from ecgbatch.io.header import RecordHeader
+from ecgbatch.io.record import Record
 
 MAX_SOURCES = 8          # records read per case (a container yields several)
 _RANK = {"ok": 0, "typed": 1, "bad_value": 3, "untyped": 4}
@@ -70,7 +75,6 @@ def make_case(seeds: list[Seed], i: int, base_seed: int, work) -> tuple[Seed, Pa
 def record_problem(rec) -> str | None:
     """Why a returned Record is one no model should see (None when it is fine). Independent of
     ecgbatch.io.validate on purpose: this is the oracle that checks it."""
-    from ecgbatch.io.record import Record
 
     if not isinstance(rec, Record):
         return f"returned {type(rec).__name__}"
@@ -87,8 +91,6 @@ def record_problem(rec) -> str | None:
 
 
 def header_problem(h) -> str | None:
-    from ecgbatch.io.entries import RecordHeader
-
     if not isinstance(h, RecordHeader):
         return f"returned {type(h).__name__}"
     if not isinstance(h.n_samples, (int, np.integer)) or h.n_samples < 1 or len(h.leads) < 1:
@@ -104,9 +106,6 @@ def _rate_problem(fs) -> str | None:
 
 def check_case(folder) -> str:
     """The worst outcome over every record of ``folder`` (see the module docstring)."""
-    from ecgbatch.io import list_records
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.io.hdf5 import close_files
 
     try:
         sources = list(list_records(str(folder)))

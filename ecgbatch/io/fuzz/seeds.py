@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ecgbatch._paths import SAMPLE_ARCHIVE
+from ecgbatch.io import read_record
+from ecgbatch.io.matfile import read_mat
+from ecgbatch.io.record import STANDARD_LEADS
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,6 @@ def build_seeds(out_dir, archive=SAMPLE_ARCHIVE) -> list[Seed]:
 
 
 def _real(arc: Path, rel: str):
-    from ecgbatch.io import read_record
-
     return read_record(arc / rel)
 
 
@@ -85,15 +86,11 @@ def _challenge_v5(d: Path, arc: Path, compress: bool) -> None:
     the reader takes its MAT-parser path)."""
     import scipy.io
 
-    from ecgbatch.io.matfile import read_mat
-
     val = read_mat(str(arc / "cinc2021/E00271.mat"), ("val",))["val"]
     scipy.io.savemat(d / "E00271.mat", {"val": val}, do_compression=compress, format="5")
 
 
 def _npz(d: Path, samples_by_leads: np.ndarray, compressed: bool) -> None:
-    from ecgbatch.io.record import STANDARD_LEADS
-
     save = np.savez_compressed if compressed else np.savez
     save(d / "ptb318.npz", signal=samples_by_leads[:2500], fs=np.float64(500),
          leads=np.array(STANDARD_LEADS), units=np.array("normalized"))

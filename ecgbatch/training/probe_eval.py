@@ -18,12 +18,13 @@ from collections import Counter
 import numpy as np
 
 from ecgbatch.encoders import label_sources as LS
+from ecgbatch.eval.metrics import f1_at_threshold, roc_auc
+from ecgbatch.training.probes import fit_probe, folds_by_patient
 
 
 def pooled_held_out(data, model_info: dict, folds: int = 5, seed: int = 0):
     """(probabilities [N, C] with NaN where a fold's probe did not train a label, predicted
     label lists, top label per record) of every record, from the probe fitted without its fold."""
-    from ecgbatch.training.probes import fit_probe, folds_by_patient
 
     n, c = data.y.shape
     prob = np.full((n, c), np.nan)
@@ -39,8 +40,6 @@ def pooled_held_out(data, model_info: dict, folds: int = 5, seed: int = 0):
 
 
 def _per_label(data, prob, pred) -> dict:
-    from ecgbatch.eval.metrics import f1_at_threshold, roc_auc
-
     out = {}
     for j, lab in enumerate(data.labels):
         y = data.y[:, j].astype(int)

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from ecgbatch.eval.findings import (KEYS, extract_findings, group_keys, mentions, positive_findings,
+from ecgbatch.text.findings import (KEYS, extract_findings, group_keys, mentions, positive_findings,
                                     related_findings)
 
 

@@ -12,6 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.encoders.zeroshot import ZeroShotClassifier
+from ecgbatch.eval.metrics import roc_auc
+from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, precision_at_k_at_prevalence, retrieval_metrics
+from ecgbatch.eval.zeroshot_eval import keyword_labelset
+from ecgbatch.models import load_model
+from ecgbatch.pipelines.queries import text_vector
+from ecgbatch.text.labels import keyword_labels
+from ecgbatch.training.checkpointing import latest_checkpoint
+from ecgbatch.training.data import fit_texts, token_counter
+
 
 @dataclass
 class FoldScores:
@@ -35,9 +45,6 @@ class CrossValScores:
 
 def run_model_and_split(run: str | Path):
     """(model of the run's latest checkpoint, held-out paths) of one training run folder."""
-    from ecgbatch.models import load_model
-    from ecgbatch.training.checkpointing import latest_checkpoint
-
     run = Path(run)
     ck = latest_checkpoint(run)
     if ck is None:
@@ -55,13 +62,6 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
                     expand: bool = False) -> CrossValScores:
     """Score every pair held out by one of ``runs`` with that run's model. ``pairs``: the
     PairSet the runs trained on (their pair cache). A record held out by two runs is refused."""
-    from ecgbatch.encoders.zeroshot import ZeroShotClassifier
-    from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, retrieval_metrics
-    from ecgbatch.pipelines.queries import text_vector
-    from ecgbatch.training.data import fit_texts, token_counter
-    from ecgbatch.training.texts import keyword_labels
-    from ecgbatch.training.validation import keyword_labelset
-
     where = {p: i for i, p in enumerate(pairs.path)}
     seen: set[str] = set()
     ys, ps, qs, src, paths, folds = [], [], [], [], [], []
@@ -98,8 +98,6 @@ def summary(cv: CrossValScores, k: int = 8, prevalence: float = 0.08, pool: int 
     ``prevalence`` hold the label (e.g. 8 of 100: the judged use; None = all negatives), overall
     and per source. A part with fewer records gets pools of all its negatives (the size is in
     the result's "pool"); one with too few positives reports why."""
-    from ecgbatch.eval.metrics import roc_auc
-    from ecgbatch.eval.retrieval import precision_at_k_at_prevalence
 
     def part(mask) -> dict:
         y = cv.y[mask]

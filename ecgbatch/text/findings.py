@@ -1,6 +1,7 @@
 """Clinical findings read from ECG report text: one documented keyword table with negation and
-hedge handling. The report metrics (clinical-efficacy F1) and the instruction-data builder both
-use it, so "what a text says about a finding" has one definition.
+hedge handling. The report metrics (clinical-efficacy F1), the instruction-data builder and the
+training labels (``ecgbatch.text.labels``, through ``pattern_mentions``) all use it, so "what a
+text says about a finding" has one definition. Standard library only.
 
 Matcher, in order (all on lower-cased text):
 1. The text is cut into clauses at ``;``, ``:``, new lines and full stops followed by a space or
@@ -138,13 +139,19 @@ def mentions(text: str, keys=None) -> list[Mention]:
     unknown = [k for k in keys if k not in BY_KEY]
     if unknown:
         raise ValueError(f"unknown findings {unknown!r}; known: {list(KEYS)}")
+    return pattern_mentions(text, {k: BY_KEY[k].pattern for k in keys})
+
+
+def pattern_mentions(text: str, patterns: dict[str, str]) -> list[Mention]:
+    """Every match of ``patterns`` ({name: regex on lower-cased text}) in ``text``, with its
+    state by the rules above: the matcher behind ``mentions`` and the training labels."""
     out = []
     for clause in _CLAUSES.split(str(text).lower()):
         clause = " ".join(clause.split())
         if not clause:
             continue
-        for k in keys:
-            for m in re.finditer(BY_KEY[k].pattern, clause):
+        for k, pattern in patterns.items():
+            for m in re.finditer(pattern, clause):
                 before, after = clause[:m.start()], clause[m.end():]
                 if _CANNOT_EXCLUDE.search(clause):
                     state = "uncertain"
@@ -161,18 +168,26 @@ def mentions(text: str, keys=None) -> list[Mention]:
 _RANK = {"present": 3, "uncertain": 2, "negated": 1}
 
 
-def extract_findings(text: str, keys=None) -> dict[str, str]:
-    """{finding: "present" | "uncertain" | "negated"} for the findings ``text`` mentions."""
+def strongest_states(found: list[Mention]) -> dict[str, str]:
+    """{name: its strongest state} over ``found``: present > uncertain > negated."""
     best: dict[str, str] = {}
-    for m in mentions(text, keys):
+    for m in found:
         if _RANK[m.state] > _RANK.get(best.get(m.finding), 0):
             best[m.finding] = m.state
     return best
 
 
+def extract_findings(text: str, keys=None) -> dict[str, str]:
+    """{finding: "present" | "uncertain" | "negated"} for the findings ``text`` mentions."""
+    return strongest_states(mentions(text, keys))
+
+
+POSITIVE_STATES = ("present", "uncertain")
+
+
 def positive_findings(text: str, keys=None) -> set[str]:
     """The findings a report asserts (present or hedged), as the CE-F1 labels of that text."""
-    return {k for k, s in extract_findings(text, keys).items() if s in ("present", "uncertain")}
+    return {k for k, s in extract_findings(text, keys).items() if s in POSITIVE_STATES}
 
 
 def related_findings(text: str, keys=None) -> set[str]:
