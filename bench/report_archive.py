@@ -44,6 +44,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from ecgbatch.device import detect, resolve_dtype  # noqa: E402
 from ecgbatch.io.errors import EcgReadError  # noqa: E402
 from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402
 
@@ -186,7 +187,8 @@ def naive(archive: Path, folder: Path, args) -> dict:
 
 def ray_data_llm(archive: Path, folder: Path, args) -> dict:
     """The same pre-built inputs through ray.data.llm's vLLM processor (Ray 2.60), one engine on a
-    CPU placement group (its default asks for a GPU bundle), our plugin's "ecg" modality passed
+    placement group of this machine's device (a CPU bundle here, one GPU bundle per tensor-parallel
+    rank on a GPU machine; the engine settings from ecgbatch.device as our actor's), our plugin's "ecg" modality passed
     as ``multimodal_data``, prompt ids as ``tokenized_prompt`` (its chat-template and tokenize
     stages off). Timed from the first output batch to the last (engine start-up, the first batch
     and Ray start cancel out), as the end to end run's after-first-batch rate."""
@@ -201,12 +203,16 @@ def ray_data_llm(archive: Path, folder: Path, args) -> dict:
     from ecgbatch.serving.engine import default_cpu_thread_binding, vllm_engine_args
 
     # the arguments the pipeline's actor gives its engine, turned into vLLM's by the same function
-    kw = engine_kwargs(dtype=args.dtype, max_num_seqs=args.batch_size, work_dir=str(args.work / "vllm"))
+    dev = detect()
+    kw = engine_kwargs(dtype=args.dtype, max_num_seqs=None if dev.cuda else args.batch_size,
+                       gpus=1.0 if dev.cuda else 0.0, work_dir=str(args.work / "vllm"))
     cfg = folders.check_model_folder(folder)
-    served = folders.runnable_model_folder(folder, cfg, kw["work_dir"])
+    served = folders.runnable_model_folder(folder, cfg, kw["work_dir"], dev)
     ekw = vllm_engine_args(served, cfg, dtype=kw["dtype"], max_model_len=kw["max_model_len"],
-                           max_num_seqs=kw["max_num_seqs"], lora_rank=kw["lora_rank"], **kw["llm_kwargs"])
+                           max_num_seqs=kw["max_num_seqs"], lora_rank=kw["lora_rank"],
+                           gpus_per_engine=kw["gpus_per_engine"], device=dev, **kw["llm_kwargs"])
     ekw.pop("model")                         # ray.data.llm takes it as model_source
+    bundles = [{"CPU": 1, "GPU": 1} if dev.cuda else {"CPU": 1}] * ekw.get("tensor_parallel_size", 1)
     ids = [int(i) for i in prompt_ids(load_tokenizer(folder, cfg), DEFAULT_QUESTION, cfg)]
     items = [{"record_id": s.key, "ecg": preprocess_for_model(s.read(), cfg, record_id=s.key)} for s in readable(archive)]
 
@@ -222,7 +228,7 @@ def ray_data_llm(archive: Path, folder: Path, args) -> dict:
                 model_source=str(served), engine_kwargs=ekw, batch_size=args.batch_size, concurrency=1,
                 runtime_env={"env_vars": env},
                 log_engine_metrics=False,    # its default needs ray[serve] (vLLM's Ray metrics import it)
-                placement_group_config={"bundles": [{"CPU": 1}]}, chat_template_stage=False,
+                placement_group_config={"bundles": bundles}, chat_template_stage=False,
                 tokenize_stage=False, detokenize_stage=False, prepare_multimodal_stage=False),
             preprocess=lambda r: {"record_id": r["record_id"], "tokenized_prompt": ids,
                                   "multimodal_data": {"ecg": r["ecg"]},
@@ -344,13 +350,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--naive", type=int, default=8)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on GPU (ecgbatch.device)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "_report_work")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plan-only", action="store_true", help="print the GPU paper plan and exit")
     ap.add_argument("--ray-data-llm", action="store_true",
                     help="also run the larger archive's inputs through ray.data.llm's vLLM processor")
     args = ap.parse_args()
+    args.dtype = resolve_dtype(args.dtype, detect())     # the naive HF loop needs a torch dtype
     if args.plan_only:
         print_plan(gpu_plan(131), None)
         return

@@ -211,10 +211,28 @@ def test_gpu_search_matches_cpu(real):
     x = clustered(v, 16, 0.5)
     ids = [str(i) for i in range(len(x))]
     sig = ModelSignature("m", "w", 256)
-    ivf_g = build_index(x, ids, kind="ivfpq", model=sig, pq_m=16, gpu=True)
+    ivf_g = build_index(x, ids, kind="ivfpq", model=sig, gpu=True)      # the default pq_m, GPU-sized
+    assert ivf_g.params.pq_m == 64
     flat = build_index(x, ids, kind="flat", model=sig)
     q = queries(x, 100, seed=3)
     assert recall_at_k(ivf_g.search_arrays(q, 10)[1], flat.search_arrays(q, 10)[1]) >= 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(num_gpus() == 0, reason="faiss has no GPU support or sees no CUDA device")
+def test_gpu_index_copied_back_to_cpu(real, tmp_path):
+    """The index on all GPUs (a sharded wrapper with several) comes back as one CPU index."""
+    import faiss
+
+    from ecgbatch.index.faiss_index import on_gpu, to_cpu, to_gpu
+
+    t, v = real
+    cpu = build_index(t, kind="flat")
+    g = to_gpu(cpu.index)
+    assert on_gpu(g)
+    back = to_cpu(g)
+    assert not on_gpu(back) and back.ntotal == cpu.index.ntotal
+    faiss.write_index(back, str(tmp_path / "x.faiss"))
 
 
 @pytest.mark.parametrize("where", [None, "age >= 60 and sex == 'F'"])

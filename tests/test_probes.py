@@ -126,7 +126,8 @@ def test_probe_on_real_embeddings_beats_chance_on_held_out_patients(shared_data)
     model = create_model("ecg-coca-mini", pretrained="default")
     pairs = labelled_records(specs, model.preprocess_config)
     data = probe_data(model, pairs, specs, "ptbxl-rhythm")
-    assert data.left_out.get("ludb", 0) == 0 and len(data.y) >= 190
+    # LUDB's 74 training records (26 are in the test fold) + 100 PTB-XL, 6 of them without a rhythm
+    assert data.left_out.get("ludb", 0) == 0 and len(data.y) >= 165
     res = evaluate(data, {}, folds=3)
     af = res["per_label"]["AFIB"]
     assert af["n_pos"] >= 40 and af["auc"] > 0.85

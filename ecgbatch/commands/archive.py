@@ -39,7 +39,8 @@ def embed_command(
     address: Optional[str] = typer.Option(None, "--address",
                                           help="Ray cluster: 'auto' or ray://host:port [default: start a "
                                                "local Ray for this command]. ecgbatch must be installed there."),
-    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Records per encoder forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Records per encoder forward pass "
+                                             "[default: 64 on CPU, 512 on GPU]."),
     encoders: int = typer.Option(1, "--encoders", "-n", help="Encoder actors (one model each)."),
     gpus_per_encoder: Optional[float] = typer.Option(None, "--gpus-per-encoder",
                                                      help="GPUs per encoder actor [default: 1 if the "

@@ -141,7 +141,8 @@ def chat_cmd(
     lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model "
                                         "[default: the model's own (its lora/), if it has one]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per answer"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
+                                 "float32, bfloat16 or float16"),
 ) -> None:
     """Chat about RECORD with an ECG-LLaVA model: summary and plot first, then questions."""
     from ecgbatch.serving.engine import engine_env

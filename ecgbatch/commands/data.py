@@ -32,6 +32,8 @@ def instruct_command(
     root: Optional[Path] = typer.Option(None, "--root", help="write 'ecg' paths relative to this folder "
                                         "(ECG-Chat's --ecg_folder); default: absolute paths"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable or unlabelled record"),
+    part: str = typer.Option("train", "--part", help="train: the test fold (ecgbatch/testfold.py) left out | "
+                             "test: the test fold only, for evaluation | all"),
 ) -> None:
     """Questions and answers about real records, answered only from their labels and measurements."""
     from ecgbatch.training.instruct import build_instruct, load_sources
@@ -43,7 +45,7 @@ def instruct_command(
         specs = [s for arg in sources for s in load_sources(arg)]
         built = build_instruct(specs, seed=seed, val_fraction=val_fraction if split_by_patient else None,
                                measure_method=None if measure_method == "none" else measure_method,
-                               dialogues=dialogues, root=root, on_error="raise" if strict else "skip")
+                               dialogues=dialogues, root=root, on_error="raise" if strict else "skip", part=part)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     write_jsonl(built.items, output)

@@ -40,7 +40,7 @@ def _eval_pairs(model_pre, data: str, text_source: str, dx_mapping, metadata, st
             dx_mapping = str(p)
         spec = SourceSpec(name="eval", records=str(p), text=text_source, dx_mapping=dx_mapping,
                           metadata=metadata, statements=statements, table=table, read_options=opts or None)
-        pairs = build_pairs([spec], model_pre, measure_method=measure_method, on_error="skip")
+        pairs = build_pairs([spec], model_pre, measure_method=measure_method, on_error="skip", part="all")
         if pairs.skipped:
             typer.secho(f"{len(pairs.skipped)} records left out (unreadable or no text), e.g. "
                         f"{pairs.skipped[0]['path']}: {pairs.skipped[0]['error']}", fg="yellow", err=True)
@@ -261,7 +261,7 @@ def eval_classify(
     from ecgbatch.training.probes import model_info, probe_inputs
 
     try:
-        m, data = probe_inputs(model, labels, config)
+        m, (data,) = probe_inputs(model, [labels], config)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     zs = ZeroShotClassifier(m, labels).scores(data.emb)
@@ -273,6 +273,78 @@ def eval_classify(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "config": str(config), **res}, indent=2))
     typer.echo(f"wrote {out}")
+
+
+@eval_app.command("testfold")
+def eval_testfold(
+    model: str = typer.Option("ecg-coca-mini", "--model", "-m", help="zoo name or model folder (its probes are used)"),
+    config: Path = typer.Option(Path("configs/coca-mini.yaml"), "--config", "-c",
+                                help="training YAML whose data sources hold the test fold (ecgbatch/testfold.py)"),
+    labels: str = typer.Option("ptbxl-rhythm", "--labels", "-l", help="comma list of probe label sets"),
+    zero_shot: str = typer.Option("af", "--zero-shot", help="comma list of keyword labels for zero-shot AUC"),
+    trained_on_test: bool = typer.Option(False, "--trained-on-test",
+                                         help="the model saw test-fold records: label its figures as training-set figures"),
+    unseen_by: Optional[Path] = typer.Option(None, "--unseen-by",
+                                             help="keep only test records (and patients) that no source of this "
+                                                  "training YAML holds, e.g. the config an older model was trained with"),
+    reps: int = typer.Option(2000, help="bootstrap resamples (patients)"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("eval-testfold.json"), "--out", "-o", help="JSON output"),
+) -> None:
+    """ECG -> report R@1, zero-shot AUC and probe top-1 on the fixed test fold only, each with a
+    bootstrap 95 % interval over patients."""
+    from ecgbatch.eval.bootstrap import fmt_ci
+    from ecgbatch.training.testfold_eval import evaluate_test_fold
+    from ecgbatch.training.job_config import load_job_config
+    from ecgbatch.training.pairs import load_or_build, resolve_path
+
+    try:
+        m = load_model(model)[0]
+        job = load_job_config(resolve_path(config))
+        pairs, cache = load_or_build(job.data.sources, m.preprocess_config, job.data.cache_dir,
+                                     job.data.measure_method, "skip", part="test")
+        if unseen_by is not None:
+            pairs = _unseen_pairs(pairs, job.data.sources, load_job_config(resolve_path(unseen_by)).data.sources)
+        res = evaluate_test_fold(m, pairs, job.data.sources, [x.strip() for x in labels.split(",") if x.strip()],
+                                 [x.strip() for x in zero_shot.split(",") if x.strip()], reps=reps, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    tag = " [TRAINING-SET figures: the model saw these records]" if trained_on_test else ""
+    typer.echo(f"test fold: {res['records']} records, {res['patients']} patients {res['records_by_source']}{tag}")
+    typer.echo(f"  ECG -> report R@1: {fmt_ci(res['retrieval']['R@1'])}")
+    for n, r in res["zero_shot"].items():
+        typer.echo(f"  zero-shot {n} AUC: {fmt_ci(r['auc'])} ({r['n_pos']} of {r['n']})")
+    for ls, r in res["probes"].items():
+        if "error" in r:
+            typer.echo(f"  {ls}: {r['error']}")
+            continue
+        line = f"  {ls} probe ({r['records']} records): macro AUC {fmt_ci(r['macro_auc_trained'])}"
+        if "top1" in r:
+            line += f"; top-1 {fmt_ci(r['top1'])}"
+        typer.echo(line)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "config": str(config), "cache": cache.name,
+                               "trained_on_test": trained_on_test,
+                               "unseen_by": None if unseen_by is None else str(unseen_by), **res}, indent=2))
+    typer.echo(f"wrote {out}")
+
+
+def _unseen_pairs(pairs, specs, seen_specs):
+    """The pairs whose ECG and patient no record of ``seen_specs`` (any part) shares."""
+    from ecgbatch import testfold
+    from ecgbatch.training.pairs import record_keys
+
+    keys, groups = set(), set()
+    for part in ("train", "test"):
+        k, g = record_keys(seen_specs, part)
+        keys |= k
+        groups |= g
+    ds = {s.name: s.test_dataset for s in specs}
+    idx = [i for i, (src, path, g) in enumerate(zip(pairs.source, pairs.path, pairs.group))
+           if g not in groups and not (ds.get(src) and testfold.ecg_key(ds[src], path) in keys)]
+    if not idx:
+        raise ValueError("every test record is held by the --unseen-by sources")
+    return pairs.subset(idx)
 
 
 def _print_classify_eval(res: dict, model: str) -> None:

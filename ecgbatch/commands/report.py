@@ -46,8 +46,10 @@ def report_cmd(
                                           "to one .parquet or .jsonl file"),
     html: Optional[Path] = typer.Option(None, "--html", help="[--input] write a static page per record "
                                         "(plot, report, labels) and an index to this folder"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="[--input] requests per engine call"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
+                                 "float32, bfloat16 or float16"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="[--input] requests per engine "
+                                              "call [default: 32 on CPU, 256 on GPU]"),
     block_size: int = typer.Option(64, "--block-size", min=1, help="[--input] records per committed shard"),
     num_cpus: Optional[int] = typer.Option(2, "--num-cpus", help="[--input] CPUs of the local Ray"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (reports, or the job summary)"),

@@ -34,7 +34,7 @@ class ArchiveOptions:
     output: Optional[Path]
     html: Optional[Path]
     dtype: str
-    batch_size: int
+    batch_size: Optional[int]
     block_size: int
     num_cpus: Optional[int]
     as_json: bool

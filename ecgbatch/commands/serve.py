@@ -48,7 +48,8 @@ def serve_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="model id of the base model (default: the --model name)"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="most new tokens a request may ask for"),
     max_body_mb: float = typer.Option(16.0, "--max-body-mb", min=0.01, help="largest request body"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16 (bfloat16 is faster on CPU)"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
+                                 "float32, bfloat16 or float16"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="vLLM's batch limit"),
     max_in_flight: int = typer.Option(512, "--max-in-flight", min=1,
                                       help="chat requests (bodies read) in progress at once; more get 429"),

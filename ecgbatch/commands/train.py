@@ -186,7 +186,7 @@ def train_export(
 @train_app.command("probe")
 def train_probe(
     labels: str = typer.Option(..., "--labels", "-l", help="built-in label set: ptbxl-rhythm | ptbxl-super | "
-                               "ptbxl-sub | ptbxl-form | cpsc2018"),
+                               "ptbxl-sub | ptbxl-form | cpsc2018; a comma list fits several on one embedding pass"),
     model: str = typer.Option("ecg-coca-mini", "--model", "-m", help="zoo name or model folder"),
     config: Path = typer.Option(Path("configs/coca-mini.yaml"), "--config", "-c", help=PROBE_CONFIG_HELP),
     folds: int = typer.Option(5, help="cross-validation folds by patient (L2 strength, thresholds)"),
@@ -195,32 +195,36 @@ def train_probe(
                                        "weights, <weights>/probes/<labels>.json, where classify finds it]"),
 ) -> None:
     """Fit a calibrated linear probe (logistic regression) for a label set on a model's embeddings
-    of labelled records; thresholds by cross-validation by patient."""
+    of labelled records (the test fold left out); thresholds by cross-validation by patient."""
     from ecgbatch.encoders.probes import probe_path
     from ecgbatch.training.probes import fit_probe, model_info, probe_inputs
 
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if out is not None and len(names) != 1:
+        fail("--out takes one label set")
+    folder = None
     if out is None:
         try:
             folder = model_folder(model, "ecg-coca")
         except (ValueError, FileNotFoundError):
             fail(f"model {model!r} has no weights folder to store the probe beside: pass --out")
-        out = probe_path(folder, labels)
     try:
-        m, data = probe_inputs(model, labels, config)
+        m, datas = probe_inputs(model, names, config)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    try:
-        probe = fit_probe(data, model_info(m, model), folds=folds, seed=seed)
-    except ValueError as exc:
-        fail(str(exc))
-    probe.save(out)
-    info = probe.info
-    typer.echo(f"{labels}: {info['records']} records ({info['records_by_source']}), {info['patients']} patients; "
-               f"l2 {info['l2']}")
-    typer.echo("trained: " + ", ".join(f"{t} (n={info['positives'][t]}, thr {th:.3f})"
-                                       for t, th in zip(probe.trained, probe.thresholds)))
-    if probe.untrained:
-        typer.echo("untrained (too few records; marked, never predicted): " + ", ".join(probe.untrained))
-    typer.echo(f"wrote {out}")
+    for name, data in zip(names, datas):
+        try:
+            probe = fit_probe(data, model_info(m, model), folds=folds, seed=seed)
+        except ValueError as exc:
+            fail(str(exc))
+        path = probe.save(out if out is not None else probe_path(folder, name))
+        info = probe.info
+        typer.echo(f"{name}: {info['records']} records ({info['records_by_source']}), {info['patients']} patients; "
+                   f"l2 {info['l2']}")
+        typer.echo("trained: " + ", ".join(f"{t} (n={info['positives'][t]}, thr {th:.3f})"
+                                           for t, th in zip(probe.trained, probe.thresholds)))
+        if probe.untrained:
+            typer.echo("untrained (too few records; marked, never predicted): " + ", ".join(probe.untrained))
+        typer.echo(f"wrote {path}")
 
 

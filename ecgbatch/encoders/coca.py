@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecgbatch.device import CUDA, Device, autocast_dtype
 from ecgbatch.encoders.config import CocaConfig
 from ecgbatch.encoders.decoder import MultimodalTransformer
 from ecgbatch.encoders.ecg_tower import EcgTransformer
@@ -142,10 +143,20 @@ class CoCa(nn.Module):
 
     # -- batch inference -------------------------------------------------------------------
     def _amp(self, device: torch.device, amp_dtype: torch.dtype | None):
-        if device.type == "cuda":
-            dt = amp_dtype or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            return torch.autocast("cuda", dtype=dt)
-        return nullcontext()   # CPU: float32 as stored
+        """bf16 autocast on CUDA (fp16 without bf16), none on CPU: ecgbatch.device decides."""
+        if device.type != "cuda":
+            return nullcontext()   # CPU: float32 as stored
+        here = Device(CUDA, bf16=torch.cuda.is_bf16_supported())
+        return torch.autocast("cuda", dtype=amp_dtype or getattr(torch, autocast_dtype(here)))
+
+    @staticmethod
+    def _to_device(x, dev: torch.device) -> torch.Tensor:
+        """A float32 batch on ``dev``; to a GPU from page-locked host memory (an asynchronous,
+        faster copy; the kernels that read it queue behind it on the same stream)."""
+        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(torch.float32)
+        if dev.type == "cuda" and xt.device.type == "cpu":
+            xt = xt.pin_memory()
+        return xt.to(dev, non_blocking=True)
 
     def embed_ecgs(self, x, normalize: bool = True, amp_dtype: torch.dtype | None = None,
                    rhythm=None) -> np.ndarray:
@@ -153,8 +164,7 @@ class CoCa(nn.Module):
         Runs under inference_mode; bf16 (or fp16) autocast on CUDA, float32 on CPU. ``rhythm``:
         precomputed rhythm-channel inputs (features, RR) for x, else they are computed here."""
         dev = next(self.parameters()).device
-        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        xt = xt.to(dev, torch.float32, non_blocking=True)
+        xt = self._to_device(x, dev)
         with torch.inference_mode(), self._amp(dev, amp_dtype):
             out = self.encode_ecg(xt, normalize=False, rhythm=rhythm).float()
         if normalize:
@@ -176,6 +186,6 @@ class CoCa(nn.Module):
     def llm_tokens(self, x, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Batch inference for the LLaVA stage: [B, 101, width] (inference_mode, autocast on CUDA)."""
         dev = next(self.parameters()).device
-        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dev, torch.float32)
+        xt = self._to_device(x, dev)
         with torch.inference_mode(), self._amp(dev, amp_dtype):
             return self.ecg_tokens(xt)

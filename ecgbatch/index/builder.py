@@ -29,7 +29,8 @@ import pyarrow as pa
 
 from ecgbatch.index.errors import EmbeddingTableError, IndexFormatError, InvalidVectorError
 from ecgbatch.index.faiss_index import (
-    choose_kind, choose_nlist, choose_pq_m, choose_pq_nbits, l2_normalize, new_index, require_gpu, to_cpu, to_gpu,
+    check_gpu_pq, choose_kind, choose_nlist, choose_pq_m, choose_pq_nbits, l2_normalize, new_index, require_gpu,
+    to_cpu, to_gpu,
     train_size as default_train_size,
 )
 from ecgbatch.index.search import FAISS_ID, INDEX_FILE, VECTORS_FILE, EcgIndex, IndexParams, staging_path
@@ -50,10 +51,13 @@ def default_index_dir(source: str | Path) -> Path:
 
 
 def default_params(kind: str, n: int, d: int, *, nlist=None, pq_m=None, nprobe=None, rerank=10,
-                   hnsw_m=32, ef_search=128) -> IndexParams:
+                   hnsw_m=32, ef_search=128, gpu: bool = False) -> IndexParams:
+    """``gpu``: IVF-PQ sizes the GPU index runs (a given ``pq_m`` it would refuse is refused here)."""
     if kind == "ivfpq":
         nlist = nlist or choose_nlist(n)
-        pq_m = pq_m or choose_pq_m(d)
+        pq_m = pq_m or choose_pq_m(d, gpu=gpu)
+        if gpu:
+            check_gpu_pq(d, pq_m)
         # ~3% of the lists (at least 32). bench/index.py, clustered data, exact re-ranking of
         # the top k*10: recall@10 0.94/0.97 at 2%/4% of the lists for 200k vectors, 0.97/0.99
         # for 1M; queries/s fall as nprobe grows (1M: 15x flat at 2%, 11x at 4%).
@@ -78,11 +82,22 @@ def train_empty_index(kind: str, sample: np.ndarray, params: IndexParams, *, gpu
                 f"IVF-PQ with nlist={params.nlist} needs at least that many training vectors, "
                 f"got {len(sample)}"
             )
-        if gpu:  # k-means on the GPU; the index itself stays a CPU index
-            require_gpu()
-            ivf = faiss.extract_index_ivf(index)
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
-        index.train(l2_normalize(sample, "training vectors"))
+        x = l2_normalize(sample, "training vectors")
+        if not gpu:
+            index.train(x)
+            return index
+        # k-means on the GPU; the index itself stays a CPU index. clustering_index is a raw
+        # pointer on the C++ side: the GPU index is held here until training is over and the
+        # pointer is cleared before it is freed.
+        require_gpu()
+        ivf = faiss.extract_index_ivf(index)
+        clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
+        ivf.clustering_index = clustering
+        try:
+            index.train(x)
+        finally:
+            ivf.clustering_index = None
+            del clustering
     return index
 
 
@@ -224,7 +239,7 @@ def build_index(source: np.ndarray | pa.Table | str | Path | Sequence[str | Path
         n, d = vec.shape
         k = choose_kind(n, kind)
         params = default_params(k, n, d, nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank,
-                                hnsw_m=hnsw_m, ef_search=ef_search)
+                                hnsw_m=hnsw_m, ef_search=ef_search, gpu=gpu)
         sample = _sample(vec, train_size or default_train_size(n, params.nlist), seed) if k == "ivfpq" else vec[:1]
         empty = train_empty_index(k, sample, params, gpu=gpu)
         index = _add_all(empty, [vec], gpu) if not sharded else merge_indexes(
@@ -264,7 +279,7 @@ def _build_streaming(store: EmbeddingStore, out: Path, *, kind, gpu, nlist, pq_m
     n_total, d = len(store), sig.dim
     k = choose_kind(n_total, kind)
     params = default_params(k, n_total, d, nlist=nlist, pq_m=pq_m, nprobe=nprobe, rerank=rerank,
-                            hnsw_m=hnsw_m, ef_search=ef_search)
+                            hnsw_m=hnsw_m, ef_search=ef_search, gpu=gpu)
     if k == "ivfpq":
         sample = store.sample_vectors(train_size or default_train_size(n_total, params.nlist), seed, batch_rows)
     else:

@@ -62,3 +62,9 @@ class InvalidVectorError(EcgIndexError, ValueError):
     """Vectors that cannot be indexed or queried: wrong shape, NaN/inf, or all zeros."""
 
     kind = "invalid_vector"
+
+
+class GpuIndexSettingsError(EcgIndexError, ValueError):
+    """Index parameters that the GPU index would refuse (e.g. an IVF-PQ sub-quantizer count)."""
+
+    kind = "gpu_index_settings"

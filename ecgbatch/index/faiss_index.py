@@ -9,12 +9,18 @@ import math
 import faiss
 import numpy as np
 
-from ecgbatch.index.errors import GpuUnavailableError, InvalidVectorError
+from ecgbatch.index.errors import GpuIndexSettingsError, GpuUnavailableError, InvalidVectorError
 
 KINDS = ("flat", "ivfpq", "hnsw")
 AUTO_FLAT_MAX = 100_000  # below this `kind="auto"` uses exact search: fast enough, recall 1.0
 MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per centroid
 PQ_NBITS = 8
+# Standard (non-cuVS) GPU IVF-PQ, faiss/gpu/impl/IVFPQ.cu and PQScanMultiPassNoPrecomputed: the
+# sub-quantizer counts (bytes per code at 8 bits; 56, 64 and 96 need float16 lookup tables, which
+# to_gpu turns on) and the dimensions per sub-quantizer it runs without precomputed tables
+# (precomputed tables do not exist for the inner product metric, so these hold here).
+GPU_PQ_M = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+GPU_PQ_SUB_DIMS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 28, 32)
 
 
 def l2_normalize(x: np.ndarray, what: str = "vectors") -> np.ndarray:
@@ -55,13 +61,31 @@ def choose_nlist(n: int) -> int:
     return max(1, min(nlist, n // MIN_POINTS_PER_CENTROID))
 
 
-def choose_pq_m(d: int, bytes_per_vector: int | None = None) -> int:
+def choose_pq_m(d: int, bytes_per_vector: int | None = None, *, gpu: bool = False) -> int:
     """Number of PQ sub-quantizers: a divisor of ``d`` closest to ``bytes_per_vector`` (default
     d/4, i.e. 4 dimensions per 1-byte code: 64 bytes for D=256; at 1M clustered vectors this gave
-    recall@10 0.96 against 0.94 for d/8 at the same nprobe, for 30 MB more codes)."""
+    recall@10 0.96 against 0.94 for d/8 at the same nprobe, for 30 MB more codes). ``gpu``: only
+    the sizes GPU IVF-PQ runs (:func:`gpu_pq_sizes`; D=512 -> 64 instead of 128)."""
     target = bytes_per_vector or max(1, d // 4)
-    divisors = [m for m in range(1, d + 1) if d % m == 0]
+    divisors = gpu_pq_sizes(d) if gpu else [m for m in range(1, d + 1) if d % m == 0]
+    if not divisors:
+        raise GpuIndexSettingsError(
+            f"GPU IVF-PQ has no sub-quantizer count for dimension {d}: it needs m in {GPU_PQ_M} with "
+            f"d/m in {GPU_PQ_SUB_DIMS}; build this index without --gpu, or kind='flat' on the GPU")
     return min(divisors, key=lambda m: (abs(m - target), -m))
+
+
+def gpu_pq_sizes(d: int) -> list[int]:
+    """The sub-quantizer counts m that standard GPU IVF-PQ accepts for dimension ``d``."""
+    return [m for m in GPU_PQ_M if d % m == 0 and d // m in GPU_PQ_SUB_DIMS]
+
+
+def check_gpu_pq(d: int, pq_m: int) -> None:
+    """Refuse, before any training, an IVF-PQ the GPU would refuse after it."""
+    if pq_m not in gpu_pq_sizes(d):
+        raise GpuIndexSettingsError(
+            f"pq_m={pq_m} for dimension {d} does not run on GPU IVF-PQ (m in {GPU_PQ_M} with d/m in "
+            f"{GPU_PQ_SUB_DIMS}); for d={d} use one of {gpu_pq_sizes(d) or 'none: build without --gpu'}")
 
 
 def choose_pq_nbits(n_train: int) -> int:
@@ -123,7 +147,10 @@ def require_gpu() -> None:
 
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
-    """Copy a CPU index onto all visible GPUs (sharded); raises GpuUnavailableError if none."""
+    """Copy a CPU index onto all visible GPUs (sharded); raises GpuUnavailableError if none, and
+    GpuIndexSettingsError for an IVF-PQ the GPU cannot run (e.g. one built on CPU with m=128)."""
+    if isinstance(index, faiss.IndexIVFPQ):
+        check_gpu_pq(index.d, index.pq.M)
     require_gpu()
     co = faiss.GpuMultipleClonerOptions()
     co.shard = True
@@ -131,10 +158,21 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
     return faiss.index_cpu_to_all_gpus(index, co=co)
 
 
+def on_gpu(index: faiss.Index) -> bool:
+    """True for a GPU index and for a sharded/replicated wrapper (what index_cpu_to_all_gpus
+    returns for several GPUs) holding one, found through faiss's classes, not type names."""
+    gpu_index = getattr(faiss, "GpuIndex", None)
+    if gpu_index is not None and isinstance(index, gpu_index):
+        return True
+    if isinstance(index, faiss.ThreadedIndexBase):   # IndexShards, IndexShardsIVF, IndexReplicas
+        return any(on_gpu(faiss.downcast_index(index.at(i))) for i in range(index.count()))
+    return False
+
+
 def to_cpu(index: faiss.Index) -> faiss.Index:
-    if num_gpus() and hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
-        return faiss.index_gpu_to_cpu(index)
-    return index
+    """A CPU copy of a GPU index (one GPU, or sharded over several: the shards are merged back
+    into one CPU index); a CPU index itself."""
+    return faiss.index_gpu_to_cpu(index) if on_gpu(index) else index
 
 
 def bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:

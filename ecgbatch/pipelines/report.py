@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size, table_dtype,
+                             tensor_parallel_size)
 from ecgbatch.io.errors import NoPhysiologicalContentError
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
@@ -194,14 +196,16 @@ def _fail(batch, i, exc, kind: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
-def engine_kwargs(*, dtype: str = "float32", lora_rank: int | None = None, max_num_seqs: int | None = None,
+def engine_kwargs(*, dtype: str = "auto", lora_rank: int | None = None, max_num_seqs: int | None = None,
                   gpus: float = 0.0, work_dir: str | None = None, max_model_len: int | None = None) -> dict:
-    """EcgLlavaEngine arguments for one actor (per-request timing on: log stats filled)."""
-    llm_kwargs: dict[str, Any] = {"disable_log_stats": False}
-    if gpus > 1:
-        llm_kwargs["tensor_parallel_size"] = int(gpus)
+    """EcgLlavaEngine arguments for one actor (per-request timing on: log stats filled). The
+    engine decides its platform settings on its own device (ecgbatch.device); a GPU share that
+    cannot work (1.5 GPUs) is refused here, before any actor starts."""
+    if gpus > 0:
+        tensor_parallel_size(gpus)
     return {"dtype": dtype, "lora_rank": lora_rank, "max_num_seqs": max_num_seqs, "work_dir": work_dir,
-            "max_model_len": max_model_len, "llm_kwargs": llm_kwargs}
+            "max_model_len": max_model_len, "gpus_per_engine": gpus if gpus > 0 else None,
+            "llm_kwargs": {"disable_log_stats": False}}
 
 
 def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict, ekw: dict,
@@ -325,14 +329,16 @@ def open_report_table(workspace, folder: Path, config, lora: str | Path | None,
 def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike | None = None, *,
         lora: str | os.PathLike | None = None, settings: PromptSettings | None = None,
         engines: int = 1, gpus_per_engine: float | None = None, cpus_per_engine: float = 1.0,
-        batch_size: int = DEFAULT_BATCH_SIZE, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "float32",
+        batch_size: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "auto",
         address: str | None = None, num_cpus: int | None = 2, work_dir: str | None = None,
         prompt_stage=None, output: str | os.PathLike | None = None, console=None, progress: bool = True,
         sources: list | None = None) -> ReportSummary:
     """Report every record of ``archive`` not yet in this table; returns the summary.
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
-    skipped, the rest is cut into blocks of ``block_size`` committed one by one."""
+    skipped, the rest is cut into blocks of ``block_size`` committed one by one. ``batch_size``
+    (requests per engine call) defaults to 32 on CPU and 256 on GPU, where each engine's
+    max_num_seqs is sized for its memory (ecgbatch.device) instead of following the batch."""
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
     t0 = time.perf_counter()
@@ -343,7 +349,11 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
     lora = str(Path(lora).resolve()) if lora is not None else None
     root = src.normalize_root(archive)
     ws = default_workspace() if workspace is None else workspace
-    table, sig = open_report_table(ws, folder, config, lora, settings, dtype)
+    on_gpu = gpus_per_engine > 0 if gpus_per_engine is not None else detect().cuda
+    run_dtype = table_dtype(dtype, on_gpu)
+    if on_gpu and rank is not None:      # refused here, not in every engine actor
+        check_lora(Device(CUDA), run_dtype)
+    table, sig = open_report_table(ws, folder, config, lora, settings, run_dtype)
     by_key = {s.key: s for s in (sources if sources is not None else list_sources(root))}
     all_sources = sorted(by_key)
     ids = src.record_ids(all_sources, root)
@@ -364,8 +374,10 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                 quiet_ray_data()
                 if gpus_per_engine is None:
                     gpus_per_engine = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-                ekw = engine_kwargs(dtype=dtype, lora_rank=rank, max_num_seqs=batch_size,
-                                    gpus=gpus_per_engine, work_dir=work_dir)
+                batch_size = report_batch_size(gpus_per_engine > 0, batch_size, DEFAULT_BATCH_SIZE)
+                # CPU: vLLM's batch limit is the Ray batch (measured so); GPU: sized by the engine
+                ekw = engine_kwargs(dtype=dtype, lora_rank=rank, gpus=gpus_per_engine, work_dir=work_dir,
+                                    max_num_seqs=None if gpus_per_engine > 0 else batch_size)
                 ds = build_dataset(blocks, model_dir=str(folder), fingerprint=sig["fingerprint"],
                                    preprocess=pre, ekw=ekw, lora=lora, max_tokens=settings.max_tokens,
                                    question=settings.question, engines=engines,

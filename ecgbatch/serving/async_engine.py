@@ -5,7 +5,7 @@ stream from. Continuous batching, the scheduler, LoRA and metrics are vLLM's own
     ids = engine.prompt_ids(question, history)          # ecgbatch.llava.prompting: identical ids
     async for delta in engine.stream(ecg, ids, sampling, model="ecg-chat"): ...
 
-Folders and adapters are checked (and head-padded where vLLM's CPU attention needs it) by
+Folders and adapters are checked (and head-padded where vLLM's attention on this device needs it) by
 ecgbatch.serving.folder before the engine starts, exactly as the offline EcgLlavaEngine does.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import AsyncIterator
 
 import numpy as np
 
+from ecgbatch.device import detect
 from ecgbatch.llava.loading import load_tokenizer
 from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.serving import folder as folders
@@ -72,8 +73,8 @@ class AsyncEcgLlava:
     # -- start-up --------------------------------------------------------------------------------
     @classmethod
     def start(cls, model_dir: str | Path, adapters: dict[str, str | Path] | None = None,
-              served_name: str | None = None, lora: str | Path | None = None, dtype: str = "float32", max_model_len: int | None = None,
-              max_num_seqs: int | None = None, work_dir: str | None = None, enforce_eager: bool = True,
+              served_name: str | None = None, lora: str | Path | None = None, dtype: str = "auto", max_model_len: int | None = None,
+              max_num_seqs: int | None = None, work_dir: str | None = None, enforce_eager: bool | None = None,
               disable_log_stats: bool = True) -> "AsyncEcgLlava":
         """Check the folder and the adapters, then build vLLM's AsyncLLM (call inside a running
         event loop; the engine core is vLLM's own process). ``adapters``: {model name: peft
@@ -89,8 +90,10 @@ class AsyncEcgLlava:
             raise ModelFolderError(f"adapter name {served_name!r} is the base model's name; pick another")
         if lora is not None:          # the model's own adapter: applied to requests for served_name
             adapters[served_name] = lora
-        checked = {name: folders.served_adapter(path, config, None, work_dir) for name, path in adapters.items()}
-        served = folders.runnable_model_folder(model_dir, config, work_dir)
+        device = detect()
+        checked = {name: folders.served_adapter(path, config, None, work_dir, device)
+                   for name, path in adapters.items()}
+        served = folders.runnable_model_folder(model_dir, config, work_dir, device)
         register()
         if not entry_point_installed():
             expose_plugin_to_children(work_dir)
@@ -102,7 +105,7 @@ class AsyncEcgLlava:
         kwargs = vllm_engine_args(served, config, dtype=dtype, max_model_len=max_len, max_num_seqs=max_num_seqs,
                                   enforce_eager=enforce_eager,
                                   lora_rank=max((r for r, _ in checked.values()), default=None),
-                                  max_loras=max(1, len(checked)), served_model_name=[served_name],
+                                  max_loras=max(1, len(checked)), device=device, served_model_name=[served_name],
                                   disable_log_stats=disable_log_stats)
         loras = {name: LoRARequest(name, i + 1, str(served)) for i, (name, (_, served)) in enumerate(checked.items())}
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))

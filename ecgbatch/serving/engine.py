@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ecgbatch.device import Device, ModelShape, detect, engine_settings
 from ecgbatch.llava.loading import load_tokenizer
 from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.serving import folder as folders
@@ -67,17 +68,22 @@ def context_length(config, max_model_len: int | None = None) -> int:
     return int(max_model_len or config.context_length or 2048)
 
 
-def vllm_engine_args(served_dir: str | Path, config, *, dtype: str = "float32", max_model_len: int | None = None,
-                     max_num_seqs: int | None = None, enforce_eager: bool = True, lora_rank: int | None = None,
-                     max_loras: int = 1, **extra) -> dict:
+def vllm_engine_args(served_dir: str | Path, config, *, dtype: str = "auto", max_model_len: int | None = None,
+                     max_num_seqs: int | None = None, enforce_eager: bool | None = None, lora_rank: int | None = None,
+                     max_loras: int = 1, gpus_per_engine: float | None = None, device: Device | None = None,
+                     **extra) -> dict:
     """The vLLM engine arguments of an ECG-LLaVA folder (``served_dir``: its runnable copy,
     folders.runnable_model_folder), shared by the offline engine, the async engine of serve/chat
     and any other vLLM front end (bench/report_archive.py's ray.data.llm run): one ECG per prompt,
-    seed 0, the config's context; ``extra`` goes through as is."""
-    kwargs = dict(model=str(served_dir), dtype=dtype, max_model_len=context_length(config, max_model_len),
-                  enforce_eager=enforce_eager, limit_mm_per_prompt={"ecg": 1}, seed=0, **extra)
-    if max_num_seqs:
-        kwargs["max_num_seqs"] = max_num_seqs
+    seed 0, the config's context; dtype, eager mode, GPU share, tensor parallelism and the batch
+    limit from ecgbatch.device for ``device`` (default: this process's); ``extra`` goes through."""
+    device = device or detect()
+    ctx = context_length(config, max_model_len)
+    settings = engine_settings(device, ModelShape.of(config, ctx, served_dir), dtype=dtype,
+                               gpus_per_engine=gpus_per_engine, max_num_seqs=max_num_seqs,
+                               lora=lora_rank is not None, eager=enforce_eager)
+    kwargs = dict(model=str(served_dir), max_model_len=ctx, limit_mm_per_prompt={"ecg": 1}, seed=0,
+                  **settings.vllm_kwargs(), **extra)
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=max_loras)
     return kwargs
@@ -115,10 +121,11 @@ def _generation_seconds(out) -> float | None:
 
 @dataclass
 class EngineOptions:
-    dtype: str = "float32"
+    dtype: str = "auto"                   # ecgbatch.device: float32 on CPU, bfloat16 on CUDA
     max_model_len: int | None = None      # default: the config's context (max_length / positions)
-    max_num_seqs: int | None = None
-    enforce_eager: bool = True            # start-up ~18 s instead of ~35 s on CPU
+    max_num_seqs: int | None = None       # default: on GPU sized for its memory; on CPU vLLM's
+    enforce_eager: bool | None = None     # default: on CPU only (start-up ~18 s instead of ~35 s)
+    gpus_per_engine: float | None = None  # > 1: tensor parallelism over that many whole GPUs
     lora_rank: int | None = None          # enable LoRA with this max rank (None: no LoRA)
     max_loras: int = 1
     work_dir: str | None = None           # where head-padded copies are cached
@@ -133,7 +140,8 @@ class EcgLlavaEngine:
         self.n_ecg_tokens = self._token_count()
         if opts.lora_rank is not None:
             folders.check_rank(opts.lora_rank, None, "max_lora_rank")
-        self.served_dir = folders.runnable_model_folder(self.model_dir, self.config, opts.work_dir)
+        self.device = detect()
+        self.served_dir = folders.runnable_model_folder(self.model_dir, self.config, opts.work_dir, self.device)
         self.max_model_len = context_length(self.config, opts.max_model_len)
         self._loras: dict[str, object] = {}
         self.llm = self._build_llm()
@@ -157,7 +165,8 @@ class EcgLlavaEngine:
         o = self.options
         kwargs = vllm_engine_args(self.served_dir, self.config, dtype=o.dtype, max_model_len=self.max_model_len,
                                   max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager,
-                                  lora_rank=o.lora_rank, max_loras=o.max_loras, **o.llm_kwargs)
+                                  lora_rank=o.lora_rank, max_loras=o.max_loras, gpus_per_engine=o.gpus_per_engine,
+                                  device=self.device, **o.llm_kwargs)
         bind = default_cpu_thread_binding()
         if bind is None:
             return LLM(**kwargs)
@@ -190,7 +199,8 @@ class EcgLlavaEngine:
             if self.options.lora_rank is None:
                 raise folders.UnsupportedLoraRankError(
                     f"{adapter}: this engine was started without LoRA (lora_rank=None)")
-            _, served = folders.served_adapter(adapter, self.config, self.options.lora_rank, self.options.work_dir)
+            _, served = folders.served_adapter(adapter, self.config, self.options.lora_rank, self.options.work_dir,
+                                               self.device)
             self._loras[key] = LoRARequest(Path(adapter).name or "adapter", len(self._loras) + 1, str(served))
         return self._loras[key]
 

@@ -3,9 +3,10 @@
 - ``check_model_folder`` / ``check_adapter``: ecgbatch.llava's strict checks (tensor names and
   shapes against the model built on the meta device, tokenizer <-> ecg_token_id, adapter A/B
   shapes against the language model), plus the LoRA ranks vLLM serves.
-- ``runnable_model_folder`` / ``runnable_adapter``: when the LM's head size is not one vLLM's CPU
-  attention supports, an equivalent head-padded copy (ecgbatch.serving.head_padding) cached
-  under a work folder; otherwise the folder itself.
+- ``runnable_model_folder`` / ``runnable_adapter``: when the LM's head size is not one vLLM's
+  attention supports on the device (ecgbatch.device.attention_head_sizes: the CPU kernels' list,
+  FlashAttention's multiples of 8 on CUDA), an equivalent head-padded copy
+  (ecgbatch.serving.head_padding) cached under a work folder; otherwise the folder itself.
 No vLLM import here (torch, safetensors, transformers only).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ecgbatch.device import Device, attention_head_sizes, detect
 from ecgbatch.llava.loading import (check_adapter as check_fits, check_weights, load_tokenizer, read_adapter,
                                     read_config)
 from ecgbatch.serving import head_padding
@@ -64,12 +66,12 @@ def check_adapter(adapter: str | Path, config, max_lora_rank: int | None = None)
 
 
 def served_adapter(adapter: str | Path, config, max_lora_rank: int | None = None,
-                   work_dir=None) -> tuple[int, Path]:
+                   work_dir=None, device: Device | None = None) -> tuple[int, Path]:
     """(rank, folder vLLM loads) for a peft adapter of this model: ``check_adapter``, then the
     adapter itself or its head-padded copy (``runnable_adapter``). Both engines (offline and
     async) build their LoRARequests from this."""
     rank = check_adapter(adapter, config, max_lora_rank)
-    return rank, runnable_adapter(adapter, config, work_dir)
+    return rank, runnable_adapter(adapter, config, work_dir, device)
 
 
 # -- head padding cache -----------------------------------------------------------------------------
@@ -103,28 +105,30 @@ def _cached_copy(src: Path, work_dir, make) -> Path:
     return dst
 
 
-def target_head_dim(config) -> int:
+def target_head_dim(config, device: Device | None = None) -> int:
+    """The head size vLLM runs this model with on ``device`` (default: this process's)."""
+    device = device or detect()
     text = config.text_config.to_dict()
     d = head_padding.head_dim_of(text)
-    D = head_padding.padded_head_dim(d)
+    D = head_padding.padded_head_dim(d, attention_head_sizes(device))
     if D is None:
-        raise ModelFolderError(f"the language model's head size {d} is not supported by vLLM's CPU attention "
-                               f"({head_padding.CPU_HEAD_SIZES}) and cannot be padded to one of them")
+        raise ModelFolderError(f"the language model's head size {d} is not supported by vLLM's {device.kind} "
+                               f"attention ({attention_head_sizes(device)}) and cannot be padded to one of them")
     return D
 
 
-def runnable_model_folder(folder: str | Path, config, work_dir=None) -> Path:
-    """``folder`` itself, or its head-padded copy when vLLM cannot run its head size."""
+def runnable_model_folder(folder: str | Path, config, work_dir=None, device: Device | None = None) -> Path:
+    """``folder`` itself, or its head-padded copy when vLLM cannot run its head size on ``device``."""
     p = Path(folder)
-    D = target_head_dim(config)
+    D = target_head_dim(config, device)
     if D == head_padding.head_dim_of(config.text_config.to_dict()):
         return p
     return _cached_copy(p, work_dir, lambda s, d: head_padding.pad_model_folder(s, d, D))
 
 
-def runnable_adapter(adapter: str | Path, config, work_dir=None) -> Path:
+def runnable_adapter(adapter: str | Path, config, work_dir=None, device: Device | None = None) -> Path:
     p = Path(adapter)
-    D = target_head_dim(config)
+    D = target_head_dim(config, device)
     text = config.text_config.to_dict()
     if D == head_padding.head_dim_of(text):
         return p

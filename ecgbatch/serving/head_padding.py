@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-# vllm/v1/attention/backends/cpu_attn.py (vLLM 0.32): the head sizes its kernels are built for.
-CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+from ecgbatch.device import CPU_HEAD_SIZES   # vLLM's CPU attention kernels' head sizes
+
 
 _ATTN_KEY = re.compile(r"self_attn\.(?P<proj>[qkvo])_proj\.(?P<what>weight|bias|lora_A\.weight|lora_B\.weight)$")
 

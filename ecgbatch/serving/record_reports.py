@@ -41,7 +41,7 @@ def diagnosis_questions(model: str, ecgs, question: str):
 
 
 def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optional[Path] = None,
-                   question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "float32",
+                   question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "auto",
                    ddp: bool = False, on_unreadable: Optional[Callable[[str, str], None]] = None,
                    log: Optional[Callable[[str], None]] = None) -> RecordReports:
     """What `ecgbatch report RECORD...` does (see the module doc). ``ddp``: the diagnosis-driven

@@ -63,7 +63,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     default_max_tokens: int = 256
     max_in_flight: int = 512              # requests beyond this get 429
-    dtype: str = "float32"
+    dtype: str = "auto"                   # ecgbatch.device: float32 on CPU, bfloat16 on CUDA
     max_num_seqs: int | None = None
     work_dir: str | None = None
 

@@ -199,11 +199,12 @@ def prepare_data(job: CocaJobConfig, progress=None):
                                  job.data.on_error)
     strat_label = job.val.query_label if job.val.query_label else None
     labels = [keyword_labels(t, [strat_label])[strat_label] for t in pairs.text] if strat_label else None
+    strata = D.group_strata(pairs.group, pairs.source)   # a patient in two sources is split once
     if job.split.folds is not None:
-        tr, va = D.kfold_by_group(pairs.group, pairs.source, int(job.split.folds), int(job.split.fold),
+        tr, va = D.kfold_by_group(pairs.group, strata, int(job.split.folds), int(job.split.fold),
                                   job.split.seed, labels)
     else:
-        tr, va = D.split_by_group(pairs.group, pairs.source, job.split.val_fraction, job.split.seed, labels)
+        tr, va = D.split_by_group(pairs.group, strata, job.split.val_fraction, job.split.seed, labels)
     return pairs, tr, va, cache
 
 

@@ -41,6 +41,17 @@ def _group_cells(groups: list[str], strata: list[str], labels: list[int] | None)
             for lab in sorted({group_label[g] for g, s in group_stratum.items() if s == stratum})]
 
 
+def group_strata(groups: list[str], strata: list[str]) -> list[str]:
+    """Each record's stratum replaced by the first stratum its group (patient) appears in, so a
+    patient with records in two sources (e.g. two PTB-XL folders) is split as one."""
+    if len(groups) != len(strata):
+        raise ValueError(f"groups and strata differ in length: {len(groups)} vs {len(strata)}")
+    first: dict[str, str] = {}
+    for g, s in zip(groups, strata):
+        first.setdefault(g, s)
+    return [first[g] for g in groups]
+
+
 def split_by_group(groups: list[str], strata: list[str], val_fraction: float | dict[str, float],
                    seed: int = 0, labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train/val indices with every group (patient) on one side only.

@@ -23,6 +23,7 @@ Each item keeps its provenance in ``meta`` (source, record id, patient, split, t
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -37,10 +38,10 @@ from ecgbatch.signal import measure
 from ecgbatch.signal.measurements import INTERVAL_RANGES
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
-from ecgbatch.training.data import split_by_group, stable_int
+from ecgbatch.training.data import group_strata, split_by_group, stable_int
 from ecgbatch.training.instruct_format import ECG_TOKEN
 from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
-from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources, resolve_path
+from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources, resolve_path, split_record_sources
 
 _ALL = tuple(KEYS)
 # Findings each annotation protocol states whenever they are there, so that their absence from
@@ -103,9 +104,11 @@ class RecordFacts:
     uncertain: list[str]
     absent: list[str]
     measurements: dict = field(default_factory=dict)
+    scp_codes: dict = field(default_factory=dict)   # PTB-XL: {code: likelihood} as the source gives them
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("statements", "present", "uncertain", "absent", "measurements")}
+        return {k: getattr(self, k) for k in ("statements", "present", "uncertain", "absent", "measurements",
+                                              "scp_codes")}
 
 
 # --- labels per source ------------------------------------------------------------------------
@@ -144,9 +147,7 @@ def _header_labels(src: TextSource, rec, rid: str):
 
 
 def _ptbxl_labels(src: TextSource, rid: str, path: str):
-    row = src.rows.get(int_key(Path(path).stem)) or src.rows.get(int_key(rid))
-    if row is None:
-        raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {src.spec.metadata!r}")
+    row = src.ptbxl_row(path, rid)
     codes = T.parse_scp_codes(row["scp_codes"])
     stm = src.statements
     certain = {c: v for c, v in codes.items() if c not in stm.diagnostic_codes or v >= 50}
@@ -156,8 +157,8 @@ def _ptbxl_labels(src: TextSource, rid: str, path: str):
     axis = PTBXL_AXIS.get((row.get("heart_axis") or "").strip())
     if axis:
         stmts.append((axis, True))
-    parts = [T.ptbxl_text(certain, stm, row.get("report"))] if certain else []
-    parts += [f"possible {stm.descriptions[c]}" for c in hedged] + ([axis] if axis else [])
+    # the report: every statement, hedged by its likelihood as the pairs' texts are
+    parts = [T.ptbxl_text(codes, stm, row.get("report"))] + ([axis] if axis else [])
     return stmts, "ptbxl" if axis else "ptbxl-no-axis", T.join_statements(parts)
 
 
@@ -257,8 +258,9 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
             m = None
         meas = plausible_measurements(m, present, uncertain, " ".join(t for t, _ in stmts))
         absent, meas = reconcile(present, absent, meas)
+    codes = json.loads(src.codes(path, rid)) if spec.text == "ptbxl" else {}
     return RecordFacts(spec.name, rid, group, str(path), report,
-                       [{"text": t, "certain": c} for t, c in stmts], present, uncertain, absent, meas)
+                       [{"text": t, "certain": c} for t, c in stmts], present, uncertain, absent, meas, codes)
 
 
 # --- items ------------------------------------------------------------------------------------
@@ -300,7 +302,7 @@ def _ptbxl_patients(sources: list[InstructSource], text_sources: list[TextSource
         if s.spec.text == "ptbxl":
             for key, row in ts.rows.items():
                 if row.get("patient_id"):
-                    out[key] = f"{s.spec.name}:patient:{int_key(row['patient_id'])}"
+                    out[key] = f"ptbxl:patient:{int_key(row['patient_id'])}"   # as TextSource names it
     return out
 
 
@@ -315,19 +317,21 @@ def _relative(path: str, root: Path | None) -> str:
 
 def build_instruct(sources: list[InstructSource], seed: int = 0, val_fraction: float | dict | None = None,
                    measure_method: str | None = "multilead", dialogues: int = 2, root: str | Path | None = None,
-                   on_error: str = "skip", progress=None) -> InstructBuild:
+                   on_error: str = "skip", progress=None, part: str = "train") -> InstructBuild:
     """Items for every readable record with labels. ``val_fraction`` splits by patient
     (``split_by_group``, per source); without it every item is in split "all". ``root``: write
     ``ecg`` paths relative to it (ECG-Chat's ``--ecg_folder``), else absolute. ``on_error``:
-    "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops."""
+    "skip" lists unreadable / unlabelled records in ``skipped``; "raise" stops. ``part``: "train"
+    leaves the test fold out (``ecgbatch.testfold``), "test" is the test fold only (for
+    evaluation), "all" every record."""
 
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     text_sources = [TextSource(s.spec) for s in sources]
     ptbxl_patient = _ptbxl_patients(sources, text_sources)
     records, skipped = [], []
-    for isrc, ts in zip(sources, text_sources):
-        rss = list_sources(isrc.spec.records)[: isrc.spec.limit]
+    parts = split_record_sources([s.spec for s in sources], part)   # "train": the test fold left out
+    for isrc, ts, (_, rss) in zip(sources, text_sources, parts):
         for rs in rss:
             try:
                 rec = rs.read(**(isrc.spec.read_options or {}))
@@ -357,10 +361,8 @@ def _splits(records: list[RecordFacts], val_fraction, seed: int) -> list[str]:
     if val_fraction is None:
         return ["all"] * len(records)
     groups = [f.patient for f in records]
-    first_source: dict[str, str] = {}
-    for f in records:      # a patient seen in two sources is split with the first one
-        first_source.setdefault(f.patient, f.source)
-    _, va = split_by_group(groups, [first_source[g] for g in groups], val_fraction, seed)
+    # a patient seen in two sources is split with the first one
+    _, va = split_by_group(groups, group_strata(groups, [f.source for f in records]), val_fraction, seed)
     val = set(va.tolist())
     return ["val" if i in val else "train" for i in range(len(records))]
 

@@ -10,6 +10,10 @@ A source is a dict (one per dataset, from the training YAML)::
     dx_mapping: "{shared}/data/cinc2021"  # header: folder with dx_mapping_*.csv (Challenge #Dx)
     metadata: ".../ptbxl_database.csv"    # ptbxl: database CSV; mimic: machine_measurements.csv
     statements: ".../scp_statements.csv"  # ptbxl
+    dataset: ludb                    # ptbxl | ludb | cinc2021: whose test-fold rule applies
+                                     # (ecgbatch.testfold); default: ptbxl for text: ptbxl, else
+                                     # the name when it is one of these, else a folder of that
+                                     # name in ``records``
     table: ".../reports.csv"         # table: CSV/JSONL of (record_id or path, text[, patient_id])
 
 ``{shared}`` expands to ``ecgbatch._paths.shared_dir()``; other relative paths are taken from
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch import testfold
 from ecgbatch._paths import REPO_ROOT, shared_dir
 from ecgbatch.errors import EcgbatchError
 from ecgbatch.io import RecordSource, list_records
@@ -35,7 +40,8 @@ from ecgbatch.signal.preprocess import preprocess
 from ecgbatch.training import texts as T
 
 TEXT_KINDS = ("header", "ptbxl", "table", "mimic")
-CACHE_VERSION = 1
+PARTS = ("train", "test", "all")
+CACHE_VERSION = 2   # 2: test fold left out, duplicates across sources counted once, scp codes kept
 
 
 class PairBuildError(EcgbatchError, ValueError):
@@ -71,6 +77,7 @@ class SourceSpec:
     # .npy arrays: {fs: 500, layout: samples_first}).
     read_options: dict | None = None
     limit: int | None = None   # take only the first N records (tests)
+    dataset: str | None = None
 
     def __post_init__(self):
         if self.text not in TEXT_KINDS:
@@ -79,6 +86,22 @@ class SourceSpec:
         for k in need.get(self.text, ()):
             if not getattr(self, k):
                 raise ValueError(f"source {self.name!r}: text={self.text!r} needs {k!r}")
+        if self.dataset is not None and self.dataset not in testfold.DATASETS:
+            raise ValueError(f"source {self.name!r}: dataset must be one of {testfold.DATASETS}, "
+                             f"got {self.dataset!r}")
+
+    @property
+    def test_dataset(self) -> str | None:
+        """The dataset whose test-fold rule applies to this source (None: no rule, e.g. MIMIC)."""
+        if self.dataset is not None:
+            return self.dataset
+        if self.text == "ptbxl":
+            return "ptbxl"
+        if self.name in testfold.DATASETS:
+            return self.name
+        # a folder named after the data set (../shared/data/ludb/data, sample_archive/cinc2021)
+        parts = set(Path(str(self.records)).parts)
+        return next((d for d in testfold.DATASETS if d in parts), None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SourceSpec":
@@ -111,6 +134,48 @@ def list_sources(records: str | Path) -> list:
     raise FileNotFoundError(f"records {str(records)!r} is neither a manifest file nor a folder")
 
 
+def split_record_sources(specs: list[SourceSpec], part: str = "train") -> list[tuple[SourceSpec, list]]:
+    """[(spec, RecordSources)] of one part of the data: "train" leaves out every record of the
+    test fold (``ecgbatch.testfold``), "test" keeps only those, "all" (evaluation of given
+    records) keeps every record. An ECG that an earlier source
+    already gave (the same PTB-XL ecg_id in two folders, a Challenge HR* copy of a PTB-XL
+    record) is counted once, from the first source that lists it. ``limit`` applies after."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    seen: set[str] = set()
+    out = []
+    for spec in specs:
+        ds = spec.test_dataset
+        keep = []
+        for rs in list_sources(spec.records):
+            key = testfold.ecg_key(ds, rs.path) if ds else None
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            if part == "all" or (ds is not None and testfold.in_test_fold(ds, rs.path)) == (part == "test"):
+                keep.append(rs)
+        out.append((spec, keep[: spec.limit]))
+    return out
+
+
+def record_keys(specs: list[SourceSpec], part: str = "train") -> tuple[set[str], set[str]]:
+    """(ECG keys, patient groups) of one part's records, without reading a signal: groups as the
+    builders name them (PTB-XL: its patient; other sources: one patient per record). For checks
+    such as "which test records did a model trained on these sources see"."""
+    keys, groups = set(), set()
+    for spec, rss in split_record_sources(specs, part):
+        ts = TextSource(spec) if spec.text == "ptbxl" else None
+        for rs in rss:
+            if spec.test_dataset:
+                keys.add(testfold.ecg_key(spec.test_dataset, rs.path))
+            if ts is not None:
+                groups.add(f"ptbxl:patient:{int_key(ts.ptbxl_row(rs.path, '').get('patient_id') or '')}")
+            else:
+                groups.add(f"{spec.name}:{Path(rs.path).stem}")
+    return keys, groups
+
+
 # --- text per record ----------------------------------------------------------------------
 
 class TextSource:
@@ -136,12 +201,11 @@ class TextSource:
         if s.text == "header":
             return T.meta_text(record.meta or {}, self.snomed), f"{s.name}:{rid}"
         if s.text == "ptbxl":
-            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
-            if row is None:
-                raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {s.metadata!r}")
+            row = self.ptbxl_row(path, rid)
             patient = row.get("patient_id") or rid
+            # one group name per PTB-XL patient, whichever folder the record comes from
             return (T.ptbxl_text(row["scp_codes"], self.statements, row.get("report")),
-                    f"{s.name}:patient:{int_key(patient)}")
+                    f"ptbxl:patient:{int_key(patient)}")
         if s.text == "mimic":
             row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(rid))
             if row is None:
@@ -151,6 +215,28 @@ class TextSource:
             if key in self.table:
                 return self.table[key], f"{s.name}:{rid}"
         raise T.TextSourceError(f"record {rid!r} ({path}) has no row in {s.table!r}")
+
+
+    def ptbxl_row(self, path: str, rid: str) -> dict:
+        row = find_ptbxl_row(self.rows, path, rid)
+        if row is None:
+            raise T.TextSourceError(f"PTB-XL record {rid!r} is not in {self.spec.metadata!r}")
+        return row
+
+    def codes(self, path: str, rid: str) -> str:
+        """PTB-XL's SCP codes with their likelihoods as JSON ('' for other text kinds)."""
+        if self.spec.text != "ptbxl":
+            return ""
+        return json.dumps(T.parse_scp_codes(self.ptbxl_row(path, rid)["scp_codes"]), sort_keys=True)
+
+
+def find_ptbxl_row(rows: dict[str, dict], path: str, rid: str) -> dict | None:
+    """The metadata row (rows keyed by ecg_id) of a PTB-XL record named '00017_lr', '17.npy', ..."""
+    for name in (Path(path).stem, rid):
+        key = testfold.ptbxl_ecg_id(name)
+        if key is not None and key in rows:
+            return rows[key]
+    return None
 
 
 def int_key(v) -> str:
@@ -175,7 +261,8 @@ def csv_by_key(path: Path, key: str) -> dict[str, dict]:
 @dataclass
 class PairSet:
     """N pairs. x: [N, leads, samples] preprocessed; text: diagnosis statements; wave: the
-    WDE measurement suffix (" RR: ... P/R/T Wave: ..."); group: patient key for splits."""
+    WDE measurement suffix (" RR: ... P/R/T Wave: ..."); group: patient key for splits;
+    codes: per pair, PTB-XL's SCP codes with their likelihoods as JSON ('' for other sources)."""
 
     x: np.ndarray
     text: list[str]
@@ -187,6 +274,11 @@ class PairSet:
     hr_bpm: np.ndarray
     skipped: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    codes: list[str] | None = None
+
+    def __post_init__(self):
+        if self.codes is None:
+            self.codes = [""] * len(self.text)
 
     def __len__(self) -> int:
         return len(self.text)
@@ -199,7 +291,7 @@ class PairSet:
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return PairSet(self.x[idx], pick(self.text), pick(self.wave), pick(self.record_id),
                        pick(self.source), pick(self.group), pick(self.path), self.hr_bpm[idx],
-                       [], dict(self.meta))
+                       [], dict(self.meta), pick(self.codes))
 
     def save(self, path: str | Path) -> None:
         p = Path(path)
@@ -208,7 +300,7 @@ class PairSet:
         np.savez(tmp, x=self.x, hr_bpm=self.hr_bpm, text=np.array(self.text, dtype=object).astype(str),
                  wave=np.array(self.wave, dtype=str), record_id=np.array(self.record_id, dtype=str),
                  source=np.array(self.source, dtype=str), group=np.array(self.group, dtype=str),
-                 path=np.array(self.path, dtype=str),
+                 path=np.array(self.path, dtype=str), codes=np.array(self.codes, dtype=str),
                  info=np.array(json.dumps({"skipped": self.skipped, "meta": self.meta})))
         tmp.replace(p)
 
@@ -218,29 +310,30 @@ class PairSet:
             info = json.loads(str(z["info"]))
             return cls(z["x"], *[[str(v) for v in z[k]] for k in
                                  ("text", "wave", "record_id", "source", "group", "path")],
-                       hr_bpm=z["hr_bpm"], skipped=info["skipped"], meta=info["meta"])
+                       hr_bpm=z["hr_bpm"], skipped=info["skipped"], meta=info["meta"],
+                       codes=[str(v) for v in z["codes"]] if "codes" in z.files else None)
 
 
-def cache_key(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: str) -> str:
+def cache_key(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: str, part: str = "train") -> str:
     blob = json.dumps({"v": CACHE_VERSION, "sources": [s.__dict__ for s in specs],
-                       "pre": pre.to_dict(), "measure": measure_method}, sort_keys=True)
+                       "pre": pre.to_dict(), "measure": measure_method,
+                       "part": part, "testfold": sorted(testfold.members())}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: str = "ecgchat",
-                on_error: str = "raise", progress=None) -> PairSet:
-    """Read, preprocess and measure every record of every source. ``on_error="skip"`` leaves
-    out records that cannot be read or have no text, and lists each one (source, record,
+                on_error: str = "raise", progress=None, part: str = "train") -> PairSet:
+    """Read, preprocess and measure every record of one part (``split_record_sources``: "train"
+    leaves the test fold out, "test" is the test fold only) of every source. ``on_error="skip"``
+    leaves out records that cannot be read or have no text, and lists each one (source, record,
     error kind, message) in ``PairSet.skipped``; ``"raise"`` stops at the first."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
-    xs, cols, hr, skipped = [], {k: [] for k in ("text", "wave", "record_id", "source", "group", "path")}, [], []
-    for spec in specs:
+    xs, cols, hr, skipped = [], {k: [] for k in ("text", "wave", "record_id", "source", "group", "path",
+                                                  "codes")}, [], []
+    for spec, sources in split_record_sources(specs, part):
         src = TextSource(spec)
-        sources = list_sources(spec.records)
-        if spec.limit is not None:
-            sources = sources[: spec.limit]
         if not sources:
             raise PairBuildError(f"source {spec.name!r}: no records in {spec.records!r}")
         for rs in sources:
@@ -248,6 +341,7 @@ def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: 
             try:
                 rec = rs.read(**(spec.read_options or {}))
                 text, group = src.text_and_group(path, rec)
+                codes = src.codes(path, str(rec.record_id or Path(path).stem))
                 x = preprocess(rec, pre).x
                 m = measure(rec, method=measure_method)
             except (EcgReadError, T.TextSourceError) as exc:
@@ -260,7 +354,7 @@ def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: 
             xs.append(x)
             for k, v in (("text", text), ("wave", ecgchat_wave_text(m)),
                          ("record_id", str(rec.record_id or Path(path).stem)), ("source", spec.name),
-                         ("group", group), ("path", str(path))):
+                         ("group", group), ("path", str(path)), ("codes", codes)):
                 cols[k].append(v)
             hr.append(np.nan if m.hr_bpm is None else float(m.hr_bpm))
             if progress is not None:
@@ -273,12 +367,13 @@ def build_pairs(specs: list[SourceSpec], pre: PreprocessConfig, measure_method: 
 
 
 def load_or_build(specs: list[SourceSpec], pre: PreprocessConfig, cache_dir: str | Path,
-                  measure_method: str = "ecgchat", on_error: str = "raise") -> tuple[PairSet, Path]:
-    """The cached PairSet for these sources and this preprocessing, built on first use."""
-    key = cache_key(specs, pre, measure_method)
-    path = resolve_path(cache_dir) / f"pairs-{key}.npz"
+                  measure_method: str = "ecgchat", on_error: str = "raise", part: str = "train"
+                  ) -> tuple[PairSet, Path]:
+    """The cached PairSet of one part for these sources and this preprocessing, built on first use."""
+    key = cache_key(specs, pre, measure_method, part)
+    path = resolve_path(cache_dir) / f"pairs-{key}{'' if part == 'train' else '-' + part}.npz"
     if path.is_file():
         return PairSet.load(path), path
-    ps = build_pairs(specs, pre, measure_method, on_error)
+    ps = build_pairs(specs, pre, measure_method, on_error, part=part)
     ps.save(path)
     return ps, path

@@ -53,7 +53,7 @@ def _per_label(data, prob, pred) -> dict:
     return out
 
 
-def _top_metrics(truth: list[str], top: list[str], source: list[str], labelset: str) -> dict:
+def top_metrics(truth: list[str], top: list[str], source: list[str], labelset: str) -> dict:
     spec = LS.labelset_spec(labelset)
     goal = set(spec.get("goal_classes") or [])
     groups = spec.get("binary_groups") or {}
@@ -87,8 +87,8 @@ def evaluate(data, model_info: dict, folds: int = 5, seed: int = 0, zero_shot_sc
            "per_label": _per_label(data, prob, pred)}
     if LS.is_exclusive(data.labelset):
         truth = [data.labels[j] for j in np.argmax(data.y, axis=1)]
-        res["probe"] = _top_metrics(truth, top, data.source, data.labelset)
+        res["probe"] = top_metrics(truth, top, data.source, data.labelset)
         if zero_shot_scores is not None:
             zs_top = [data.labels[j] for j in np.argmax(np.asarray(zero_shot_scores), axis=1)]
-            res["zero_shot"] = _top_metrics(truth, zs_top, data.source, data.labelset)
+            res["zero_shot"] = top_metrics(truth, zs_top, data.source, data.labelset)
     return res

@@ -21,9 +21,10 @@ from ecgbatch.eval.metrics import choose_thresholds
 from ecgbatch.models import load_model
 from ecgbatch.signal.preprocess import preprocess as prep
 from ecgbatch.training import texts as T
-from ecgbatch.training.data import kfold_by_group
+from ecgbatch.training.data import group_strata, kfold_by_group
 from ecgbatch.training.job_config import load_job_config
-from ecgbatch.training.pairs import PairSet, TextSource, csv_by_key, int_key, list_sources, resolve_path
+from ecgbatch.training.pairs import (PairSet, TextSource, csv_by_key, find_ptbxl_row, int_key, list_sources,
+                                     resolve_path, split_record_sources)
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3)
 MIN_POSITIVES = 5      # a label needs this many positive records (and >= 2 patients) to be trained
@@ -68,7 +69,7 @@ class SourceTruth:
 
     def labels(self, path: str, record_id: str) -> set[str] | None:
         if self.spec.text == "ptbxl":
-            row = self.rows.get(int_key(Path(path).stem)) or self.rows.get(int_key(record_id))
+            row = find_ptbxl_row(self.rows, path, record_id)
             if row is None:
                 return None
             return LS.labels_from_scp(self.labelset, T.parse_scp_codes(row["scp_codes"]), self.scp_classes)
@@ -102,13 +103,18 @@ def truth_matrix(pairs, specs, labelset: str) -> tuple[np.ndarray, np.ndarray, d
     return y, keep, left_out
 
 
-def probe_data(model, pairs, specs, labelset: str, batch: int = 64) -> ProbeData:
-    """Embed the pairs that have ground truth for ``labelset``."""
+def embed_pairs(model, pairs, batch: int = 64) -> np.ndarray:
+    return np.concatenate([model.embed_ecgs(pairs.x[i:i + batch]) for i in range(0, len(pairs), batch)])
+
+
+def probe_data(model, pairs, specs, labelset: str, batch: int = 64, emb: np.ndarray | None = None) -> ProbeData:
+    """Embed the pairs that have ground truth for ``labelset`` (``emb``: the embeddings of all
+    ``pairs``, computed once for several label sets)."""
     y, keep, left_out = truth_matrix(pairs, specs, labelset)
     if not keep.any():
         raise ValueError(f"no record of the training data states labels of {labelset!r}")
     sub = pairs.subset(np.flatnonzero(keep))
-    emb = np.concatenate([model.embed_ecgs(sub.x[i:i + batch]) for i in range(0, len(sub), batch)])
+    emb = embed_pairs(model, sub, batch) if emb is None else np.asarray(emb)[keep]
     return ProbeData(labelset, LS.load_labelset(labelset).labels, emb, y[keep], list(sub.group),
                      list(sub.source), list(sub.record_id), left_out)
 
@@ -138,7 +144,8 @@ def _fold_labels(data: ProbeData) -> list[int]:
 
 def folds_by_patient(data: ProbeData, folds: int, seed: int = 0):
     labs = _fold_labels(data)
-    return [kfold_by_group(data.group, data.source, folds, f, seed=seed, labels=labs) for f in range(folds)]
+    strata = group_strata(data.group, data.source)
+    return [kfold_by_group(data.group, strata, folds, f, seed=seed, labels=labs) for f in range(folds)]
 
 
 class _Standardiser:
@@ -230,15 +237,16 @@ def fit_probe(data: ProbeData, model_info: dict, folds: int = 5, seed: int = 0, 
 DEFAULT_CONFIG = "configs/coca-mini.yaml"
 
 
-def labelled_records(specs, preprocess, progress=None):
-    """A PairSet of every readable record of ``specs`` (signals preprocessed for the model,
-    record ids, patient groups), without the waveform measurements and texts that training
-    needs: a probe needs only the embedding and the source's labels. Unreadable records raise."""
+def labelled_records(specs, preprocess, progress=None, part: str = "train"):
+    """A PairSet of every readable record of one part of ``specs`` ("train": the test fold left
+    out, "test": only it; ``ecgbatch.training.pairs.split_record_sources``), with signals
+    preprocessed for the model, record ids and patient groups, without the waveform measurements
+    and texts that training needs: a probe needs only the embedding and the source's labels.
+    Unreadable records raise."""
 
     xs, cols = [], {k: [] for k in ("record_id", "source", "group", "path")}
-    for spec in specs:
+    for spec, sources in split_record_sources(specs, part):
         text = TextSource(spec)
-        sources = list_sources(spec.records)[: spec.limit]
         for rs in sources:
             rec = rs.read(**(spec.read_options or {}))
             _, group = text.text_and_group(rs.path, rec)
@@ -255,26 +263,30 @@ def labelled_records(specs, preprocess, progress=None):
                    **cols)
 
 
-def training_pairs(config: str | Path, preprocess):
-    """(records, source specs) of a training config's data section (ecgbatch.training.job_config)."""
+def training_pairs(config: str | Path, preprocess, part: str = "train"):
+    """(records of one part, source specs) of a training config's data section
+    (ecgbatch.training.job_config); "train" leaves the test fold out."""
 
     specs = load_job_config(resolve_path(config)).data.sources
     if not specs:
         raise ValueError(f"training config {str(config)!r} lists no data sources")
-    return labelled_records(specs, preprocess), specs
+    return labelled_records(specs, preprocess, part=part), specs
 
 
 def model_info(model, name: str) -> dict:
     return {"name": str(name), "weights_hash": str(model.weights_hash), "embed_dim": int(model.embed_dim)}
 
 
-def probe_inputs(model: str, labels: str, config: str | Path):
-    """(model, ProbeData) of `train probe` and `eval classify`: the model ``model`` names, and its
-    embeddings of the labelled records of the training YAML ``config`` with their ``labels``
-    truth. Raises ValueError / FileNotFoundError saying what is missing."""
-    if labels not in LS.supported_labelsets():
-        raise ValueError(f"no mapping from the data's labels to {labels!r}; probes can be fitted for "
+def probe_inputs(model: str, labelsets: list[str], config: str | Path):
+    """(model, [ProbeData per label set]) of `train probe` and `eval classify`: the model ``model``
+    names and its embeddings (one pass) of the labelled records of the training YAML ``config``
+    (test fold left out) with each label set's truth. Raises ValueError / FileNotFoundError
+    saying what is missing."""
+    bad = [ls for ls in labelsets if ls not in LS.supported_labelsets()]
+    if bad or not labelsets:
+        raise ValueError(f"no mapping from the data's labels to {bad or labelsets!r}; probes can be fitted for "
                          f"{LS.supported_labelsets()}")
     m = load_model(model)[0]
     pairs, specs = training_pairs(config, m.preprocess_config)
-    return m, probe_data(m, pairs, specs, labels)
+    emb = embed_pairs(m, pairs)
+    return m, [probe_data(m, pairs, specs, ls, emb=emb) for ls in labelsets]

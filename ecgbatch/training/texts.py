@@ -217,11 +217,29 @@ def looks_english(text: str) -> bool:
     return bool(_ENGLISH.search(text)) and not _GERMAN.search(text)
 
 
+# How a diagnostic statement's likelihood is phrased. PTB-XL derives the likelihood from the
+# cardiologist's own hedge words (e.g. 15 for "nicht auszuschliessen", cannot be excluded); 0 means
+# none was given (form and rhythm statements never carry one). The hedge is kept rather than the
+# statement dropped: it is what the reader wrote, the instruction builder already answers such
+# findings as uncertain, and a model trained on it can say "possible" where a reader would.
+LIKELY = 80.0      # >= 80 (or 0, not given): stated as is
+PROBABLE = 50.0    # 50 <= likelihood < 80: "probable ..."; below 50: "possible ..."
+
+
+def scp_statement(code: str, likelihood: float, statements: ScpStatements) -> str:
+    """One SCP code as English text, hedged by its likelihood (diagnostic statements only)."""
+    text = statements.descriptions[code]
+    if code not in statements.diagnostic_codes or likelihood <= 0 or likelihood >= LIKELY:
+        return text
+    return f"{'probable' if likelihood >= PROBABLE else 'possible'} {text}"
+
+
 def ptbxl_text(scp_codes, statements: ScpStatements, report: str | None = None,
                include_english_report: bool = True) -> str:
     """PTB-XL record -> text: the English descriptions of its SCP codes (rhythm first, then
-    the others by decreasing likelihood), then the free-text report when it is English.
-    An SCP code missing from the statements table raises TextSourceError."""
+    the others by decreasing likelihood, hedged by ``scp_statement``), then the free-text
+    report when it is English. An SCP code missing from the statements table raises
+    TextSourceError."""
     codes = parse_scp_codes(scp_codes)
     if not codes:
         raise TextSourceError("empty scp_codes")
@@ -229,7 +247,7 @@ def ptbxl_text(scp_codes, statements: ScpStatements, report: str | None = None,
         if c not in statements.descriptions:
             raise TextSourceError(f"SCP code {c!r} is not in scp_statements.csv")
     order = sorted(codes, key=lambda c: (c not in statements.rhythm_codes, -codes[c], c))
-    parts = [statements.descriptions[c] for c in order]
+    parts = [scp_statement(c, codes[c], statements) for c in order]
     if include_english_report and report and looks_english(report):
         parts.extend(report_statements(clean_ptbxl_report(report)))
     return join_statements(parts)
