@@ -115,11 +115,11 @@ def build_folder(out: Path, seed: int = 0) -> Path:
     from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
     from ecgbatch.llava.loading import save_ecg_llava
     from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM, build_ecg_tower, build_projector
-    from ecgbatch.models import registry
+    from ecgbatch.models import model_folder
 
     if (out / "config.json").is_file():
         return out
-    coca_dir = registry.weights_folder("ecg-coca-mini")
+    coca_dir = model_folder("ecg-coca-mini")
     coca = read_folder_config(coca_dir)
     lm, tok = load_smollm2()
     from dataclasses import asdict

@@ -1,4 +1,5 @@
-"""Where things are: the repository root, the bundled sample archive and ../shared."""
+"""Where things are: the repository root, the bundled sample archive, ../shared and the default
+workspace."""
 from __future__ import annotations
 
 import os
@@ -18,3 +19,9 @@ def shared_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def default_workspace() -> Path:
+    """$ECGBATCH_WORKSPACE when set, else ~/.ecgbatch/workspace."""
+    env = os.environ.get("ECGBATCH_WORKSPACE")
+    return Path(env).expanduser() if env else Path.home() / ".ecgbatch" / "workspace"

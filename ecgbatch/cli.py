@@ -17,7 +17,7 @@ def _root() -> None:
 
 
 # Each module exposes register(app). Order = order in --help.
-_COMMAND_MODULES = ("io", "inspect", "models", "train", "reports", "data", "archive", "report", "chat",
+_COMMAND_MODULES = ("io", "inspect", "models", "train", "evaluate", "data", "archive", "report", "chat",
                     "serve", "status")
 for _name in _COMMAND_MODULES:
     try:

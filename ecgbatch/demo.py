@@ -101,8 +101,8 @@ def show_reports(archive: Path, model: str = REPORT_MODEL, max_tokens: int = 160
     from rich.console import Console
     from rich.markup import escape
 
-    from ecgbatch.commands.report import report_records
     from ecgbatch.llava.errors import ModelNotInstalledError
+    from ecgbatch.serving.record_reports import report_records
 
     con = Console()
     picks = pick_report_records(archive)
@@ -112,7 +112,7 @@ def show_reports(archive: Path, model: str = REPORT_MODEL, max_tokens: int = 160
     paths = [str(p) for _, p, _ in picks]
     print(f"$ ecgbatch report {' '.join(paths)} -m {model} --max-tokens {max_tokens}", flush=True)
     try:
-        rep = report_records(paths, model, max_tokens=max_tokens)
+        rep = report_records(paths, model, max_tokens=max_tokens, log=lambda m: print(m, file=sys.stderr))
     except ModelNotInstalledError as exc:
         con.print(f"[yellow]no reports:[/yellow] {escape(str(exc))}", soft_wrap=True)
         return False

@@ -131,12 +131,12 @@ def llava_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llava_assembled(llava_trained_only, llava_cache):
     """(full folder, adapter) of ``llava_trained_only`` as every generative command resolves a
-    model (ecgbatch.llava.assemble.resolve_model), assembled into ``llava_cache``."""
-    from ecgbatch.llava.assemble import resolve_model
+    model (ecgbatch.models.llava_model), assembled into ``llava_cache``."""
+    from ecgbatch.models import llava_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ECGBATCH_CACHE", str(llava_cache))
-        return resolve_model(llava_trained_only, log=lambda m: None)
+        return llava_model(llava_trained_only, log=lambda m: None)
 
 
 @pytest.fixture(scope="session")

@@ -74,7 +74,7 @@ def test_search_contrast_is_the_explicit_vector_difference(ws):
     """The default ranks by the query as typed; --expand by its label's prompts ensembled;
     --contrast against its label set's normal class (normalise(q - c)); --versus against any
     other text. Scores are those vectors over the stored embeddings."""
-    from ecgbatch.pipelines.search import contrast_prompts, load_table_model, query_prompts
+    from ecgbatch.pipelines.queries import contrast_prompts, load_table_model, query_prompts
 
     w, _ = ws
     table = open_table(w)
@@ -170,7 +170,7 @@ def test_search_errors_are_clear(ws, tmp_path):
 def test_classify_writes_predictions_agreeing_with_zero_shot(ws, sample_archive, tmp_path):
     from ecgbatch.encoders import ZeroShotClassifier
     from ecgbatch.io import read_record
-    from ecgbatch.pipelines.search import load_table_model
+    from ecgbatch.pipelines.queries import load_table_model
     from ecgbatch.signal import preprocess
 
     w, s = ws
@@ -203,7 +203,7 @@ def test_classify_uses_the_shipped_probe_and_marks_untrained_labels(ws, tmp_path
     from ecgbatch.encoders.probes import LinearProbe
     from ecgbatch.io import read_record
     from ecgbatch.pipelines.classify import table_probe
-    from ecgbatch.pipelines.search import load_table_model
+    from ecgbatch.pipelines.queries import load_table_model
     from ecgbatch.signal import preprocess
 
     w, s = ws

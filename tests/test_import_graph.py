@@ -6,9 +6,8 @@ reader sees is the real one:
 - no underscore name imported from another module (``from ecgbatch.x import _helper``);
 - ``encoders`` and ``index`` never import Ray or vLLM.
 
-Areas still being rebuilt on another branch (issue 22, first half) are listed in ``PENDING``:
-their checks are expected to fail (xfail, not strict) until that work lands. The integrator
-removes a package from ``PENDING`` once its half is merged; the checks then run in full.
+A package being rebuilt can be listed in ``PENDING`` (its checks then xfail, not strict) while
+the work is on a branch; the list is empty on main.
 """
 from __future__ import annotations
 
@@ -19,13 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "ecgbatch"
 
-# TODO(issue 22, integrator): remove each entry once the house-a branch has landed:
-#   commands/  thin commands, report path in a library module, shared helper module
-#   pipelines/ classify <-> search circle, pipelines/embed as a Ray helper module
-#   models/    the one resolver; models <-> encoders package circle
-#   llava/     resolvers folded into ecgbatch.models
-#   serving/   imports of commands.report
-PENDING = ("commands", "pipelines", "models", "llava", "serving")
+PENDING: tuple[str, ...] = ()   # every package is checked in full (issue 22 landed)
 
 
 def module_name(path: Path) -> str:

@@ -19,9 +19,9 @@ pytest.importorskip("neurokit2")
 
 @pytest.fixture(scope="module")
 def labeller():
-    from ecgbatch.llava.ddp import DdpLabeller
+    from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
 
-    return DdpLabeller("ecg-coca-mini")
+    return FindingsLabeller("ecg-coca-mini")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """A trained-only ECG-LLaVA folder (what `ecgbatch train export` writes and what ships as
 ecg-llava-mini: config + projector + lora/) through the one model resolution of the generative
-commands (ecgbatch.llava.assemble.resolve_model): assembled into the cache once, its own adapter
+commands (ecgbatch.models.llava_model): assembled into the cache once, its own adapter
 found, loaded in HF and in vLLM with identical greedy tokens on real records, the adapter applied.
 The vLLM half uses the session's one engine (conftest ``vllm_engine`` serves the assembled folder)."""
 from __future__ import annotations
@@ -34,49 +34,48 @@ def test_trained_only_folder_is_what_export_writes(llava_trained_only, llava_con
 
 def test_resolve_assembles_once_and_finds_the_adapter(llava_trained_only, llava_assembled, llava_cache,
                                                       monkeypatch):
-    from ecgbatch.commands.report import resolve_llava_model
-    from ecgbatch.llava.assemble import resolve_model
+    from ecgbatch.models import llava_model
 
     full, lora = llava_assembled
     assert full.parent == llava_cache / "models" and full.name.startswith("ecg-llava-tiny-")
     assert (full / "model.safetensors").is_file() and lora == full / "lora"
     monkeypatch.setenv("ECGBATCH_CACHE", str(llava_cache))
     said = []
-    assert resolve_model(llava_trained_only, log=said.append) == (full, lora)
+    assert llava_model(llava_trained_only, log=said.append) == (full, lora)
     assert not said                                                       # the cached folder, no rebuild
     # the commands' resolver: the model's own adapter unless --lora names another
-    assert resolve_llava_model(str(llava_trained_only)) == (full, lora)
+    assert llava_model(str(llava_trained_only)) == (full, lora)
     other = Path("/some/adapter")
-    assert resolve_llava_model(str(llava_trained_only), other) == (full, other)
+    assert llava_model(str(llava_trained_only), other) == (full, other)
 
 
 def test_resolve_errors_say_what_to_do(tmp_path, monkeypatch):
-    from ecgbatch.llava.assemble import resolve_model
     from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
-    from ecgbatch.models import registry
+    from ecgbatch.models import llava_model, registry
 
     monkeypatch.setenv("ECGBATCH_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "package-weights")
     with pytest.raises(ModelNotInstalledError) as e:
-        resolve_model("ecg-llava-mini")
+        llava_model("ecg-llava-mini")
     msg = str(e.value)
     assert msg.startswith("ecg-llava-mini is not installed") and "train export" in msg
     assert str(tmp_path / "models" / "ecg-llava-mini") in msg
     with pytest.raises(ModelFolderError, match="ecg-coca model, not an ECG-LLaVA model"):
-        resolve_model("ecg-coca-mini")
+        llava_model("ecg-coca-mini")
     with pytest.raises(ModelFolderError, match="no config.json"):
-        resolve_model(str(tmp_path))
+        llava_model(str(tmp_path))
     # any name under $ECGBATCH_MODELS_DIR, beside the zoo's
     with pytest.raises(ModelNotInstalledError, match="ECGBATCH_MODELS_DIR"):
-        resolve_model("my-llava")
+        llava_model("my-llava")
 
 
 @pytest.fixture(scope="module")
 def real_requests(vllm_engine):
-    from ecgbatch.commands.report import DEFAULT_QUESTION, read_ecgs
+    from ecgbatch.llava.inputs import read_for_model
+    from ecgbatch.llava.questions import DEFAULT_QUESTION
     from ecgbatch.serving.engine import EcgRequest
 
-    ecgs, failed = read_ecgs([str(p) for p in RECORDS], vllm_engine.config)
+    ecgs, failed = read_for_model([str(p) for p in RECORDS], vllm_engine.config)
     assert not failed
     ids = vllm_engine.prompt_ids(DEFAULT_QUESTION)
     return [EcgRequest(x, ids, id=p) for p, x in ecgs]

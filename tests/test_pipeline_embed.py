@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ecgbatch.io import list_records
-from ecgbatch.pipelines import embed
+from ecgbatch.pipelines import embed, read_stage
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.workspace import ModelTable, list_tables, open_table
 
@@ -47,7 +47,7 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
              "sources": np.array([[src.source_to_json(by_key[good]), src.source_to_json(by_key[bad])]],
                                  dtype=object),
              "ids": np.array([["ludb/x", "bad/truncated"]], dtype=object)}
-    out = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=True)
+    out = read_stage.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=True)
     assert list(out["ok"]) == [True, False]
     assert out["x"].shape == (2, len(cfg.leads), cfg.n_samples) and out["x"].dtype == np.float32
     assert np.abs(out["x"][0]).sum() > 0 and not out["x"][1].any()
@@ -67,7 +67,7 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
     # rhythm-channel inputs computed in the read stage give the embeddings the model computes itself
     spec = model.rhythm_spec
     assert spec == {"lead_index": 1, "fs": 500.0}
-    out2 = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False, rhythm=spec)
+    out2 = read_stage.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False, rhythm=spec)
     assert out2["rhythm_features"].shape == (2, 7) and np.isnan(out2["rhythm_rr_ms"][1])
     assert 300 < out2["rhythm_rr_ms"][0] < 2000
     enc2 = udf(dict(out2))
@@ -245,7 +245,7 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(sample_archive, tmp_path):
 @pytest.mark.slow
 def test_classify_as_ray_job_equals_in_process(embedded, ray_local):
     from ecgbatch.pipelines import classify
-    from ecgbatch.pipelines.search import load_table_model
+    from ecgbatch.pipelines.queries import load_table_model
 
     ws, _ = embedded
     t = _main_table(ws)

@@ -1,7 +1,7 @@
 """Local means local: without --address a job starts its own Ray, whatever other local cluster
 exists (a live `ray start --head`, also named by $RAY_ADDRESS) or existed (the state file of a
 killed one); `--address auto` attaches to the live one on purpose. The driver is the code `embed`
-and `report --input` run (pipelines.embed.ray_session), each in its own process."""
+and `report --input` run (pipelines.ray_common.ray_session), each in its own process."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 DRIVER = """
 import json, sys
 import ray
-from ecgbatch.pipelines.embed import ray_session
+from ecgbatch.pipelines.ray_common import ray_session
 with ray_session(sys.argv[1] or None, num_cpus=1):
     print(json.dumps({"gcs": ray.get_runtime_context().gcs_address,
                       "nodes": sum(n["Alive"] for n in ray.nodes())}))

@@ -125,14 +125,15 @@ def test_export_and_rerun(job, archive, llava_converted):
 
 def test_archive_report_equals_record_path(job, archive, vllm_engine, llava_converted):
     """The same record and greedy decoding give the same report as `ecgbatch report RECORD`
-    (whose steps are read_ecgs + prompt_ids + EcgLlavaEngine.generate)."""
-    from ecgbatch.commands.report import DEFAULT_QUESTION, read_ecgs
+    (whose steps are read_for_model + prompt_ids + EcgLlavaEngine.generate)."""
+    from ecgbatch.llava.inputs import read_for_model
+    from ecgbatch.llava.questions import DEFAULT_QUESTION
     from ecgbatch.serving.engine import EcgRequest
 
     _, table, _, _, _ = job
     got = {r["record_id"]: r["report"] for r in table.read_table().to_pylist()}
     paths = [str(archive / "cinc" / f"{g}.hea") for g in GOOD[:2]]
-    ecgs, failed = read_ecgs(paths, vllm_engine.config)
+    ecgs, failed = read_for_model(paths, vllm_engine.config)
     assert not failed
     ids = vllm_engine.prompt_ids(DEFAULT_QUESTION)
     res = vllm_engine.generate([EcgRequest(x, ids, id=p) for p, x in ecgs], max_tokens=MAX_TOKENS,

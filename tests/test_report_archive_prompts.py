@@ -86,22 +86,22 @@ def test_rag_prompts_hold_the_nearest_records_texts(ws, llava_converted):
 def test_ddp_prompts_hold_the_probes_findings(ws, llava_converted):
     from ecgbatch.encoders.probes import LinearProbe
     from ecgbatch.index.store import embeddings_to_numpy
-    from ecgbatch.llava.ddp import DDP_INTRO, ddp_question, findings_from_embeddings, probe_files
-    from ecgbatch.models import registry
+    from ecgbatch.llava.diagnosis_prompt import PROMPT_INTRO, diagnosis_prompt, findings_from_embeddings, probe_files
+    from ecgbatch.models import model_folder
     from ecgbatch.pipelines.report import DEFAULT_QUESTION
 
     arc, w, table = ws
     emb = table.read_table(["record_id", "embedding"])
     ids = emb.column("record_id").to_pylist()
     v = embeddings_to_numpy(emb.column("embedding"))
-    probes = [LinearProbe.load(p) for p in probe_files(registry.weights_folder("ecg-coca-mini"), "ecg-coca-mini")]
-    expected = dict(zip(ids, (ddp_question(DEFAULT_QUESTION, f) for f in findings_from_embeddings(probes, v))))
+    probes = [LinearProbe.load(p) for p in probe_files(model_folder("ecg-coca-mini"), "ecg-coca-mini")]
+    expected = dict(zip(ids, (diagnosis_prompt(DEFAULT_QUESTION, f) for f in findings_from_embeddings(probes, v))))
     rows, fails, err = _report(arc, w, llava_converted, "--ddp")
     # the fixture model's tower (ecgcoca_tiny) is no zoo encoder: the findings' encoder differs
     assert "warning: --ddp findings come from ecg-coca-mini's probes" in err and "no installed zoo encoder" in err
     assert not fails and sorted(r["record_id"] for r in rows) == sorted(ids)
     for r in rows:
-        assert r["prompt_mode"] == "ddp" and r["question"].startswith(DDP_INTRO)
+        assert r["prompt_mode"] == "ddp" and r["question"].startswith(PROMPT_INTRO)
         assert r["question"] == expected[r["record_id"]]
     af = [r["question"] for r in rows if r["record_id"].rsplit("/", 1)[-1] in AF]
     assert len(af) == 2 and all("The atrial fibrillation is present" in q for q in af), af

@@ -95,18 +95,18 @@ def coca_table(sample_archive, tmp_path_factory):
 
 
 def test_ddp_prompt_holds_the_probes_labels(coca_table, tmp_path):
-    """The archive's DDP actor: the shared findings (ecgbatch.llava.ddp) of each record's
+    """The archive's DDP actor: the shared findings (ecgbatch.llava.diagnosis_prompt) of each record's
     workspace embedding, in the shared sentence form; the top rhythm label with its probability."""
     from ecgbatch.encoders.probes import LinearProbe, ProbeMismatchError
     from ecgbatch.encoders.zeroshot import label_text
-    from ecgbatch.llava.ddp import DDP_INTRO
+    from ecgbatch.llava.diagnosis_prompt import PROMPT_INTRO
     from ecgbatch.pipelines.report import PromptSettings
-    from ecgbatch.pipelines.report_prompts import DdpPromptUDF, _prepare_ddp
+    from ecgbatch.pipelines.report_prompts import DiagnosisPromptUDF, prepare_diagnosis_prompts
 
     table, paths, emb = coca_table
-    fn, kw = _prepare_ddp(PromptSettings(mode="ddp"), table.workspace, "ARCHIVE")
-    assert fn is DdpPromptUDF and len(kw["fn_constructor_kwargs"]["probe_files"]) == 3
-    udf = DdpPromptUDF(**kw["fn_constructor_kwargs"])
+    fn, kw = prepare_diagnosis_prompts(PromptSettings(mode="ddp"), table.workspace, "ARCHIVE")
+    assert fn is DiagnosisPromptUDF and len(kw["fn_constructor_kwargs"]["probe_files"]) == 3
+    udf = DiagnosisPromptUDF(**kw["fn_constructor_kwargs"])
     batch = {"source": np.array(paths, dtype=object), "record_id": np.array(paths, dtype=object),
              "ok": np.ones(len(paths), bool), **{c: np.array([""] * len(paths), dtype=object)
                                                   for c in ("stage", "error_type", "error_kind", "message")}}
@@ -115,7 +115,7 @@ def test_ddp_prompt_holds_the_probes_labels(coca_table, tmp_path):
     assert rhythm.labelset == "ptbxl-rhythm"
     p = rhythm.trained_probabilities(emb)
     for q, probs in zip(out["question"], p):
-        assert q.startswith(DDP_INTRO) and q.endswith("\nPlease describe this ECG.")
+        assert q.startswith(PROMPT_INTRO) and q.endswith("\nPlease describe this ECG.")
         top = int(np.argmax(probs))     # the paper's rule: the top rhythm label
         assert f"The {label_text(rhythm.trained[top])} is present (p={probs[top]:.2f})." in q
     af = [q for src, q in zip(paths, out["question"]) if src.endswith(("A0689.hea", "A1041.hea"))]
@@ -127,4 +127,4 @@ def test_ddp_prompt_holds_the_probes_labels(coca_table, tmp_path):
         table2.write_meta({**meta, "weights_hash": "0" * 16})
         table2.commit_block("b0", table.read_table(), None)
     with pytest.raises(ProbeMismatchError, match="refit it"):
-        DdpPromptUDF(str(table2.root), kw["fn_constructor_kwargs"]["probe_files"], "Q")
+        DiagnosisPromptUDF(str(table2.root), kw["fn_constructor_kwargs"]["probe_files"], "Q")

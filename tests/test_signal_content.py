@@ -66,8 +66,8 @@ def test_report_input_marks_and_refuses_a_record_without_content(sample_archive)
     engine for it (no engine exists here: the row is decided before any prompt is built)."""
     from ecgbatch.io.scanner import list_records
     from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
-    from ecgbatch.pipelines import embed, sources as src
-    from ecgbatch.pipelines.embed import LABEL_SEP
+    from ecgbatch.pipelines import read_stage, sources as src
+    from ecgbatch.pipelines.read_stage import LABEL_SEP
     from ecgbatch.pipelines.report import ReportUDF
 
     by_key = {s.key: s for s in list_records(str(sample_archive))}
@@ -76,7 +76,7 @@ def test_report_input_marks_and_refuses_a_record_without_content(sample_archive)
              "sources": np.array([[src.source_to_json(by_key[k]) for k in keys]], dtype=object),
              "ids": np.array([["bad/flat_nan_absurd"]], dtype=object)}
     cfg = EcgLlavaConfig().preprocess_config         # what `report --input` reads with
-    out = embed.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False)
+    out = read_stage.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False)
     assert out["ok"][0] and NO_CONTENT in out["quality"][0].split(LABEL_SEP)
     udf = ReportUDF.__new__(ReportUDF)
     udf.question, udf.max_tokens, udf.lora, udf._ids = "Please describe this ECG.", 2, None, {}

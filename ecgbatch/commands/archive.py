@@ -3,52 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from ecgbatch.commands.common import fail
+from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
 
 WS_HELP = ("Workspace folder [default: $ECGBATCH_WORKSPACE if set, else ~/.ecgbatch/workspace]; "
            "`embed` writes <workspace>/<model-key>/, the other commands read it.")
 MODEL_HELP = "Model table to use when the workspace holds several (model name or table key)."
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _workspace(ws: Optional[Path]) -> Path:
-    from ecgbatch.pipelines.workspace import default_workspace
-
-    return ws.expanduser() if ws is not None else default_workspace()
-
-
 def _open(ws: Optional[Path], model: Optional[str]):
     from ecgbatch.pipelines.workspace import open_table
 
     try:
-        return open_table(_workspace(ws), model)
+        return open_table(workspace_dir(ws), model)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
 
@@ -87,12 +61,12 @@ def embed_command(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Embed every record of an ECG archive into the workspace (Ray Data; exactly-once, resumable)."""
-    _quiet_libraries()
+    quiet_libraries()
     from ecgbatch.pipelines import embed as pipeline
     from ecgbatch.pipelines.workspace import WorkspaceLockedError, list_tables
 
-    console = _console()
-    ws = _workspace(workspace)
+    console = stderr_console()
+    ws = workspace_dir(workspace)
     if archive is None:
         if not resume:
             fail("give an ARCHIVE (or --resume to continue the workspace's last job)")
@@ -127,8 +101,6 @@ def embed_command(
 
 
 def _print_embed_summary(console, s) -> None:
-    from rich.table import Table
-
     t = Table(title=f"embed: {s.model}", show_header=False)
     t.add_row("table", s.table)
     t.add_row("records in archive", str(s.total_records))
@@ -154,7 +126,7 @@ def index_build_command(
     """(Re)build the FAISS index of a workspace's embeddings."""
     from ecgbatch.pipelines.embed import build_or_update_index
 
-    console = _console()
+    console = stderr_console()
     if kind not in ("auto", "flat", "ivfpq", "hnsw"):
         fail(f"--kind must be auto, flat, ivfpq or hnsw, got {kind!r}")
     table = _open(workspace, model)
@@ -180,8 +152,6 @@ def _emit_rows(rows: list[dict], columns: tuple[str, ...], as_json: bool, as_csv
         w.writeheader()
         w.writerows(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
 
     out = Console()
     if not out.is_terminal:
@@ -225,11 +195,11 @@ def search_command(
                                "by the text's cosine similarity."),
 ) -> None:
     """Search the embedded archive by text or by example ECG."""
-    _quiet_libraries()
+    quiet_libraries()
     from ecgbatch.index import EcgIndexError
-    from ecgbatch.pipelines.search import RESULT_COLUMNS, plot_hits, search
+    from ecgbatch.pipelines.queries import RESULT_COLUMNS, plot_hits, search
 
-    console = _console()
+    console = stderr_console()
     if (query is None) == (like is None):
         fail("give a text QUERY or --like RECORD_OR_ID (not both)")
     if as_json and as_csv:
@@ -286,11 +256,11 @@ def classify_command(
 ) -> None:
     """Classify every embedded record from its stored embedding (no re-encoding): the model's
     calibrated linear probe for the label set where it has one, else zero-shot prompts."""
-    _quiet_libraries()
+    quiet_libraries()
     from ecgbatch.encoders.probes import ProbeError
     from ecgbatch.pipelines import classify
 
-    console = _console()
+    console = stderr_console()
     table = _open(workspace, model)
     try:
         res = classify.run(table, labels, output=output, softmax=softmax, top_k=top_k, threshold=threshold,

@@ -9,7 +9,6 @@ to FILE), /reset (forget the conversation), /save FILE (the conversation as JSON
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,7 +16,9 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ecgbatch.commands.report import DEFAULT_MODEL, _fail, resolve_llava_model
+from ecgbatch.commands.common import fail
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.models import DEFAULT_LLAVA, llava_model
 
 HELP = "commands: /plot [FILE.png]  /reset  /save FILE.json  /quit   (anything else is a question)"
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -136,7 +137,7 @@ def _read_line():
 
 def chat_cmd(
     record: str = typer.Argument(..., help="an ECG record (any format ecgbatch reads)"),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    model: str = typer.Option(DEFAULT_LLAVA, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
     lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model "
                                         "[default: the model's own (its lora/), if it has one]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per answer"),
@@ -144,31 +145,30 @@ def chat_cmd(
                                  "float32, bfloat16 or float16"),
 ) -> None:
     """Chat about RECORD with an ECG-LLaVA model: summary and plot first, then questions."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    from ecgbatch.commands.report import read_ecgs
+    from ecgbatch.serving.engine import engine_env
+
+    engine_env()
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.io import read_record
     from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.llava.inputs import read_for_model
     from ecgbatch.serving.folder import check_adapter, check_model_folder
     from ecgbatch.serving.server_upload import summary
 
     try:
-        folder, lora = resolve_llava_model(model, lora)     # no --lora: the model's own adapter
+        folder, lora = llava_model(model, lora, log=lambda m: typer.echo(m, err=True))  # no --lora: its own
         config = check_model_folder(folder)
         if lora is not None:
             check_adapter(lora, config)
     except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
-    ok, failed = read_ecgs([record], config)
+        fail(str(exc))
+    ok, failed = read_for_model([record], config)
     if failed:
-        _fail(f"{record}: {failed[0][1]}")
+        fail(f"{record}: {failed[0][1]}")
     try:
         rec = read_record(record)
-    except EcgReadError as exc:     # read_ecgs just read it: only a file changing under us
-        _fail(f"{record}: {exc}")
+    except EcgReadError as exc:     # read_for_model just read it: only a file changing under us
+        fail(f"{record}: {exc}")
     typer.echo(summary_line(summary(rec, record)))
     typer.echo(text_plot(rec))
     asyncio.run(_chat(folder, Path(model).name, lora, rec, record, ok[0][1], max_tokens, dtype))

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from ecgbatch.commands.train import _fail   # the one error-exit helper of the commands
+from ecgbatch.commands.common import fail
 
 data_app = typer.Typer(no_args_is_help=True, help="Build training data from ECG archives.")
 
@@ -38,22 +40,19 @@ def instruct_command(
     from ecgbatch.training.instruct_format import write_jsonl
 
     if measure_method not in ("multilead", "ecgchat", "none"):
-        _fail(f"--measure must be multilead, ecgchat or none, got {measure_method!r}")
+        fail(f"--measure must be multilead, ecgchat or none, got {measure_method!r}")
     try:
         specs = [s for arg in sources for s in load_sources(arg)]
         built = build_instruct(specs, seed=seed, val_fraction=val_fraction if split_by_patient else None,
                                measure_method=None if measure_method == "none" else measure_method,
                                dialogues=dialogues, root=root, on_error="raise" if strict else "skip", part=part)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_jsonl(built.items, output)
     _summary(built, output)
 
 
 def _summary(built, output: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     con = Console()
     t = Table(title=f"{len(built.items)} items from {len(built.records)} records -> {output}")
     for c in ("source", "records", "patients", "train/val/all records", "items", "yes", "no", "measured"):

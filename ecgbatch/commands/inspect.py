@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from ecgbatch.commands.common import fail
 
@@ -69,9 +71,6 @@ def _fmt(v) -> str:
 
 
 def _print_rich(info: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     con = Console()
     r = info["record"]
     t = Table(title=f"ECG record {r['record_id']}", show_header=False)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ecgbatch.commands.common import fail
 
@@ -26,9 +29,6 @@ def scan_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Scan an ECG archive into a parquet manifest (one row per record) and a failures table."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from ecgbatch.io import scan, write_manifest
 
     console = Console(stderr=True)
@@ -57,8 +57,6 @@ def scan_command(
 
 
 def _summary(console, st, result, seconds: float) -> None:
-    from rich.table import Table
-
     n = st.records + st.failures
     console.print(f"[bold]{st.records}[/bold] records, [bold]{st.failures}[/bold] failures, "
                   f"{sum(st.ignored.values())} files ignored, {st.files} files in "
@@ -86,8 +84,6 @@ def _summary(console, st, result, seconds: float) -> None:
 
 def _count_table(title: str, key: str, rows) -> "Table":
     """A two-column summary table: (key, records) rows, counts right-aligned."""
-    from rich.table import Table
-
     t = Table(title=title)
     t.add_column(key)
     t.add_column("records", justify="right")

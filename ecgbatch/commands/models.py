@@ -7,8 +7,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from ecgbatch import models as zoo
 from ecgbatch.commands.common import fail
+from ecgbatch.models.listing import zoo_rows
 
 models_app = typer.Typer(no_args_is_help=True, help="The model zoo: list models, convert ECG-Chat checkpoints.")
 
@@ -19,10 +23,8 @@ MODEL_HELP = ("zoo name (ecg-coca, ecg-coca-mini: their installed weights), a mo
 def load_model(model: str, random: bool = False):
     """The model a command was given (ecgbatch.models.load_model); random=True: the seeded random
     init (pretrained text tower when installed) for trying the mechanics. Errors exit with code 2."""
-    from ecgbatch.models import load_model as load
-
     try:
-        return load(model, random_init=random)[0]
+        return zoo.load_model(model, random_init=random)[0]
     except (FileNotFoundError, ValueError) as exc:   # CheckpointError is a ValueError
         hint = "" if random else " (use --random to try the mechanics with untrained weights)"
         fail(f"cannot load model {model!r}: {exc}{hint}")
@@ -68,14 +70,10 @@ def list_command(as_json: bool = typer.Option(False, "--json", help="print JSON 
     """Zoo models of every family: kind, size, where the weights come from, whether installed."""
     import json
 
-    from ecgbatch.models.listing import zoo_rows
-
     rows = zoo_rows()
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
 
     t = Table(title="ecgbatch model zoo")
     for col in ("name", "kind", "parameters", "on disk"):
@@ -134,9 +132,6 @@ def encode_command(
         for path, e in zip(ids, emb):
             typer.echo(json.dumps({"path": path, **prov, "embedding": [round(float(v), 7) for v in e]}))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
         t = Table(title=f"{model} embeddings (dim {m.embed_dim}, weights {prov['weights_hash']})")
         for col in ("record", "norm", "first values"):
             t.add_column(col)
@@ -179,9 +174,6 @@ def zeroshot_command(
                                    "labels": labelset.name, "score": kind,
                                    "ranked": [[lab, round(s, 6)] for lab, s in clf.ranked(row)]}))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
         con = Console()
         for path, row in zip(ids, scores):
             ranked = clf.ranked(row)[: top or None]

@@ -1,52 +1,20 @@
 """`ecgbatch report RECORD...`: a report (or an answer to --question) for a few records, generated
-by an ECG-LLaVA model through vLLM, in this process. `ecgbatch report --input ARCHIVE` is the
-archive-scale Ray Data job (ecgbatch.commands.report_archive, ecgbatch.pipelines.report).
-vLLM and torch are imported inside the command body."""
+by an ECG-LLaVA model through vLLM, in this process (ecgbatch.serving.record_reports).
+`ecgbatch report --input ARCHIVE` is the archive-scale Ray Data job (ecgbatch.commands.report_archive,
+ecgbatch.pipelines.report). vLLM and torch are imported inside the command body."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-DEFAULT_MODEL = "ecg-llava-mini"
-from ecgbatch.pipelines.report import DEFAULT_QUESTION  # noqa: E402 - one report prompt for both paths
-
-
-from ecgbatch.commands.common import fail as _fail  # noqa: E402 - the one error exit of the command line
-
-
-def resolve_llava_model(model: str, lora: Optional[Path] = None) -> tuple[Path, Optional[Path]]:
-    """(full model folder, LoRA adapter or None) for --model and --lora, the one resolution of
-    every generative command: ecgbatch.llava.assemble.resolve_model (a full folder, a trained-only
-    folder or zoo name assembled into the cache at first use, $ECGBATCH_MODELS_DIR/<name>). The
-    adapter is --lora when given, else the one that comes with the model (its lora/ folder).
-    Raises ModelNotInstalledError / ModelFolderError saying how to get a model."""
-    from ecgbatch.llava.assemble import resolve_model
-
-    folder, own = resolve_model(model, log=lambda m: typer.echo(m, err=True))
-    return folder, (lora if lora is not None else own)
-
-
-def read_ecgs(records: List[str], config):
-    """[(record, ECG array)] for the readable records and [(record, message)] for the others."""
-    from ecgbatch.io import read_record
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.llava.inputs import preprocess_for_model
-    from ecgbatch.signal.content import require_physiological
-
-    ok, failed = [], []
-    for path in records:
-        try:
-            rec = read_record(path)
-            require_physiological(rec)      # no confident report on a flat or absurd signal
-            ok.append((path, preprocess_for_model(rec, config, record_id=path)))
-        except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
-            failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
-    return ok, failed
+from ecgbatch.commands.common import fail
+from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.questions import DEFAULT_QUESTION
+from ecgbatch.models import DEFAULT_LLAVA
 
 
 def report_cmd(
@@ -55,14 +23,14 @@ def report_cmd(
                                           "pyarrow URI) as a Ray Data job into the workspace"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="[--input] workspace folder "
                                              "[default: $ECGBATCH_WORKSPACE, else ~/.ecgbatch/workspace]"),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    model: str = typer.Option(DEFAULT_LLAVA, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
     lora: Optional[Path] = typer.Option(None, "--lora", help="peft LoRA adapter for the model's language model "
                                         "[default: the model's own (its lora/), if it has one]"),
     question: Optional[str] = typer.Option(None, "--question", "-q", help="what to ask about each ECG "
                                            f"[default: the report prompt {DEFAULT_QUESTION!r}]"),
-    ddp: bool = typer.Option(False, "--ddp", help="diagnosis-driven prompt: the findings of the calibrated "
-                             "probes of the model's tower encoder (with --input: from the workspace's "
-                             "embeddings) before the question"),
+    ddp: bool = typer.Option(False, "--ddp", help="DDP, the paper's diagnosis-driven prompt: the findings of "
+                             "the calibrated probes of the model's tower encoder (with --input: from the "
+                             "workspace's embeddings) before the question"),
     rag: int = typer.Option(0, "--rag", min=0, help="[--input] give the K nearest reference reports as examples"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="[--input --rag] workspace with "
                                              "embeddings and reports of reference records"),
@@ -91,95 +59,36 @@ def report_cmd(
     archive (--input), with an ECG-LLaVA model (vLLM)."""
     if archive is not None or (resume and not records):
         if records:
-            _fail("give RECORD... or --input ARCHIVE, not both")
-        from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
-
+            fail("give RECORD... or --input ARCHIVE, not both")
         return run_archive(ArchiveOptions(archive, workspace, model, lora, question, ddp, rag, reference,
                                           engines, gpus_per_engine, max_tokens, address, resume, output,
                                           html, dtype, batch_size, block_size, num_cpus, as_json, progress))
     if not records:
-        _fail("give RECORD... (or --input ARCHIVE)")
+        fail("give RECORD... (or --input ARCHIVE)")
     if rag or html is not None or output is not None:
-        _fail("--rag, --html and -o need --input ARCHIVE")
+        fail("--rag, --html and -o need --input ARCHIVE")
     _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp)
-
-
-def _engine_env() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")   # stdout is the report (--json)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-def _ddp_questions(model: str, ecgs, question: str):
-    """(question per record, findings per record, labeller description): DDP (ecgbatch.llava.ddp)
-    for the records, computed before the engine starts, so that a missing probe fails fast."""
-    import numpy as np
-
-    from ecgbatch.llava.ddp import DdpLabeller, ddp_question
-
-    labeller = DdpLabeller.for_model(model)
-    findings = labeller.findings(np.stack([x for _, x in ecgs]))
-    return [ddp_question(question, f) for f in findings], findings, labeller.describe()
-
-
-@dataclass
-class RecordReports:
-    results: list                  # an EcgResult per readable record, in order
-    failed: list                   # [(record, message)] of the unreadable ones
-    adapter: Optional[Path]        # the LoRA adapter used (--lora, else the model's own, else None)
-    findings: Optional[list] = None   # DDP findings per result (None: DDP off)
-    ddp: object = False            # the DDP labeller's description, or False
-
-
-def report_records(records: List[str], model: str = DEFAULT_MODEL, lora: Optional[Path] = None,
-                   question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "auto",
-                   ddp: bool = False, on_unreadable=None) -> RecordReports:
-    """What `ecgbatch report RECORD...` does, for callers (the demo): resolve the model and its
-    adapter, check them, read the records, (DDP: the findings before the engine starts), generate
-    through vLLM. ``on_unreadable(record, message)`` is called for each unreadable record before
-    the engine starts. Raises EcgLlavaError / CheckpointError (the model, the adapter, DDP, the
-    engine)."""
-    from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest
-    from ecgbatch.serving.folder import check_adapter, check_model_folder
-
-    _engine_env()
-    folder, lora = resolve_llava_model(model, lora)
-    config = check_model_folder(folder)
-    rank = check_adapter(lora, config) if lora is not None else None
-    ecgs, failed = read_ecgs(records, config)
-    for path, msg in failed:
-        if on_unreadable is not None:
-            on_unreadable(path, msg)
-    out = RecordReports([], failed, lora)
-    if not ecgs:
-        return out
-    questions = [question] * len(ecgs)
-    if ddp:
-        questions, out.findings, out.ddp = _ddp_questions(model, ecgs, question)
-    engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
-    reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
-    out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)
-    return out
 
 
 def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False) -> None:
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
+    from ecgbatch.serving.record_reports import report_records
 
     try:
         rep = report_records(records, model, lora, question, max_tokens, dtype, ddp,
-                             on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True))
+                             on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True),
+                             log=lambda m: typer.echo(m, err=True))
     except (EcgLlavaError, CheckpointError) as exc:
-        _fail(exc)                  # "kind: message"
+        fail(exc)                  # "kind: message"
     if not rep.results:
-        _fail("no record could be read")
+        fail("no record could be read")
     _print(rep, question, as_json)
     if rep.failed:
         raise typer.Exit(code=1)
 
 
-def _print(rep: RecordReports, question, as_json: bool) -> None:
-    """The reports (with each record's DDP findings when DDP was on)."""
+def _print(rep, question, as_json: bool) -> None:
+    """The reports (a RecordReports; with each record's DDP findings when DDP was on)."""
     results, failed, ddp_info = rep.results, rep.failed, rep.ddp
     found = rep.findings if rep.findings is not None else [None] * len(results)
     if as_json:

@@ -4,15 +4,16 @@ reports (-o) and a static HTML browser (--html)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.table import Table
 
-from ecgbatch.commands.archive import _console, _quiet_libraries, _workspace
-from ecgbatch.commands.common import fail
+from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.models import llava_model
 
 
 @dataclass
@@ -44,13 +45,13 @@ def _check_ddp_encoder(console, folder, table_root: str) -> None:
     """Warn when the workspace's embeddings (whose probes give the DDP findings) come from another
     encoder than the one the model's ECG tower is: the model learnt (if it was trained with DDP)
     the findings of its own tower's encoder. A warning, not a refusal: the prompt is text."""
-    from ecgbatch.llava.ddp import DdpUnavailableError, tower_encoder
+    from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, tower_encoder
     from ecgbatch.pipelines.workspace import ModelTable
 
     used = ModelTable(Path(table_root).parent, Path(table_root).name).read_meta().get("model")
     try:
         tower, _ = tower_encoder(folder)
-    except DdpUnavailableError:
+    except DiagnosisPromptUnavailableError:
         tower = None
     if tower is None or Path(str(tower)).name != Path(str(used)).name:
         console.print(f"[yellow]warning[/yellow]: --ddp findings come from {used}'s probes on the workspace's "
@@ -82,17 +83,16 @@ def _settings(console, o: ArchiveOptions, meta: dict | None):
 
 
 def run_archive(o: ArchiveOptions) -> None:
-    _quiet_libraries()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    from ecgbatch.commands.report import resolve_llava_model
+    quiet_libraries()
+    from ecgbatch.serving.engine import engine_env
+
+    engine_env(log_stream=False)
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.pipelines import report as pipeline
     from ecgbatch.pipelines.workspace import WorkspaceLockedError
 
-    console = _console()
-    ws = _workspace(o.workspace)
+    console = stderr_console()
+    ws = workspace_dir(o.workspace)
     meta = None
     if o.archive is None:
         if not o.resume:
@@ -107,7 +107,7 @@ def run_archive(o: ArchiveOptions) -> None:
         o.reference = Path(settings.reference).parent   # the reference workspace of the first run
     prompt_stage = None
     try:
-        folder, lora = resolve_llava_model(o.model, o.lora)   # no --lora: the model's own adapter
+        folder, lora = llava_model(o.model, o.lora, log=lambda m: typer.echo(m, err=True))  # no --lora: its own
         if meta is not None:
             lora = o.lora                       # resume: exactly the first run's adapter (or none)
         if settings.mode in ("ddp", "rag"):
@@ -142,8 +142,6 @@ def run_archive(o: ArchiveOptions) -> None:
 
 
 def _print_summary(console, s) -> None:
-    from rich.table import Table
-
     t = Table(title=f"report: {Path(s.model).name} ({s.prompt_mode})", show_header=False)
     t.add_row("table", s.table)
     t.add_row("records in archive", str(s.total_records))

@@ -9,7 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from ecgbatch.commands.report import DEFAULT_MODEL, _fail, resolve_llava_model
+from ecgbatch.commands.common import fail
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.models import DEFAULT_LLAVA, llava_model
 
 
 def parse_adapters(specs: List[str]) -> dict[str, Path]:
@@ -18,9 +20,9 @@ def parse_adapters(specs: List[str]) -> dict[str, Path]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name.strip() or not path.strip():
-            _fail(f"--lora takes NAME=PATH, got {spec!r}")
+            fail(f"--lora takes NAME=PATH, got {spec!r}")
         if name in out:
-            _fail(f"--lora name {name!r} given twice")
+            fail(f"--lora name {name!r} given twice")
         out[name.strip()] = Path(path.strip())
     return out
 
@@ -37,7 +39,7 @@ def _is_loopback(host: str) -> bool:
 def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
+    model: str = typer.Option(DEFAULT_LLAVA, "--model", "-m", help="ECG-LLaVA model folder or zoo name"),
     lora: List[str] = typer.Option([], "--lora", help="NAME=PATH: serve a peft LoRA adapter as model NAME (repeat); "
                                    "without it the model's own adapter (its lora/) is applied to the base name"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="ECGBATCH_API_KEY",
@@ -57,12 +59,11 @@ def serve_cmd(
     """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.encoders.checkpoint import CheckpointError
-    from ecgbatch.llava.errors import EcgLlavaError
     from ecgbatch.serving.chat_request import Limits
     from ecgbatch.serving.server import ServerConfig, serve
 
     if ecg_dir is not None and not ecg_dir.is_dir():
-        _fail(f"--ecg-dir {ecg_dir} is not a folder")
+        fail(f"--ecg-dir {ecg_dir} is not a folder")
     if not _is_loopback(host) and not api_key:
         typer.echo(f"warning: serving on {host} without --api-key: anyone who reaches it can use the model",
                    err=True)
@@ -70,13 +71,13 @@ def serve_cmd(
     try:   # refuse a bad folder or adapter with a clear message before vLLM starts
         from ecgbatch.serving.folder import check_adapter, check_model_folder
 
-        folder, own = resolve_llava_model(model)
+        folder, own = llava_model(model, log=lambda m: typer.echo(m, err=True))
         own = None if adapters else own     # --lora given: the base name serves the bare model
         config = check_model_folder(folder)
         for path in [*adapters.values(), *([own] if own else [])]:
             check_adapter(path, config)
     except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     name = name or Path(model).name
     cfg = ServerConfig(model_dir=folder, adapters=adapters, lora=own, served_name=name, api_key=api_key,
                        ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs, max_in_flight=max_in_flight,
@@ -88,7 +89,7 @@ def serve_cmd(
     try:
         serve(cfg, host, port)
     except (EcgLlavaError, CheckpointError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def register(app: typer.Typer) -> None:

@@ -13,12 +13,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ecgbatch.encoders.config import CocaConfig, arch_config
+from ecgbatch.models import registry
+from ecgbatch.models.registry import CHECKPOINT_MODEL_SUBDIR, checkpoint_model_folder  # noqa: F401
 
 FORMAT_NAME = "ecgbatch-coca"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-# A training checkpoint (ecgbatch.training.checkpointing) keeps its model folder here.
-CHECKPOINT_MODEL_SUBDIR = "model"
 
 
 # -- folders ------------------------------------------------------------------------------------
@@ -32,14 +32,6 @@ def is_model_folder(path: str | Path) -> bool:
         return json.loads((p / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
     except (OSError, json.JSONDecodeError, AttributeError):
         return False
-
-
-def model_folder_of(path: str | Path) -> Path:
-    """The model folder a path stands for: a training checkpoint's ``model/`` subfolder, else the
-    path itself (which may be no model folder at all: loaders check)."""
-    p = Path(path)
-    sub = p / CHECKPOINT_MODEL_SUBDIR
-    return sub if is_model_folder(sub) else p
 
 
 def read_folder_config(folder: str | Path) -> CocaConfig:
@@ -66,8 +58,8 @@ def resolve_config(model_config: str | Path | CocaConfig) -> tuple[CocaConfig, P
     if isinstance(model_config, CocaConfig):
         return model_config, None
     p = Path(model_config)
-    if p.is_dir() and (model_folder_of(p) / CONFIG_FILE).is_file():
-        folder = model_folder_of(p)
+    if p.is_dir() and (checkpoint_model_folder(p) / CONFIG_FILE).is_file():
+        folder = checkpoint_model_folder(p)
         return read_folder_config(folder), folder
     if p.suffix == ".json" or p.is_file():
         if not p.is_file():
@@ -75,8 +67,6 @@ def resolve_config(model_config: str | Path | CocaConfig) -> tuple[CocaConfig, P
         cfg = CocaConfig.from_json(p)
         cfg.name = cfg.name or p.stem
         return cfg, p.parent
-    from ecgbatch.models import registry
-
     entry = registry.get(str(model_config))
     return arch_config(entry.config if entry is not None and entry.config else str(model_config)), None
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ecgbatch.encoders.build import (CHECKPOINT_MODEL_SUBDIR, CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE,
-                                     build_model, is_model_folder, model_folder_of, read_folder_config,
+                                     build_model, checkpoint_model_folder, is_model_folder, read_folder_config,
                                      resolve_config)
 from ecgbatch.encoders.config import CocaConfig
 from ecgbatch.encoders.ecg_tower import EcgTransformer
@@ -28,7 +28,7 @@ from ecgbatch.encoders.tokenizer import HFTokenizer
 
 __all__ = ["CHECKPOINT_MODEL_SUBDIR", "CONFIG_FILE", "FORMAT_NAME", "FORMAT_VERSION", "WEIGHTS_FILE", "TEXT_SUBDIR",
            "CheckpointError", "CheckpointMismatchError", "CheckpointReadError", "is_model_folder",
-           "load_ecgchat_checkpoint", "load_folder", "load_state_dict_strict", "model_folder_of",
+           "load_ecgchat_checkpoint", "load_folder", "load_state_dict_strict", "checkpoint_model_folder",
            "read_folder_config", "read_torch_checkpoint", "resolve_config", "save_pretrained", "tensors_hash"]
 
 FORMAT_VERSION = 1

@@ -249,3 +249,16 @@ def arch_config(name: str) -> CocaConfig:
     if not cfg.name:
         cfg.name = name
     return cfg
+
+
+def zoo_details(entry) -> dict:
+    """The `ecgbatch models list` columns of an ECG-CoCa zoo entry (from its shipped config)."""
+    if not entry.config:
+        return {}
+    cfg = arch_config(entry.config)
+    pre = cfg.preprocess
+    return {"embed_dim": cfg.output_dim,
+            "ecg_tower": f"{cfg.ecg_cfg.layers}x{cfg.ecg_cfg.width} patch {cfg.ecg_cfg.patch_size}",
+            "text_tower": cfg.text_cfg.hf_model_name,
+            "preprocess": (f"{pre.fs:g} Hz, {pre.n_samples} samples, bandpass {pre.bandpass}, "
+                           f"normalize {pre.normalize}")}

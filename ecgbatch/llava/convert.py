@@ -35,6 +35,7 @@ from ecgbatch.encoders.checkpoint import (CheckpointError, load_ecgchat_checkpoi
 from ecgbatch.llava.configuration_ecg_llava import PROJECTOR_TYPES, EcgLlavaConfig
 from ecgbatch.llava.errors import ConversionError
 from ecgbatch.llava.loading import apply_lora, check_adapter, read_adapter, save_ecg_llava
+from ecgbatch.llava.modeling_ecg_llava import build_projector, EcgLlavaForCausalLM
 
 LORA_SUBDIR = "lora"
 NON_LORA = "non_lora_trainables.bin"
@@ -134,7 +135,8 @@ def build_config(base_cfg: dict, llava_cfg: dict, coca_cfg, projector_type: str)
                           tie_word_embeddings=bool(base_cfg.get("tie_word_embeddings", False)))
 
 
-def _load_base(base_dir: Path, dtype):
+def load_base_lm(base_dir: Path, dtype):
+    """The base language model of a folder (transformers), refusing missing or mis-shaped tensors."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -147,7 +149,8 @@ def _load_base(base_dir: Path, dtype):
     return lm
 
 
-def _tokenizer(base_dir: Path, ecg_token: str, llava_cfg: dict):
+def tokenizer_with_ecg_token(base_dir: Path, ecg_token: str, llava_cfg: dict):
+    """The base model's tokenizer with ``ecg_token`` added, padded and sized as ECG-Chat trains."""
     from transformers import AutoTokenizer
 
     try:
@@ -167,8 +170,6 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
                           ecg_config=None, dtype=torch.float32) -> Path:
     """Convert (see module docstring). Returns ``out_dir``. Raises ConversionError /
     CheckpointError / AdapterMismatchError naming what is missing or mis-shaped."""
-    from ecgbatch.llava.modeling_ecg_llava import EcgLlavaForCausalLM
-
     base_dir, lora_dir, ckpt, out = Path(base_dir), Path(lora_dir), Path(ecg_coca_ckpt), Path(out_dir)
     base_cfg = _read_json(base_dir / "config.json", "base model config")
     llava_cfg = read_llava_config(lora_dir, base_cfg)
@@ -181,13 +182,13 @@ def convert_ecgchat_llava(base_dir, lora_dir, ecg_coca_ckpt, out_dir, merge_lora
     adapter_cfg, adapter = read_adapter(lora_dir)
     config = build_config(base_cfg, llava_cfg, coca_cfg, projector_type)
 
-    lm = _load_base(base_dir, dtype)
+    lm = load_base_lm(base_dir, dtype)
     check_adapter(lm, adapter_cfg, adapter, repr(str(lora_dir)))
     try:
         tower = load_ecgchat_checkpoint(ckpt, coca_cfg, ecg_only=True)
     except CheckpointError as exc:
         raise ConversionError(f"ECG tower from {str(ckpt)!r}: {exc}") from None
-    tokenizer = _tokenizer(base_dir, config.ecg_token, llava_cfg)
+    tokenizer = tokenizer_with_ecg_token(base_dir, config.ecg_token, llava_cfg)
     config.ecg_token_id = tokenizer.convert_tokens_to_ids(config.ecg_token)
 
     with torch.device("meta"):
@@ -226,8 +227,6 @@ def _write_atomically(out: Path, write) -> Path:
 
 
 def _projector_module(config: EcgLlavaConfig, tensors: dict[str, torch.Tensor], dtype) -> torch.nn.Module:
-    from ecgbatch.llava.modeling_ecg_llava import build_projector
-
     proj = build_projector(config).to(dtype)
     try:
         load_state_dict_strict(proj, {k: v.to(dtype) for k, v in tensors.items()}, f"{NON_LORA} (mm_projector)",

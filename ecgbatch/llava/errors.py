@@ -4,11 +4,11 @@ instead of a traceback. Weight-file problems reuse ecgbatch.encoders' Checkpoint
 CheckpointReadError (missing, unexpected and mis-shaped tensors listed by name)."""
 from __future__ import annotations
 
-from ecgbatch.errors import EcgbatchError
+# the base and the folder errors are shared with the model resolver (ecgbatch.models.errors)
+from ecgbatch.models.errors import EcgLlavaError, ModelFolderError, ModelNotInstalledError
 
-
-class EcgLlavaError(EcgbatchError, ValueError):
-    kind = "ecg_llava_error"
+__all__ = ["AdapterMismatchError", "ContextLengthError", "ConversionError", "EcgInputError", "EcgLlavaError",
+           "EcgPromptError", "ModelFolderError", "ModelNotInstalledError"]
 
 
 class EcgPromptError(EcgLlavaError):
@@ -21,18 +21,6 @@ class ContextLengthError(EcgLlavaError):
     """A prompt (after splicing the ECG tokens) is longer than the model's context."""
 
     kind = "context_too_long"
-
-
-class ModelFolderError(EcgLlavaError):
-    """A model folder lacks a file, or its config/tokenizer are inconsistent."""
-
-    kind = "bad_model_folder"
-
-
-class ModelNotInstalledError(ModelFolderError):
-    """A model name (zoo or $ECGBATCH_MODELS_DIR) whose weights are not on this machine."""
-
-    kind = "model_not_installed"
 
 
 class AdapterMismatchError(EcgLlavaError):

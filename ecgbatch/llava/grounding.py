@@ -9,7 +9,7 @@ What it states, in two short lines (the mini LM has a 2,048-token context):
   PR when P waves are not conducted): heart rate with bradycardia (< 60 bpm) / tachycardia
   (> 100 bpm), RR regular/irregular (ecgbatch.signal.rate), the frontal QRS axis in degrees with
   its category (ecgbatch.signal.axis, AHA convention by default), PR, QRS, QT/QTc in ms;
-- the calibrated probe findings (ecgbatch.llava.ddp.findings_from_embeddings on the encoder's
+- the calibrated probe findings (ecgbatch.llava.diagnosis_prompt.findings_from_embeddings on the encoder's
   embedding) at or above their cross-validated thresholds, with their probabilities. Unlike the
   paper's DDP sentences, the top rhythm of an exclusive probe is not stated when it is below its
   threshold.
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgbatch.llava.ddp import DdpFinding, findings_from_embeddings
+from ecgbatch.llava.diagnosis_prompt import Finding, findings_from_embeddings
 from ecgbatch.signal.axis import AXIS_TEXT, axis_category
 from ecgbatch.signal.measurements import HR_RANGE_BPM, INTERVAL_RANGES
 from ecgbatch.signal.rate import rate_category, rr_irregular
@@ -162,7 +162,7 @@ def probe_findings(probes: Sequence, embedding) -> tuple[list[GroundFinding], di
         for j, lab in enumerate(pr.trained):
             thresholds[(pr.labelset, lab)] = float(pr.thresholds[j])
             probs[lab] = max(probs.get(lab, 0.0), float(p[j]))
-    found: list[DdpFinding] = findings_from_embeddings(probes, emb)[0]
+    found: list[Finding] = findings_from_embeddings(probes, emb)[0]
     out = [GroundFinding(f.label, f.text, "probe", probability=round(f.probability, 4), labelset=f.labelset)
            for f in found if f.probability >= thresholds[(f.labelset, f.label)]]
     return out, probs
@@ -195,7 +195,7 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
 
     ``measurements``: an ecgbatch.signal.Measurements (best: method="multilead") or a row dict
     with its columns (hr_bpm, rr_nrmssd, axis_deg, pr_ms, qrs_ms, qt_ms, qtc_ms, quality), or
-    None. ``probes`` (ecgbatch.encoders.probes.LinearProbe, e.g. a DdpLabeller's ``probes``) and
+    None. ``probes`` (ecgbatch.encoders.probes.LinearProbe, e.g. a FindingsLabeller's ``probes``) and
     ``embedding`` (that encoder's embedding of the ECG, [D]) give the probe findings; leave them
     out for measurements only. Deterministic: the same inputs give the same text."""
     measured = measured_findings(measurements, axis_convention)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecgbatch.io.api import read_record
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.record import Record
 from ecgbatch.llava.errors import EcgInputError
 from ecgbatch.signal.config import PreprocessConfig
+from ecgbatch.signal.content import require_physiological
 from ecgbatch.signal.preprocess import preprocess
 
 
@@ -54,3 +56,17 @@ def preprocess_for_model(record_or_array, config, record_id: str | None = None) 
         raise EcgInputError(f"ECG {rid!r} cannot be brought to the model input ({pre.fs:g} Hz, "
                             f"{pre.n_samples} samples): {exc}") from None
     return np.ascontiguousarray(out.x, dtype=np.float32)
+
+
+def read_for_model(records: list[str], config) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
+    """([(record, the model's input)] for the readable records, [(record, "kind: message")] for
+    the others), in order: what `report`, `chat` and the server's paths read."""
+    ok, failed = [], []
+    for path in records:
+        try:
+            rec = read_record(path)
+            require_physiological(rec)      # no confident report on a flat or absurd signal
+            ok.append((path, preprocess_for_model(rec, config, record_id=path)))
+        except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
+            failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
+    return ok, failed

@@ -7,11 +7,13 @@ factories (``ecgbatch.encoders.factory`` for ECG-CoCa) do the building. Imports 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 from ecgbatch.models import registry
-from ecgbatch.models.families import detect_kind, family, kind_of_config, model_folder
+from ecgbatch.models.families import detect_kind, family, kind_of_config
+from ecgbatch.models.resolve import model_folder
 
 # Generated weights get a fixed seed: every process (Ray actor, a later `search`) builds the same ones.
 RANDOM_INIT: dict[str, Any] = {"pretrained": None, "seed": 0}
@@ -27,31 +29,21 @@ def create_model(name_or_path, pretrained: str | Path | None = None, **kwargs):
     loader = fam.load()
     if fam.resolves_names:
         return loader(name_or_path, pretrained=pretrained, **kwargs)
-    return loader(_folder_for(name_or_path, pretrained), **kwargs)
-
-
-def _folder_for(name_or_path, pretrained) -> Path:
-    """The weights folder of a family whose loader takes folders only."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        if pretrained not in (None, "default"):
-            raise ValueError(f"{str(p)!r} is a model folder with its own weights; got pretrained={pretrained!r}")
-        return model_folder(p)
     if pretrained in (None, "default"):
-        return registry.weights_folder(str(name_or_path))
+        return loader(model_folder(name_or_path, fam.kind), **kwargs)
+    if Path(name_or_path).is_dir():
+        raise ValueError(f"{str(name_or_path)!r} is a model folder with its own weights; got pretrained={pretrained!r}")
     if pretrained == "random":
         raise ValueError(f"{str(name_or_path)!r}: this model family has no random initialisation")
-    return model_folder(Path(pretrained))
+    return loader(model_folder(Path(pretrained)), **kwargs)
 
 
 def is_weights_folder(name_or_path) -> bool:
     """A folder that holds a model of some family (or a training checkpoint that holds one)."""
-    import json
-
     if not isinstance(name_or_path, (str, Path)) or not Path(name_or_path).is_dir():
         return False
     try:
-        cfg = json.loads((model_folder(Path(name_or_path)) / "config.json").read_text())
+        cfg = json.loads((registry.checkpoint_model_folder(name_or_path) / "config.json").read_text())
     except (OSError, ValueError):
         return False
     return isinstance(cfg, dict) and kind_of_config(cfg) is not None

@@ -4,19 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ecgbatch.models import registry
-
-
-def _coca_details(entry: registry.ZooEntry) -> dict[str, Any]:
-    """Architecture columns of an ECG-CoCa entry (from its shipped config)."""
-    from ecgbatch.encoders.config import arch_config
-
-    cfg = arch_config(entry.config)
-    pre = cfg.preprocess
-    return {"embed_dim": cfg.output_dim,
-            "ecg_tower": f"{cfg.ecg_cfg.layers}x{cfg.ecg_cfg.width} patch {cfg.ecg_cfg.patch_size}",
-            "text_tower": cfg.text_cfg.hf_model_name,
-            "preprocess": (f"{pre.fs:g} Hz, {pre.n_samples} samples, bandpass {pre.bandpass}, "
-                           f"normalize {pre.normalize}")}
+from ecgbatch.models.families import family
 
 
 def zoo_row(entry: registry.ZooEntry) -> dict[str, Any]:
@@ -31,8 +19,7 @@ def zoo_row(entry: registry.ZooEntry) -> dict[str, Any]:
         "description": entry.description,
         "embed_dim": None, "ecg_tower": None, "text_tower": None, "preprocess": None,
     }
-    if entry.kind == "ecg-coca" and entry.config:
-        row.update(_coca_details(entry))
+    row.update(family(entry.kind).zoo_details(entry))
     return row
 
 

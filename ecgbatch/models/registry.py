@@ -17,6 +17,8 @@ from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 ENV_DIR = "ECGBATCH_MODELS_DIR"
+CHECKPOINT_MODEL_SUBDIR = "model"   # a training checkpoint (ecgbatch.training.checkpointing) keeps its model here
+DEFAULT_LLAVA = "ecg-llava-mini"    # what report, chat and serve use unless told
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
@@ -97,22 +99,17 @@ def _holds_weights(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / f).is_file() for f in _WEIGHT_FILES)
 
 
+def checkpoint_model_folder(path: str | Path) -> Path:
+    """A training checkpoint's model folder (``model/`` with a config.json), else the path itself
+    (which may hold no model at all: loaders check)."""
+    p = Path(path)
+    sub = p / CHECKPOINT_MODEL_SUBDIR
+    return sub if (sub / "config.json").is_file() else p
+
+
 def find_weights(name: str) -> Path | None:
     """The first folder holding weights for ``name``, or None."""
     return next((c for c in candidates(name) if _holds_weights(c)), None)
-
-
-def weights_folder(name: str) -> Path:
-    """Like find_weights, but raises a clear error when there are none."""
-    if name not in ZOO:
-        raise ValueError(f"unknown model {name!r}; the zoo has {names()}")
-    p = find_weights(name)
-    if p is None:
-        e = ZOO[name]
-        looked = ", ".join(str(c) for c in candidates(name))
-        how = f"; {e.install}" if e.install else ""
-        raise FileNotFoundError(f"no weights for {name!r} (looked in {looked}); source: {e.source}{how}")
-    return p
 
 
 def disk_bytes(folder: str | Path) -> int:

@@ -11,6 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.workspace import make_blocks
+
 
 @dataclass
 class StreamStats:
@@ -24,9 +27,6 @@ def plan_blocks(all_sources: list[str], done: set[str], by_key: dict, ids: dict[
                 block_size: int) -> tuple[list[str], list[tuple[str, list[str], list[str]]]]:
     """(records still to do, their work blocks ``(key, sources as JSON, record ids)``). Small jobs
     get smaller blocks, so reading is spread over several tasks (>= ~8 blocks)."""
-    from ecgbatch.pipelines import sources as src
-    from ecgbatch.pipelines.workspace import make_blocks
-
     todo = [s for s in all_sources if s not in done]
     bs = max(1, min(block_size, math.ceil(len(todo) / 8)))
     blocks = [(k, [src.source_to_json(by_key[s]) for s in chunk], [ids[s] for s in chunk])

@@ -25,6 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ecgbatch.encoders import ZeroShotClassifier
+from ecgbatch.encoders.probes import find_probe, LinearProbe
+from ecgbatch.encoders.zeroshot import BUILTIN, ECGCHAT_ALIASES
+from ecgbatch.pipelines.ray_common import NO_ACTOR_RESTARTS, no_restart_warning
+from ecgbatch.pipelines.table_model import load_table_model, table_weights_folder
 from ecgbatch.pipelines.workspace import ModelTable, atomic_write_table
 
 UNTRAINED_NOTE = "untrained: no training records, never predicted"
@@ -90,8 +95,6 @@ class ProbeUDF:
     [N, C] (calibrated probabilities, NaN for untrained labels), predicted, top."""
 
     def __init__(self, probe: dict):
-        from ecgbatch.encoders.probes import LinearProbe
-
         self.probe = LinearProbe.from_dict(probe) if isinstance(probe, dict) else probe
         self.labels = self.probe.labels
 
@@ -128,43 +131,20 @@ class ClassifyResult:
 
 
 def make_udf(model, labels, *, softmax: bool = False, top_k: int = 1, threshold: float | None = None):
-    from ecgbatch.encoders import ZeroShotClassifier
-
     zs = ZeroShotClassifier(model, labels)
     return zs, ZeroShotUDF(zs.class_embeddings, zs.logit_scale, zs.labels, softmax, top_k, threshold)
 
 
-def weights_folder_of(model: str, pretrained: str | None) -> Path | None:
-    """The folder holding a model's weights (where its probes live), or None (random init,
-    an ECG-Chat .pt file)."""
-    from ecgbatch.encoders.checkpoint import is_model_folder
-    from ecgbatch.models import registry
-
-    if is_model_folder(model):
-        return Path(model)
-    if pretrained == "default":
-        return registry.find_weights(model)
-    if pretrained is not None and is_model_folder(pretrained):
-        return Path(pretrained)
-    return None
-
-
 def table_probe(table: ModelTable, labels) -> Path | None:
     """The probe file for label set ``labels`` beside the weights that embedded ``table``."""
-    from ecgbatch.encoders.probes import find_probe
-    from ecgbatch.encoders.zeroshot import BUILTIN, ECGCHAT_ALIASES
-
     name = ECGCHAT_ALIASES.get(str(labels), str(labels))
     if name not in BUILTIN:
         return None
-    meta = table.read_meta()
-    return find_probe(weights_folder_of(meta["model"], meta.get("create_args", {}).get("pretrained")), name)
+    return find_probe(table_weights_folder(table), name)
 
 
 def load_probe_for(table: ModelTable, path: str | Path):
     """The probe at ``path``, refused unless it was fitted on the embeddings of this table's model."""
-    from ecgbatch.encoders.probes import LinearProbe
-
     probe = LinearProbe.load(path)
     meta = table.read_meta()
     probe.check_model(meta.get("weights_hash"), what=f"the embeddings in {table.root}")
@@ -217,8 +197,6 @@ def run(table: ModelTable, labels: str, *, output: str | Path | None = None, sof
         udf = ProbeUDF(load_probe_for(table, probe_file))
         name, lab, prefix, untrained = udf.probe.labelset, udf.labels, "prob_", udf.probe.untrained
     else:
-        from ecgbatch.pipelines.search import load_table_model
-
         model = model or load_table_model(table)
         zs, udf = make_udf(model, labels, softmax=softmax, top_k=top_k, threshold=threshold)
         name, lab, prefix, untrained = zs.labelset.name, zs.labels, "score_", ()
@@ -242,8 +220,6 @@ def build_dataset(table: ModelTable, udf: ZeroShotUDF | ProbeUDF, *, encoders: i
     """The same scoring as a Ray Data job over the shards (for tables on a cluster)."""
     import ray
     from ray.data import ActorPoolStrategy
-
-    from ecgbatch.pipelines.embed import NO_ACTOR_RESTARTS, no_restart_warning
 
     ds = ray.data.read_parquet([str(f) for f in table.shard_files()],
                                columns=["record_id", "source", "embedding"])

@@ -12,183 +12,40 @@ never duplicates a record (see ecgbatch.pipelines.workspace).
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ecgbatch.models import load_model  # -> (model, the create_model args the actors rebuild it with)
-from ecgbatch.pipelines import ray_connect
+from ecgbatch.device import embed_batch_size
+from ecgbatch.models import create_model, load_model
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
 from ecgbatch.pipelines.job_progress import JobProgress
+from ecgbatch.pipelines.progress import RecordProgress
+from ecgbatch.pipelines.ray_common import NO_ACTOR_RESTARTS, no_restart_warning, quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
+from ecgbatch.pipelines.sources import list_sources
+from ecgbatch.pipelines.table_model import model_weights_hash
 from ecgbatch.pipelines.workspace import ModelTable, default_workspace, model_key
-from ecgbatch.signal.content import physiological_flags
 
 DEFAULT_MODEL = "ecg-coca-mini"
 DEFAULT_BLOCK_SIZE = 128
-LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
-# Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm,
-# the frontal QRS axis in degrees and the RR irregularity (RMSSD / mean RR, ecgbatch.signal.rate).
-MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "axis_deg", "rr_nrmssd")
-FAILURE_FIELDS = ("source", "record_id", "stage", "error_type", "error_kind", "message")
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1: read + preprocess (plain function, runs as Ray tasks; testable without Ray)
+# Stage 2: encode (callable class: the model is loaded once per actor); stage 1, the read, is
+# ecgbatch.pipelines.read_stage
 # ---------------------------------------------------------------------------------------------
-def _meta_fields(meta: dict[str, Any]) -> dict[str, Any]:
-    """age, sex, diagnoses text and label codes from a Record's meta (never identifiers)."""
-    age = meta.get("age")
-    try:
-        age = float(age) if age is not None and str(age).strip() != "" else math.nan
-    except (TypeError, ValueError):
-        age = math.nan
-    sex = meta.get("sex")
-    sex = str(sex) if sex is not None else ""
-    diag = next((meta[k] for k in ("diagnoses", "diagnosis_text", "diagnosis_statements", "report",
-                                   "dx_names")
-                 if meta.get(k)), "")
-    if isinstance(diag, (list, tuple)):
-        diag = "; ".join(str(d) for d in diag)
-    labels = next((meta[k] for k in ("labels", "label_codes", "dx_codes", "scp_codes") if meta.get(k)), ())
-    if isinstance(labels, dict):  # e.g. PTB-XL scp_codes {code: likelihood}
-        labels = list(labels)
-    elif isinstance(labels, str):
-        labels = [p.strip() for p in labels.replace(";", ",").split(",") if p.strip()]
-    labels = [str(v) for v in (labels or ())]
-    quality = [str(q) for q in (meta.get("quality") or ())]
-    return {"age": age, "sex": sex, "diagnoses": str(diag or ""), "labels": LABEL_SEP.join(labels),
-            "quality": LABEL_SEP.join(quality)}
-
-
-def _measure(record) -> dict[str, float]:
-    from ecgbatch.signal.measure import measure
-
-    m = measure(record)
-    failed = m.quality == "failed"
-    out = {}
-    for k in MEASUREMENT_COLUMNS:
-        v = float(getattr(m, k))
-        out[k] = math.nan if failed or not math.isfinite(v) else v
-    return out
-
-
-def read_one(source, config, measure: bool) -> dict[str, Any]:
-    """One record -> a row dict (ok=True with x, or ok=False with stage/error fields).
-
-    Typed input errors (ecgbatch.io.errors.EcgReadError) become failure rows with their kind;
-    any other exception is recorded too (error_kind="unexpected") so one odd file cannot stop an
-    archive-wide job, and it is visible in the failures table and the summary."""
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.signal import preprocess
-
-    row: dict[str, Any] = {"source": source.key, "ok": False, "stage": "read", "error_type": "",
-                           "error_kind": "", "message": "", "x": None, "notes": ""}
-    stage = "read"
-    try:
-        with src.local_source(source) as local:
-            rec = local.read()
-        stage = "preprocess"
-        flags = physiological_flags(rec.signal, rec.leads, rec.units)   # the report job refuses
-        rec.meta["quality"] = list(dict.fromkeys([*(rec.meta.get("quality") or ()), *flags]))
-        pre = preprocess(rec, config)
-        row.update(_meta_fields(rec.meta or {}))
-        row["fs"] = float(rec.fs)
-        row["duration_s"] = float(rec.duration_s)
-        notes = list(pre.notes)
-        if measure:  # a record that cannot be measured is still embedded: null columns + a note
-            try:
-                row.update(_measure(rec))
-            except Exception as exc:  # noqa: BLE001 - kept in preprocess_notes
-                notes.append(f"measurements failed: {type(exc).__name__}: {exc}")
-        row["notes"] = "; ".join(notes)
-        row.update(ok=True, stage="", x=pre.x)
-    except EcgReadError as exc:
-        row.update(stage=stage, error_type=type(exc).__name__, error_kind=exc.kind, message=str(exc))
-    except Exception as exc:  # noqa: BLE001 - recorded as a failure row, never dropped
-        row.update(stage=stage, error_type=type(exc).__name__, error_kind="unexpected",
-                   message=f"{type(exc).__name__}: {exc}")
-    return row
-
-
-def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True,
-                        rhythm: dict | None = None, ledger=None) -> dict[str, np.ndarray]:
-    """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
-
-    Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
-    (zeros for failed rows), age, sex, diagnoses, labels, quality (reader flags), fs, duration_s,
-    notes, measurements (NaN unless ``measure``); with ``rhythm`` (the model's ``rhythm_spec``)
-    also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
-    so that the encoder actors only run the network. ``ledger`` (read_ledger.start_ledger): a
-    record whose worker process died in an earlier attempt of this task becomes a failure row."""
-    from ecgbatch.pipelines.read_ledger import ReadTracker, crash_row
-    from ecgbatch.signal.config import PreprocessConfig
-
-    cfg = PreprocessConfig.from_dict(preprocess)
-    n_leads, n_samples = len(cfg.leads), cfg.n_samples
-    tracker = ReadTracker(ledger)
-    rows = []
-    for blk, sources, ids in zip(batch["block"], batch["sources"], batch["ids"]):
-        died = tracker.begin(str(blk))
-        for s, rid in zip(list(sources), list(ids)):
-            source = src.source_from_json(str(s))
-            if source.key in died:
-                r = crash_row(source.key)
-            else:
-                tracker.reading(str(blk), source.key)
-                r = read_one(source, cfg, measure)
-            r["block"], r["record_id"] = str(blk), str(rid)
-            rows.append(r)
-        tracker.finish(str(blk))
-    if n_samples is None:
-        shapes = {r["x"].shape for r in rows if r["ok"]}
-        if len(shapes) > 1:
-            raise ValueError(f"PreprocessConfig.n_samples=None gives records of different lengths "
-                             f"{sorted(shapes)}; the embed pipeline needs a fixed length")
-        n_samples = next(iter(shapes))[1] if shapes else 1
-    out: dict[str, np.ndarray] = {}
-    for k in ("block", "source", "record_id", "stage", "error_type", "error_kind", "message",
-              "sex", "diagnoses", "labels", "quality", "notes"):
-        out[k] = np.array([str(r.get(k, "")) for r in rows], dtype=object)
-    out["ok"] = np.array([r["ok"] for r in rows], dtype=bool)
-    for k in ("age", "fs", "duration_s", *MEASUREMENT_COLUMNS):
-        out[k] = np.array([r.get(k, math.nan) for r in rows], dtype=np.float64)
-    x = np.zeros((len(rows), n_leads, n_samples), dtype=np.float32)
-    for i, r in enumerate(rows):
-        if r["ok"]:
-            x[i] = r["x"]
-    out["x"] = x
-    if rhythm is not None:
-        from ecgbatch.encoders.rhythm import rhythm_inputs
-
-        out["rhythm_features"], out["rhythm_rr_ms"] = rhythm_inputs(x[:, int(rhythm["lead_index"])],
-                                                                    float(rhythm["fs"]))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 2: encode (callable class: the model is loaded once per actor)
-# ---------------------------------------------------------------------------------------------
-def model_weights_hash(model) -> str:
-    """The identity of a model's weights (ecgbatch.encoders: sha256 over the sorted state dict)."""
-    return str(model.weights_hash)
-
-
 class EncoderUDF:
     """Ray Data actor: the ECG tower of one model, loaded once, on the actor's GPU when it has one."""
 
     def __init__(self, model: str, spec: dict[str, Any], weights_hash: str, use_gpu: bool = False,
                  torch_threads: int | None = None):
         import torch
-
-        from ecgbatch.models import create_model
 
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -214,52 +71,6 @@ class EncoderUDF:
             emb[ok] = self.model.embed_ecgs(x[ok], rhythm=given)
         batch["embedding"] = emb
         return batch
-
-
-# ---------------------------------------------------------------------------------------------
-# The dataset
-# ---------------------------------------------------------------------------------------------
-def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, measure: bool = False,
-               rhythm: dict | None = None):
-    """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
-    ``(key, sources, ids)`` running read_and_preprocess."""
-    import ray
-
-    items = [{"block": k, "sources": list(s), "ids": list(i)} for k, s, i in blocks]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # Each read task holds one block of model inputs (plus the decoded records): declaring that
-    # memory lets Ray pack tasks safely, and (as different remote args) keeps this CPU stage out
-    # of the model actors, so reading overlaps the model instead of taking turns with it.
-    n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
-    block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
-    # a worker that dies on a record (native crash, OOM kill) is retried without that record
-    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, start_ledger
-
-    return ds.map_batches(read_and_preprocess, batch_size=1,
-                          fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
-                                     "ledger": start_ledger()},
-                          num_cpus=1, memory=block_bytes,
-                          ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
-
-
-# Ray Data hands every actor its UDF and context as object-store references, and by default
-# restarts dead actors (max_restarts=-1); Ray's core worker then logs an ERROR line for every
-# actor ("... has constructor arguments in the object store and max_restarts > 0 ...", ray issue
-# 53727), although nothing failed. Our constructor arguments are already small (a model name,
-# its create_model spec, a hash), so the cause is the restart policy: no actor restarts. A dead
-# actor then fails the job, and rerunning it redoes only the blocks that were not committed.
-# Ray 2.60 has no named map_batches parameter for it, and warns that extra remote arguments
-# are deprecated (from 2.64): no_restart_warning() silences that one warning where we pass it.
-NO_ACTOR_RESTARTS = {"max_restarts": 0}
-
-
-@contextmanager
-def no_restart_warning() -> Iterator[None]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        yield
 
 
 def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str, spec: dict[str, Any],
@@ -288,24 +99,6 @@ def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str,
 # ---------------------------------------------------------------------------------------------
 # Driver: shards
 # ---------------------------------------------------------------------------------------------
-def metadata_columns(rows: list[dict[str, Any]]) -> dict[str, pa.Array]:
-    """The record metadata columns of a shard (age, sex, diagnoses, labels, quality, fs,
-    duration, measurements, preprocess notes) from read_and_preprocess rows."""
-    cols: dict[str, pa.Array] = {
-        "age": pa.array([None if math.isnan(r["age"]) else r["age"] for r in rows], pa.float64()),
-        "sex": pa.array([r["sex"] or None for r in rows], pa.string()),
-        "diagnoses": pa.array([r["diagnoses"] for r in rows], pa.string()),
-        "labels": pa.array([[v for v in r["labels"].split(LABEL_SEP) if v] for r in rows],
-                           pa.list_(pa.string())),
-        "quality": pa.array([[v for v in r["quality"].split(LABEL_SEP) if v] for r in rows],
-                            pa.list_(pa.string())),
-    }
-    for k in ("fs", "duration_s", *MEASUREMENT_COLUMNS):
-        cols[k] = pa.array([None if math.isnan(r[k]) else r[k] for r in rows], pa.float64())
-    cols["preprocess_notes"] = pa.array([r["notes"] for r in rows], pa.string())
-    return cols
-
-
 def embeddings_table(rows: list[dict[str, Any]], signature: dict[str, str], dim: int) -> pa.Table:
     """The shard of one block (ok rows only); an empty table with the full schema when none."""
     emb = np.asarray([r["embedding"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
@@ -319,10 +112,6 @@ def embeddings_table(rows: list[dict[str, Any]], signature: dict[str, str], dim:
     }
     cols.update(metadata_columns(rows))
     return pa.table(cols)
-
-
-def failures_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.table({k: pa.array([str(r[k]) for r in rows], pa.string()) for k in FAILURE_FIELDS})
 
 
 @dataclass
@@ -347,47 +136,8 @@ class EmbedSummary:
         return (self.embedded + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
 
-@contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterator[None]:
-    """A new local Ray started here (and shut down after), an existing cluster (``address``:
-    "auto", "host:port" or "ray://host:port"; see ecgbatch.pipelines.ray_connect), or the session
-    the caller already started (left running)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-
-    ray_connect.init_ray(address, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def _jsonable(d: dict) -> dict:
     return {str(k): (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in d.items()}
-
-
-def list_sources(root: str) -> list:
-    """Every RecordSource of an archive, via ecgbatch.io's cheap listing (no signal decoding);
-    pyarrow filesystem URIs are listed by sources.list_remote."""
-    if src.is_uri(root):
-        return src.list_remote(root)
-    from ecgbatch.io import list_records
-
-    return list(list_records(root))
-
-
-def _quiet_ray_data() -> None:
-    import logging
-
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the driver draws one rich bar instead
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def run(archive: str, workspace: str | os.PathLike | None = None, model: str = DEFAULT_MODEL, *,
@@ -406,9 +156,6 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
 
     Exactly-once and resumable: records already committed (embedded or failed) are skipped, the
     rest is cut into blocks of ``block_size`` and committed block by block."""
-    from ecgbatch.device import embed_batch_size
-    from ecgbatch.pipelines.progress import RecordProgress
-
     t0 = time.perf_counter()
     root = src.normalize_root(archive)
     ws = default_workspace() if workspace is None else workspace
@@ -443,7 +190,7 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
             with ray_session(address, num_cpus):
                 import ray
 
-                _quiet_ray_data()
+                quiet_ray_data()
                 if gpus_per_encoder is None:
                     gpus_per_encoder = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
                 batch_size = embed_batch_size(gpus_per_encoder > 0, batch_size)
@@ -464,8 +211,6 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
 def _consume(ds, table: ModelTable, expected: dict[str, int], signature: dict[str, str], dim: int,
              summary: EmbedSummary, bar) -> None:
     """Group the streamed rows by block and commit each block as soon as it is complete."""
-    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
-
     def commit(key: str, rows: list[dict[str, Any]]) -> None:
         ok, bad = split_failures(rows)
         table.commit_block(key, embeddings_table(ok, signature, dim), failures_table(bad))

@@ -31,13 +31,18 @@ import pyarrow as pa
 from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size, table_dtype,
                              tensor_parallel_size)
 from ecgbatch.io.errors import NoPhysiologicalContentError
+from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.blocks import plan_blocks
+from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
 from ecgbatch.pipelines.job_progress import JobProgress
-from ecgbatch.pipelines.workspace import ReportTable, default_workspace, model_key
+from ecgbatch.pipelines.progress import RecordProgress
+from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_stage import LABEL_SEP, failures_table, metadata_columns, read_stage
+from ecgbatch.pipelines.sources import list_sources
+from ecgbatch.pipelines.workspace import atomic_write_table, default_workspace, model_key, ReportTable
+from ecgbatch.serving.errors import EcgLlavaError
 from ecgbatch.signal.content import NO_CONTENT
 
-DEFAULT_QUESTION = "Please describe this ECG."
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
 PROMPT_MODES = ("report", "question", "ddp", "rag")
@@ -121,9 +126,7 @@ class ReportUDF:
         return self._ids[question]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ecgbatch.pipelines.embed import LABEL_SEP
         from ecgbatch.serving.engine import EcgRequest
-        from ecgbatch.serving.errors import EcgLlavaError
 
         x = batch.pop("x")
         n = len(x)
@@ -215,8 +218,6 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     generating, one whole block per call."""
     from ray.data import ActorPoolStrategy
 
-    from ecgbatch.pipelines.embed import read_stage
-
     if batch_size < 1 or engines < 1:
         raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
     ds = read_stage(blocks, preprocess)
@@ -240,8 +241,6 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
 # ---------------------------------------------------------------------------------------------
 def reports_table(rows: list[dict[str, Any]], signature: dict[str, str]) -> pa.Table:
     """The shard of one block (reported rows only; the full schema even when empty)."""
-    from ecgbatch.pipelines.embed import metadata_columns
-
     n = len(rows)
     cols: dict[str, pa.Array] = {
         "record_id": pa.array([str(r["record_id"]) for r in rows], pa.string()),
@@ -292,9 +291,6 @@ class ReportSummary:
 
 def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[str, str],
              summary: ReportSummary, bar) -> None:
-    from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, split_failures
-    from ecgbatch.pipelines.embed import failures_table
-
     def commit(key: str, rows: list[dict[str, Any]]) -> None:
         ok, bad = split_failures(rows)
         table.commit_block(key, reports_table(ok, signature), failures_table(bad))
@@ -345,8 +341,6 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
     skipped, the rest is cut into blocks of ``block_size`` committed one by one. ``batch_size``
     (requests per engine call) defaults to 32 on CPU and 256 on GPU, where each engine's
     max_num_seqs is sized for its memory (ecgbatch.device) instead of following the batch."""
-    from ecgbatch.pipelines.embed import _quiet_ray_data, list_sources, ray_session
-    from ecgbatch.pipelines.progress import RecordProgress
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
     t0 = time.perf_counter()
@@ -379,7 +373,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
             with ray_session(address, num_cpus):
                 import ray
 
-                _quiet_ray_data()
+                quiet_ray_data()
                 if gpus_per_engine is None:
                     gpus_per_engine = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
                 batch_size = report_batch_size(gpus_per_engine > 0, batch_size, DEFAULT_BATCH_SIZE)
@@ -404,8 +398,6 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
 def export(table: ReportTable, out: str | os.PathLike) -> Path:
     """Every committed report of ``table`` in one file (.parquet, or .jsonl one object a line),
     written atomically."""
-    from ecgbatch.pipelines.workspace import atomic_write_table
-
     out = Path(out)
     t = table.read_table()
     if out.suffix == ".parquet":

@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.workspace import ReportTable
+
 
 _CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
@@ -38,7 +40,6 @@ def _doc(title: str, body: str) -> str:
 
 def _plot(source: str, record_id: str, dest: Path) -> str | None:
     """The record's 12-lead plot as PNG at ``dest``; None and the reason when it cannot be drawn."""
-    from ecgbatch.pipelines import sources as src
     from ecgbatch.signal.plot import plot_ecg
 
     tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.tmp.png")

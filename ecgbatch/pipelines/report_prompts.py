@@ -7,7 +7,7 @@ the engine actors; it loads what it needs once and adds a ``question`` column.
   reference workspace nearest to this ECG (ECG-to-ECG cosine, W's FAISS index) as examples.
 - ``--ddp`` (diagnosis-driven prompt): the labels ecgbatch's calibrated probes (shipped beside
   the encoder's weights) give the record, with their probabilities, before the question; the
-  findings and the prompt text are ecgbatch.llava.ddp's, as for single records, evaluation and
+  findings and the prompt text are ecgbatch.llava.diagnosis_prompt's, as for single records, evaluation and
   training (here the workspace's embeddings are used instead of recomputing them).
 
 Reference texts: the newest report table of W (``ecgbatch report --input`` run on the reference
@@ -21,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from ecgbatch.llava.ddp import ddp_question, findings_from_embeddings
+from ecgbatch.encoders.probes import LinearProbe
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings, probe_files
+from ecgbatch.pipelines.table_model import table_weights_folder
+from ecgbatch.pipelines.workspace import ModelTable, open_table, ReportTable
+
 
 RAG_INTRO = "Reports of ECGs similar to this one:"
 RAG_ASK = "Using them only as examples, {question}"
@@ -37,8 +41,6 @@ def rag_question(question: str, examples: list[str]) -> str:
 def reference_texts(reference: Path) -> tuple[dict[str, str], str]:
     """record_id -> example text of a reference workspace, and where the texts came from."""
     import pyarrow.parquet as pq
-
-    from ecgbatch.pipelines.workspace import ReportTable, open_table
 
     metas = sorted(reference.glob("report-*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for m in metas:
@@ -61,7 +63,6 @@ class _EmbeddingPrompts:
 
     def __init__(self, query_table: str, question: str):
         from ecgbatch.index.store import embeddings_to_numpy
-        from ecgbatch.pipelines.workspace import ModelTable
 
         table = ModelTable(Path(query_table).parent, Path(query_table).name)
         self.weights_hash = table.read_meta().get("weights_hash")
@@ -119,13 +120,11 @@ class RagPromptUDF(_EmbeddingPrompts):
                 for hs in self.neighbours(vectors, sources)]
 
 
-class DdpPromptUDF(_EmbeddingPrompts):
-    """``question`` = the record's DDP findings (ecgbatch.llava.ddp: the encoder's calibrated
+class DiagnosisPromptUDF(_EmbeddingPrompts):
+    """``question`` = the record's DDP findings (ecgbatch.llava.diagnosis_prompt: the encoder's calibrated
     probes on the workspace's embedding, the paper's rule) + the base question."""
 
     def __init__(self, query_table: str, probe_files: list[str], question: str):
-        from ecgbatch.encoders.probes import LinearProbe
-
         super().__init__(query_table, question)
         self.probes = [LinearProbe.load(p) for p in probe_files]
         for pr in self.probes:
@@ -135,15 +134,13 @@ class DdpPromptUDF(_EmbeddingPrompts):
         return findings_from_embeddings(self.probes, vectors)
 
     def questions(self, vectors, sources):
-        return [ddp_question(self.question, f) for f in self.findings(vectors)]
+        return [diagnosis_prompt(self.question, f) for f in self.findings(vectors)]
 
 
 def prepare(settings, workspace, reference, archive):
     """(prompt stage for build_dataset, settings with the reference recorded) for ddp/rag."""
-    from ecgbatch.pipelines.workspace import open_table
-
     if settings.mode == "ddp":
-        stage = _prepare_ddp(settings, workspace, archive)
+        stage = prepare_diagnosis_prompts(settings, workspace, archive)
         return stage, replace(settings, reference=stage[1]["fn_constructor_kwargs"]["query_table"])
     if reference is None:
         raise ValueError("--rag K needs --reference WORKSPACE")
@@ -172,20 +169,14 @@ def _actor_args() -> dict:
     return {"compute": ActorPoolStrategy(size=1), "num_cpus": 0, "max_restarts": 0}
 
 
-def _prepare_ddp(settings, workspace, archive):
+def prepare_diagnosis_prompts(settings, workspace, archive):
     """The ddp stage: the newest embedding table of the workspace and its model's probes."""
-    from ecgbatch.llava.ddp import probe_files
-    from ecgbatch.models import registry
-    from ecgbatch.pipelines.workspace import open_table
-
     try:
         table = open_table(Path(workspace))
     except (FileNotFoundError, ValueError) as exc:
         raise FileNotFoundError(f"--ddp labels records from their embeddings: run `ecgbatch embed {archive} "
                                 f"-w {workspace}` first ({exc})") from None
-    meta = table.read_meta()
-    name = str(meta.get("model"))
-    folder = registry.weights_folder(name) if registry.get(name) is not None else Path(name)
-    probes = [str(p) for p in probe_files(folder, name)]
-    return (DdpPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
+    name = str(table.read_meta().get("model"))
+    probes = [str(p) for p in probe_files(table_weights_folder(table), name)]
+    return (DiagnosisPromptUDF, {"fn_constructor_kwargs": {"query_table": str(table.root), "probe_files": probes,
                                                      "question": settings.question}, **_actor_args()})

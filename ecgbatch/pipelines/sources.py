@@ -18,6 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from ecgbatch.io import list_records
+from ecgbatch.io.entries import RecordSource
+
 
 def is_uri(path: str) -> bool:
     return "://" in str(path)
@@ -82,8 +85,6 @@ def source_to_json(source) -> str:
 
 
 def source_from_json(blob: str):
-    from ecgbatch.io.entries import RecordSource
-
     d = json.loads(blob)
     d["files"] = tuple(d.get("files") or ())
     return RecordSource(**d) if "format" in d else RecordSource(path=d["path"], format="")
@@ -98,8 +99,6 @@ def list_remote(uri: str) -> list:
     stem, the main file picked by extension (header first); the format is detected after the
     record's files were copied (see local_source). Files no reader takes are not listed."""
     from pyarrow import fs as pafs
-
-    from ecgbatch.io.entries import RecordSource
 
     fs, base = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=False))
@@ -154,3 +153,12 @@ def local_source(source) -> Iterator:
         yield replace(source, path=os.path.join(tmp, name), format=source.format or None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def list_sources(root: str) -> list:
+    """Every RecordSource of an archive, via ecgbatch.io's cheap listing (no signal decoding);
+    pyarrow filesystem URIs are listed by sources.list_remote."""
+    if is_uri(root):
+        return list_remote(root)
+
+    return list(list_records(root))

@@ -34,17 +34,12 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ecgbatch._paths import default_workspace  # noqa: F401 - the workspace of every job
 from ecgbatch.errors import EcgbatchError
 
 SCHEMA_VERSION = 1
 SHARD_PREFIX = "part-"
 _TMP_SUFFIX = ".tmp"
-
-
-def default_workspace() -> Path:
-    """$ECGBATCH_WORKSPACE when set, else ~/.ecgbatch/workspace."""
-    env = os.environ.get("ECGBATCH_WORKSPACE")
-    return Path(env).expanduser() if env else Path.home() / ".ecgbatch" / "workspace"
 
 
 def model_key(model_name: str, weights_hash: str, preprocess_hash: str) -> str:

@@ -20,6 +20,8 @@ from typing import AsyncIterator
 import numpy as np
 
 from ecgbatch.device import detect
+from ecgbatch.llava.loading import load_tokenizer
+from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.serving import folder as folders
 from ecgbatch.serving.engine import context_length, vllm_engine_args
 from ecgbatch.serving.errors import ContextLengthError, ModelFolderError
@@ -63,7 +65,6 @@ class AsyncEcgLlava:
     def __init__(self, model_dir: Path, config, served_name: str, loras: dict, engine, max_model_len: int):
         self.model_dir, self.config, self.served_name = model_dir, config, served_name
         self.loras, self.engine, self.max_model_len = loras, engine, max_model_len
-        from ecgbatch.llava.loading import load_tokenizer
         from ecgbatch.serving.ecg_llava_vllm import ecg_token_count
 
         self.tokenizer = load_tokenizer(model_dir, config)
@@ -119,8 +120,6 @@ class AsyncEcgLlava:
         return [self.served_name, *(n for n in self.loras if n != self.served_name)]
 
     def prompt_ids(self, question: str, history=None) -> list[int]:
-        from ecgbatch.llava.prompting import prompt_ids
-
         return prompt_ids(self.tokenizer, question, self.config, history)
 
     def check_length(self, prompt_ids: list[int], max_tokens: int) -> int:

@@ -34,6 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.io import read_record
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.leads import canonical_lead
+from ecgbatch.io.record import Record
+from ecgbatch.llava.inputs import preprocess_for_model
+from ecgbatch.signal.content import NO_CONTENT, physiological_flags
+
 MAX_PATH_CHARS = 1024       # ecg.path; each component at most NAME_MAX (255) as on Linux
 MAX_NAME_CHARS = 255
 _ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s'\"/:]+/)+(?=[^\s'\"/:]*)")
@@ -228,9 +235,6 @@ def parse_chat_request(body, ecg_token: str, limits: Limits, default_max_tokens:
 # -- the ECG part --------------------------------------------------------------------------------
 def decode_inline(spec: dict, limits: Limits):
     """A ``Record`` from an inline ECG part (base64 float32 lead-major, rate, lead names)."""
-    from ecgbatch.io.leads import canonical_lead
-    from ecgbatch.io.record import Record
-
     leads, fs, units = spec.get("leads"), spec.get("fs"), spec.get("units", "mV")
     if not isinstance(leads, list) or not leads or not all(isinstance(x, str) for x in leads):
         _fail("ecg.leads must be a non-empty list of lead names (e.g. ['I', 'II', ..., 'V6'])")
@@ -299,9 +303,6 @@ def _under(root: Path, path: Path, rel: str) -> Path:
 
 def ecg_record(spec, ecg_dir: Path | None, limits: Limits):
     """The part's Record and a display name (never the server's absolute path)."""
-    from ecgbatch.io import read_record
-    from ecgbatch.io.errors import EcgReadError
-
     if not isinstance(spec, dict):
         _fail("an ECG part needs an 'ecg' object with 'data' (inline) or 'path'")
     if ("data" in spec) == ("path" in spec):
@@ -335,10 +336,6 @@ def public_message(msg: str, *folders) -> str:
 
 def model_input(spec, config, ecg_dir: Path | None, limits: Limits) -> np.ndarray:
     """The ECG part -> the model's input array (the same preprocessing ``report`` uses)."""
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.llava.inputs import preprocess_for_model
-    from ecgbatch.signal.content import NO_CONTENT, physiological_flags
-
     rec, name = ecg_record(spec, ecg_dir, limits)
     flags = physiological_flags(rec.signal, rec.leads, rec.units)
     if NO_CONTENT in flags:     # no confident report on a flat, saturated or absurd signal

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from ecgbatch.device import Device, ModelShape, detect, engine_settings
+from ecgbatch.llava.loading import load_tokenizer
+from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.serving import folder as folders
 from ecgbatch.serving.errors import ContextLengthError, EcgInputError, EcgPromptError
 
@@ -34,6 +36,16 @@ log = logging.getLogger(__name__)
 # prefill 38.9 s -> 23.9 s, decode step at 60 sequences 725 -> 456 ms. Set VLLM_CPU_OMP_THREADS_BIND
 # to override.
 SMALL_CPU_CORES = 4
+
+
+def engine_env(log_stream: bool = True) -> None:
+    """vLLM's defaults for the generative commands, set before vLLM is imported: its log at
+    WARNING (on stderr with ``log_stream``: stdout is the report, --json), a small KV cache on CPU
+    unless the user set one."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if log_stream:
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def default_cpu_thread_binding() -> str | None:
@@ -169,16 +181,12 @@ class EcgLlavaEngine:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ecgbatch.llava.loading import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.model_dir, self.config)
         return self._tokenizer
 
     def prompt_ids(self, question: str, history=None) -> list[int]:
         """The generation prompt for ``question`` in the model's prompt format, as token ids
         (the same ids the HF path uses)."""
-        from ecgbatch.llava.prompting import prompt_ids
-
         return prompt_ids(self.tokenizer, question, self.config, history)
 
     # -- LoRA ------------------------------------------------------------------------------------

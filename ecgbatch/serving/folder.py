@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from ecgbatch.device import Device, attention_head_sizes, detect
+from ecgbatch.llava.loading import (check_adapter as check_fits, check_weights, load_tokenizer, read_adapter,
+                                    read_config)
 from ecgbatch.serving import head_padding
 from ecgbatch.serving.errors import AdapterMismatchError, ModelFolderError, UnsupportedLoraRankError
 
@@ -28,8 +30,6 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 def check_model_folder(folder: str | Path):
     """Check config, weights (names and shapes, from the safetensors headers) and tokenizer of an
     ECG-LLaVA folder with ecgbatch.llava's strict checks; returns its config."""
-    from ecgbatch.llava.loading import check_weights, load_tokenizer, read_config
-
     p = Path(folder)
     config = read_config(p)
     check_weights(p, config)
@@ -52,8 +52,6 @@ def check_adapter(adapter: str | Path, config, max_lora_rank: int | None = None)
     """A peft adapter for THIS model's language model (ecgbatch.llava's check, against the LM
     built on the meta device) with a rank vLLM serves; returns the rank."""
     from transformers import AutoModelForCausalLM
-
-    from ecgbatch.llava.loading import check_adapter as check_fits, read_adapter
 
     adapter_cfg, tensors = read_adapter(adapter)
     rank = int(adapter_cfg.get("r", 0))

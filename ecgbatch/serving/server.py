@@ -38,8 +38,10 @@ from pathlib import Path
 from fastapi import Request   # module level: the routes' annotations are resolved from here
 from starlette.requests import ClientDisconnect
 
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.serving.chat_request import (ChatJob, Limits, RequestError, is_utf8, model_input,
                                            parse_chat_request)
+from ecgbatch.serving.server_upload import preview
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("web") / "index.html"
@@ -150,8 +152,6 @@ class ChatService:
 
     async def prepare(self, body) -> tuple[ChatJob, object, list[int]]:
         """Parse, check the model name, build the ECG input (in a thread) and the prompt ids."""
-        from ecgbatch.llava.errors import EcgLlavaError
-
         job = parse_chat_request(body, self.engine.config.ecg_token, self.cfg.limits, self.cfg.default_max_tokens)
         if job.model not in self.engine.model_names:
             raise RequestError(f"model {job.model!r} is not served here; GET /v1/models lists "
@@ -280,8 +280,6 @@ def build_app(cfg: ServerConfig, engine_factory=None):
 
     @app.post("/v1/ecg/preview")
     async def ecg_preview(request: Request):
-        from ecgbatch.serving.server_upload import preview
-
         body = await read_json(request, cfg.limits.max_body_bytes, cfg.limits.body_timeout_s)
         return JSONResponse(await asyncio.to_thread(preview, body, cfg.limits))
 

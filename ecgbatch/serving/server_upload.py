@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgbatch.io import read_record
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.io.wfdb_reader import signal_file_names
 from ecgbatch.serving.chat_request import Limits, RequestError, public_message
 
 RECORD_SUFFIXES = (".hea", ".xml", ".mat", ".npy", ".h5", ".hdf5")
@@ -53,9 +56,6 @@ def _unreadable(name: str, exc, folder: Path) -> RequestError:
 
 
 def _record_file(folder: Path, names: list[str]) -> Path:
-    from ecgbatch.io.errors import EcgReadError
-    from ecgbatch.io.wfdb_reader import signal_file_names
-
     for hea in [n for n in names if n.lower().endswith(".hea")]:      # every header, whichever is read
         try:
             refs = signal_file_names(str(folder / hea))
@@ -74,8 +74,6 @@ def _record_file(folder: Path, names: list[str]) -> Path:
 
 def preview(body, limits: Limits) -> dict:
     """Read the uploaded record; returns {"ecg": inline part spec, "summary": ..., "plot_png": b64}."""
-    from ecgbatch.io import read_record
-    from ecgbatch.io.errors import EcgReadError
     from ecgbatch.signal.plot import plot_ecg
 
     files = _files(body)

@@ -9,7 +9,7 @@
 - ``job_config``: the job YAML (configs/*.yaml) as dataclasses
 - ``loop``: the one Ray Train loop every job runs (setup, ``precision``, resume, step,
   validate, checkpoint, report; ``plan_run`` + ``launch`` on the driver); a job supplies a task
-- ``coca_task``: the step module (what DDP wraps), freezing, optimizer groups
+- ``coca_task``: the step module (what DistributedDataParallel wraps), freezing, optimizer groups
 - ``coca_job``: ``CocaTrainTask`` + ``run_job``; ``llava_job``: ``LlavaTrainTask`` + ``run_job``
 - ``checkpointing``: per-epoch checkpoints (model folder + optimizer state), trained-only folders
 - ``validation``: retrieval / zero-shot / text-query metrics on held-out pairs

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ecgbatch.encoders import save_pretrained
-from ecgbatch.encoders.build import CHECKPOINT_MODEL_SUBDIR as MODEL_SUBDIR
+from ecgbatch.models.registry import CHECKPOINT_MODEL_SUBDIR as MODEL_SUBDIR
 # One hash rule for base weights and one marker, shared with the loader that checks them.
 from ecgbatch.encoders.checkpoint import TRAINED_ONLY, load_folder, tensors_hash
 

@@ -16,6 +16,8 @@ from ecgbatch.encoders.zeroshot import ZeroShotClassifier
 from ecgbatch.eval.metrics import roc_auc
 from ecgbatch.eval.retrieval import embed_ecgs, embed_texts, precision_at_k_at_prevalence, retrieval_metrics
 from ecgbatch.eval.zeroshot_eval import keyword_labelset
+from ecgbatch.models import load_model
+from ecgbatch.pipelines.queries import text_vector
 from ecgbatch.text.labels import keyword_labels
 from ecgbatch.training.checkpointing import latest_checkpoint
 from ecgbatch.training.data import fit_texts, token_counter
@@ -43,8 +45,6 @@ class CrossValScores:
 
 def run_model_and_split(run: str | Path):
     """(model of the run's latest checkpoint, held-out paths) of one training run folder."""
-    from ecgbatch.models import load_model
-
     run = Path(run)
     ck = latest_checkpoint(run)
     if ck is None:
@@ -62,8 +62,6 @@ def crossval_scores(runs, pairs, label: str = "af", query: str = "atrial fibrill
                     expand: bool = False) -> CrossValScores:
     """Score every pair held out by one of ``runs`` with that run's model. ``pairs``: the
     PairSet the runs trained on (their pair cache). A record held out by two runs is refused."""
-    from ecgbatch.pipelines.search import text_vector
-
     where = {p: i for i, p in enumerate(pairs.path)}
     seen: set[str] = set()
     ys, ps, qs, src, paths, folds = [], [], [], [], [], []

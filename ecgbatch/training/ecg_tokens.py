@@ -64,7 +64,7 @@ def cached_rows(f: Path, keys: Sequence[str], compute: Callable[[list[int]], np.
                 what: str = "rows", log=None) -> np.ndarray:
     """Rows of the cache file ``f`` for ``keys`` (``record_key`` of each record), stacked; the
     missing ones are computed in batches by ``compute(indices into keys)`` and the file rewritten
-    once (atomically). The ECG-token cache here and the DDP embedding cache use it."""
+    once (atomically). The ECG-token cache here and the diagnosis-prompt embedding cache use it."""
     rows = _load(f)
     todo = [i for i, k in enumerate(keys) if k not in rows]
     if todo:

@@ -41,7 +41,7 @@ from ecgbatch.training import texts as T
 from ecgbatch.training.data import group_strata, split_by_group, stable_int
 from ecgbatch.training.instruct_format import ECG_TOKEN
 from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
-from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, list_sources, resolve_path, split_record_sources
+from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, resolve_path, split_record_sources
 
 _ALL = tuple(KEYS)
 # Findings each annotation protocol states whenever they are there, so that their absence from

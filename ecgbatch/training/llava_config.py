@@ -43,10 +43,16 @@ class LlavaDataConfig:
     max_items: int | None = None      # a seeded subset (smoke runs, CPU budgets)
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
-    ddp: float = 0.0                  # seeded fraction of report items asked with diagnosis-driven
-                                      # prompts (ecgbatch.training.instruct_ddp; needs the probes of
-                                      # the tower's encoder)
+    diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven
+                                      # prompt (ecgbatch.training.instruct_diagnosis_prompt; needs the
+                                      # probes of the tower's encoder). YAML: data.diagnosis_prompt, or
+                                      # data.ddp (the paper's name, "DDP")
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
+
+    @property
+    def ddp(self) -> float:
+        """``diagnosis_prompt`` under the paper's name (configs and callers that say data.ddp)."""
+        return self.diagnosis_prompt
 
 
 @dataclass
@@ -84,8 +90,9 @@ class LlavaJobConfig:
             raise ValueError(f"amp must be auto|off|bf16|fp16, got {self.amp!r}")
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a plain run name, got {self.name!r}")
-        if not 0.0 <= self.data.ddp <= 1.0:
-            raise ValueError(f"data.ddp must be a fraction in [0, 1], got {self.data.ddp!r}")
+        if not 0.0 <= self.data.diagnosis_prompt <= 1.0:
+            raise ValueError(f"data.diagnosis_prompt (data.ddp) must be a fraction in [0, 1], got "
+                             f"{self.data.diagnosis_prompt!r}")
         if self.data.max_length < 8:
             raise ValueError(f"data.max_length must be >= 8, got {self.data.max_length!r}")
 
@@ -94,8 +101,13 @@ class LlavaJobConfig:
         d = dict(d)
         optim = {"epochs": 1, "batch_size": 16, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 0,
                  "grad_clip_norm": 1.0, **(d.pop("optim", None) or {})}
+        data = dict(d.pop("data", None) or {})
+        if "ddp" in data:                 # the paper's name for the diagnosis-driven prompt
+            if "diagnosis_prompt" in data:
+                raise ValueError("give data.diagnosis_prompt or its alias data.ddp, not both")
+            data["diagnosis_prompt"] = data.pop("ddp")
         built = {"model": build_section(ModelSpec, d.pop("model", None), "model"),
-                 "data": build_section(LlavaDataConfig, d.pop("data", None), "data"),
+                 "data": build_section(LlavaDataConfig, data, "data"),
                  "lora": build_section(LoraSection, d.pop("lora", None), "lora"),
                  "optim": build_section(OptimConfig, optim, "optim")}
         if "name" not in d:

@@ -2,7 +2,7 @@
 Train ``TorchTrainer`` job on 1..N workers.
 
 Driver (``run_job``): reads the ECG-Instruct items, asks a seeded fraction of the report items
-with diagnosis-driven prompts (``data.ddp``, ``ecgbatch.training.instruct_ddp``; not to be
+with diagnosis-driven prompts (``data.ddp``, ``ecgbatch.training.instruct_diagnosis_prompt``; not to be
 confused with torch's DistributedDataParallel below), labels every conversation (the loss mask,
 ``ecgbatch.training.llava_task``), computes the frozen tower's tokens once per record
 (``ecgbatch.training.ecg_tokens`` cache) and puts examples + tokens into the object store.
@@ -25,10 +25,12 @@ from safetensors.torch import load_file
 
 from ecgbatch.llava.assemble import LORA_SUBDIR, base_model, load_projector, save_trained_only
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
+from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
 from ecgbatch.llava.inputs import preprocess_for_model
 from ecgbatch.training import data as D
 from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
 from ecgbatch.training.ecg_tokens import ecg_tokens
+from ecgbatch.training.instruct_diagnosis_prompt import apply_diagnosis_prompts
 from ecgbatch.training.instruct_format import read_instruct
 from ecgbatch.training.llava_config import LlavaJobConfig
 from ecgbatch.training.llava_task import (LlavaTask, LoraConfig, collate, configure_stage, fit_length,
@@ -171,16 +173,14 @@ def item_reader(job: LlavaJobConfig, config):
 
 
 def ddp_items(job: LlavaJobConfig, items, config, log=print):
-    """``data.ddp``: the chosen report items asked with their DDP findings (instruct_ddp)."""
+    """``data.ddp``: the chosen report items asked with their DDP findings (instruct_diagnosis_prompt)."""
     if not job.data.ddp:
         return items
-    from ecgbatch.llava.ddp import DdpLabeller
-    from ecgbatch.training.instruct_ddp import apply_ddp
 
-    labeller = DdpLabeller.for_base(job.model.base(), preprocess=config.preprocess)
+    labeller = FindingsLabeller.for_base(job.model.base(), preprocess=config.preprocess)
     read_item = item_reader(job, config)
     by_path = {str(it.ecg_path): it for it in items}
-    items, _ = apply_ddp(items, job.data.ddp, job.seed, labeller, lambda p: read_item(by_path[p]),
+    items, _ = apply_diagnosis_prompts(items, job.data.ddp, job.seed, labeller, lambda p: read_item(by_path[p]),
                          job.data.cache_dir, config, log)
     return items
 

@@ -18,11 +18,12 @@ import numpy as np
 from ecgbatch.encoders import label_sources as LS
 from ecgbatch.encoders.probes import LinearProbe, fit_binary, fit_softmax, unit_rows
 from ecgbatch.eval.metrics import choose_thresholds
+from ecgbatch.models import load_model
 from ecgbatch.signal.preprocess import preprocess as prep
 from ecgbatch.training import texts as T
 from ecgbatch.training.data import group_strata, kfold_by_group
 from ecgbatch.training.job_config import load_job_config
-from ecgbatch.training.pairs import (PairSet, TextSource, csv_by_key, find_ptbxl_row, int_key, list_sources,
+from ecgbatch.training.pairs import (PairSet, TextSource, csv_by_key, find_ptbxl_row,
                                      resolve_path, split_record_sources)
 
 L2_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -274,3 +275,18 @@ def training_pairs(config: str | Path, preprocess, part: str = "train"):
 
 def model_info(model, name: str) -> dict:
     return {"name": str(name), "weights_hash": str(model.weights_hash), "embed_dim": int(model.embed_dim)}
+
+
+def probe_inputs(model: str, labelsets: list[str], config: str | Path):
+    """(model, [ProbeData per label set]) of `train probe` and `eval classify`: the model ``model``
+    names and its embeddings (one pass) of the labelled records of the training YAML ``config``
+    (test fold left out) with each label set's truth. Raises ValueError / FileNotFoundError
+    saying what is missing."""
+    bad = [ls for ls in labelsets if ls not in LS.supported_labelsets()]
+    if bad or not labelsets:
+        raise ValueError(f"no mapping from the data's labels to {bad or labelsets!r}; probes can be fitted for "
+                         f"{LS.supported_labelsets()}")
+    m = load_model(model)[0]
+    pairs, specs = training_pairs(config, m.preprocess_config)
+    emb = embed_pairs(m, pairs)
+    return m, [probe_data(m, pairs, specs, ls, emb=emb) for ls in labelsets]

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
+from ecgbatch.io import read_record
+from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.classify import load_probe_for, table_probe
+from ecgbatch.pipelines.table_model import load_table_model
 from ecgbatch.pipelines.workspace import ModelTable
+from ecgbatch.signal import preprocess
 
 RESULT_COLUMNS = ("rank", "score", "record_id", "source", "age", "sex", "diagnoses", "quality")
 
@@ -54,8 +60,6 @@ def _first_phrase(prompt: str) -> str:
 
 def query_prompts(text: str) -> tuple[list[str], list[str]]:
     """(prompts to ensemble, "labelset:LABEL" names matched) for a text query."""
-    from ecgbatch.encoders.zeroshot import BUILTIN, load_labelset
-
     q = _norm(text)
     if not q:
         raise ValueError(f"empty text query {text!r}")
@@ -73,8 +77,6 @@ def query_prompts(text: str) -> tuple[list[str], list[str]]:
 def contrast_prompts(matched: list[str]) -> list[str]:
     """The prompts of the normal classes of the label sets a query matched (none when the
     query is itself a normal class, or matched nothing): what `search --contrast` subtracts."""
-    from ecgbatch.encoders.zeroshot import load_labelset
-
     if any(NORMAL_LABEL.get(m.split(":", 1)[0]) == m.split(":", 1)[1] for m in matched):
         return []
     out: list[str] = []
@@ -89,20 +91,6 @@ def contrast_prompts(matched: list[str]) -> list[str]:
                 if c and c not in out:
                     out.append(c)
     return out
-
-
-def load_table_model(table: ModelTable, device: str = "cpu"):
-    """The model that wrote ``table`` (same create_model arguments); refuses other weights."""
-    from ecgbatch.models import create_model
-    from ecgbatch.pipelines.embed import model_weights_hash
-
-    meta = table.read_meta()
-    model = create_model(meta["model"], device=device, **meta.get("create_args", {}))
-    got = model_weights_hash(model)
-    if got != meta["weights_hash"]:
-        raise ValueError(f"model {meta['model']!r} now has weights {got!r}, but {table.root} was "
-                         f"embedded with {meta['weights_hash']!r}: re-run `ecgbatch embed`")
-    return model
 
 
 def _mean_unit(model, prompts: list[str]) -> np.ndarray:
@@ -131,9 +119,6 @@ def text_vector(model, text: str, expand: bool = False, contrast: bool = False, 
 
 def record_vector(model, path: str) -> np.ndarray:
     """Read, preprocess (the model's PreprocessConfig) and encode one ECG file."""
-    from ecgbatch.io import read_record
-    from ecgbatch.signal import preprocess
-
     rec = read_record(path)
     x = preprocess(rec, model.preprocess_config).x
     return model.embed_ecgs(x[None])[0]
@@ -163,8 +148,6 @@ class SearchResult:
 def probe_for_query(table: ModelTable, matched: list[str]):
     """((probe, "labelset:LABEL") of the first matched label that the table's model has a trained
     probe for, or None; the matched labels its probes list as untrained)."""
-    from ecgbatch.pipelines.classify import load_probe_for, table_probe
-
     untrained = []
     for m in matched:
         name, label = m.split(":", 1)
@@ -243,8 +226,6 @@ def search(table: ModelTable, query: str | None = None, *, like: str | None = No
 def plot_hits(result: SearchResult, out_dir: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """One 12-lead plot per hit (ecgbatch.signal.plot) in ``out_dir``. Returns (files written,
     [(record id, reason)] for hits that cannot be drawn on ECG paper, e.g. z-scored signals)."""
-    from ecgbatch.io import read_record
-    from ecgbatch.pipelines import sources as src
     from ecgbatch.signal.plot import plot_ecg
 
     out = Path(out_dir)

@@ -1,8 +1,9 @@
-"""Diagnosis-driven prompts in ECG-LLaVA training data (``data.ddp`` of configs/llava-*.yaml).
+"""The diagnosis-driven prompt (the paper's DDP) in ECG-LLaVA training data
+(``data.diagnosis_prompt``, alias ``data.ddp``, of configs/llava-*.yaml).
 
 A seeded fraction of the job's report items (``meta.kind == "report"``) gets its question
-rewritten as at inference with ``--ddp`` (``ecgbatch.llava.ddp.ddp_question``): the findings of
-the tower's encoder's calibrated probes on the item's own ECG, then the question. Only the human
+rewritten as at inference with ``--ddp`` (``ecgbatch.llava.diagnosis_prompt.diagnosis_prompt``): the
+findings of the tower's encoder's calibrated probes on the item's own ECG, then the question. Only the human
 turn changes, so the loss masking is untouched (answers stay labelled, prompts masked). The
 encoder's embedding of each record is computed once and cached like the tower tokens
 (``<cache_dir>/ddp_embeddings-<encoder weights sha>-<preprocess sha>.npz``, keyed by the record
@@ -19,29 +20,29 @@ from typing import Callable
 
 import numpy as np
 
-DDP_SEED_SALT = 13
+from ecgbatch.llava.diagnosis_prompt import diagnosis_prompt, findings_from_embeddings
+
+SEED_SALT = 13
 
 
-def ddp_selection(items, fraction: float, seed: int) -> list[int]:
-    """Indices (sorted) of the report items that get a DDP question: round(fraction x reports),
+def diagnosis_prompt_selection(items, fraction: float, seed: int) -> list[int]:
+    """Indices (sorted) of the report items that get a diagnosis-prompt question: round(fraction x reports),
     drawn with a generator seeded by (seed, 13), so the same job picks the same items."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"data.ddp must be a fraction in [0, 1], got {fraction!r}")
+        raise ValueError(f"data.diagnosis_prompt (data.ddp) must be a fraction in [0, 1], got {fraction!r}")
     reports = [i for i, it in enumerate(items) if it.meta.get("kind") == "report"]
     k = int(round(fraction * len(reports)))
-    pick = np.random.default_rng([seed, DDP_SEED_SALT]).permutation(len(reports))[:k]
+    pick = np.random.default_rng([seed, SEED_SALT]).permutation(len(reports))[:k]
     return sorted(reports[int(j)] for j in pick)
 
 
-def with_ddp(item, findings, ecg_token: str = "<ecg>"):
+def with_diagnosis_prompt(item, findings, ecg_token: str = "<ecg>"):
     """A copy of ``item`` whose first human turn asks the DDP question (the placeholder kept
     where it was, at the start or the end); ``meta.ddp`` records the findings."""
-    from ecgbatch.llava.ddp import ddp_question
-
     conv = [dict(t) for t in item.conversations]
     first = conv[0]["value"]
     q = first.replace(ecg_token, "").strip()
-    asked = ddp_question(q, findings)
+    asked = diagnosis_prompt(q, findings)
     conv[0]["value"] = f"{asked}\n{ecg_token}" if first.rstrip().endswith(ecg_token) and not \
         first.lstrip().startswith(ecg_token) else f"{ecg_token}\n{asked}"
     return replace(item, conversations=conv, meta={**item.meta, "ddp": [f.to_dict() for f in findings]})
@@ -57,7 +58,6 @@ def record_findings(labeller, paths: list[str], read: Callable[[str], np.ndarray
                     log=None) -> list:
     """DDP findings of each record ``paths[i]`` (``read(path)`` -> the model's input), from the
     encoder embeddings cached per record."""
-    from ecgbatch.llava.ddp import findings_from_embeddings
     from ecgbatch.training.ecg_tokens import cached_rows, record_key
 
     emb = cached_rows(embedding_cache_file(cache_dir, labeller, config), [record_key(p) for p in paths],
@@ -66,16 +66,16 @@ def record_findings(labeller, paths: list[str], read: Callable[[str], np.ndarray
     return findings_from_embeddings(labeller.probes, emb)
 
 
-def apply_ddp(items, fraction: float, seed: int, labeller, read, cache_dir, config, log=print):
+def apply_diagnosis_prompts(items, fraction: float, seed: int, labeller, read, cache_dir, config, log=print):
     """(items with the chosen report items rewritten, number rewritten)."""
-    chosen = ddp_selection(items, fraction, seed)
+    chosen = diagnosis_prompt_selection(items, fraction, seed)
     if not chosen:
         return list(items), 0
     paths = sorted({str(items[i].ecg_path) for i in chosen})
     by_path = dict(zip(paths, record_findings(labeller, paths, read, cache_dir, config, log)))
     out = list(items)
     for i in chosen:
-        out[i] = with_ddp(items[i], by_path[str(items[i].ecg_path)], config.ecg_token)
+        out[i] = with_diagnosis_prompt(items[i], by_path[str(items[i].ecg_path)], config.ecg_token)
     n_reports = sum(it.meta.get("kind") == "report" for it in items)
     log(f"DDP: {len(chosen)} of {n_reports} report items ask with the findings of {labeller.encoder}'s probes "
         f"({', '.join(p.labelset for p in labeller.probes)})")

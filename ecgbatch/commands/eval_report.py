@@ -4,8 +4,9 @@ metrics (BLEU-1/4, ROUGE-L, METEOR, clinical-efficacy F1) beside ECG-Chat's publ
 Prediction and reference files: JSON Lines of ``{"id": ..., "text": ...}``. A reference file
 may also be ECG-Instruct data from ``ecgbatch data instruct``: the answer of each record's report
 item is its reference, under the id ``<source>/<record_id>``. With ``--model M --ddp`` the reports
-are generated with diagnosis-driven prompts (ecgbatch.llava.ddp); the output says whether DDP was
-on ("ddp" in the -o JSON: the labeller, false, or null when the predictions were given)."""
+are generated with the diagnosis-driven prompt (DDP, ecgbatch.llava.diagnosis_prompt); the output says whether DDP was
+on ("ddp" in the -o JSON: the labeller, false, or null when the predictions were given).
+The `eval` group (ecgbatch.commands.evaluate) registers ``eval_report`` as `eval report`."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from ecgbatch.commands.train import _fail, eval_app
+from ecgbatch.commands.common import fail, key_values
 
 _DIFFERENCES = (
     "ECG-Chat: Vicuna-13B + ECG-CoCa trained on ~800k MIMIC-IV-ECG pairs, 45k ECG-Instruct items, "
@@ -53,7 +56,6 @@ def _read_texts(path: Path) -> dict[str, str]:
     return out
 
 
-@eval_app.command("report")
 def eval_report(
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="JSONL of {id, text}: generated "
                                                "reports (or give --model to generate them)"),
@@ -74,16 +76,13 @@ def eval_report(
 ) -> None:
     """BLEU-1/4, ROUGE-L, METEOR and CE-F1 of generated reports, beside ECG-Chat's paper numbers
     (with --model: generate them first for the held-out records, and check the rhythm goals)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from ecgbatch.eval.llava_eval import goal_rows, rhythm_goals
     from ecgbatch.eval.report_metrics import PAPER, comparison_rows, report_metrics
 
     if (predictions is None) == (model is None):
-        _fail("give either --predictions or --model")
+        fail("give either --predictions or --model")
     if ddp and model is None:
-        _fail("--ddp needs --model (it changes the prompts the reports are generated from)")
+        fail("--ddp needs --model (it changes the prompts the reports are generated from)")
     ddp_info = None        # unknown for given predictions
     try:
         ref = _read_texts(references)
@@ -102,7 +101,7 @@ def eval_report(
         res = report_metrics([pred[k] for k in ids], [ref[k] for k in ids], with_meteor=meteor)
         res.update(rhythm_goals([pred[k] for k in ids], [ref[k] for k in ids]))
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     con = Console()
     ddp_line = ("not known (--predictions)" if ddp_info is None else "off" if ddp_info is False else
                 f"on: findings of {ddp_info['encoder']}'s probes ({', '.join(ddp_info['probes'])})")
@@ -153,45 +152,15 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens,
               ddp: bool = False) -> tuple[dict[str, str], dict[str, str], dict | bool]:
-    """({source/record_id: generated report} for the report items of ``data`` in ``split``,
-    {source/record_id: the question as asked}, the DDP labeller's description or False)."""
-    import yaml
-
-    from ecgbatch.eval.llava_eval import generate_reports, report_items
-    from ecgbatch.llava import load_ecg_llava
-    from ecgbatch.llava.assemble import resolve_model
-    from ecgbatch.llava.inputs import preprocess_for_model
+    """--model: the reports of ``data``'s report items in ``split`` (ecgbatch.eval.report_generation)."""
+    from ecgbatch.eval.report_generation import generate_for_items
     from ecgbatch.training.instruct_format import read_instruct
 
     opts: dict[str, dict] = {}
-    for item in read_option:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--read-option needs SOURCE.key=value, got {item!r}")
-        k, v = item.split("=", 1)
+    for k, v in key_values(read_option, "--read-option").items():
+        if "." not in k:
+            raise ValueError(f"--read-option needs SOURCE.key=value, got {k}={v!r}")
         src, key = k.split(".", 1)
-        opts.setdefault(src, {})[key] = yaml.safe_load(v)
-    items = report_items(read_instruct(data, split=split))
-    if limit is not None and len(items) > limit:   # evenly spaced: every source keeps its share
-        items = [items[int(i * len(items) / limit)] for i in range(limit)]
-    if not items:
-        raise ValueError(f"{str(data)!r} has no report items in split {split!r}")
-    labeller = None
-    if ddp:
-        from ecgbatch.llava.ddp import DdpLabeller
-
-        labeller = DdpLabeller.for_model(model)     # before the model: a missing probe fails fast
-    folder, lora = resolve_model(model, log=lambda m: typer.echo(m, err=True))
-    m, tok = load_ecg_llava(folder, lora=lora, merge_lora=lora is not None)
-
-    def read(it):
-        return preprocess_for_model(it.read_ecg(**opts.get(it.meta.get("source"), {})), m.config, record_id=it.id)
-
-    asked: list[str] = []
-    texts = generate_reports(m, tok, items, read, batch_size, max_new_tokens,
-                             log=lambda msg: typer.echo(msg, err=True), ddp=labeller, asked=asked)
-    keys = [f"{it.meta.get('source')}/{it.meta.get('record_id')}" for it in items]
-    return dict(zip(keys, texts)), dict(zip(keys, asked)), (labeller.describe() if labeller is not None else False)
-
-
-def register(app: typer.Typer) -> None:
-    """`eval report` joins the `eval` group that commands/train.py registers."""
+        opts.setdefault(src, {})[key] = v
+    return generate_for_items(model, read_instruct(data, split=split), limit, opts, batch_size, max_new_tokens, ddp,
+                              log=lambda msg: typer.echo(msg, err=True), what=f"{str(data)!r} in split {split!r}")

@@ -1,4 +1,4 @@
-"""Diagnosis-driven prompting (ecgbatch.llava.ddp) on real records with ecg-coca-mini's shipped
+"""Diagnosis-driven prompting (ecgbatch.llava.diagnosis_prompt) on real records with ecg-coca-mini's shipped
 probes: the findings, the prompt text, which encoder an ECG-LLaVA model's tower comes from, the
 training option (data.ddp) and the `eval report --ddp` / `report RECORD --ddp` commands.
 
@@ -26,9 +26,9 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def labeller():
-    from ecgbatch.llava.ddp import DdpLabeller
+    from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
 
-    return DdpLabeller("ecg-coca-mini")
+    return FindingsLabeller("ecg-coca-mini")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def mini_tower_llava(llava_fx, tmp_path_factory):
 
 
 def test_af_records_have_af_findings_with_probabilities(labeller, cinc):
-    from ecgbatch.llava.ddp import DDP_INTRO, ddp_question
+    from ecgbatch.llava.diagnosis_prompt import PROMPT_INTRO, diagnosis_prompt
 
     names, _, x = cinc
     assert labeller.describe()["probes"] == ["ptbxl-rhythm", "cpsc2018", "ptbxl-super"]
@@ -75,30 +75,30 @@ def test_af_records_have_af_findings_with_probabilities(labeller, cinc):
         else:
             assert "atrial fibrillation" not in by_text
             assert {"sinus rhythm", "sinus bradycardia"} & set(by_text)
-        q = ddp_question(Q, fs)
-        assert q.startswith(DDP_INTRO) and q.endswith("\n" + Q)
+        q = diagnosis_prompt(Q, fs)
+        assert q.startswith(PROMPT_INTRO) and q.endswith("\n" + Q)
         for f in fs:
             assert f"The {f.text} is present (p={f.probability:.2f})." in q
-    assert ddp_question(Q, []) == Q
+    assert diagnosis_prompt(Q, []) == Q
 
 
 def test_tower_encoder_of_trained_only_full_and_foreign_folders(mini_tower_llava, llava_converted, tmp_path,
                                                                   monkeypatch):
     from ecgbatch.llava.assemble import full_folder
-    from ecgbatch.llava.ddp import DdpLabeller, DdpUnavailableError, tower_encoder
+    from ecgbatch.llava.diagnosis_prompt import FindingsLabeller, DiagnosisPromptUnavailableError, tower_encoder
 
     folder, base, _ = mini_tower_llava
     name, tower_hash = tower_encoder(folder)
     assert name == "ecg-coca-mini" and tower_hash
-    assert DdpLabeller.for_model(folder).encoder == "ecg-coca-mini"     # tower hash and preprocessing agree
+    assert FindingsLabeller.for_model(folder).encoder == "ecg-coca-mini"     # tower hash and preprocessing agree
     monkeypatch.setenv("ECGBATCH_CACHE", str(tmp_path / "cache"))
     full = full_folder(folder)
     assert "base" not in json.loads((full / "config.json").read_text())
     assert tower_encoder(full) == ("ecg-coca-mini", tower_hash)        # matched by its tower weights
-    with pytest.raises(DdpUnavailableError, match=r"base\.tower.*ecg-coca-mini \(installed\)"):
+    with pytest.raises(DiagnosisPromptUnavailableError, match=r"base\.tower.*ecg-coca-mini \(installed\)"):
         tower_encoder(llava_converted)                                  # the fixture's own tower: no encoder
-    with pytest.raises(DdpUnavailableError, match="not load the tower's encoder"):
-        DdpLabeller.for_base({"tower": str(tmp_path / "nowhere")})
+    with pytest.raises(DiagnosisPromptUnavailableError, match="not load the tower's encoder"):
+        FindingsLabeller.for_base({"tower": str(tmp_path / "nowhere")})
 
 
 # --- training: data.ddp ----------------------------------------------------------------------
@@ -121,28 +121,34 @@ def _items(sample_archive):
 
 
 def test_ddp_selection_is_a_seeded_fraction_of_report_items(sample_archive):
-    from ecgbatch.training.instruct_ddp import ddp_selection
+    from ecgbatch.training.instruct_diagnosis_prompt import diagnosis_prompt_selection
     from ecgbatch.training.llava_config import LlavaJobConfig
 
     items = _items(sample_archive)
     reports = [i for i, it in enumerate(items) if it.meta["kind"] == "report"]
     assert len(reports) >= 10
     for frac in (0.25, 0.5, 0.8):
-        a = ddp_selection(items, frac, seed=0)
+        a = diagnosis_prompt_selection(items, frac, seed=0)
         assert len(a) == round(frac * len(reports)) and set(a) <= set(reports)
-        assert a == ddp_selection(items, frac, seed=0)              # deterministic
-    assert ddp_selection(items, 0.5, 0) != ddp_selection(items, 0.5, 1)
-    assert ddp_selection(items, 0.0, 0) == [] and ddp_selection(items, 1.0, 0) == reports
+        assert a == diagnosis_prompt_selection(items, frac, seed=0)              # deterministic
+    assert diagnosis_prompt_selection(items, 0.5, 0) != diagnosis_prompt_selection(items, 0.5, 1)
+    assert diagnosis_prompt_selection(items, 0.0, 0) == [] and diagnosis_prompt_selection(items, 1.0, 0) == reports
     with pytest.raises(ValueError, match=r"data\.ddp"):
         LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 1.5}})
     assert LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 0.5}}).data.ddp == 0.5
+    # the config key is named for what it is; the paper's data.ddp stays an alias of it
+    job = LlavaJobConfig.from_dict({"name": "x", "data": {"diagnosis_prompt": 0.25}})
+    assert job.data.diagnosis_prompt == 0.25 and job.data.ddp == 0.25
+    assert LlavaJobConfig.from_dict(job.to_dict()).data.diagnosis_prompt == 0.25      # a checkpoint's job
+    with pytest.raises(ValueError, match="not both"):
+        LlavaJobConfig.from_dict({"name": "x", "data": {"ddp": 0.5, "diagnosis_prompt": 0.5}})
 
 
 def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llava, sample_archive, tmp_path,
                                                                   llava_converted):
     from ecgbatch.llava.assemble import load_trained_only
-    from ecgbatch.llava.ddp import DDP_INTRO, DdpUnavailableError
-    from ecgbatch.training.instruct_ddp import ddp_selection
+    from ecgbatch.llava.diagnosis_prompt import PROMPT_INTRO, DiagnosisPromptUnavailableError
+    from ecgbatch.training.instruct_diagnosis_prompt import diagnosis_prompt_selection
     from ecgbatch.training.llava_config import LlavaJobConfig
     from ecgbatch.training.llava_job import ddp_items
     from ecgbatch.training.llava_task import label_conversation
@@ -154,14 +160,14 @@ def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llav
     logs = []
     out = ddp_items(job, items, config, log=logs.append)
     changed = [i for i, (a, b) in enumerate(zip(items, out)) if a.conversations != b.conversations]
-    assert changed == ddp_selection(items, 0.5, 3) and len(changed) == round(0.5 * len(items) / 2)
+    assert changed == diagnosis_prompt_selection(items, 0.5, 3) and len(changed) == round(0.5 * len(items) / 2)
     assert any("DDP: " in m for m in logs)
     cache = list((tmp_path / "cache").glob("ddp_embeddings-*.npz"))
     assert len(cache) == 1
     model, tok = load_trained_only(folder)
     for i in changed:
         a, b = items[i], out[i]
-        assert b.conversations[0]["value"].startswith(f"<ecg>\n{DDP_INTRO} The ")
+        assert b.conversations[0]["value"].startswith(f"<ecg>\n{PROMPT_INTRO} The ")
         assert b.conversations[0]["value"].endswith("\n" + Q) and b.conversations[1:] == a.conversations[1:]
         assert b.meta["ddp"] and b.meta["ddp"][0]["probability"] > 0
         if a.meta["record_id"] in AF:
@@ -180,7 +186,7 @@ def test_ddp_items_rewrite_questions_once_and_keep_the_loss_mask(mini_tower_llav
     assert cache[0].stat().st_mtime_ns == mtime
     foreign = LlavaJobConfig.from_dict({"name": "f", "model": {"folder": str(llava_converted)},
                                         "data": {"ddp": 0.5, "cache_dir": str(tmp_path / "c2")}})
-    with pytest.raises(DdpUnavailableError, match="ECG-CoCa encoder"):
+    with pytest.raises(DiagnosisPromptUnavailableError, match="ECG-CoCa encoder"):
         ddp_items(foreign, items, config)
 
 
@@ -253,7 +259,7 @@ def test_report_record_with_ddp_through_vllm(mini_tower_llava, sample_archive, t
     af, sinus = d["reports"]
     assert "atrial fibrillation" in [f["text"] for f in af["ddp_findings"]]
     assert "atrial fibrillation" not in [f["text"] for f in sinus["ddp_findings"]]
-    from ecgbatch.llava.ddp import DdpFinding, ddp_question
+    from ecgbatch.llava.diagnosis_prompt import Finding, diagnosis_prompt
     from ecgbatch.llava.loading import load_tokenizer, read_config
     from ecgbatch.llava.prompting import prompt_ids
     from ecgbatch.pipelines.report import DEFAULT_QUESTION
@@ -261,8 +267,8 @@ def test_report_record_with_ddp_through_vllm(mini_tower_llava, sample_archive, t
     cfg = read_config(full)
     tok = load_tokenizer(full, cfg)
     for r in d["reports"]:      # the engine was sent the DDP question (its tokens, +/- the ECG's expansion)
-        fs = [DdpFinding(f["label"], f["text"], f["probability"], f["labelset"]) for f in r["ddp_findings"]]
-        n = len(prompt_ids(tok, ddp_question(DEFAULT_QUESTION, fs), cfg))
+        fs = [Finding(f["label"], f["text"], f["probability"], f["labelset"]) for f in r["ddp_findings"]]
+        n = len(prompt_ids(tok, diagnosis_prompt(DEFAULT_QUESTION, fs), cfg))
         assert r["n_prompt_tokens"] - n in (0, cfg.num_ecg_tokens - 1), (r["n_prompt_tokens"], n)
 
 
