@@ -28,16 +28,36 @@ def _run_cli(args, **env_extra):
 @pytest.mark.slow
 def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache):
     """A trained-only folder (what `train export` writes) as --model and no --lora: the folder
-    assembled in the cache and its own adapter are used."""
+    assembled in the cache and its own adapter are used. With --grounded the engine got the
+    grounded question, and the row carries its findings and contradictions."""
     p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_trained_only),
-                  "--max-tokens", "8", "--json"], ECGBATCH_CACHE=str(llava_cache))
+                  "--max-tokens", "8", "--json", "--grounded"], ECGBATCH_CACHE=str(llava_cache))
     assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
     out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
     assert out["adapter"] == str(llava_assembled[1])     # the model's own lora/
     [rep] = out["reports"]
     assert rep["record"] == RECORD and rep["text"].strip()
     assert rep["n_output_tokens"] == 8 and rep["finish_reason"] == "length"
-    assert rep["n_prompt_tokens"] == 145                  # the fixture's 45 prompt ids - 1 + 101 ECG tokens
+    assert out["grounded"] is True
+    by = {f["label"]: f for f in rep["findings"]}         # measured from the record (multilead)
+    assert 40 < by["heart_rate"]["value"] < 150 and by["heart_rate"]["source"] == "measurement"
+    assert all(f["source"] in ("measurement", "probe") and f["text"] for f in rep["findings"])
+    assert isinstance(rep["contradictions"], list)
+    assert all({"statement", "reason", "source"} <= set(c) for c in rep["contradictions"])
+    from ecgbatch.io import read_record
+    from ecgbatch.llava.grounding import ground, measure_for_grounds
+    from ecgbatch.llava.loading import load_tokenizer, read_config
+    from ecgbatch.llava.prompting import prompt_ids
+    from ecgbatch.llava.questions import DEFAULT_QUESTION
+
+    cfg = read_config(llava_assembled[0])
+    assert cfg.grounded_prompt is False                   # the fixture was not trained with it
+    g = ground(measure_for_grounds(read_record(str(REPO_ROOT / RECORD))))   # the fixture's tower: no probes
+    assert rep["findings"] == [f.to_dict() for f in g.findings]
+    # without --grounded: the fixture's 45 prompt ids - 1 + 101 ECG tokens = 145; with it, the
+    # tokens of the grounded question
+    n = len(prompt_ids(load_tokenizer(llava_assembled[0], cfg), g.question(DEFAULT_QUESTION), cfg))
+    assert rep["n_prompt_tokens"] == n + 100 > 145 and g.text.startswith("Measured: heart rate")
     [fail] = out["failures"]
     assert fail["record"] == "sample_archive/bad/garbage.hea" and "bad_header" in fail["error"]
     assert "garbage.hea" in p.stderr

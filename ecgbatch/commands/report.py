@@ -13,6 +13,7 @@ import typer
 from ecgbatch.commands.common import fail
 from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
 from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.grounding import finding_text
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA
 
@@ -31,6 +32,9 @@ def report_cmd(
     ddp: bool = typer.Option(False, "--ddp", help="DDP, the paper's diagnosis-driven prompt: the findings of "
                              "the calibrated probes of the model's tower encoder (with --input: from the "
                              "workspace's embeddings) before the question"),
+    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="state what ecgbatch "
+                                            "measured and its probes found before the question [default: "
+                                            "the model's config, prompt.grounded]; --ddp replaces it"),
     rag: int = typer.Option(0, "--rag", min=0, help="[--input] give the K nearest reference reports as examples"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="[--input --rag] workspace with "
                                              "embeddings and reports of reference records"),
@@ -67,15 +71,17 @@ def report_cmd(
         fail("give RECORD... (or --input ARCHIVE)")
     if rag or html is not None or output is not None:
         fail("--rag, --html and -o need --input ARCHIVE")
-    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp)
+    _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp,
+                    grounded)
 
 
-def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False) -> None:
+def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False,
+                    grounded: Optional[bool] = None) -> None:
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.serving.record_reports import report_records
 
     try:
-        rep = report_records(records, model, lora, question, max_tokens, dtype, ddp,
+        rep = report_records(records, model, lora, question, max_tokens, dtype, ddp, grounded,
                              on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True),
                              log=lambda m: typer.echo(m, err=True))
     except (EcgLlavaError, CheckpointError) as exc:
@@ -91,25 +97,31 @@ def _print(rep, question, as_json: bool) -> None:
     """The reports (a RecordReports; with each record's DDP findings when DDP was on)."""
     results, failed, ddp_info = rep.results, rep.failed, rep.ddp
     found = rep.findings if rep.findings is not None else [None] * len(results)
+    grounds = rep.grounds or [{"findings": [], "contradictions": []}] * len(results)
     if as_json:
         out = {"question": question, "adapter": str(rep.adapter) if rep.adapter is not None else None,
-               "ddp": ddp_info,
+               "ddp": ddp_info, "grounded": rep.grounded,
                "reports": [{"record": r.id, "text": r.text, "n_prompt_tokens": r.n_prompt_tokens,
                             "n_output_tokens": r.n_output_tokens, "finish_reason": r.finish_reason,
-                            **({"ddp_findings": [x.to_dict() for x in f]} if f is not None else {})}
-                           for r, f in zip(results, found)],
+                            **({"ddp_findings": [x.to_dict() for x in f]} if f is not None else {}), **g}
+                           for r, f, g in zip(results, found, grounds)],
                "failures": [{"record": p, "error": m} for p, m in failed]}
         typer.echo(json.dumps(out, indent=2))
         return
     if ddp_info:
         typer.echo(f"DDP on: findings of {ddp_info['encoder']}'s probes ({', '.join(ddp_info['probes'])})")
-    for r, f in zip(results, found):
+    if rep.grounded:
+        typer.echo("grounded prompt on: the findings below were stated before the question")
+    for r, f, g in zip(results, found, grounds):
         typer.echo(f"== {r.id}")
         if f is not None:
             typer.echo("   DDP: " + ("; ".join(f"{x.text} (p={x.probability:.2f})" for x in f) or "no finding"))
         typer.echo(r.text.strip())
         if r.finish_reason == "length":
             typer.echo(f"   [stopped at --max-tokens {r.n_output_tokens}]")
+        typer.echo("   findings: " + ("; ".join(finding_text(x) for x in g["findings"]) or "none"))
+        for c in g["contradictions"]:
+            typer.echo(f"   contradiction: {c['statement']!r}: {c['reason']}")
 
 
 def register(app: typer.Typer) -> None:

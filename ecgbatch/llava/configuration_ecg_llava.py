@@ -19,6 +19,10 @@ Fields (all JSON-serialisable):
   prompt_format   "vicuna_v1" (ECG-Chat's conv_vicuna_v1) or "chat_template" (the LM's own)
   max_context_length  context limit used to refuse over-long prompts (ECG-Chat truncates at
                   ``tokenizer_model_max_length`` = 2048 when training)
+  prompt          how the model's prompts were built when it was trained, e.g. {"grounded": true}:
+                  the grounded prompt (ecgbatch.llava.grounding) before the first question. A
+                  model is served with the prompts it was trained on, so this is the default of
+                  --grounded/--no-grounded (``grounded_prompt``; default false)
 """
 from __future__ import annotations
 
@@ -85,6 +89,7 @@ class EcgLlavaConfig(PretrainedConfig):
                  num_ecg_tokens: int | None = None,
                  prompt_format: str = "vicuna_v1",
                  max_context_length: int | None = None,
+                 prompt: dict[str, Any] | None = None,
                  **kwargs):
         self.text_config = _text_config(text_config)
         if ecg_config is None:   # ECG-Chat's tower (12 x 768, 101 tokens) with a 512-d CLS projection
@@ -102,6 +107,7 @@ class EcgLlavaConfig(PretrainedConfig):
         self.num_ecg_tokens = tower.n_tokens
         self.prompt_format = prompt_format
         self.max_context_length = max_context_length
+        self.prompt = dict(prompt or {})
         kwargs.setdefault("architectures", [ARCHITECTURE])
         kwargs.setdefault("tie_word_embeddings", bool(getattr(self.text_config, "tie_word_embeddings", False)))
         super().__init__(**kwargs)
@@ -127,6 +133,8 @@ class EcgLlavaConfig(PretrainedConfig):
         if pre.n_samples is not None and pre.n_samples != tower.seq_length:
             raise EcgLlavaConfigError(f"preprocess.n_samples ({pre.n_samples}) must equal "
                                       f"ecg_config.seq_length ({tower.seq_length})")
+        if not isinstance(self.prompt.get("grounded", False), bool):
+            raise EcgLlavaConfigError(f"prompt.grounded must be true or false, got {self.prompt.get('grounded')!r}")
         if not isinstance(self.ecg_token, str) or not self.ecg_token:
             raise EcgLlavaConfigError(f"ecg_token must be a non-empty string, got {self.ecg_token!r}")
 
@@ -142,6 +150,11 @@ class EcgLlavaConfig(PretrainedConfig):
     @property
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.preprocess)
+
+    @property
+    def grounded_prompt(self) -> bool:
+        """Whether the model was trained (so is served) with the grounded prompt."""
+        return bool(self.prompt.get("grounded", False))
 
     @property
     def hidden_size(self) -> int:

@@ -36,12 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from ecgbatch.llava.diagnosis_prompt import Finding, findings_from_embeddings
+from ecgbatch.io.errors import EcgReadError
+from ecgbatch.llava.diagnosis_prompt import (DiagnosisPromptUnavailableError, Finding, FindingsLabeller,
+                                             findings_from_embeddings)
 from ecgbatch.signal.axis import AXIS_TEXT, axis_category
+from ecgbatch.signal.measure import measure
 from ecgbatch.signal.measurements import HR_RANGE_BPM, INTERVAL_RANGES
 from ecgbatch.signal.rate import rate_category, rr_irregular
 
 SOURCES = ("measurement", "probe")
+GROUND_METHOD = "multilead"      # the measurement method of every grounded prompt (see the module doc)
 MEASURED_INTRO = "Measured:"
 PROBE_INTRO = "Classifier findings:"
 # label, text, measurement key
@@ -90,6 +94,16 @@ class Grounding:
     def question(self, question: str) -> str:
         """The grounding's lines, then the question (the question unchanged when there are none)."""
         return f"{self.text}\n{question}" if self.text else question
+
+
+def finding_text(d: Mapping[str, Any]) -> str:
+    """One finding of a report row (GroundFinding.to_dict) for people: "heart rate 72 bpm",
+    "atrial fibrillation (p=0.93)"."""
+    if d.get("probability") is not None:
+        return f"{d['text']} (p={d['probability']:.2f})"
+    if d.get("value") is not None and d.get("label") not in ("rr_regularity",):
+        return f"{d['text']} {_fmt(d['value'])} {d.get('unit') or ''}".rstrip()
+    return str(d["text"])
 
 
 def _value(m, key: str, zero_ok: bool = False) -> float | None:
@@ -215,3 +229,30 @@ def ground_batch(measurements: Sequence, *, probes: Sequence = (), embeddings=No
     embs = [None] * len(measurements) if embeddings is None else list(np.asarray(embeddings))
     return [ground(m, probes=probes, embedding=e, axis_convention=axis_convention)
             for m, e in zip(measurements, embs)]
+
+
+def measure_for_grounds(record) -> Any:
+    """The grounds' measurements of one Record or (signal, fs, leads) with GROUND_METHOD, or None
+    when it cannot be measured (e.g. no lead II): the measurements are then left out."""
+    try:
+        return measure(record, method=GROUND_METHOD)
+    except (EcgReadError, ValueError):
+        return None
+
+
+def grounds_labeller(model):
+    """The FindingsLabeller (tower encoder + calibrated probes) of an ECG-LLaVA model, found as
+    --ddp finds it, or None when the model's tower has no encoder with probes installed: the
+    grounds are then measurements only."""
+    try:
+        return FindingsLabeller.for_model(model)
+    except DiagnosisPromptUnavailableError:
+        return None
+
+
+def ground_inputs(measurements: Sequence, xs=None, labeller=None) -> list[Grounding]:
+    """``ground_batch`` for the model inputs ``xs`` [N, leads, samples] of N ECGs: the probe
+    findings from ``labeller`` (grounds_labeller's) on the model inputs, when there is one."""
+    if labeller is None or xs is None or not len(measurements):
+        return ground_batch(measurements)
+    return ground_batch(measurements, probes=labeller.probes, embeddings=labeller.embed(np.stack(list(xs))))

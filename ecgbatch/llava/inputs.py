@@ -9,6 +9,7 @@ from ecgbatch.io.api import read_record
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.record import Record
 from ecgbatch.llava.errors import EcgInputError
+from ecgbatch.llava.grounding import measure_for_grounds
 from ecgbatch.signal.config import PreprocessConfig
 from ecgbatch.signal.content import require_physiological
 from ecgbatch.signal.preprocess import preprocess
@@ -58,15 +59,20 @@ def preprocess_for_model(record_or_array, config, record_id: str | None = None) 
     return np.ascontiguousarray(out.x, dtype=np.float32)
 
 
-def read_for_model(records: list[str], config) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
+def read_for_model(records: list[str], config, measurements: list | None = None
+                   ) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
     """([(record, the model's input)] for the readable records, [(record, "kind: message")] for
-    the others), in order: what `report`, `chat` and the server's paths read."""
+    the others), in order: what `report`, `chat` and the server's paths read. ``measurements``:
+    a list that gets each readable record's grounding measurements (ecgbatch.llava.grounding.
+    measure_for_grounds, from the record as read, not the model's filtered input), in order."""
     ok, failed = [], []
     for path in records:
         try:
             rec = read_record(path)
             require_physiological(rec)      # no confident report on a flat or absurd signal
             ok.append((path, preprocess_for_model(rec, config, record_id=path)))
+            if measurements is not None:
+                measurements.append(measure_for_grounds(rec))
         except (EcgReadError, ValueError) as exc:   # EcgInputError is a ValueError
             failed.append((path, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"))
     return ok, failed

@@ -16,7 +16,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ecgbatch.llava.contradictions import report_fields
 from ecgbatch.llava.diagnosis_prompt import FindingsLabeller, diagnosis_prompt
+from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.grounding import ground_inputs, grounds_labeller
 from ecgbatch.llava.inputs import read_for_model
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
@@ -31,6 +34,27 @@ class RecordReports:
     adapter: Optional[Path]        # the LoRA adapter used (--lora, else the model's own, else None)
     findings: Optional[list] = None   # diagnosis-prompt findings per result (None: off)
     ddp: object = False            # the findings labeller's description, or False (the --json key)
+    grounded: bool = False         # whether the prompts carried the grounded prompt
+    grounds: Optional[list] = None  # per result: {"findings", "contradictions"} (always computed)
+
+
+class GroundedWithDdpError(EcgLlavaError):
+    """--grounded and --ddp together: two prompts stating the probes' findings."""
+
+    kind = "bad_option"
+
+
+def use_grounded(grounded: Optional[bool], ddp: bool, config) -> bool:
+    """Whether prompts carry the grounded prompt: ``grounded`` when given, else the model's
+    config (``prompt.grounded``). --ddp (the paper's prompt for ECG-Chat's own model) replaces
+    the model's default; with an explicit --grounded it is refused (both state the probes)."""
+    if ddp and grounded:
+        raise GroundedWithDdpError("--grounded and --ddp both state the probes' findings before the question: "
+                                   "give one (--ddp is for ECG-Chat's own model, --grounded for models "
+                                   "trained with the grounded prompt)")
+    if ddp:
+        return False
+    return bool(config.grounded_prompt) if grounded is None else bool(grounded)
 
 
 def diagnosis_questions(model: str, ecgs, question: str):
@@ -42,27 +66,34 @@ def diagnosis_questions(model: str, ecgs, question: str):
 
 def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optional[Path] = None,
                    question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "auto",
-                   ddp: bool = False, on_unreadable: Optional[Callable[[str, str], None]] = None,
+                   ddp: bool = False, grounded: Optional[bool] = None, on_unreadable: Optional[Callable[[str, str], None]] = None,
                    log: Optional[Callable[[str], None]] = None) -> RecordReports:
     """What `ecgbatch report RECORD...` does (see the module doc). ``ddp``: the diagnosis-driven
-    prompt. ``on_unreadable(record, message)`` is called for each unreadable record before the
+    prompt; ``grounded``: the grounded prompt (None: the model's config). Each result's
+    ``findings``/``contradictions`` are computed either way (RecordReports.grounds). ``on_unreadable(record, message)`` is called for each unreadable record before the
     engine starts; ``log`` hears the model's assembly at first use. Raises EcgLlavaError /
     CheckpointError (the model, the adapter, the diagnosis prompt, the engine)."""
     engine_env()
     folder, lora = llava_model(model, lora, log=log)
     config = check_model_folder(folder)
+    use = use_grounded(grounded, ddp, config)
     rank = check_adapter(lora, config) if lora is not None else None
-    ecgs, failed = read_for_model(records, config)
+    measurements: list = []
+    ecgs, failed = read_for_model(records, config, measurements)
     for path, msg in failed:
         if on_unreadable is not None:
             on_unreadable(path, msg)
-    out = RecordReports([], failed, lora)
+    out = RecordReports([], failed, lora, grounded=use)
     if not ecgs:
         return out
     questions = [question] * len(ecgs)
     if ddp:
         questions, out.findings, out.ddp = diagnosis_questions(model, ecgs, question)
+    groundings = ground_inputs(measurements, [x for _, x in ecgs], grounds_labeller(model))
+    if use:
+        questions = [g.question(q) for g, q in zip(groundings, questions)]
     engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
     reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
     out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)
+    out.grounds = [report_fields(r.text, g) for r, g in zip(out.results, groundings)]
     return out
