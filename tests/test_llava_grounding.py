@@ -158,3 +158,25 @@ def test_batch_and_report_row_fields(grounded, labeller):
     assert json.loads(json.dumps(row)) == row
     assert any(f["source"] == "probe" for f in row["findings"])
     assert [c["finding"] for c in row["contradictions"]][:1] == ["sinus_rhythm"]
+
+
+def test_conversation_grounds_the_first_question_once(grounded):
+    from ecgbatch.llava.grounding import finding_text, ground_conversation
+
+    g = grounded["brady"][1]
+    assert ground_conversation(g, "Rate?") == (g.question("Rate?"), [])
+    history = [("Describe.", "Sinus rhythm."), ("Axis?", "Normal.")]
+    q, h = ground_conversation(g, "Rate?", history)
+    assert q == "Rate?" and h == [(g.question("Describe."), "Sinus rhythm."), ("Axis?", "Normal.")]
+    assert "".join(u for u, _ in h).count(g.text) == 1 and g.text.startswith("Measured:")
+    rate = [f.to_dict() for f in g.findings if f.label == "heart_rate"][0]
+    assert finding_text(rate) == f"heart rate {round(rate['value'])} bpm"
+
+
+def test_labeller_for_an_ecg_llava_model_or_measurements_only(grounded, labeller):
+    """grounds_labeller finds the tower encoder's probes as --ddp does; none: measurements only."""
+    from ecgbatch.llava.grounding import ground_inputs, grounds_labeller
+
+    assert grounds_labeller("/nonexistent/ecg-llava-folder") is None
+    ms = [grounded["brady"][0]]
+    assert ground_inputs(ms, None, None)[0].text == ground(ms[0]).text

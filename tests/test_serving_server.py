@@ -56,6 +56,10 @@ def test_inline_and_path_give_the_same_answer(client, record):
     text = a.choices[0].message.content
     assert text.strip() and a.usage.completion_tokens == 8 and a.choices[0].finish_reason == "length"
     assert a.usage.prompt_tokens == 145          # report's prompt: 45 ids - 1 placeholder + 101 ECG tokens
+    grounds = a.model_extra["ecgbatch"]          # not grounded (the fixture's config), computed anyway
+    assert grounds["grounded"] is False and isinstance(grounds["contradictions"], list)
+    by = {f["label"]: f for f in grounds["findings"]}
+    assert by["heart_rate"]["source"] == "measurement" and 40 < by["heart_rate"]["value"] < 150
     assert ask(client, {"path": RECORD}).choices[0].message.content == text
     # the leads are mapped by name: another order of the same samples is the same model input
     order = list(range(12))[::-1]
@@ -66,12 +70,18 @@ def test_inline_and_path_give_the_same_answer(client, record):
 
 
 def test_streaming_matches_the_whole_answer(client, record):
-    whole = ask(client, {"path": RECORD}, max_tokens=12).choices[0].message.content
+    whole_answer = ask(client, {"path": RECORD}, max_tokens=12)
+    whole, whole_grounds = whole_answer.choices[0].message.content, whole_answer.model_extra["ecgbatch"]
     chunks = list(ask(client, {"path": RECORD}, max_tokens=12, stream=True, stream_options={"include_usage": True}))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 1 and "".join(pieces) == whole
     assert chunks[-1].usage.completion_tokens == 12
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # the finishing chunk (only it) carries the ecgbatch field, as the whole answer's
+    extra = [c.model_extra.get("ecgbatch") for c in chunks]
+    finishing = [i for i, c in enumerate(chunks) if c.choices and c.choices[0].finish_reason]
+    assert [i for i, e in enumerate(extra) if e is not None] == finishing
+    assert extra[finishing[0]]["findings"] == whole_grounds["findings"]
 
 
 def test_adapter_by_name_changes_the_answer(client):

@@ -55,6 +55,9 @@ def serve_cmd(
                                       help="chat requests (bodies read) in progress at once; more get 429"),
     body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1,
                                        help="seconds a request body may take to arrive (then 408)"),
+    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="state what ecgbatch "
+                                            "measured and its probes found before the first question "
+                                            "[default: the model's config, prompt.grounded]"),
 ) -> None:
     """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -83,7 +86,7 @@ def serve_cmd(
                        ecg_dir=ecg_dir, dtype=dtype, max_num_seqs=max_num_seqs, max_in_flight=max_in_flight,
                        limits=Limits(max_tokens=max_tokens, max_body_bytes=int(max_body_mb * 1024 * 1024),
                                      body_timeout_s=body_timeout),
-                       default_max_tokens=min(256, max_tokens))
+                       default_max_tokens=min(256, max_tokens), grounded=grounded)
     typer.echo(f"ecgbatch serve: http://{host}:{port}/ (model {name}{' with its adapter ' + str(own) if own else ''}"
                f"{', adapters ' + ', '.join(cfg.adapters) if cfg.adapters else ''})", err=True)
     try:

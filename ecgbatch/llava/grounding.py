@@ -231,6 +231,17 @@ def ground_batch(measurements: Sequence, *, probes: Sequence = (), embeddings=No
             for m, e in zip(measurements, embs)]
 
 
+def ground_conversation(grounding: Grounding, question: str, history: Sequence[tuple[str, str]] = ()
+                        ) -> tuple[str, list[tuple[str, str]]]:
+    """(question, history) with the grounding's lines before the FIRST user question (like the
+    ECG token: once per conversation), for chat and the server's multi-turn prompts."""
+    history = list(history)
+    if not history:
+        return grounding.question(question), history
+    (u0, a0), rest = history[0], history[1:]
+    return question, [(grounding.question(u0), a0), *rest]
+
+
 def measure_for_grounds(record) -> Any:
     """The grounds' measurements of one Record or (signal, fs, leads) with GROUND_METHOD, or None
     when it cannot be measured (e.g. no lead II): the measurements are then left out."""

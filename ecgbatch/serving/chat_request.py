@@ -38,6 +38,7 @@ from ecgbatch.io import read_record
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.io.leads import canonical_lead
 from ecgbatch.io.record import Record
+from ecgbatch.llava.grounding import measure_for_grounds
 from ecgbatch.llava.inputs import preprocess_for_model
 from ecgbatch.signal.content import NO_CONTENT, physiological_flags
 
@@ -96,6 +97,7 @@ class ChatJob:
     sampling: SamplingRequest
     stream: bool = False
     include_usage: bool = False
+    grounding: object = None     # the ECG's ecgbatch.llava.grounding.Grounding, set by the server
 
 
 # -- the conversation ---------------------------------------------------------------------------
@@ -334,15 +336,19 @@ def public_message(msg: str, *folders) -> str:
     return _ABS_PATH.sub("", msg)
 
 
-def model_input(spec, config, ecg_dir: Path | None, limits: Limits) -> np.ndarray:
-    """The ECG part -> the model's input array (the same preprocessing ``report`` uses)."""
+def model_input(spec, config, ecg_dir: Path | None, limits: Limits, measurements: list | None = None) -> np.ndarray:
+    """The ECG part -> the model's input array (the same preprocessing ``report`` uses);
+    ``measurements`` (a list) gets the record's grounding measurements, as read_for_model's."""
     rec, name = ecg_record(spec, ecg_dir, limits)
     flags = physiological_flags(rec.signal, rec.leads, rec.units)
     if NO_CONTENT in flags:     # no confident report on a flat, saturated or absurd signal
         _fail(f"the ECG has no physiological content ({', '.join(flags[:-1][:6])}); the model would "
               "report on noise", 422, NO_CONTENT)
     try:
-        return preprocess_for_model(rec, config, record_id=name)
+        x = preprocess_for_model(rec, config, record_id=name)
     except (EcgReadError, ValueError) as exc:
         _fail(f"the ECG cannot be brought to the model's input ({getattr(exc, 'kind', 'bad_ecg_input')}): "
               f"{public_message(str(exc), ecg_dir)}", 422, "unusable_ecg")
+    if measurements is not None:
+        measurements.append(measure_for_grounds(rec))
+    return x

@@ -38,7 +38,9 @@ from pathlib import Path
 from fastapi import Request   # module level: the routes' annotations are resolved from here
 from starlette.requests import ClientDisconnect
 
+from ecgbatch.llava.contradictions import report_fields
 from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.grounding import ground_conversation, ground_inputs, grounds_labeller
 from ecgbatch.serving.chat_request import (ChatJob, Limits, RequestError, is_utf8, model_input,
                                            parse_chat_request)
 from ecgbatch.serving.server_upload import preview
@@ -66,6 +68,7 @@ class ServerConfig:
     dtype: str = "auto"                   # ecgbatch.device: float32 on CPU, bfloat16 on CUDA
     max_num_seqs: int | None = None
     work_dir: str | None = None
+    grounded: bool | None = None          # the grounded prompt (None: the model's config prompt.grounded)
 
 
 def error_response(status: int, message: str, code: str = "invalid_request"):
@@ -142,6 +145,12 @@ class ChatService:
 
     def __init__(self, cfg: ServerConfig, engine):
         self.cfg, self.engine, self.in_flight = cfg, engine, 0
+        self.grounded = engine.config.grounded_prompt if cfg.grounded is None else bool(cfg.grounded)
+        self.labeller = grounds_labeller(cfg.model_dir)   # the tower encoder's probes, or None
+
+    def grounding(self, ecg, measurements):
+        """The request's Grounding (measurements + probe findings; in a worker thread)."""
+        return ground_inputs(measurements, [ecg], self.labeller)[0]
 
     def models(self) -> dict:
         now = int(time.time())
@@ -151,14 +160,22 @@ class ChatService:
         return {"object": "list", "data": data}
 
     async def prepare(self, body) -> tuple[ChatJob, object, list[int]]:
-        """Parse, check the model name, build the ECG input (in a thread) and the prompt ids."""
+        """Parse, check the model name, build the ECG input and its grounds (in a thread) and
+        the prompt ids (the grounding's lines before the first question when grounded); the
+        job's ``grounding`` attribute keeps the grounds for the response's ``ecgbatch`` field."""
         job = parse_chat_request(body, self.engine.config.ecg_token, self.cfg.limits, self.cfg.default_max_tokens)
         if job.model not in self.engine.model_names:
             raise RequestError(f"model {job.model!r} is not served here; GET /v1/models lists "
                                f"{', '.join(self.engine.model_names)}", 404, "model_not_found")
-        ecg = await asyncio.to_thread(model_input, job.ecg_part, self.engine.config, self.cfg.ecg_dir, self.cfg.limits)
+        measured: list = []
+        ecg = await asyncio.to_thread(model_input, job.ecg_part, self.engine.config, self.cfg.ecg_dir,
+                                      self.cfg.limits, measured)
+        job.grounding = await asyncio.to_thread(self.grounding, ecg, measured)
+        question, history = job.question, job.history
+        if self.grounded:
+            question, history = ground_conversation(job.grounding, question, history)
         try:
-            ids = self.engine.prompt_ids(job.question, job.history)
+            ids = self.engine.prompt_ids(question, history)
             self.engine.check_length(ids, job.sampling.max_tokens)
         except EcgLlavaError as exc:
             raise RequestError(str(exc), 400, getattr(exc, "kind", "bad_prompt")) from None
@@ -173,26 +190,34 @@ class ChatService:
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": job.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
                              "finish_reason": last.finish_reason, "logprobs": None}],
-                "usage": _usage(last)}
+                "usage": _usage(last), "ecgbatch": self.grounds(job, "".join(text))}
+
+    def grounds(self, job: ChatJob, text: str) -> dict:
+        """The response's ``ecgbatch`` field: {"grounded", "findings", "contradictions"}."""
+        return {"grounded": self.grounded, **report_fields(text, job.grounding)}
 
     async def sse(self, job: ChatJob, ecg, ids):
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta, finish=None, usage=None):
+        def chunk(delta, finish=None, usage=None, grounds=None):
             choices = [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": job.model,
                    "choices": choices}
             if usage:
                 obj["usage"] = usage
+            if grounds is not None:
+                obj["ecgbatch"] = grounds
             return f"data: {json.dumps(obj)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
-        last = None
+        last, text = None, []
         try:
             async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
                 last = d
-                if d.text or d.finish_reason:
-                    yield chunk({"content": d.text} if d.text else {}, d.finish_reason)
+                text.append(d.text)
+                if d.text or d.finish_reason:   # the finishing chunk carries the ecgbatch field
+                    grounds = self.grounds(job, "".join(text)) if d.finish_reason else None
+                    yield chunk({"content": d.text} if d.text else {}, d.finish_reason, grounds=grounds)
         except Exception as exc:   # the status line is sent already: report in-band, then end
             log.exception("stream %s failed", rid)
             err = {"message": f"the engine failed while streaming ({type(exc).__name__}; logged on "
