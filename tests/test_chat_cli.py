@@ -49,6 +49,8 @@ def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
     first = json.loads((tmp_path / "conv.json").read_text())["messages"][1]["content"]
     assert first and first in out                              # streamed to the terminal
     assert json.loads((tmp_path / "empty.json").read_text())["messages"] == []
+    found = json.loads((tmp_path / "conv.json").read_text())["findings"]   # measured, not stated (fixture's config)
+    assert [f["label"] for f in found][:1] == ["heart_rate"] and "findings: heart rate " in out
     api = openai.OpenAI(base_url=ecg_server["url"] + "/v1", api_key=ecg_server["key"], max_retries=0)
     ref = api.chat.completions.create(model=ecg_server["adapter"], max_tokens=8, temperature=0, messages=[
         {"role": "user", "content": [{"type": "ecg", "ecg": {"path": "cinc2021/A0689.hea"}}, {"type": "text", "text": q1}]}])

@@ -17,7 +17,9 @@ import numpy as np
 import typer
 
 from ecgbatch.commands.common import fail
+from ecgbatch.llava.contradictions import contradictions
 from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.grounding import Grounding, finding_text, ground_conversation
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
 
 HELP = "commands: /plot [FILE.png]  /reset  /save FILE.json  /quit   (anything else is a question)"
@@ -51,10 +53,20 @@ def summary_line(s: dict) -> str:
 class ChatSession:
     """One conversation about one ECG; the terminal loop is ``run``."""
 
-    def __init__(self, engine, record, name: str, ecg: np.ndarray, model: str, max_tokens: int, out=sys.stdout):
+    def __init__(self, engine, record, name: str, ecg: np.ndarray, model: str, max_tokens: int, out=sys.stdout,
+                 grounding: Grounding | None = None, grounded: bool = False):
         self.engine, self.record, self.name, self.ecg = engine, record, name, ecg
         self.model, self.max_tokens, self.out = model, max_tokens, out
+        self.grounding, self.grounded = grounding or Grounding(""), grounded
         self.history: list[tuple[str, str]] = []
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The turn's prompt: the history, and the grounding's lines before the first question
+        when grounded (once per conversation, as the server builds it)."""
+        history = self.history
+        if self.grounded:
+            question, history = ground_conversation(self.grounding, question, history)
+        return self.engine.prompt_ids(question, history)
 
     def say(self, text: str = "", end: str = "\n") -> None:
         self.out.write(text + end)
@@ -63,7 +75,7 @@ class ChatSession:
     async def answer(self, question: str) -> str:
         from ecgbatch.serving.chat_request import SamplingRequest
 
-        ids = self.engine.prompt_ids(question, self.history)
+        ids = self.prompt_ids(question)
         parts = []
         async for d in self.engine.stream(self.ecg, ids, SamplingRequest(max_tokens=self.max_tokens), self.model):
             parts.append(d.text)
@@ -72,6 +84,8 @@ class ChatSession:
                 self.say(f"\n[stopped at {self.max_tokens} tokens]", end="")
         self.say()
         text = "".join(parts).strip()
+        for c in contradictions(text, self.grounding):
+            self.say(f"[contradiction: {c.statement!r}: {c.reason}]")
         self.history.append((question, text))
         return text
 
@@ -104,12 +118,15 @@ class ChatSession:
 
         turns = [{"role": r, "content": t} for q, a in self.history for r, t in (("user", q), ("assistant", a))]
         try:
-            atomic_write_json({"record": self.name, "model": self.model, "messages": turns}, path)
+            atomic_write_json({"record": self.name, "model": self.model, "grounded": self.grounded,
+                               "findings": [f.to_dict() for f in self.grounding.findings], "messages": turns}, path)
             self.say(f"(conversation saved to {path})")
         except OSError as exc:
             self.say(f"error: cannot write {path}: {exc.strerror}")
 
     async def run(self, read_line) -> None:
+        found = "; ".join(finding_text(f.to_dict()) for f in self.grounding.findings) or "none"
+        self.say(f"findings{' (stated before the first question)' if self.grounded else ''}: {found}")
         self.say(HELP)
         while True:
             self.say("> ", end="")
@@ -143,6 +160,9 @@ def chat_cmd(
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per answer"),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), "
                                  "float32, bfloat16 or float16"),
+    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="state what ecgbatch "
+                                            "measured and its probes found before the first question "
+                                            "[default: the model's config, prompt.grounded]"),
 ) -> None:
     """Chat about RECORD with an ECG-LLaVA model: summary and plot first, then questions."""
     from ecgbatch.serving.engine import engine_env
@@ -151,6 +171,7 @@ def chat_cmd(
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.io import read_record
     from ecgbatch.io.errors import EcgReadError
+    from ecgbatch.llava.grounding import ground_inputs, grounds_labeller
     from ecgbatch.llava.inputs import read_for_model
     from ecgbatch.serving.folder import check_adapter, check_model_folder
     from ecgbatch.serving.server_upload import summary
@@ -162,25 +183,29 @@ def chat_cmd(
             check_adapter(lora, config)
     except (EcgLlavaError, CheckpointError) as exc:
         fail(str(exc))
-    ok, failed = read_for_model([record], config)
+    measured: list = []
+    ok, failed = read_for_model([record], config, measured)
     if failed:
         fail(f"{record}: {failed[0][1]}")
+    grounding = ground_inputs(measured, [ok[0][1]], grounds_labeller(model))[0]
+    use = config.grounded_prompt if grounded is None else grounded
     try:
         rec = read_record(record)
     except EcgReadError as exc:     # read_for_model just read it: only a file changing under us
         fail(f"{record}: {exc}")
     typer.echo(summary_line(summary(rec, record)))
     typer.echo(text_plot(rec))
-    asyncio.run(_chat(folder, Path(model).name, lora, rec, record, ok[0][1], max_tokens, dtype))
+    asyncio.run(_chat(folder, Path(model).name, lora, rec, record, ok[0][1], max_tokens, dtype, grounding, use))
 
 
-async def _chat(folder, model_name, lora, rec, name, ecg, max_tokens, dtype):
+async def _chat(folder, model_name, lora, rec, name, ecg, max_tokens, dtype, grounding=None, grounded=False):
     from ecgbatch.serving.async_engine import AsyncEcgLlava
 
     typer.echo(f"(starting {model_name}{' with adapter ' + str(lora) if lora else ''}...)", err=True)
     engine = AsyncEcgLlava.start(folder, served_name=model_name, lora=lora, dtype=dtype)
     try:
-        await ChatSession(engine, rec, name, ecg, model_name, max_tokens).run(_read_line)
+        await ChatSession(engine, rec, name, ecg, model_name, max_tokens, grounding=grounding,
+                          grounded=grounded).run(_read_line)
     finally:
         engine.shutdown()
 
