@@ -180,3 +180,19 @@ def test_labeller_for_an_ecg_llava_model_or_measurements_only(grounded, labeller
     assert grounds_labeller("/nonexistent/ecg-llava-folder") is None
     ms = [grounded["brady"][0]]
     assert ground_inputs(ms, None, None)[0].text == ground(ms[0]).text
+
+
+def test_report_udf_grounds_a_hand_built_batch(grounded, labeller):
+    """ecgbatch.pipelines.report.batch_groundings (the ReportUDF's grounds): a read-stage batch
+    with its measurement columns, one failed row; the probes on the model inputs."""
+    from ecgbatch.pipelines.read_stage import MEASUREMENT_COLUMNS
+    from ecgbatch.pipelines.report import batch_groundings
+
+    ms = [grounded["brady"][0], None]
+    batch = {k: np.array([getattr(ms[0], k), np.nan]) for k in MEASUREMENT_COLUMNS}
+    batch["ok"] = np.array([True, False])
+    x = np.zeros((2, 12, 5000), np.float32)
+    gs = batch_groundings(batch, x)
+    assert gs[0].text == ground(ms[0]).text and gs[1].text == "" and gs[1].findings == ()
+    with_probes = batch_groundings(batch, x, labeller)
+    assert with_probes[0].probabilities and with_probes[1].probabilities == {}

@@ -108,6 +108,10 @@ def test_report_rows(job, llava_converted):
         assert r["model"] == llava_converted.name
         assert r["adapter"] == str((llava_converted / "lora").resolve())   # no --lora: the folder's own
         assert r["generation_s"] > 0 and r["labels"] and r["fs"] == 500.0
+        found = json.loads(r["findings"])       # measured in the read stage (multilead), not stated
+        assert found[0]["label"] == "heart_rate" and found[0]["value"] == pytest.approx(r["hr_bpm"], abs=0.1)
+        assert all(f["source"] in ("measurement", "probe") for f in found)
+        assert isinstance(json.loads(r["contradictions"]), list)
     assert summary["output_tokens"] == MAX_TOKENS * summary["reported"]
 
 
@@ -116,6 +120,10 @@ def test_export_and_rerun(job, archive, llava_converted):
     lines = [json.loads(x) for x in (base / "reports.jsonl").read_text().splitlines()]
     assert sorted((r["record_id"], r["report"]) for r in lines) == sorted(
         (r["record_id"], r["report"]) for r in table.read_table().to_pylist())
+    assert all(isinstance(r["findings"], list) and r["findings"] and isinstance(r["contradictions"], list)
+               for r in lines)                  # JSON lists in the .jsonl export
+    pages = [p.read_text() for p in (base / "html").glob("*.html") if p.name != "index.html"]
+    assert pages and all("<ul id=findings><li>heart rate" in p and "id=contradictions" in p for p in pages)
     from ecgbatch.pipelines import report
 
     s = report.run(str(archive), llava_converted, ws, lora=llava_converted / "lora",
@@ -178,3 +186,4 @@ def test_html_pages_load_in_a_browser(job, browser):
     assert size[0] and size[1] > 500 and size[2] > 300      # the 12-lead PNG really decoded
     assert browser.find_element(By.ID, "report").text == reports[rid]["report"].strip()
     assert reports[rid]["labels"][0] in browser.find_element(By.ID, "labels").text
+    assert "heart rate" in browser.find_element(By.ID, "findings").text

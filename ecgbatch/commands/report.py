@@ -66,7 +66,8 @@ def report_cmd(
             fail("give RECORD... or --input ARCHIVE, not both")
         return run_archive(ArchiveOptions(archive, workspace, model, lora, question, ddp, rag, reference,
                                           engines, gpus_per_engine, max_tokens, address, resume, output,
-                                          html, dtype, batch_size, block_size, num_cpus, as_json, progress))
+                                          html, dtype, batch_size, block_size, num_cpus, as_json, progress,
+                                          grounded))
     if not records:
         fail("give RECORD... (or --input ARCHIVE)")
     if rag or html is not None or output is not None:

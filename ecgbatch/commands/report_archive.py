@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
 from ecgbatch.llava.errors import EcgLlavaError
+from ecgbatch.llava.grounding import use_grounded
 from ecgbatch.models import llava_model
 
 
@@ -39,6 +40,7 @@ class ArchiveOptions:
     num_cpus: Optional[int]
     as_json: bool
     progress: bool
+    grounded: Optional[bool] = None     # --grounded/--no-grounded (None: the model's config)
 
 
 def _check_ddp_encoder(console, folder, table_root: str) -> None:
@@ -110,6 +112,10 @@ def run_archive(o: ArchiveOptions) -> None:
         folder, lora = llava_model(o.model, o.lora, log=lambda m: typer.echo(m, err=True))  # no --lora: its own
         if meta is not None:
             lora = o.lora                       # resume: exactly the first run's adapter (or none)
+        else:
+            from ecgbatch.llava.loading import read_config   # torch
+
+            settings.grounded = use_grounded(o.grounded, o.ddp, read_config(folder))
         if settings.mode in ("ddp", "rag"):
             from ecgbatch.pipelines import report_prompts
 

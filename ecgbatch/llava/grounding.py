@@ -32,11 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from ecgbatch.io.errors import EcgReadError
+from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.llava.diagnosis_prompt import (DiagnosisPromptUnavailableError, Finding, FindingsLabeller,
                                              findings_from_embeddings)
 from ecgbatch.signal.axis import AXIS_TEXT, axis_category
@@ -267,3 +268,22 @@ def ground_inputs(measurements: Sequence, xs=None, labeller=None) -> list[Ground
     if labeller is None or xs is None or not len(measurements):
         return ground_batch(measurements)
     return ground_batch(measurements, probes=labeller.probes, embeddings=labeller.embed(np.stack(list(xs))))
+
+
+class GroundedWithDdpError(EcgLlavaError):
+    """--grounded and --ddp together: two prompts stating the probes' findings."""
+
+    kind = "bad_option"
+
+
+def use_grounded(grounded: Optional[bool], ddp: bool, config) -> bool:
+    """Whether prompts carry the grounded prompt: ``grounded`` when given, else the model's
+    config (``prompt.grounded``). --ddp (the paper's prompt for ECG-Chat's own model) replaces
+    the model's default; with an explicit --grounded it is refused (both state the probes)."""
+    if ddp and grounded:
+        raise GroundedWithDdpError("--grounded and --ddp both state the probes' findings before the question: "
+                                   "give one (--ddp is for ECG-Chat's own model, --grounded for models "
+                                   "trained with the grounded prompt)")
+    if ddp:
+        return False
+    return bool(config.grounded_prompt) if grounded is None else bool(grounded)

@@ -57,8 +57,8 @@ def _meta_fields(meta: dict[str, Any]) -> dict[str, Any]:
             "quality": LABEL_SEP.join(quality)}
 
 
-def _measure(record) -> dict[str, float]:
-    m = measure(record)
+def _measure(record, method: str = "ecgchat") -> dict[str, float]:
+    m = measure(record, method=method)
     failed = m.quality == "failed"
     out = {}
     for k in MEASUREMENT_COLUMNS:
@@ -67,7 +67,7 @@ def _measure(record) -> dict[str, float]:
     return out
 
 
-def read_one(source, config, measure: bool) -> dict[str, Any]:
+def read_one(source, config, measure: bool, measure_method: str = "ecgchat") -> dict[str, Any]:
     """One record -> a row dict (ok=True with x, or ok=False with stage/error fields).
 
     Typed input errors (ecgbatch.io.errors.EcgReadError) become failure rows with their kind;
@@ -89,7 +89,7 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
         notes = list(pre.notes)
         if measure:  # a record that cannot be measured is still embedded: null columns + a note
             try:
-                row.update(_measure(rec))
+                row.update(_measure(rec, measure_method))
             except Exception as exc:  # noqa: BLE001 - kept in preprocess_notes
                 notes.append(f"measurements failed: {type(exc).__name__}: {exc}")
         row["notes"] = "; ".join(notes)
@@ -103,12 +103,14 @@ def read_one(source, config, measure: bool) -> dict[str, Any]:
 
 
 def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True,
-                        rhythm: dict | None = None, ledger=None) -> dict[str, np.ndarray]:
+                        rhythm: dict | None = None, ledger=None, measure_method: str = "ecgchat"
+                        ) -> dict[str, np.ndarray]:
     """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
 
     Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
     (zeros for failed rows), age, sex, diagnoses, labels, quality (reader flags), fs, duration_s,
-    notes, measurements (NaN unless ``measure``); with ``rhythm`` (the model's ``rhythm_spec``)
+    notes, measurements (NaN unless ``measure``; ``measure_method``: ecgbatch.signal.measure's
+    method, "multilead" for the report job's grounds); with ``rhythm`` (the model's ``rhythm_spec``)
     also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
     so that the encoder actors only run the network. ``ledger`` (read_ledger.start_ledger): a
     record whose worker process died in an earlier attempt of this task becomes a failure row."""
@@ -124,7 +126,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
                 r = crash_row(source.key)
             else:
                 tracker.reading(str(blk), source.key)
-                r = read_one(source, cfg, measure)
+                r = read_one(source, cfg, measure, measure_method)
             r["block"], r["record_id"] = str(blk), str(rid)
             rows.append(r)
         tracker.finish(str(blk))
@@ -158,7 +160,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
 # The dataset
 # ---------------------------------------------------------------------------------------------
 def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, measure: bool = False,
-               rhythm: dict | None = None):
+               rhythm: dict | None = None, measure_method: str = "ecgchat"):
     """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
     ``(key, sources, ids)`` running read_and_preprocess."""
     import ray
@@ -174,7 +176,7 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
 
     return ds.map_batches(read_and_preprocess, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
-                                     "ledger": start_ledger()},
+                                     "ledger": start_ledger(), "measure_method": measure_method},
                           num_cpus=1, memory=block_bytes,
                           ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
 

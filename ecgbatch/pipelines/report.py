@@ -31,13 +31,16 @@ import pyarrow as pa
 from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size, table_dtype,
                              tensor_parallel_size)
 from ecgbatch.io.errors import NoPhysiologicalContentError
+from ecgbatch.llava.contradictions import report_fields
+from ecgbatch.llava.grounding import GROUND_METHOD, ground_inputs, grounds_labeller
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
-from ecgbatch.pipelines.read_stage import LABEL_SEP, failures_table, metadata_columns, read_stage
+from ecgbatch.pipelines.read_stage import (LABEL_SEP, MEASUREMENT_COLUMNS, failures_table, metadata_columns,
+                                           read_stage)
 from ecgbatch.pipelines.sources import list_sources
 from ecgbatch.pipelines.workspace import atomic_write_table, default_workspace, model_key, ReportTable
 from ecgbatch.serving.errors import EcgLlavaError
@@ -83,6 +86,7 @@ class PromptSettings:
     max_tokens: int = 256
     rag_k: int = 0
     reference: str = ""        # the reference embedding table's folder (rag)
+    grounded: bool = False     # the grounded prompt before each question (ecgbatch.llava.grounding)
 
     def __post_init__(self):
         if self.mode not in PROMPT_MODES:
@@ -91,7 +95,10 @@ class PromptSettings:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
 
     def hash(self, *parts: str) -> str:
-        blob = json.dumps([asdict(self), *parts], sort_keys=True)
+        d = asdict(self)
+        if not d["grounded"]:      # the tables of runs before the grounded prompt keep their keys
+            d.pop("grounded")
+        blob = json.dumps([d, *parts], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -99,6 +106,7 @@ class PromptSettings:
 # Stage 2: generate (callable class: one vLLM engine per actor)
 # ---------------------------------------------------------------------------------------------
 _FAIL_COLS = ("stage", "error_type", "error_kind", "message")
+GROUND_COLUMNS = ("findings", "contradictions")   # JSON strings in the table, lists in -o .jsonl
 
 
 class ReportUDF:
@@ -107,7 +115,7 @@ class ReportUDF:
     overflow, bad ECG) or that makes the engine fail becomes a failure row, never a lost record."""
 
     def __init__(self, model_dir: str, fingerprint: str, engine_kwargs: dict, lora: str | None,
-                 max_tokens: int, question: str, env: dict | None = None):
+                 max_tokens: int, question: str, env: dict | None = None, grounded: bool = False):
         for k, v in (env or {}).items():
             os.environ.setdefault(k, v)
         got = folder_fingerprint(model_dir)
@@ -118,6 +126,7 @@ class ReportUDF:
 
         self.engine = EcgLlavaEngine(model_dir, **engine_kwargs)
         self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
+        self.grounded, self.labeller = bool(grounded), grounds_labeller(model_dir)
         self._ids: dict[str, list[int]] = {}
 
     def _prompt_ids(self, question: str) -> list[int]:
@@ -137,7 +146,12 @@ class ReportUDF:
             questions = batch["question"] = np.array([self.question] * n, dtype=object)
         out = {"report": np.array([""] * n, dtype=object), "finish_reason": np.array([""] * n, dtype=object),
                "n_prompt_tokens": np.zeros(n, np.int64), "n_output_tokens": np.zeros(n, np.int64),
-               "generation_s": np.full(n, np.nan)}
+               "generation_s": np.full(n, np.nan), "findings": np.array(["[]"] * n, dtype=object),
+               "contradictions": np.array(["[]"] * n, dtype=object)}
+        groundings = batch_groundings(batch, x, self.labeller)
+        if self.grounded:
+            questions = batch["question"] = np.array([g.question(str(q)) for g, q in zip(groundings, questions)],
+                                                     dtype=object)
         todo = []
         for i in np.flatnonzero(batch["ok"]):
             if NO_CONTENT in str(batch["quality"][i] if "quality" in batch else "").split(LABEL_SEP):
@@ -156,6 +170,8 @@ class ReportUDF:
             out["report"][i], out["finish_reason"][i] = res.text, str(res.finish_reason or "")
             out["n_prompt_tokens"][i], out["n_output_tokens"][i] = res.n_prompt_tokens, res.n_output_tokens
             out["generation_s"][i] = res.generation_s if res.generation_s is not None else np.nan
+            fields = report_fields(res.text, groundings[i])
+            out["findings"][i], out["contradictions"][i] = (json.dumps(fields[k]) for k in ("findings", "contradictions"))
         batch.update(out)
         return batch
 
@@ -187,6 +203,20 @@ class ReportUDF:
         return done
 
 
+def batch_groundings(batch: dict[str, np.ndarray], x, labeller=None) -> list:
+    """Per row of a read-stage batch: its Grounding, from the measurement columns (NaN: left
+    out) and, with ``labeller`` (grounds_labeller's), the probes on the model inputs ``x``."""
+    n = len(x)
+    rows = [{k: batch[k][i] for k in MEASUREMENT_COLUMNS if k in batch} for i in range(n)]
+    ok = np.asarray(batch["ok"], dtype=bool)
+    out = ground_inputs([None] * n)
+    if ok.any():
+        got = ground_inputs([rows[i] for i in np.flatnonzero(ok)], x[ok], labeller)
+        for i, g in zip(np.flatnonzero(ok), got):
+            out[i] = g
+    return out
+
+
 def _fail(batch, i, exc, kind: str) -> None:
     batch["ok"][i] = False
     batch["stage"][i], batch["error_type"][i] = "generate", type(exc).__name__
@@ -212,7 +242,7 @@ def engine_kwargs(*, dtype: str = "auto", lora_rank: int | None = None, max_num_
 def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict, ekw: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
-                  batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None):
+                  batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
     generating, one whole block per call."""
@@ -220,10 +250,10 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
 
     if batch_size < 1 or engines < 1:
         raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
-    ds = read_stage(blocks, preprocess)
+    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
-            "max_tokens": max_tokens, "question": question, "env": env}
+            "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded}
     with warnings.catch_warnings():  # max_restarts goes through the deprecated **ray_remote_args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         if prompt_stage is not None:
@@ -255,6 +285,9 @@ def reports_table(rows: list[dict[str, Any]], signature: dict[str, str]) -> pa.T
         "finish_reason": pa.array([str(r["finish_reason"]) for r in rows], pa.string()),
         "generation_s": pa.array([None if math.isnan(float(r["generation_s"])) else float(r["generation_s"])
                                   for r in rows], pa.float64()),
+        # JSON lists (ecgbatch.llava.contradictions.report_fields); -o x.jsonl writes them as lists
+        "findings": pa.array([str(r.get("findings") or "[]") for r in rows], pa.string()),
+        "contradictions": pa.array([str(r.get("contradictions") or "[]") for r in rows], pa.string()),
     }
     cols.update(metadata_columns(rows))
     return pa.table(cols)
@@ -384,7 +417,8 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    preprocess=pre, ekw=ekw, lora=lora, max_tokens=settings.max_tokens,
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
-                                   batch_size=batch_size, prompt_stage=prompt_stage)
+                                   batch_size=batch_size, prompt_stage=prompt_stage,
+                                   grounded=settings.grounded)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:
@@ -408,6 +442,7 @@ def export(table: ReportTable, out: str | os.PathLike) -> Path:
         with open(tmp, "w") as f:
             for b in t.to_batches(max_chunksize=4096):
                 for r in b.to_pylist():
+                    r.update({k: json.loads(r[k]) for k in GROUND_COLUMNS if r.get(k) is not None})
                     f.write(json.dumps(r, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ecgbatch.llava.grounding import finding_text
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.workspace import ReportTable
 
@@ -66,9 +68,21 @@ def record_page(r: dict[str, Any], plot_file: str | None, plot_error: str | None
             if plot_file else f'<p class=failed id=plot>no plot: {e(plot_error or "")}</p>')
     body = (f'<p><a href="index.html">&larr; all records</a></p><h1>{e(r["record_id"])}</h1>{plot}'
             f'<h2>Report</h2><div class=report id=report>{e(r["report"].strip())}</div>'
+            f'{grounds_html(r)}'
             f'<h2>Prompt</h2><p id=question>{e(r["question"])}</p>'
             f'<h2>Record</h2><table id=labels>{rows}</table>')
     return _doc(f"ECG {r['record_id']}", body)
+
+
+def grounds_html(r: dict[str, Any]) -> str:
+    """The row's findings (what ecgbatch measured and found) and the report's contradictions."""
+    e = html.escape
+    found = json.loads(r.get("findings") or "[]")
+    said = json.loads(r.get("contradictions") or "[]")
+    items = "".join(f"<li>{e(finding_text(f))} <small>({e(f['source'])})</small></li>" for f in found)
+    bad = "".join(f"<li><q>{e(c['statement'])}</q>: {e(c['reason'])}</li>" for c in said)
+    return (f'<h2>Findings</h2><ul id=findings>{items or "<li>none measured</li>"}</ul>'
+            f'<h2>Contradictions</h2><ul id=contradictions>{bad or "<li>none found</li>"}</ul>')
 
 
 def index_page(entries: list[tuple[str, dict[str, Any]]], failures: list[dict[str, Any]], title: str) -> str:

@@ -18,8 +18,7 @@ import numpy as np
 
 from ecgbatch.llava.contradictions import report_fields
 from ecgbatch.llava.diagnosis_prompt import FindingsLabeller, diagnosis_prompt
-from ecgbatch.llava.errors import EcgLlavaError
-from ecgbatch.llava.grounding import ground_inputs, grounds_labeller
+from ecgbatch.llava.grounding import ground_inputs, grounds_labeller, use_grounded
 from ecgbatch.llava.inputs import read_for_model
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
@@ -36,25 +35,6 @@ class RecordReports:
     ddp: object = False            # the findings labeller's description, or False (the --json key)
     grounded: bool = False         # whether the prompts carried the grounded prompt
     grounds: Optional[list] = None  # per result: {"findings", "contradictions"} (always computed)
-
-
-class GroundedWithDdpError(EcgLlavaError):
-    """--grounded and --ddp together: two prompts stating the probes' findings."""
-
-    kind = "bad_option"
-
-
-def use_grounded(grounded: Optional[bool], ddp: bool, config) -> bool:
-    """Whether prompts carry the grounded prompt: ``grounded`` when given, else the model's
-    config (``prompt.grounded``). --ddp (the paper's prompt for ECG-Chat's own model) replaces
-    the model's default; with an explicit --grounded it is refused (both state the probes)."""
-    if ddp and grounded:
-        raise GroundedWithDdpError("--grounded and --ddp both state the probes' findings before the question: "
-                                   "give one (--ddp is for ECG-Chat's own model, --grounded for models "
-                                   "trained with the grounded prompt)")
-    if ddp:
-        return False
-    return bool(config.grounded_prompt) if grounded is None else bool(grounded)
 
 
 def diagnosis_questions(model: str, ecgs, question: str):
