@@ -219,6 +219,14 @@ def test_eval_report_with_ddp(mini_tower_llava, llava_converted, sample_archive,
         assert "The atrial fibrillation is present (p=" in asked[f"cinc2021/{n}"]
     assert "atrial fibrillation" not in asked[f"cinc2021/{SINUS[0]}"]
     assert all(q.endswith("\n" + Q) for q in asked.values())
+    rows = {row["id"]: row for row in map(json.loads, pred.read_text().splitlines())}
+    for n in AF:      # every prediction carries its grounds (measured; the same probes as DDP)
+        found = rows[f"cinc2021/{n}"]["findings"]
+        assert found[0]["label"] == "heart_rate" and found[0]["source"] == "measurement"
+        assert "atrial fibrillation" in [f["text"] for f in found if f["source"] == "probe"]
+        assert isinstance(rows[f"cinc2021/{n}"]["contradictions"], list)
+    r = _run("eval", "report", "--model", folder, "--data", data, "--ddp", "--grounded", "--no-meteor")
+    assert r.exit_code == 2 and "--grounded and --ddp" in r.output, r.output
     r = _run("eval", "report", "--model", llava_converted, "--data", data, "--ddp", "--no-meteor")
     assert r.exit_code == 2 and "ddp" in r.output and "base.tower" in r.output, r.output
     r = _run("eval", "report", "--predictions", data, "--references", data, "--ddp", "--no-meteor")
@@ -290,3 +298,35 @@ def test_prepare_asks_with_ddp_and_keeps_the_examples(mini_tower_llava, sample_a
         answer = tok.decode([t for t in labels if t != IGNORE_INDEX])
         assert "is present (p=" in prompt and "is present" not in answer
         assert ("atrial fibrillation" in prompt) == (item_id.split("/")[1] in AF)
+
+
+def test_training_prompt_equals_the_serving_prompt_with_grounded(mini_tower_llava, sample_archive, tmp_path,
+                                                                  monkeypatch):
+    """data.grounded = 1: each report item is asked with the SAME string `report RECORD --grounded`
+    sends for that record (read_for_model's measurements, the tower encoder's probes, ground)."""
+    from ecgbatch.llava.assemble import load_trained_only
+    from ecgbatch.llava.grounding import ground_inputs, grounds_labeller
+    from ecgbatch.llava.inputs import read_for_model
+    from ecgbatch.llava.prompting import prompt_ids
+    from ecgbatch.training.llava_config import LlavaJobConfig
+    from ecgbatch.training.llava_job import prepare
+
+    monkeypatch.setenv("ECGBATCH_CACHE", str(tmp_path / "cache"))
+    folder, base, cfg = mini_tower_llava
+    data = _instruct_file(tmp_path / "instruct.jsonl", sample_archive)
+    job = LlavaJobConfig.from_dict({"name": "g", "model": base, "data": {
+        "instruct": str(data), "split": None, "grounded": 1.0, "max_length": 512, "cache_dir": str(tmp_path / "c")}})
+    examples, _, _, ids = prepare(job, log=lambda m: None)
+    _, tok = load_trained_only(folder)
+    records = [str(sample_archive / "cinc2021" / f"{i.split('/')[1]}.hea") for i in ids]
+    measured: list = []
+    ecgs, failed = read_for_model(records, cfg, measured)          # the serving path's steps
+    assert not failed
+    served = ground_inputs(measured, [x for _, x in ecgs], grounds_labeller(folder))
+    for (input_ids, labels), g, item_id in zip(examples, served, ids):
+        assert g.text.startswith("Measured: heart rate") and "Classifier findings:" in g.text
+        prompt = [t for t, l in zip(input_ids, labels) if l == IGNORE_INDEX]
+        serving = prompt_ids(tok, g.question(Q), cfg)
+        assert tok.decode(prompt) == tok.decode(serving) and prompt == serving, item_id
+    with pytest.raises(ValueError, match="not both"):
+        LlavaJobConfig.from_dict({"name": "g", "model": base, "data": {"grounded": 0.5, "ddp": 0.5}})

@@ -71,6 +71,9 @@ def eval_report(
     save_predictions: Optional[Path] = typer.Option(None, "--save-predictions", help="with --model: write them"),
     ddp: bool = typer.Option(False, "--ddp", help="with --model: diagnosis-driven prompts (the findings of the "
                              "calibrated probes of the model's tower encoder before each question)"),
+    grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="with --model: state what "
+                                            "ecgbatch measured and its probes found before each question "
+                                            "[default: the model's config, prompt.grounded]"),
     meteor: bool = typer.Option(True, "--meteor/--no-meteor", help="METEOR needs WordNet (skipped if absent)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="also write all metrics as JSON"),
 ) -> None:
@@ -83,14 +86,16 @@ def eval_report(
         fail("give either --predictions or --model")
     if ddp and model is None:
         fail("--ddp needs --model (it changes the prompts the reports are generated from)")
+    if grounded is not None and model is None:
+        fail("--grounded/--no-grounded need --model (they change the prompts the reports are generated from)")
     ddp_info = None        # unknown for given predictions
     try:
         ref = _read_texts(references)
         if model is not None:
-            pred, asked, ddp_info = _generate(model, references, split, limit, read_option, batch_size,
-                                              max_new_tokens, ddp)
-            if save_predictions is not None:    # with DDP: the question as asked, findings included
-                _write_jsonl(save_predictions, [{"id": k, "text": v, **({"question": asked[k]} if ddp else {})}
+            pred, asked, ddp_info, grounds = _generate(model, references, split, limit, read_option, batch_size,
+                                                       max_new_tokens, ddp, grounded)
+            if save_predictions is not None:    # the question as asked; the row's findings and contradictions
+                _write_jsonl(save_predictions, [{"id": k, "text": v, "question": asked[k], **grounds[k]}
                                                 for k, v in pred.items()])
         else:
             pred = _read_texts(predictions)
@@ -151,7 +156,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _generate(model: str, data: Path, split, limit, read_option, batch_size, max_new_tokens,
-              ddp: bool = False) -> tuple[dict[str, str], dict[str, str], dict | bool]:
+              ddp: bool = False, grounded: Optional[bool] = None) -> tuple[dict[str, str], dict[str, str], dict | bool, dict]:
     """--model: the reports of ``data``'s report items in ``split`` (ecgbatch.eval.report_generation)."""
     from ecgbatch.eval.report_generation import generate_for_items
     from ecgbatch.training.instruct_format import read_instruct
@@ -163,4 +168,5 @@ def _generate(model: str, data: Path, split, limit, read_option, batch_size, max
         src, key = k.split(".", 1)
         opts.setdefault(src, {})[key] = v
     return generate_for_items(model, read_instruct(data, split=split), limit, opts, batch_size, max_new_tokens, ddp,
-                              log=lambda msg: typer.echo(msg, err=True), what=f"{str(data)!r} in split {split!r}")
+                              log=lambda msg: typer.echo(msg, err=True), what=f"{str(data)!r} in split {split!r}",
+                              grounded=grounded)

@@ -21,11 +21,13 @@ def report_items(items):
 
 
 def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new_tokens: int = 96,
-                     log=None, ddp=None, asked: list | None = None) -> list[str]:
+                     log=None, ddp=None, asked: list | None = None, ground=None, grounded: bool = False,
+                     grounds: list | None = None) -> list[str]:
     """Greedy reports for ``items`` (their first question); ``read(item)`` -> model input.
     ``ddp``: a ``ecgbatch.llava.diagnosis_prompt.FindingsLabeller``: each question is asked after the findings its
     probes give the item's ECG (diagnosis-driven prompt). ``asked``: a list the questions as
-    asked are appended to."""
+    asked are appended to. ``ground(items, x)``: their ecgbatch.llava.grounding.Grounding per
+    item (appended to ``grounds``); ``grounded``: each question is asked after its grounding."""
     import torch
 
     from ecgbatch.llava.prompting import prompt_ids
@@ -41,6 +43,12 @@ def generate_reports(model, tokenizer, items, read, batch_size: int = 8, max_new
         x_np = np.stack([read(it) for it in chunk])
         if ddp is not None:
             qs = [diagnosis_prompt(q, f) for q, f in zip(qs, ddp.findings(x_np))]
+        if ground is not None:
+            gs = ground(chunk, x_np)
+            if grounded:
+                qs = [g.question(q) for g, q in zip(gs, qs)]
+            if grounds is not None:
+                grounds.extend(gs)
         if asked is not None:
             asked.extend(qs)
         ids = [prompt_ids(tokenizer, q, cfg) for q in qs]

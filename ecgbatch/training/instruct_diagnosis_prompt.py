@@ -36,16 +36,23 @@ def diagnosis_prompt_selection(items, fraction: float, seed: int) -> list[int]:
     return sorted(reports[int(j)] for j in pick)
 
 
-def with_diagnosis_prompt(item, findings, ecg_token: str = "<ecg>"):
-    """A copy of ``item`` whose first human turn asks the DDP question (the placeholder kept
-    where it was, at the start or the end); ``meta.ddp`` records the findings."""
+def ask_first_turn(item, rewrite: Callable[[str], str], ecg_token: str, meta: dict):
+    """A copy of ``item`` whose first human turn asks ``rewrite(question)`` (the placeholder kept
+    where it was, at the start or the end), ``meta`` merged into its meta. Only the human turn
+    changes, so the loss masking is untouched."""
     conv = [dict(t) for t in item.conversations]
     first = conv[0]["value"]
-    q = first.replace(ecg_token, "").strip()
-    asked = diagnosis_prompt(q, findings)
+    asked = rewrite(first.replace(ecg_token, "").strip())
     conv[0]["value"] = f"{asked}\n{ecg_token}" if first.rstrip().endswith(ecg_token) and not \
         first.lstrip().startswith(ecg_token) else f"{ecg_token}\n{asked}"
-    return replace(item, conversations=conv, meta={**item.meta, "ddp": [f.to_dict() for f in findings]})
+    return replace(item, conversations=conv, meta={**item.meta, **meta})
+
+
+def with_diagnosis_prompt(item, findings, ecg_token: str = "<ecg>"):
+    """A copy of ``item`` whose first human turn asks the DDP question; ``meta.ddp`` records the
+    findings."""
+    return ask_first_turn(item, lambda q: diagnosis_prompt(q, findings), ecg_token,
+                          {"ddp": [f.to_dict() for f in findings]})
 
 
 def embedding_cache_file(cache_dir: str | Path, labeller, config) -> Path:
@@ -54,16 +61,21 @@ def embedding_cache_file(cache_dir: str | Path, labeller, config) -> Path:
     return Path(cache_dir) / f"ddp_embeddings-{labeller.weights_hash}-{preprocess_hash(config)}.npz"
 
 
-def record_findings(labeller, paths: list[str], read: Callable[[str], np.ndarray], cache_dir, config,
-                    log=None) -> list:
-    """DDP findings of each record ``paths[i]`` (``read(path)`` -> the model's input), from the
-    encoder embeddings cached per record."""
+def record_embeddings(labeller, paths: list[str], read: Callable[[str], np.ndarray], cache_dir, config,
+                      log=None) -> np.ndarray:
+    """The encoder embeddings [N, D] of the records ``paths`` (``read(path)`` -> the model's
+    input), cached per record."""
     from ecgbatch.training.ecg_tokens import cached_rows, record_key
 
-    emb = cached_rows(embedding_cache_file(cache_dir, labeller, config), [record_key(p) for p in paths],
-                      lambda idx: labeller.embed(np.stack([read(paths[i]) for i in idx])),
-                      batch_size=32, what=f"DDP embeddings ({labeller.encoder})", log=log)
-    return findings_from_embeddings(labeller.probes, emb)
+    return cached_rows(embedding_cache_file(cache_dir, labeller, config), [record_key(p) for p in paths],
+                       lambda idx: labeller.embed(np.stack([read(paths[i]) for i in idx])),
+                       batch_size=32, what=f"DDP embeddings ({labeller.encoder})", log=log)
+
+
+def record_findings(labeller, paths: list[str], read: Callable[[str], np.ndarray], cache_dir, config,
+                    log=None) -> list:
+    """DDP findings of each record ``paths[i]``, from the encoder embeddings cached per record."""
+    return findings_from_embeddings(labeller.probes, record_embeddings(labeller, paths, read, cache_dir, config, log))
 
 
 def apply_diagnosis_prompts(items, fraction: float, seed: int, labeller, read, cache_dir, config, log=print):

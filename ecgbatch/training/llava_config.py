@@ -47,6 +47,9 @@ class LlavaDataConfig:
                                       # prompt (ecgbatch.training.instruct_diagnosis_prompt; needs the
                                       # probes of the tower's encoder). YAML: data.diagnosis_prompt, or
                                       # data.ddp (the paper's name, "DDP")
+    grounded: float = 0.0             # seeded fraction of report items asked with the grounded prompt
+                                      # (ecgbatch.training.instruct_grounded; the serving prompt of
+                                      # --grounded); not with diagnosis_prompt
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 
     @property
@@ -93,6 +96,11 @@ class LlavaJobConfig:
         if not 0.0 <= self.data.diagnosis_prompt <= 1.0:
             raise ValueError(f"data.diagnosis_prompt (data.ddp) must be a fraction in [0, 1], got "
                              f"{self.data.diagnosis_prompt!r}")
+        if not 0.0 <= self.data.grounded <= 1.0:
+            raise ValueError(f"data.grounded must be a fraction in [0, 1], got {self.data.grounded!r}")
+        if self.data.grounded and self.data.diagnosis_prompt:
+            raise ValueError("give data.grounded or data.diagnosis_prompt (data.ddp), not both: both state the "
+                             "probes' findings before the question")
         if self.data.max_length < 8:
             raise ValueError(f"data.max_length must be >= 8, got {self.data.max_length!r}")
 

@@ -25,13 +25,14 @@ from safetensors.torch import load_file
 
 from ecgbatch.llava.assemble import LORA_SUBDIR, base_model, load_projector, save_trained_only
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
-from ecgbatch.llava.diagnosis_prompt import FindingsLabeller
+from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, FindingsLabeller
 from ecgbatch.llava.inputs import preprocess_for_model
 from ecgbatch.training import data as D
 from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
 from ecgbatch.training.ecg_tokens import ecg_tokens
 from ecgbatch.training.instruct_diagnosis_prompt import apply_diagnosis_prompts
 from ecgbatch.training.instruct_format import read_instruct
+from ecgbatch.training.instruct_grounded import apply_grounded_prompts
 from ecgbatch.training.llava_config import LlavaJobConfig
 from ecgbatch.training.llava_task import (LlavaTask, LoraConfig, collate, configure_stage, fit_length,
                                           label_conversation)
@@ -164,11 +165,20 @@ def label_items(items, tokenizer, config, max_length: int, log=print):
     return out, keep
 
 
+def item_record_reader(job: LlavaJobConfig):
+    """item -> its Record (the job's reader options per source)."""
+    def read_record(it):
+        opts = job.data.read_options.get(it.meta.get("source"), {}) if job.data.read_options else {}
+        return it.read_ecg(**opts)
+    return read_record
+
+
 def item_reader(job: LlavaJobConfig, config):
     """item -> the model's input [leads, samples] (the job's reader options per source)."""
+    read_record = item_record_reader(job)
+
     def read(it):
-        opts = job.data.read_options.get(it.meta.get("source"), {}) if job.data.read_options else {}
-        return preprocess_for_model(it.read_ecg(**opts), config, record_id=it.id)
+        return preprocess_for_model(read_record(it), config, record_id=it.id)
     return read
 
 
@@ -185,10 +195,27 @@ def ddp_items(job: LlavaJobConfig, items, config, log=print):
     return items
 
 
+def grounded_items(job: LlavaJobConfig, items, config, log=print):
+    """``data.grounded``: the chosen report items asked with their grounded prompt
+    (instruct_grounded; the probes of the tower's encoder when it has them, else measurements only)."""
+    if not job.data.grounded:
+        return items
+    try:
+        labeller = FindingsLabeller.for_base(job.model.base(), preprocess=config.preprocess)
+    except DiagnosisPromptUnavailableError as exc:
+        log(f"grounded prompt: measurements only ({exc})")
+        labeller = None
+    read_item = item_reader(job, config)
+    by_path = {str(it.ecg_path): it for it in items}
+    items, _ = apply_grounded_prompts(items, job.data.grounded, job.seed, item_record_reader(job), labeller,
+                                      lambda p: read_item(by_path[p]), job.data.cache_dir, config, log)
+    return items
+
+
 def prepare(job: LlavaJobConfig, log=print):
     """Driver-side data: labelled examples, tower tokens per record, example -> record row."""
     model, tok = build_model(job, log)
-    items = ddp_items(job, select_items(job), model.config, log)
+    items = grounded_items(job, ddp_items(job, select_items(job), model.config, log), model.config, log)
     examples, keep = label_items(items, tok, model.config, job.data.max_length, log)
     items = [items[i] for i in keep]
     paths = sorted({str(it.ecg_path) for it in items})
