@@ -80,6 +80,8 @@ def test_report_input_marks_and_refuses_a_record_without_content(sample_archive)
     assert out["ok"][0] and NO_CONTENT in out["quality"][0].split(LABEL_SEP)
     udf = ReportUDF.__new__(ReportUDF)
     udf.question, udf.max_tokens, udf.lora, udf._ids = "Please describe this ECG.", 2, None, {}
+    udf.grounded, udf.labeller = True, None          # grounded: the question gets no grounds to state
     res = udf(dict(out))
     assert not res["ok"][0] and res["error_kind"][0] == NO_CONTENT and res["report"][0] == ""
+    assert res["findings"][0] == "[]" and res["question"][0] == "Please describe this ECG."
     assert "no physiological content" in res["message"][0]
