@@ -48,6 +48,12 @@ def test_config_derives_token_count_and_checks_fields():
         _tiny_config(projector_type="qformer")
     with pytest.raises(EcgLlavaConfigError, match="preprocess.n_samples \\(5000\\) must equal"):
         _tiny_config(preprocess={"n_samples": 5000})
+    # the grounded prompt is the model's property (default off), kept through config.json
+    assert cfg.grounded_prompt is False
+    grounded = _tiny_config(prompt={"grounded": True})
+    assert EcgLlavaConfig.from_dict(grounded.to_dict()).grounded_prompt is True
+    with pytest.raises(EcgLlavaConfigError, match="prompt.grounded must be true or false"):
+        _tiny_config(prompt={"grounded": "yes"})
 
 
 def test_splice_places_ecg_rows_labels_and_positions(tiny):
