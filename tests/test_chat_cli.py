@@ -55,3 +55,29 @@ def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
     ref = api.chat.completions.create(model=ecg_server["adapter"], max_tokens=8, temperature=0, messages=[
         {"role": "user", "content": [{"type": "ecg", "ecg": {"path": "cinc2021/A0689.hea"}}, {"type": "text", "text": q1}]}])
     assert first == ref.choices[0].message.content.strip()
+
+
+@pytest.mark.shared
+def test_grounded_chat_states_the_grounds_once_before_the_first_question(llava_converted, sample_archive):
+    """ChatSession's turn prompts with --grounded: the grounding's lines before the first user
+    question only (the server builds the same with ground_conversation); the engine's prompt_ids
+    is the real tokenizer's (ecgbatch.llava.prompting), no engine is started here."""
+    from types import SimpleNamespace
+
+    from ecgbatch.commands.chat import ChatSession
+    from ecgbatch.io import read_record
+    from ecgbatch.llava.grounding import ground, measure_for_grounds
+    from ecgbatch.llava.loading import load_tokenizer, read_config
+    from ecgbatch.llava.prompting import prompt_ids
+
+    cfg = read_config(llava_converted)
+    tok = load_tokenizer(llava_converted, cfg)
+    engine = SimpleNamespace(prompt_ids=lambda q, h=None: prompt_ids(tok, q, cfg, h))
+    g = ground(measure_for_grounds(read_record(str(sample_archive / "ludb" / "1.hea"))))
+    assert g.text.startswith("Measured: heart rate")
+    s = ChatSession(engine, None, "ludb/1", None, "m", 4, grounding=g, grounded=True)
+    assert s.prompt_ids("Rate?") == prompt_ids(tok, g.question("Rate?"), cfg)
+    s.history.append(("Rate?", "45 bpm."))
+    assert s.prompt_ids("Axis?") == prompt_ids(tok, "Axis?", cfg, [(g.question("Rate?"), "45 bpm.")])
+    plain = ChatSession(engine, None, "ludb/1", None, "m", 4, grounding=g, grounded=False)
+    assert plain.prompt_ids("Rate?") == prompt_ids(tok, "Rate?", cfg)

@@ -100,3 +100,22 @@ def test_report_no_readable_record(llava_converted):
     # readable, but no ECG in it: listed as a failure, never reported on
     assert "flat_nan_absurd.hea: no_physiological_content" in r.output
     assert "no record could be read" in r.output
+
+
+def test_report_table_output_shows_findings_and_contradictions(capsys, sample_archive):
+    """`report RECORD` without --json: each report's findings and the contradictions of its
+    text (a crafted one: "Sinus rhythm" for LUDB 1's measured sinus bradycardia)."""
+    from ecgbatch.commands.report import print_reports
+    from ecgbatch.io import read_record
+    from ecgbatch.llava.contradictions import report_fields
+    from ecgbatch.llava.grounding import ground, measure_for_grounds
+    from ecgbatch.serving.engine import EcgResult
+    from ecgbatch.serving.record_reports import RecordReports
+
+    text = "Sinus rhythm. Normal ECG."
+    g = ground(measure_for_grounds(read_record(str(sample_archive / "ludb" / "1.hea"))))
+    res = EcgResult("ludb/1", text, [], 150, 6, "stop")
+    print_reports(RecordReports([res], [], None, grounds=[report_fields(text, g)]), "Describe.", as_json=False)
+    out = capsys.readouterr().out
+    assert "== ludb/1" in out and "findings: heart rate " in out and "bradycardia" in out
+    assert "contradiction: 'sinus rhythm': a sinus rhythm below 60 bpm" in out

@@ -89,12 +89,12 @@ def _report_records(records, model, lora, question, max_tokens, dtype, as_json, 
         fail(exc)                  # "kind: message"
     if not rep.results:
         fail("no record could be read")
-    _print(rep, question, as_json)
+    print_reports(rep, question, as_json)
     if rep.failed:
         raise typer.Exit(code=1)
 
 
-def _print(rep, question, as_json: bool) -> None:
+def print_reports(rep, question, as_json: bool) -> None:
     """The reports (a RecordReports; with each record's DDP findings when DDP was on)."""
     results, failed, ddp_info = rep.results, rep.failed, rep.ddp
     found = rep.findings if rep.findings is not None else [None] * len(results)
