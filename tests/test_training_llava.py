@@ -21,7 +21,7 @@ def _run(*args):
 def instruct_file(tmp_path_factory, sample_archive):
     out = tmp_path_factory.mktemp("instr") / "instruct.jsonl"
     r = _run("data", "instruct", f"ludb={sample_archive / 'ludb'}", f"cinc={sample_archive / 'cinc2021'}",
-             "-o", out, "--measure", "none")
+             "-o", out, "--measure", "none", "--part", "all")   # job mechanics: every sample record
     assert r.exit_code == 0, r.output
     return out
 

@@ -64,7 +64,7 @@ class JobProgress:
             "job": self.job, "state": state, "total": self.total,
             "done": self.already_done + this_run, "failed": self.failed, "already_done": self.already_done,
             "this_run": this_run, "blocks_committed": self.blocks, "records_per_s": round(rate, 3),
-            "eta_s": (round(left / rate, 1) if rate > 0 else None) if left else 0.0,
+            "eta_s": (round(left / rate, 3) if rate > 0 else None) if left else 0.0,
             "started": _utc(self.t0), "updated": _utc(now),
         }, self.path)
 

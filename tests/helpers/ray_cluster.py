@@ -44,6 +44,12 @@ class LocalRayCluster:
         self.root = Path(tempfile.mkdtemp(prefix="ecgr", dir="/tmp"))
         self.env = {**os.environ, **(env or {}), "RAY_TMPDIR": str(self.root), "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RAY_ADDRESS", None)
+        # the nodes run in this environment as a user's activated venv would: jobs' shell
+        # entrypoints (`ecgbatch ...`) find its console script also when pytest was started as
+        # `.venv/bin/python -m pytest` without activating it (make test, CI)
+        venv_bin = str(Path(sys.executable).parent)
+        if venv_bin not in self.env.get("PATH", "").split(os.pathsep):
+            self.env["PATH"] = venv_bin + os.pathsep + self.env.get("PATH", "")
         self.dashboard = dashboard
         self.start_timeout = start_timeout
         self.nodes: list[subprocess.Popen] = []
