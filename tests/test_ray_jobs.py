@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 
 import pytest
-from helpers.ray_cluster import LocalRayCluster
+from helpers.ray_cluster import LocalRayCluster, copy_cinc_records
 from typer.testing import CliRunner
 
 from ecgbatch._paths import REPO_ROOT
@@ -33,11 +32,7 @@ def readme_recipe() -> dict:
 
 @pytest.fixture(scope="module")
 def archive(sample_archive, tmp_path_factory):
-    d = tmp_path_factory.mktemp("jobs-archive")
-    for rid in RECORDS:
-        for f in (sample_archive / "cinc2021").glob(f"{rid}.*"):
-            shutil.copy(f, d / f.name)
-    return d
+    return copy_cinc_records(sample_archive, RECORDS, tmp_path_factory.mktemp("jobs-archive"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-from helpers.ray_cluster import LocalRayCluster
+from helpers.ray_cluster import LocalRayCluster, copy_cinc_records
 
 from ecgbatch._paths import REPO_ROOT
 
@@ -33,11 +32,7 @@ RECORDS = ["A0689", "A1041", "E00271", "E07500", "HR03961", "JS01048", "JS09740"
 
 @pytest.fixture(scope="module")
 def archive(sample_archive, tmp_path_factory):
-    d = tmp_path_factory.mktemp("multinode-archive")
-    for rid in RECORDS:
-        for f in (sample_archive / "cinc2021").glob(f"{rid}.*"):
-            shutil.copy(f, d / f.name)
-    return d
+    return copy_cinc_records(sample_archive, RECORDS, tmp_path_factory.mktemp("multinode-archive"))
 
 
 @pytest.fixture(scope="module")

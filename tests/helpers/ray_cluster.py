@@ -157,3 +157,12 @@ class LocalRayCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def copy_cinc_records(sample_archive: Path, records, dest: Path) -> Path:
+    """A small archive for cluster tests: the named Challenge records of the sample archive
+    (header + signal) copied into ``dest``."""
+    for rid in records:
+        for f in (sample_archive / "cinc2021").glob(f"{rid}.*"):
+            shutil.copy(f, dest / f.name)
+    return dest
