@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,7 @@ from ecgbatch.serving.server import MAX_JSON_DEPTH, RequestError, ServerConfig, 
 
 class BrokenEngine:
     served_name = "tiny"
+    config = SimpleNamespace(grounded_prompt=False)   # what the service reads at start-up
 
     @property
     def model_names(self):
