@@ -36,6 +36,7 @@ from ecgbatch.io.errors import EcgReadError, MissingLeadError
 from ecgbatch.io.snomed import snomed_table
 from ecgbatch.signal import measure
 from ecgbatch.signal.measurements import INTERVAL_RANGES
+from ecgbatch.signal.rate import BRADYCARDIA_BPM, TACHYCARDIA_BPM
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
 from ecgbatch.training.data import group_strata, split_by_group, stable_int
@@ -216,19 +217,19 @@ def plausible_measurements(m, present: list[str], uncertain: list[str], statemen
 
 # Where labels and measurements disagree, the data says neither (a dialogue must not answer
 # "no AV block" and "PR 230 ms", nor "sinus bradycardia" and "rate 80/min").
-BRADY_BPM, TACHY_BPM, LONG_PR_MS = 60, 100, 200
+LONG_PR_MS = 200
 
 
 def reconcile(present: list[str], absent: list[str], meas: dict) -> tuple[list[str], dict]:
     """(absent, measurements) without the negatives and values that contradict each other."""
     meas, absent = dict(meas), list(absent)
     hr, pr = meas.get("hr_bpm"), meas.get("pr_ms")
-    if hr is not None and (("sinus_bradycardia" in present and hr >= BRADY_BPM)
-                           or ("sinus_tachycardia" in present and hr <= TACHY_BPM)):
+    if hr is not None and (("sinus_bradycardia" in present and hr >= BRADYCARDIA_BPM)
+                           or ("sinus_tachycardia" in present and hr <= TACHYCARDIA_BPM)):
         meas.pop("hr_bpm")
-    if hr is not None and hr < BRADY_BPM:
+    if hr is not None and hr < BRADYCARDIA_BPM:
         absent = [k for k in absent if k != "sinus_bradycardia"]
-    if hr is not None and hr > TACHY_BPM:
+    if hr is not None and hr > TACHYCARDIA_BPM:
         absent = [k for k in absent if k != "sinus_tachycardia"]
     if pr is not None and "av_block" in present and pr <= LONG_PR_MS:
         meas.pop("pr_ms")
