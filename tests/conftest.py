@@ -256,8 +256,15 @@ def ray_local():
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HELPERS), old) if p)   # the workers' hook
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"})
+        for attempt in range(1, 4):
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"})
+                break
+            except Exception:    # on a busy machine a raylet can miss its start-up windows (its
+                ray.shutdown()   # agents' ports file, GCS registration) and die: start again
+                if attempt == 3:
+                    raise
     finally:
         if old is None:
             os.environ.pop("PYTHONPATH")
