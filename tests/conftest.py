@@ -259,7 +259,10 @@ def ray_local():
         for attempt in range(1, 4):
             try:
                 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"})
+                         runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"},
+                         # the raylet's wait for its dashboard agent (which writes the metrics
+                         # port file): the agent's imports alone took 18 s at load 7 on 2 cores
+                         _system_config={"agent_register_timeout_ms": 120_000})
                 break
             except Exception:    # on a busy machine a raylet can miss its start-up windows (its
                 ray.shutdown()   # agents' ports file, GCS registration) and die: start again
