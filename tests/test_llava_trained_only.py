@@ -49,6 +49,25 @@ def test_resolve_assembles_once_and_finds_the_adapter(llava_trained_only, llava_
     assert llava_model(str(llava_trained_only), other) == (full, other)
 
 
+def test_assembled_folder_keeps_how_the_model_is_asked(llava_trained_only, tmp_path, monkeypatch):
+    """A model trained with the grounded prompt says so in its trained-only config; the full
+    folder assembled from it (what report, chat and serve load) must say so too."""
+    import shutil
+
+    from ecgbatch.llava.assemble import full_folder
+    from ecgbatch.llava.loading import read_config
+
+    src = tmp_path / "grounded-tiny"
+    shutil.copytree(llava_trained_only, src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["prompt"] = {"grounded": True}
+    (src / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("ECGBATCH_CACHE", str(tmp_path / "cache"))
+    full = full_folder(src, log=lambda m: None)
+    assert read_config(full).grounded_prompt is True
+    assert read_config(llava_trained_only).grounded_prompt is False
+
+
 def test_resolve_errors_say_what_to_do(tmp_path, monkeypatch):
     from ecgbatch.llava.errors import ModelFolderError, ModelNotInstalledError
     from ecgbatch.models import llava_model, registry

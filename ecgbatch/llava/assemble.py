@@ -141,11 +141,15 @@ def load_trained_only(folder: str | Path, log=None):
                                f"(sha256 prefixes stored vs installed: {bad}); reinstall the base packages "
                                "named in its MODEL_CARD")
     load_projector(model, p)
+    model.config.prompt = dict(cfg.get("prompt") or {})   # how it was trained to be asked (grounded, ...)
     return model, tok
 
 
+ASSEMBLY_VERSION = b"2"   # 2: the full folder keeps the trained-only config's "prompt"
+
+
 def _folder_key(folder: Path) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(ASSEMBLY_VERSION)
     for f in sorted(q for q in folder.rglob("*") if q.is_file() and q.suffix in (".json", ".safetensors")):
         h.update(str(f.relative_to(folder)).encode())
         h.update(f.read_bytes())
