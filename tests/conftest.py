@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")      # also for the session Ray's engine actors
 
 SHARED = shared_dir()
+HELPERS = Path(__file__).parent / "helpers"
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +156,29 @@ def vllm_engine(llava_assembled, tmp_path_factory):
                           work_dir=str(tmp_path_factory.mktemp("vllm-work")))
 
 
+@pytest.fixture
+def record_reports_on_session_engine(vllm_engine, monkeypatch):
+    """`ecgbatch report RECORD...` run in this process (CliRunner) generates on the session's one
+    engine instead of starting its own (20-100 s): for this test, ecgbatch.serving.record_reports
+    gets a factory in place of EcgLlavaEngine that returns ``vllm_engine`` after checking that
+    the command asked for that very engine: the same full folder, the same dtype once resolved
+    (float32 on CPU) and a LoRA rank it serves. Everything else (resolving and assembling the
+    model, reading, prompts, generation, output) is the command's own code."""
+    from ecgbatch.device import resolve_dtype
+    from ecgbatch.serving import record_reports
+
+    def session_engine(folder, dtype="auto", lora_rank=None, max_num_seqs=None):
+        assert Path(folder).resolve() == vllm_engine.model_dir.resolve(), (folder, vllm_engine.model_dir)
+        assert resolve_dtype(dtype, vllm_engine.device) == resolve_dtype(vllm_engine.options.dtype,
+                                                                          vllm_engine.device)
+        assert lora_rank is None or lora_rank <= vllm_engine.options.lora_rank, lora_rank
+        assert max_num_seqs is None or max_num_seqs >= 1
+        return vllm_engine
+
+    monkeypatch.setattr(record_reports, "EcgLlavaEngine", session_engine)
+    return vllm_engine
+
+
 # --- `ecgbatch serve`: ONE server process (one vLLM engine) for every server and browser test ---
 
 @pytest.fixture(scope="session")
@@ -208,3 +234,44 @@ def ecg_server(llava_converted, tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+# --- ONE in-process Ray for every test that runs pipelines or training jobs in this process ------
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray (2 CPUs, no dashboard) for the whole session, started in this process: each
+    start and shut-down costs 10-30 s on 2 cores, and the pipelines (ray_session) and training
+    jobs (training.loop.launch) use a running session instead of starting their own. Tests that
+    need a Ray of their own (`ray start` nodes: tests/helpers/ray_cluster.py; SIGKILLed drivers)
+    start it in a subprocess and do not touch this one.
+
+    Its workers run tests/helpers/worker_crash_hook.install (``worker_process_setup_hook``): a
+    read of a path holding CRASH_MARK kills the worker with a segfault, HANG_MARK hangs it, no
+    other path is touched (test_io_corrupt_archive's dead worker)."""
+    import ray
+
+    if ray.is_initialized():        # a session some test started and left: not ours, no hook
+        ray.shutdown()
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HELPERS), old) if p)   # the workers' hook
+    try:
+        for attempt in range(1, 4):
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"},
+                         # the raylet's wait for its dashboard agent (which writes the metrics
+                         # port file): the agent's imports alone took 18 s at load 7 on 2 cores
+                         _system_config={"agent_register_timeout_ms": 120_000})
+                break
+            except Exception:    # on a busy machine a raylet can miss its start-up windows (its
+                ray.shutdown()   # agents' ports file, GCS registration) and die: start again
+                if attempt == 3:
+                    raise
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+    yield ray
+    ray.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,20 +18,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ws(sample_archive, tmp_path_factory):
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ws(sample_archive, tmp_path_factory, ray_local):
     w = tmp_path_factory.mktemp("ws")
     r = CliRunner().invoke(app, ["embed", str(sample_archive), "-w", str(w), "--allow-random-init",
                                  "--no-progress", "--measure", "--json"])
     assert r.exit_code == 0, r.output
-    yield w, json.loads(r.stdout)
-    if started:
-        ray.shutdown()
+    return w, json.loads(r.stdout)
 
 
 def _run(*args):

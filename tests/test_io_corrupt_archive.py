@@ -4,10 +4,8 @@ sidecar, ...) plus one record whose read kills the worker process: `scan` and `e
 real model) finish, every good record is embedded exactly once, every bad file is a failure."""
 from __future__ import annotations
 
-import os
 import shutil
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from helpers.worker_crash_hook import CRASH_MARK
 from typer.testing import CliRunner
 
 from ecgbatch.cli import app
@@ -22,9 +21,6 @@ from ecgbatch.io import list_records
 from ecgbatch.pipelines import embed
 from ecgbatch.pipelines.workspace import list_tables
 
-HELPERS = Path(__file__).parent / "helpers"
-sys.path.insert(0, str(HELPERS))
-from worker_crash_hook import CRASH_MARK  # noqa: E402
 
 GOOD = {  # folder in sample_archive -> record stems (36 records)
     "ludb": ["1", "3", "5", "7", "9", "11", "101", "103"],
@@ -107,30 +103,9 @@ def test_listing_and_scan_account_for_every_file(archive, tmp_path):
     assert "unexpected_error" not in kinds.values() and "reader_crash" not in kinds.values()
 
 
-@pytest.fixture(scope="module")
-def ray_with_crash_hook():
-    """A Ray session whose workers segfault on any path containing CRASH_MARK."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HELPERS), old) if p)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"worker_process_setup_hook": "worker_crash_hook.install"})
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = old
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.slow
-def test_embed_records_bad_files_and_a_dead_worker_as_failures(archive, ray_with_crash_hook,
+def test_embed_records_bad_files_and_a_dead_worker_as_failures(archive, ray_local,
                                                                 sample_archive, tmp_path):
     root, good, bad = archive
     crash = root / "ludb" / f"13{CRASH_MARK}.hea"  # a good WFDB record whose read kills the worker

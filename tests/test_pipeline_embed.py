@@ -77,19 +77,6 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
 
 # ------------------------------------------------------------------ with Ray
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def embedded(ray_local, sample_archive, tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     summary = embed.run(str(sample_archive), ws, MODEL, allow_random_init=True, progress=False,

@@ -1,7 +1,8 @@
-"""`report --input ARCHIVE --rag K --reference WS` and `--ddp` end to end, the way a user runs
-them: `ecgbatch embed` (ecg-coca-mini, Ray), `ecgbatch index build`, then `ecgbatch report
---input` through Ray Data and a vLLM engine actor (the converted ECG-Chat fixture model), each a
-CLI process of its own. Real cinc2021 records of the sample archive.
+"""`report --input ARCHIVE --rag K --reference WS` and `--ddp` end to end through the command
+line app: `ecgbatch embed` (ecg-coca-mini), `ecgbatch index build`, then `ecgbatch report --input`
+through Ray Data and a vLLM engine actor (the converted ECG-Chat fixture model). The commands run
+in this process on the session's one Ray (conftest ``ray_local``; a process with a Ray of its own:
+tests/test_report_archive.py). Four real cinc2021 records of the sample archive, two of them AF.
 
 --rag: the reference is the job's own workspace (texts: the records' header diagnoses, as
 reference_texts falls back to when the workspace has no report table yet); each row's prompt
@@ -10,40 +11,36 @@ from the embedding table, and never its own. --ddp: each row's prompt must hold 
 shipped probes give its embedding (atrial fibrillation for the two AF records)."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers.ray_cluster import copy_cinc_records
+from typer.testing import CliRunner
 
-from ecgbatch._paths import REPO_ROOT
+from ecgbatch.cli import app
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.slow]
 
 K = 2
 AF = {"A0689", "A1041"}
+RECORDS = [*sorted(AF), "E00271", "HR03961"]      # AF, AF, a Georgia and a PTB-XL record
 MAX_TOKENS = 4
 
 
-def _run(*args, timeout=1200):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", RAY_AUTH_MODE="disabled",
-               TRANSFORMERS_VERBOSITY="error")
-    r = subprocess.run([sys.executable, "-m", "ecgbatch.cli", *map(str, args)], env=env, cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{args[0]} failed:\n{r.stderr[-4000:]}"
+def _run(*args):
+    r = CliRunner().invoke(app, [*map(str, args)])
+    assert r.exit_code == 0, f"{args[0]} failed:\n{r.output[-4000:]}"
     return r
 
 
 @pytest.fixture(scope="module")
-def ws(sample_archive, tmp_path_factory):
-    """The cinc2021 records embedded by ecg-coca-mini and indexed: (archive, workspace, table)."""
+def ws(sample_archive, tmp_path_factory, ray_local):
+    """The records embedded by ecg-coca-mini and indexed: (archive, workspace, table)."""
     from ecgbatch.pipelines.workspace import open_table
 
     base = tmp_path_factory.mktemp("rag-ddp")
     arc = base / "archive"
-    shutil.copytree(sample_archive / "cinc2021", arc)
+    arc.mkdir()
+    copy_cinc_records(sample_archive, RECORDS, arc)
     ws = base / "ws"
     _run("embed", arc, "-w", ws, "--model", "ecg-coca-mini", "--no-progress")
     _run("index", "build", "-w", ws)

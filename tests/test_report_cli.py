@@ -1,12 +1,11 @@
-"""`ecgbatch report`: end to end through vLLM on a real sample-archive record (subprocess, as a
-user runs it), and the errors that must come before any engine starts."""
+"""`ecgbatch report`: end to end through vLLM on a real sample-archive record (the command in
+this process, generating on the session's one engine: conftest ``record_reports_on_session_engine``),
+and the errors that must come before any engine starts. (`python -m ecgbatch.cli` as a process with
+an engine of its own: tests/test_diagnosis_prompt.py's `report RECORD --ddp`.)"""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -17,23 +16,19 @@ from ecgbatch.cli import app
 RECORD = "sample_archive/cinc2021/A0689.hea"
 
 
-def _run_cli(args, **env_extra):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", **env_extra)
-    return subprocess.run([sys.executable, "-m", "ecgbatch.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
 @pytest.mark.vllm
 @pytest.mark.shared
-@pytest.mark.slow
-def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache):
+def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache, record_reports_on_session_engine,
+                                monkeypatch):
     """A trained-only folder (what `train export` writes) as --model and no --lora: the folder
     assembled in the cache and its own adapter are used. With --grounded the engine got the
     grounded question, and the row carries its findings and contradictions."""
-    p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_trained_only),
-                  "--max-tokens", "8", "--json", "--grounded"], ECGBATCH_CACHE=str(llava_cache))
-    assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
-    out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
+    monkeypatch.setenv("ECGBATCH_CACHE", str(llava_cache))
+    monkeypatch.chdir(REPO_ROOT)
+    p = CliRunner().invoke(app, ["report", RECORD, "sample_archive/bad/garbage.hea", "--model",
+                                 str(llava_trained_only), "--max-tokens", "8", "--json", "--grounded"])
+    assert p.exit_code == 1, p.output[-3000:]            # one record failed, the other reported
+    out = json.loads(p.stdout)                           # stdout is only the JSON (messages on stderr)
     assert out["adapter"] == str(llava_assembled[1])     # the model's own lora/
     [rep] = out["reports"]
     assert rep["record"] == RECORD and rep["text"].strip()

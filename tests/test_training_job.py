@@ -4,7 +4,6 @@ create_model, and a crash + --resume ends with the weights of an uninterrupted r
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,16 +14,6 @@ pytest.importorskip("ray")
 from ecgbatch._paths import REPO_ROOT  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "coca-tiny-test.yaml"
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +37,7 @@ def _weights(ckpt):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(ray_cluster, workdir):
+def uninterrupted(ray_local, workdir):
     """One full 2-worker run (3 epochs x 2 steps of a global batch of 8)."""
     from ecgbatch.training.checkpointing import latest_checkpoint
     from ecgbatch.training.coca_job import run_job
@@ -143,7 +132,7 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_one_worker_run(ray_cluster, workdir):
+def test_one_worker_run(ray_local, workdir):
     from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
     from ecgbatch.training.coca_job import run_job
 
@@ -156,7 +145,7 @@ def test_one_worker_run(ray_cluster, workdir):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_kfold_runs_and_crossval_score_every_record_once(ray_cluster, workdir):
+def test_kfold_runs_and_crossval_score_every_record_once(ray_local, workdir):
     from typer.testing import CliRunner
 
     from ecgbatch.cli import app

@@ -118,7 +118,7 @@ def _job(tmp_path, llava_converted, instruct_file, stage, **over):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, instruct_file, tiny):
+def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, instruct_file, tiny, ray_local):
     """Real Ray: LoRA+projector loss goes down; a crash after epoch 0 resumes from its
     checkpoint and finishes; the export loads in HF with the adapter and changes the outputs."""
     from ecgbatch.llava import load_ecg_llava
@@ -158,7 +158,7 @@ def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, i
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_align_job_trains_the_projector_only(tmp_path, llava_converted, instruct_file, tiny):
+def test_align_job_trains_the_projector_only(tmp_path, llava_converted, instruct_file, tiny, ray_local):
     from safetensors.torch import load_file
 
     from ecgbatch.training.checkpointing import latest_checkpoint
