@@ -32,7 +32,7 @@ def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache
     grounded question, and the row carries its findings and contradictions."""
     p = _run_cli(["report", RECORD, "sample_archive/bad/garbage.hea", "--model", str(llava_trained_only),
                   "--max-tokens", "8", "--json", "--grounded"], ECGBATCH_CACHE=str(llava_cache))
-    assert p.returncode == 1, p.stderr[-3000:]           # one record failed, the other reported
+    assert p.returncode == 1 and p.stdout.startswith("{"), p.stderr[-3000:]   # one record failed, one reported
     out = json.loads(p.stdout)                           # stdout is only the JSON (logs on stderr)
     assert out["adapter"] == str(llava_assembled[1])     # the model's own lora/
     [rep] = out["reports"]
@@ -61,6 +61,34 @@ def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache
     [fail] = out["failures"]
     assert fail["record"] == "sample_archive/bad/garbage.hea" and "bad_header" in fail["error"]
     assert "garbage.hea" in p.stderr
+    assert_quiet(p.stderr)
+
+
+# What vLLM and torch print on every start that an ecgbatch user cannot act on (ecgbatch.quiet),
+# and what its exit printed before the engine was shut down explicitly
+NOISE = ("Triton", "is not found in LD_PRELOAD", "different tokenizers for different LoRAs", "reduce_op", "NUMA binding",
+         "Loading safetensors checkpoint shards", "Enforce eager set")
+UNCLEAN_EXIT = ("exited unexpectedly", "force killing", "still running after")
+
+
+def assert_quiet(stderr: str) -> None:
+    """Without --verbose: none of the noise, a clean exit, and the one thing that matters said once."""
+    assert not [n for n in NOISE + UNCLEAN_EXIT if n in stderr], stderr[-3000:]
+    if "libtcmalloc" not in os.environ.get("LD_PRELOAD", ""):
+        assert stderr.count("vLLM CPU backend: no libtcmalloc") == 1, stderr[-3000:]
+
+
+@pytest.mark.vllm
+@pytest.mark.shared
+@pytest.mark.slow
+def test_report_verbose_shows_what_quiet_drops(llava_converted, llava_cache):
+    """--verbose lets vLLM's own warnings through (the quiet run is test_report_json_end_to_end);
+    the exit is clean either way."""
+    p = _run_cli(["report", RECORD, "--model", str(llava_converted), "--max-tokens", "1", "--verbose"],
+                 ECGBATCH_CACHE=str(llava_cache))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [n for n in NOISE if n in p.stderr] and "vLLM CPU backend: no" not in p.stderr, p.stderr[-3000:]
+    assert not [n for n in UNCLEAN_EXIT if n in p.stderr], p.stderr[-3000:]
 
 
 def test_report_default_model_not_installed(monkeypatch, tmp_path):
