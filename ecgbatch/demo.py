@@ -117,13 +117,29 @@ def show_reports(archive: Path, model: str = REPORT_MODEL, max_tokens: int = 160
         con.print(f"[yellow]no reports:[/yellow] {escape(str(exc))}", soft_wrap=True)
         return False
     by_path, failed = {r.id: r for r in rep.results}, rep.failed
+    grounds = {r.id: g for r, g in zip(rep.results, rep.grounds or [])}
     for kind, p, labels in picks:
         con.print(f"[bold]{p.relative_to(archive)}[/bold] ({kind})")
         con.print("  reference: " + " | ".join(labels), soft_wrap=True, markup=False, highlight=False)
         r = by_path.get(str(p))
         text = r.text.strip() if r is not None else f"(not reported: {dict(failed).get(str(p), '?')})"
         con.print(f"  {model}: {text}", soft_wrap=True, markup=False, highlight=False)
+        g = grounds.get(str(p))
+        if g:
+            show_grounds(con, g)
     return True
+
+
+def show_grounds(con, g: dict) -> None:
+    """What the report stands on (the grounded prompt's findings) and what in it disagrees."""
+    from ecgbatch.llava.grounding import finding_text
+
+    if g.get("findings"):
+        con.print("  grounds: " + "; ".join(finding_text(f) for f in g["findings"]), soft_wrap=True,
+                  markup=False, highlight=False)
+    for c in g.get("contradictions") or ():
+        con.print(f"  contradiction: \"{c['statement']}\" vs {c['against']}", soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -330,3 +330,37 @@ def test_training_prompt_equals_the_serving_prompt_with_grounded(mini_tower_llav
         assert tok.decode(prompt) == tok.decode(serving) and prompt == serving, item_id
     with pytest.raises(ValueError, match="not both"):
         LlavaJobConfig.from_dict({"name": "g", "model": base, "data": {"grounded": 0.5, "ddp": 0.5}})
+
+
+def test_grounded_training_grounds_every_kind_and_caps_each_kind(mini_tower_llava, sample_archive, tmp_path,
+                                                                 monkeypatch):
+    """data.grounded grounds the first question of dialogues too (chat and serve ground every
+    conversation), and data.max_items {kind: n} keeps a seeded n of each kind."""
+    from ecgbatch.training.llava_config import LlavaJobConfig
+    from ecgbatch.training.llava_job import grounded_items, select_items
+    from ecgbatch.llava.assemble import load_trained_only
+
+    monkeypatch.setenv("ECGBATCH_CACHE", str(tmp_path / "cache"))
+    folder, base, cfg = mini_tower_llava
+    data = _instruct_file(tmp_path / "instruct.jsonl", sample_archive)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    dialogue = {**rows[0], "id": rows[0]["id"].replace("report", "dialogue0"),
+                "conversations": [{"from": "human", "value": "<ecg>\nWhat is the heart rate?"},
+                                  {"from": "gpt", "value": "About 70 beats per minute."},
+                                  {"from": "human", "value": "Is there atrial fibrillation?"},
+                                  {"from": "gpt", "value": "No."}],
+                "meta": {**rows[0]["meta"], "kind": "dialogue"}}
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + [dialogue]))
+    job = LlavaJobConfig.from_dict({"name": "g", "model": base, "data": {
+        "instruct": str(data), "split": None, "grounded": 1.0, "max_items": {"report": 2},
+        "cache_dir": str(tmp_path / "c")}})
+    items = select_items(job)
+    kinds = [it.meta["kind"] for it in items]
+    assert kinds.count("report") == 2 and kinds.count("dialogue") == 1
+    grounded = grounded_items(job, items, load_trained_only(folder)[0].config, log=lambda m: None)
+    for it in grounded:
+        first = it.conversations[0]["value"]
+        assert first.startswith("<ecg>\nMeasured: heart rate") and "grounding" in it.meta, it.id
+    d = next(it for it in grounded if it.meta["kind"] == "dialogue")
+    assert d.conversations[0]["value"].endswith("What is the heart rate?")
+    assert d.conversations[2]["value"] == "Is there atrial fibrillation?"      # later turns unchanged

@@ -40,14 +40,14 @@ class LlavaDataConfig:
     root: str | None = None           # resolves relative ``ecg`` paths
     split: str | None = "train"       # meta.split of the items to train on (None: all)
     kinds: list[str] | None = None    # meta.kind filter (report, dialogue); None: all
-    max_items: int | None = None      # a seeded subset (smoke runs, CPU budgets)
+    max_items: int | dict | None = None   # a seeded subset (smoke runs, CPU budgets); {kind: n}: per kind
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven
                                       # prompt (ecgbatch.training.instruct_diagnosis_prompt; needs the
                                       # probes of the tower's encoder). YAML: data.diagnosis_prompt, or
                                       # data.ddp (the paper's name, "DDP")
-    grounded: float = 0.0             # seeded fraction of report items asked with the grounded prompt
+    grounded: float = 0.0             # seeded fraction of items (every kind) asked with the grounded prompt
                                       # (ecgbatch.training.instruct_grounded; the serving prompt of
                                       # --grounded); not with diagnosis_prompt
     read_options: dict = field(default_factory=dict)   # {source name: reader options}

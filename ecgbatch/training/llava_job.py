@@ -63,8 +63,10 @@ def build_model(job: LlavaJobConfig, log=None):
 def save_trained(job: LlavaJobConfig):
     """The checkpoint's model writer: the trained-only folder (projector, LoRA adapter)."""
     def save(model, folder):
+        if job.data.grounded >= 0.5:   # trained mostly on grounded prompts: served with them by default
+            model.config.prompt = {**(model.config.prompt or {}), "grounded": True}
         return save_trained_only(model, folder, job.model.base(), extra={"trained_by": {
-            "stage": job.stage, "run": job.name, "ddp": job.data.ddp}})
+            "stage": job.stage, "run": job.name, "ddp": job.data.ddp, "grounded": job.data.grounded}})
     return save
 
 
@@ -133,14 +135,28 @@ def train_loop_per_worker(config: dict) -> None:
 
 # --- driver side ---------------------------------------------------------------------------
 
+def seeded_subset(items: list, n: int | None, seed: int) -> list:
+    """At most ``n`` of ``items`` (all when n is None), drawn with a generator seeded by (seed, 11),
+    in their order."""
+    if n is None or len(items) <= n:
+        return list(items)
+    keep = np.sort(np.random.default_rng([seed, 11]).permutation(len(items))[:n])
+    return [items[i] for i in keep]
+
+
 def select_items(job: LlavaJobConfig):
-    """The job's ECG-Instruct items (split, kinds, seeded subset)."""
+    """The job's ECG-Instruct items (split, kinds, seeded subset: data.max_items, overall or per kind)."""
     items = read_instruct(resolve_path(job.data.instruct), job.data.root, split=job.data.split)
     if job.data.kinds:
         items = [it for it in items if it.meta.get("kind") in set(job.data.kinds)]
-    if job.data.max_items is not None and len(items) > job.data.max_items:
-        keep = np.sort(np.random.default_rng([job.seed, 11]).permutation(len(items))[:job.data.max_items])
-        items = [items[i] for i in keep]
+    cap = job.data.max_items
+    if isinstance(cap, dict):
+        by_kind: dict = {}
+        for it in items:
+            by_kind.setdefault(it.meta.get("kind"), []).append(it)
+        items = [it for kind, group in by_kind.items() for it in seeded_subset(group, cap.get(kind), job.seed)]
+    elif cap is not None:
+        items = seeded_subset(items, cap, job.seed)
     if not items:
         raise ValueError(f"no items of {job.data.instruct!r} match split={job.data.split!r}, kinds={job.data.kinds!r}")
     return items

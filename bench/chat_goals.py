@@ -1,0 +1,157 @@
+"""Issue 20 part 8: does the chat answer the question asked? Through `ecgbatch serve` and the
+official `openai` client, as a client would ask, on LUDB records of the test fold (no shipped
+weights trained on them; prepared by `bench/report_goals.py prepare`).
+
+- "What is the heart rate of this ECG, in beats per minute?": the first number of the answer
+  against the rate of LUDB's own QRS annotations (lead II, median RR; bench/ludb_intervals.py);
+  goal: within 10 bpm for >= 90 %.
+- Yes/no questions on atrial fibrillation (or flutter), left ventricular hypertrophy, bundle branch
+  block (complete left or right) and axis deviation (left or right), against the
+  record's header diagnoses (ecgbatch.text.findings); goal: >= 90 % right, with "yes" and "no" both
+  used.
+
+    python bench/chat_goals.py --model ecg-llava-mini --archive .ecgbatch/goals/archive [--limit 40]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ludb_intervals import reference_intervals  # noqa: E402
+
+RATE_Q = "What is the heart rate of this ECG, in beats per minute?"
+YES_NO = {   # question -> finding keys of ecgbatch.text.findings whose presence means "yes"
+    "af": ("Is there atrial fibrillation? Answer yes or no.", ("atrial_fibrillation", "atrial_flutter")),
+    "lvh": ("Is there left ventricular hypertrophy? Answer yes or no.", ("lvh",)),
+    "bbb": ("Is there a bundle branch block? Answer yes or no.", ("rbbb", "lbbb")),
+    "axis": ("Is the electrical axis deviated? Answer yes or no.", ("axis_left", "axis_right")),
+}
+NUMBER = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\b")
+
+
+def truth(hea: Path) -> dict:
+    from ecgbatch.text.findings import KEYS, positive_findings
+    from ecgbatch.training.texts import hea_comments, ludb_text
+
+    ref_text = ludb_text(hea_comments(hea))
+    found = positive_findings(ref_text, KEYS)
+    t = {k: bool(set(keys) & found) for k, (_, keys) in YES_NO.items()}
+    from ecgbatch._paths import shared_dir
+
+    annotated = shared_dir() / "data" / "ludb" / "data" / hea.stem     # the archive copy has no annotations
+    t["hr_bpm"] = reference_intervals(annotated)["hr_bpm"]
+    return t
+
+
+def yes_no(answer: str) -> str | None:
+    a = answer.strip().lower()
+    m = re.match(r"\W*(yes|no)\b", a)
+    if m:
+        return m.group(1)
+    has_yes, has_no = bool(re.search(r"\byes\b", a)), bool(re.search(r"\bno\b|\bnot\b", a))
+    return "yes" if has_yes and not has_no else "no" if has_no and not has_yes else None
+
+
+def start_server(model: str, ecg_dir: Path, port: int, key: str, log: Path, extra=()):
+    from ecgbatch._paths import REPO_ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "ecgbatch.cli", "serve", "--model", model, "--api-key", key,
+                             "--ecg-dir", str(ecg_dir), "--port", str(port), "--max-tokens", "48", *extra],
+                            cwd=REPO_ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 900
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ecgbatch serve exited ({proc.returncode}): {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            return proc, url
+        except Exception:
+            if time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGTERM)
+                raise
+            time.sleep(2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="ecg-llava-mini")
+    ap.add_argument("--archive", type=Path, required=True, help="bench/report_goals.py prepare's OUT/archive")
+    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `ecgbatch serve` argument")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    import openai
+
+    from ecgbatch.serving.server import free_port
+
+    heas = sorted((a.archive / "ludb").glob("*.hea"), key=lambda p: int(p.stem))[:a.limit]
+    truths = {h: truth(h) for h in heas}
+    key = secrets.token_hex(8)
+    port = a.port or free_port()
+    log = a.archive.parent / "chat_goals_server.log"
+    proc, url = start_server(a.model, a.archive, port, key, log, a.serve_arg)
+    rows = []
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=300)
+        model_id = client.models.list().data[0].id
+
+        def ask(h: Path, q: str) -> str:
+            r = client.chat.completions.create(model=model_id, temperature=0, max_tokens=48, messages=[
+                {"role": "user", "content": [{"type": "ecg", "ecg": {"path": f"ludb/{h.name}"}},
+                                             {"type": "text", "text": q}]}])
+            return r.choices[0].message.content or ""
+
+        for i, h in enumerate(heas):
+            t = truths[h]
+            row = {"record": f"ludb/{h.stem}", "hr_true": t["hr_bpm"], "rate_answer": ask(h, RATE_Q)}
+            m = NUMBER.search(row["rate_answer"])
+            row["hr_said"] = float(m.group(1)) if m else None
+            for k, (q, _) in YES_NO.items():
+                ans = ask(h, q)
+                row[k] = {"truth": "yes" if t[k] else "no", "said": yes_no(ans), "answer": ans}
+            rows.append(row)
+            print(f"{i + 1}/{len(heas)} {row['record']}: rate {row['hr_said']} (true {t['hr_bpm']:.0f}); "
+                  + ", ".join(f"{k} {row[k]['said']}/{row[k]['truth']}" for k in YES_NO), flush=True)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    rate_ok = [r["hr_said"] is not None and abs(r["hr_said"] - r["hr_true"]) <= 10 for r in rows
+               if r["hr_true"] == r["hr_true"]]
+    table = [("question", "right", "n", "said yes / no / neither", "truth yes", "goal met")]
+    table.append(("heart rate within 10 bpm", f"{sum(rate_ok) / len(rate_ok):.3f}", str(len(rate_ok)), "-", "-",
+                  "yes" if sum(rate_ok) / len(rate_ok) >= 0.9 else "no"))
+    summary = {"rate_within_10": sum(rate_ok) / len(rate_ok), "n": len(rows)}
+    for k in YES_NO:
+        said = [r[k]["said"] for r in rows]
+        right = sum(r[k]["said"] == r[k]["truth"] for r in rows) / len(rows)
+        ys, ns = said.count("yes"), said.count("no")
+        table.append((f"yes/no {k}", f"{right:.3f}", str(len(rows)), f"{ys} / {ns} / {len(rows) - ys - ns}",
+                      str(sum(r[k]["truth"] == "yes" for r in rows)),
+                      "yes" if right >= 0.9 and ys and ns else "no"))
+        summary[k] = {"right": right, "said_yes": ys, "said_no": ns}
+    w = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    print()
+    for r in table:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    if a.json:
+        a.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

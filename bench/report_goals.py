@@ -1,0 +1,113 @@
+"""Issue 20's goals for `ecgbatch report --input`, measured as a user runs it, on the test fold
+(ecgbatch/testfold.py: records no shipped weights trained on).
+
+Three steps (each can be run alone):
+
+    # 1. an archive of the test fold's records (copied, each source in its own folder) and
+    #    their reference reports, from `ecgbatch data instruct ... --part test`
+    python bench/report_goals.py prepare --instruct .ecgbatch/instruct/testfold.jsonl --out .ecgbatch/goals
+    # 2. the reports, with report --input's defaults
+    ecgbatch report --input .ecgbatch/goals/archive -w .ecgbatch/goals/ws -o .ecgbatch/goals/reports.jsonl
+    # 3. the table: every goal per source, with bootstrap 95 % intervals over patients
+    python bench/report_goals.py score --out .ecgbatch/goals [--json goals.json]
+
+Sources: LUDB and Challenge 2021 (WFDB/.mat, 500 Hz) and PTB-XL's 100 Hz release (ptbxl2k). The
+`ptbxl` subset folder (band-passed, z-scored .npy without a header) is left out: an archive reader
+cannot know its rate and layout, and its patients' ECGs are in ptbxl2k's test fold too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+TEMPLATE = "Sinus rhythm. Normal ECG. Normal electrical axis."     # the floor a template scores
+ARCHIVE_SOURCES = {"ludb": "ludb", "cinc2021": "cinc2021", "ptbxl2k": "ptbxl"}   # instruct source -> goal source
+
+
+def prepare(instruct: Path, out: Path) -> int:
+    from ecgbatch.training.instruct_format import read_instruct
+    from ecgbatch.training.instruct_questions import report_text
+
+    archive = out / "archive"
+    refs = []
+    for it in read_instruct(instruct, check_files=True):
+        src = it.meta.get("source")
+        if it.meta.get("kind") != "report" or src not in ARCHIVE_SOURCES:
+            continue
+        p = Path(it.ecg_path)
+        dest = archive / src
+        dest.mkdir(parents=True, exist_ok=True)
+        files = [q for q in p.parent.glob(p.stem + ".*") if q.suffix in (".hea", ".dat", ".mat")]
+        for q in files:
+            shutil.copy2(q, dest / q.name)
+        ref = it.conversations[1]["value"] if len(it.conversations) > 1 else report_text(it.meta["facts"]["report"])
+        refs.append({"record_id": f"{src}/{p.stem}", "source": ARCHIVE_SOURCES[src],
+                     "patient": str(it.meta.get("patient") or f"{src}:{p.stem}"), "reference": ref})
+    (out / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))
+    print(f"{len(refs)} records -> {archive}; references -> {out / 'references.jsonl'}")
+    return len(refs)
+
+
+def score(out: Path, reports: Path | None = None) -> dict:
+    from ecgbatch.eval.report_goals import goal_rows, report_goals
+
+    refs = {r["record_id"]: r for r in map(json.loads, (out / "references.jsonl").read_text().splitlines())}
+    rows = [json.loads(line) for line in (reports or out / "reports.jsonl").read_text().splitlines() if line.strip()]
+    got = {r["record_id"]: r["report"] for r in rows}
+    missing = sorted(set(refs) - set(got))
+    if missing:
+        print(f"{len(missing)} records have no report (e.g. {missing[:3]}); they are scored as empty reports")
+    result = {}
+    for source in ("all", *sorted({r["source"] for r in refs.values()})):
+        ids = [k for k, r in refs.items() if source == "all" or r["source"] == source]
+        preds = [got.get(k, "") for k in ids]
+        ref_texts, groups = [refs[k]["reference"] for k in ids], [refs[k]["patient"] for k in ids]
+        res = report_goals(preds, ref_texts, groups=groups)
+        floor = report_goals([TEMPLATE] * len(ids), ref_texts, groups=groups, reps=200)
+        result[source] = {"n": len(ids), **res, "template": floor}
+        print(f"\n{source}: {len(ids)} records (last column: every record reported as {TEMPLATE!r})")
+        rows = goal_rows(res, None if source == "all" else source)
+        table = [("measure", "value [95 % CI] (n)", "goal", "met", "template")]
+        table += [(*r, f"{floor[r[0]]['value']:.3f}") for r in rows]
+        w = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    from ecgbatch.eval.report_metrics import comparison_rows, report_metrics
+
+    ids = sorted(refs)
+    text = report_metrics([got.get(k, "") for k in ids], [refs[k]["reference"] for k in ids])
+    result["text_metrics"] = text
+    print(f"\nreport text metrics, all {len(ids)} records (0-100), beside ECG-Chat's paper figures "
+          "(PTB-XL test, Vicuna-13B; not the same records)")
+    table = [("metric", "ecgbatch", "ECG-Chat + DDP", "ECG-Chat")] + comparison_rows(text)
+    w = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--instruct", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--reports", type=Path, default=None, help="report --input -o file (default OUT/reports.jsonl)")
+    s.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if a.cmd == "prepare":
+        prepare(a.instruct, a.out)
+        return 0
+    res = score(a.out, a.reports)
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
