@@ -4,7 +4,13 @@ Heavy libraries (torch, ray, faiss, vllm) are imported lazily by the submodules 
 importing ``ecgbatch`` itself is cheap.
 """
 
+import os
+
 __version__ = "0.1.0"
+
+if os.environ.get("ECGBATCH_QUIET") == "1":   # a process a quiet command started (vLLM's engine,
+    from ecgbatch.quiet import inherit        # a Ray worker): quiet before vLLM's import-time
+    inherit()                                 # checks log (ecgbatch.quiet)
 
 __all__ = ["__version__", "read_record", "scan"]
 

@@ -264,6 +264,9 @@ def test_report_record_with_ddp_through_vllm(mini_tower_llava, sample_archive, t
     assert p.returncode == 0, p.stderr[-3000:]
     d = json.loads(p.stdout[p.stdout.index("{"):])
     assert d["ddp"]["encoder"] == "ecg-coca-mini"
+    from helpers.quiet import assert_quiet
+
+    assert_quiet(p.stderr)                                 # no vLLM noise, a clean engine shutdown
     af, sinus = d["reports"]
     assert "atrial fibrillation" in [f["text"] for f in af["ddp_findings"]]
     assert "atrial fibrillation" not in [f["text"] for f in sinus["ddp_findings"]]

@@ -144,3 +144,16 @@ def test_read_ledger_blames_the_record_a_careful_retry_died_on():
     led.reading("b", "k3")
     led.finish("b")
     assert led.begin("b") == (False, ["k2"]) and led.begin("other") == (False, [])
+
+
+def test_read_ledger_bounds_the_retries_of_a_block():
+    """Ray Data retries a dead read task without end; the ledger refuses the attempt after
+    READ_TASK_RETRIES retries (Ray's own max_retries did before)."""
+    from ecgbatch.pipelines.read_ledger import READ_TASK_RETRIES, ReadLedger, ReadRetriesExhausted
+
+    led = ReadLedger()
+    for _ in range(READ_TASK_RETRIES + 1):          # the first attempt and its retries, all dying
+        led.begin("b")
+    with pytest.raises(ReadRetriesExhausted, match=f"died {READ_TASK_RETRIES + 1} times"):
+        led.begin("b")
+    assert led.begin("other") == (False, [])

@@ -1,9 +1,10 @@
 """`embed` and `report --input` on a local two-node Ray cluster (two `ray start` processes, each
 its own node with its own CPUs and custom resource), attached with --address HOST:PORT:
 
-- embed: every record committed exactly once across the two nodes;
-- report --input: the worker node's raylet is SIGKILLed (by pid) after the first committed
-  block; Ray's retries (or, failing those, the rerun of the same command on the surviving head)
+- embed: every record committed exactly once across the two nodes, and the worker node's own
+  processes were seen running its read tasks or encoder actors (helpers.ray_cluster.NodeWork);
+- report --input: the worker node ran part of the job (seen as for embed), then its raylet is
+  SIGKILLed (by pid) after the first committed block; Ray's retries (or, failing those, the rerun of the same command on the surviving head)
   complete the job, and the committed blocks hold every record exactly once (no record lost,
   none twice).
 
@@ -21,7 +22,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-from helpers.ray_cluster import LocalRayCluster, copy_cinc_records
+from helpers.ray_cluster import LocalRayCluster, NodeWork, copy_cinc_records
 
 from ecgbatch._paths import REPO_ROOT
 
@@ -78,12 +79,14 @@ def test_cluster_has_two_nodes(two_nodes):
 
 
 def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
-    cluster, _ = two_nodes
+    cluster, worker = two_nodes
     ws = tmp_path / "ws"
-    r = subprocess.run(_cli(cluster, ["embed", str(archive), "-w", str(ws), "--no-index", "--encoders", "2",
-                                      "--block-size", "1", "--batch-size", "1"]),
-                       env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    with NodeWork(cluster.raylet_pid(worker)) as seen:
+        r = subprocess.run(_cli(cluster, ["embed", str(archive), "-w", str(ws), "--no-index", "--encoders", "2",
+                                          "--block-size", "1", "--batch-size", "1"]),
+                           env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert seen.ran("read_and_preprocess", "EncoderUDF"), f"no embed work seen on the worker node: {seen.titles}"
     summary = _summary(r.stdout)
     assert (summary["embedded"], summary["failed"], summary["blocks_committed"]) == (len(RECORDS), 0, len(RECORDS))
     [root] = [p.parent for p in ws.glob("*/embed.json")]
@@ -100,10 +103,12 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
     try:
         raylet = cluster.raylet_pid(worker)
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None and not list(ws.glob("report-*/reports/part-*")):
-            time.sleep(0.1)
+        with NodeWork(raylet) as seen:
+            while time.time() < deadline and proc.poll() is None and not list(ws.glob("report-*/reports/part-*")):
+                time.sleep(0.1)
         assert proc.poll() is None, f"the job ended before the kill: {proc.communicate()[1][-3000:]}"
         assert list(ws.glob("report-*/reports/part-*")), "no block committed within the time limit"
+        assert seen.ran("read_and_preprocess", "ReportUDF"), f"no report work seen on the worker node: {seen.titles}"
         os.kill(raylet, signal.SIGKILL)                      # the worker node dies mid-run
         out, err = proc.communicate(timeout=900)
     finally:

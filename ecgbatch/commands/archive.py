@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ecgbatch.commands.common import fail, quiet_libraries, stderr_console, workspace_dir
+from ecgbatch.commands.common import VERBOSE_HELP, fail, quiet_libraries, stderr_console, workspace_dir
+from ecgbatch.quiet import set_verbosity
 
 WS_HELP = ("Workspace folder [default: $ECGBATCH_WORKSPACE if set, else ~/.ecgbatch/workspace]; "
            "`embed` writes <workspace>/<model-key>/, the other commands read it.")
@@ -59,8 +60,10 @@ def embed_command(
                                            "weights are missing, use its random init (loud warning)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Embed every record of an ECG archive into the workspace (Ray Data; exactly-once, resumable)."""
+    set_verbosity(verbose)
     quiet_libraries()
     from ecgbatch.pipelines import embed as pipeline
     from ecgbatch.pipelines.workspace import WorkspaceLockedError, list_tables

@@ -16,11 +16,12 @@ from typing import Optional
 import numpy as np
 import typer
 
-from ecgbatch.commands.common import fail
+from ecgbatch.commands.common import VERBOSE_HELP, fail
 from ecgbatch.llava.contradictions import contradictions
 from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.llava.grounding import Grounding, finding_text, ground_conversation
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
+from ecgbatch.quiet import set_verbosity
 
 HELP = "commands: /plot [FILE.png]  /reset  /save FILE.json  /quit   (anything else is a question)"
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -163,8 +164,10 @@ def chat_cmd(
     grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="state what ecgbatch "
                                             "measured and its probes found before the first question "
                                             "[default: the model's config, prompt.grounded]"),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Chat about RECORD with an ECG-LLaVA model: summary and plot first, then questions."""
+    set_verbosity(verbose)
     from ecgbatch.serving.engine import engine_env
 
     engine_env()

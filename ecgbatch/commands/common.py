@@ -18,6 +18,8 @@ from ecgbatch.errors import EcgbatchError
 
 
 PROBE_CONFIG_HELP = "training YAML whose data section lists the labelled records (its pair cache is reused)"
+VERBOSE_HELP = ("show every vLLM, torch and Ray message (by default the ones an ecgbatch user cannot act on "
+                "are dropped: ecgbatch.quiet)")
 
 
 def error_text(error: str | BaseException) -> str:

@@ -10,12 +10,13 @@ from typing import List, Optional
 
 import typer
 
-from ecgbatch.commands.common import fail
+from ecgbatch.commands.common import VERBOSE_HELP, fail
 from ecgbatch.commands.report_archive import ArchiveOptions, run_archive
 from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.llava.grounding import finding_text
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.models import DEFAULT_LLAVA
+from ecgbatch.quiet import set_verbosity
 
 
 def report_cmd(
@@ -58,9 +59,11 @@ def report_cmd(
     num_cpus: Optional[int] = typer.Option(2, "--num-cpus", help="[--input] CPUs of the local Ray"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (reports, or the job summary)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="[--input] progress bar"),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Generate a report (or answer --question) for each RECORD, or for every record of an
     archive (--input), with an ECG-LLaVA model (vLLM)."""
+    set_verbosity(verbose)
     if archive is not None or (resume and not records):
         if records:
             fail("give RECORD... or --input ARCHIVE, not both")

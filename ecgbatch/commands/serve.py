@@ -9,9 +9,10 @@ from typing import List, Optional
 
 import typer
 
-from ecgbatch.commands.common import fail
+from ecgbatch.commands.common import VERBOSE_HELP, fail
 from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.models import DEFAULT_LLAVA, llava_model
+from ecgbatch.quiet import set_verbosity
 
 
 def parse_adapters(specs: List[str]) -> dict[str, Path]:
@@ -58,8 +59,11 @@ def serve_cmd(
     grounded: Optional[bool] = typer.Option(None, "--grounded/--no-grounded", help="state what ecgbatch "
                                             "measured and its probes found before the first question "
                                             "[default: the model's config, prompt.grounded]"),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /."""
+    """Serve an ECG-LLaVA model: OpenAI /v1/chat/completions (+ ECG parts), /v1/models, a web page at /,
+    Prometheus metrics at /metrics."""
+    set_verbosity(verbose)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.serving.chat_request import Limits

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ecgbatch.pipelines.ray_connect import init_ray
+from ecgbatch.quiet import is_verbose
 
 
 # Ray Data hands every actor its UDF and context as object-store references, and by default
@@ -35,13 +36,16 @@ def no_restart_warning() -> Iterator[None]:
 def ray_session(address: str | None = None, num_cpus: int | None = 2) -> Iterator[None]:
     """A new local Ray started here (and shut down after), an existing cluster (``address``:
     "auto", "host:port" or "ray://host:port"; see ecgbatch.pipelines.ray_connect), or the session
-    the caller already started (left running)."""
+    the caller already started (left running). The workers' output reaches this terminal only
+    when a command was given --verbose (ecgbatch.quiet)."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    init_ray(address, num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
+    verbose = is_verbose()
+    init_ray(address, num_cpus=num_cpus, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.WARNING)
     try:
         yield
     finally:

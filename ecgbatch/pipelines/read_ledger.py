@@ -1,7 +1,9 @@
 """Which record a read task was on when its worker process died, so that one corrupt file that
 crashes native code (or is killed for memory) is recorded as a failure instead of ending the job.
 
-Ray retries a task whose worker died (``READ_TASK_RETRIES``). A small ledger actor hears when a
+Ray Data retries a task whose worker died (its tasks' default ``max_retries=-1``: without end);
+the ledger bounds that at ``READ_TASK_RETRIES`` per block (the next attempt raises
+ReadRetriesExhausted, which ends the job as Ray's own limit did). A small ledger actor hears when a
 read task starts and finishes a block (two calls per block, nothing per record). When a task
 starts a block that an earlier attempt started but never finished, that attempt died: this
 attempt reads "carefully", telling the ledger which record it is on before each one. If it dies
@@ -14,7 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ecgbatch.errors import EcgbatchError
+
 READ_TASK_RETRIES = 10  # each crashing record of a block costs two retries
+
+
+class ReadRetriesExhausted(EcgbatchError, RuntimeError):
+    """A block's read task died more than READ_TASK_RETRIES times."""
+
+    kind = "read_retries_exhausted"
 
 
 class ReadLedger:
@@ -27,7 +37,13 @@ class ReadLedger:
         self.crashed: dict[str, list[str]] = {}
 
     def begin(self, block: str) -> tuple[bool, list[str]]:
-        """(read carefully, records to skip) for a new attempt at ``block``."""
+        """(read carefully, records to skip) for a new attempt at ``block``; ReadRetriesExhausted
+        once READ_TASK_RETRIES retries of it have died."""
+        if self.started.get(block, 0) > READ_TASK_RETRIES:
+            raise ReadRetriesExhausted(
+                f"block {block}: its read task's worker died {self.started[block]} times (crashes in "
+                f"native code or kills for memory not pinned to one record); giving up after "
+                f"{READ_TASK_RETRIES} retries")
         careful = self.started.get(block, 0) > 0  # an earlier attempt started and did not finish
         self.started[block] = self.started.get(block, 0) + 1
         key = self.current.pop(block, None)
@@ -90,4 +106,4 @@ def crash_row(key: str) -> dict[str, Any]:
                        "native code, or killed for memory); the task was retried without it"}
 
 
-__all__ = ["READ_TASK_RETRIES", "ReadLedger", "ReadTracker", "start_ledger", "crash_row"]
+__all__ = ["READ_TASK_RETRIES", "ReadLedger", "ReadRetriesExhausted", "ReadTracker", "start_ledger", "crash_row"]

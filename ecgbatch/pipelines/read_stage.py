@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.read_ledger import crash_row, READ_TASK_RETRIES, ReadTracker, start_ledger
+from ecgbatch.pipelines.read_ledger import crash_row, ReadTracker, start_ledger
 from ecgbatch.signal import preprocess
 from ecgbatch.signal.config import PreprocessConfig
 from ecgbatch.signal.content import physiological_flags
@@ -172,13 +172,14 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
     # of the model actors, so reading overlaps the model instead of taking turns with it.
     n_leads, n_samples = len(preprocess["leads"]), preprocess.get("n_samples") or 5000
     block_bytes = max(len(s) for _, s, _ in blocks) * n_leads * n_samples * 4 * 3 + (256 << 20)
-    # a worker that dies on a record (native crash, OOM kill) is retried without that record
-
+    # a worker that dies on a record (native crash, OOM kill) is retried without that record:
+    # Ray Data retries its tasks without end (max_retries=-1, its default; Ray 2.60 deprecates
+    # both ray_remote_args_fn and **ray_remote_args, and has no named max_retries), and the
+    # ledger bounds it at READ_TASK_RETRIES per block
     return ds.map_batches(read_and_preprocess, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
                                      "ledger": start_ledger(), "measure_method": measure_method},
-                          num_cpus=1, memory=block_bytes,
-                          ray_remote_args_fn=lambda: {"max_retries": READ_TASK_RETRIES})
+                          num_cpus=1, memory=block_bytes)
 
 
 def metadata_columns(rows: list[dict[str, Any]]) -> dict[str, pa.Array]:

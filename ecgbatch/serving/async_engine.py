@@ -22,8 +22,9 @@ import numpy as np
 from ecgbatch.device import detect
 from ecgbatch.llava.loading import load_tokenizer
 from ecgbatch.llava.prompting import prompt_ids
+from ecgbatch.quiet import cpu_backend_notice
 from ecgbatch.serving import folder as folders
-from ecgbatch.serving.engine import context_length, vllm_engine_args
+from ecgbatch.serving.engine import SHUTDOWN_TIMEOUT_S, context_length, graceful_shutdown_env, vllm_engine_args
 from ecgbatch.serving.errors import ContextLengthError, ModelFolderError
 
 
@@ -108,11 +109,14 @@ class AsyncEcgLlava:
                                   max_loras=max(1, len(checked)), device=device, served_model_name=[served_name],
                                   disable_log_stats=disable_log_stats)
         loras = {name: LoRARequest(name, i + 1, str(served)) for i, (name, (_, served)) in enumerate(checked.items())}
+        cpu_backend_notice(device.cuda)
+        graceful_shutdown_env()
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
         return cls(model_dir, config, served_name, loras, engine, max_len)
 
-    def shutdown(self) -> None:
-        self.engine.shutdown()
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop the engine process and wait for it (see EcgLlavaEngine.shutdown)."""
+        self.engine.shutdown(timeout=timeout)
 
     # -- requests --------------------------------------------------------------------------------
     @property

@@ -29,6 +29,7 @@ import base64
 import binascii
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,10 +337,15 @@ def public_message(msg: str, *folders) -> str:
     return _ABS_PATH.sub("", msg)
 
 
-def model_input(spec, config, ecg_dir: Path | None, limits: Limits, measurements: list | None = None) -> np.ndarray:
+def model_input(spec, config, ecg_dir: Path | None, limits: Limits, measurements: list | None = None,
+                seconds: dict | None = None) -> np.ndarray:
     """The ECG part -> the model's input array (the same preprocessing ``report`` uses);
-    ``measurements`` (a list) gets the record's grounding measurements, as read_for_model's."""
+    ``measurements`` (a list) gets the record's grounding measurements, as read_for_model's;
+    ``seconds`` (a dict) gets the time spent to "read" and to "preprocess" (checks, model input,
+    measurements)."""
+    t0 = time.perf_counter()
     rec, name = ecg_record(spec, ecg_dir, limits)
+    t1 = time.perf_counter()
     flags = physiological_flags(rec.signal, rec.leads, rec.units)
     if NO_CONTENT in flags:     # no confident report on a flat, saturated or absurd signal
         _fail(f"the ECG has no physiological content ({', '.join(flags[:-1][:6])}); the model would "
@@ -351,4 +357,6 @@ def model_input(spec, config, ecg_dir: Path | None, limits: Limits, measurements
               f"{public_message(str(exc), ecg_dir)}", 422, "unusable_ecg")
     if measurements is not None:
         measurements.append(measure_for_grounds(rec))
+    if seconds is not None:
+        seconds.update(read=t1 - t0, preprocess=time.perf_counter() - t1)
     return x

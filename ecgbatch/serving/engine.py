@@ -25,6 +25,7 @@ import numpy as np
 from ecgbatch.device import Device, ModelShape, detect, engine_settings
 from ecgbatch.llava.loading import load_tokenizer
 from ecgbatch.llava.prompting import prompt_ids
+from ecgbatch.quiet import cpu_backend_notice, is_quiet
 from ecgbatch.serving import folder as folders
 from ecgbatch.serving.errors import ContextLengthError, EcgInputError, EcgPromptError
 
@@ -36,6 +37,16 @@ log = logging.getLogger(__name__)
 # prefill 38.9 s -> 23.9 s, decode step at 60 sequences 725 -> 456 ms. Set VLLM_CPU_OMP_THREADS_BIND
 # to override.
 SMALL_CPU_CORES = 4
+# Seconds vLLM's engine process gets to stop when we shut it down ourselves (vLLM's own exit path
+# waits 5 s, then kills it and logs "force killing"; a loaded 2-core machine needs longer), and
+# the seconds its workers get inside that (vLLM's default 5 s, then SIGTERM and a warning).
+SHUTDOWN_TIMEOUT_S = 60.0
+WORKER_SHUTDOWN_S = 30
+
+
+def graceful_shutdown_env() -> None:
+    """Let vLLM's workers exit by themselves when the engine stops (set before it starts)."""
+    os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", str(WORKER_SHUTDOWN_S))
 
 
 def engine_env(log_stream: bool = True) -> None:
@@ -76,7 +87,8 @@ def vllm_engine_args(served_dir: str | Path, config, *, dtype: str = "auto", max
     folders.runnable_model_folder), shared by the offline engine, the async engine of serve/chat
     and any other vLLM front end (bench/report_archive.py's ray.data.llm run): one ECG per prompt,
     seed 0, the config's context; dtype, eager mode, GPU share, tensor parallelism and the batch
-    limit from ecgbatch.device for ``device`` (default: this process's); ``extra`` goes through."""
+    limit from ecgbatch.device for ``device`` (default: this process's); no weight-loading bar in
+    quiet mode (ecgbatch.quiet); ``extra`` goes through."""
     device = device or detect()
     ctx = context_length(config, max_model_len)
     settings = engine_settings(device, ModelShape.of(config, ctx, served_dir), dtype=dtype,
@@ -84,6 +96,7 @@ def vllm_engine_args(served_dir: str | Path, config, *, dtype: str = "auto", max
                                lora=lora_rank is not None, eager=enforce_eager)
     kwargs = dict(model=str(served_dir), max_model_len=ctx, limit_mm_per_prompt={"ecg": 1}, seed=0,
                   **settings.vllm_kwargs(), **extra)
+    kwargs.setdefault("use_tqdm_on_load", not is_quiet())
     if lora_rank is not None:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=max_loras)
     return kwargs
@@ -162,6 +175,8 @@ class EcgLlavaEngine:
             log.info("ecgbatch's vllm.general_plugins entry point is not installed: running vLLM in-process")
         from vllm import LLM
 
+        cpu_backend_notice(self.device.cuda)
+        graceful_shutdown_env()
         o = self.options
         kwargs = vllm_engine_args(self.served_dir, self.config, dtype=o.dtype, max_model_len=self.max_model_len,
                                   max_num_seqs=o.max_num_seqs, enforce_eager=o.enforce_eager,
@@ -176,6 +191,14 @@ class EcgLlavaEngine:
             return LLM(**kwargs)
         finally:
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop vLLM's engine process now and wait for it, rather than leave it to the interpreter's
+        exit (where vLLM's finalizer races the other exit handlers: "engine core exited
+        unexpectedly", force kills after 5 s). Idempotent."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown(timeout=timeout)
 
     # -- prompts ----------------------------------------------------------------------------------
     @property

@@ -73,7 +73,10 @@ def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optiona
     if use:
         questions = [g.question(q) for g, q in zip(groundings, questions)]
     engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
-    reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
-    out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)
+    try:
+        reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
+        out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)
+    finally:
+        engine.shutdown()      # now, not at interpreter exit (no "engine core exited unexpectedly")
     out.grounds = [report_fields(r.text, g) for r, g in zip(out.results, groundings)]
     return out

@@ -5,6 +5,7 @@
                                     + an ``{"type": "ecg", "ecg": {...}}`` content part
                                     (see ecgbatch.serving.chat_request for its two forms)
     POST /v1/ecg/preview            uploaded ECG files -> inline part, summary, 12-lead plot (the page)
+    GET  /metrics                   Prometheus text format (ecgbatch.serving.metrics; vLLM's engine stats)
     GET  /health, GET /             liveness; the web page (static, no key needed to load it)
 
 Why a small FastAPI app of our own rather than vLLM's OpenAI server with a renderer plugin: the
@@ -14,8 +15,8 @@ ecgbatch.llava.prompting (ECG-Chat's exact tokenisation, identical to ``report``
 which a renderer would have to re-implement inside vLLM's message pipeline. Batching, streaming,
 LoRA and scheduling stay vLLM's: every request goes to the one AsyncLLM (continuous batching).
 
-Safety: binds loopback unless told otherwise; ``--api-key`` is checked on every /v1 route
-(Bearer, constant-time); bodies, ECG sizes, messages and max_tokens are capped; every refusal is a
+Safety: binds loopback unless told otherwise; ``--api-key`` is checked on every /v1 route and on
+/metrics (Bearer, constant-time); bodies, ECG sizes, messages and max_tokens are capped; every refusal is a
 4xx JSON error in OpenAI's shape ({"error": {"message", "type", "code"}}): malformed JSON, nesting
 deeper than MAX_JSON_DEPTH, numbers past Python's digit limit, invalid Unicode included. A body
 must arrive within ``Limits.body_timeout_s`` (408), and a request takes an in-flight slot only once
@@ -43,6 +44,7 @@ from ecgbatch.llava.errors import EcgLlavaError
 from ecgbatch.llava.grounding import ground_conversation, ground_inputs, grounds_labeller
 from ecgbatch.serving.chat_request import (ChatJob, Limits, RequestError, is_utf8, model_input,
                                            parse_chat_request)
+from ecgbatch.serving.metrics import CONTENT_TYPE, ServeMetrics
 from ecgbatch.serving.server_upload import preview
 
 log = logging.getLogger(__name__)
@@ -140,11 +142,34 @@ def check_json(body) -> None:
             raise RequestError("the body holds a string that is not valid Unicode (lone surrogate)")
 
 
+class Slot:
+    """One chat request's place: in flight from its body read to its response's end, queued until
+    its first token (``started``); ``release`` is idempotent."""
+
+    def __init__(self, svc: "ChatService"):
+        self.svc, self.waiting, self.held = svc, True, True
+        svc.in_flight += 1
+        svc.queued += 1
+
+    def started(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.svc.queued -= 1
+
+    def release(self) -> None:
+        self.started()
+        if self.held:
+            self.held = False
+            self.svc.in_flight -= 1
+
+
 class ChatService:
     """The routes' logic, around one AsyncEcgLlava."""
 
-    def __init__(self, cfg: ServerConfig, engine):
-        self.cfg, self.engine, self.in_flight = cfg, engine, 0
+    def __init__(self, cfg: ServerConfig, engine, metrics: ServeMetrics | None = None):
+        self.cfg, self.engine, self.in_flight, self.queued = cfg, engine, 0, 0
+        self.metrics = metrics or ServeMetrics()
+        self.metrics.watch(self)
         self.grounded = engine.config.grounded_prompt if cfg.grounded is None else bool(cfg.grounded)
         self.labeller = grounds_labeller(cfg.model_dir)   # the tower encoder's probes, or None
 
@@ -168,9 +193,12 @@ class ChatService:
             raise RequestError(f"model {job.model!r} is not served here; GET /v1/models lists "
                                f"{', '.join(self.engine.model_names)}", 404, "model_not_found")
         measured: list = []
+        seconds: dict[str, float] = {}
         ecg = await asyncio.to_thread(model_input, job.ecg_part, self.engine.config, self.cfg.ecg_dir,
-                                      self.cfg.limits, measured)
+                                      self.cfg.limits, measured, seconds)
+        t0 = time.perf_counter()
         job.grounding = await asyncio.to_thread(self.grounding, ecg, measured)
+        self.metrics.ecg_stages({**seconds, "grounding": time.perf_counter() - t0})
         question, history = job.question, job.history
         if self.grounded:
             question, history = ground_conversation(job.grounding, question, history)
@@ -181,10 +209,23 @@ class ChatService:
             raise RequestError(str(exc), 400, getattr(exc, "kind", "bad_prompt")) from None
         return job, ecg, ids
 
-    async def complete(self, job: ChatJob, ecg, ids) -> dict:
+    async def generate(self, job: ChatJob, ecg, ids, rid: str, slot: Slot):
+        """The engine's deltas; the slot leaves the queue at the first, the tokens are counted at
+        the end (also when the client stops reading)."""
+        last = None
+        try:
+            async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
+                slot.started()
+                last = d
+                yield d
+        finally:
+            if last is not None:
+                self.metrics.tokens(job.model, last.n_prompt_tokens, last.n_output_tokens)
+
+    async def complete(self, job: ChatJob, ecg, ids, slot: Slot) -> dict:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         text, last = [], None
-        async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
+        async for d in self.generate(job, ecg, ids, rid, slot):
             text.append(d.text)
             last = d
         return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": job.model,
@@ -196,7 +237,7 @@ class ChatService:
         """The response's ``ecgbatch`` field: {"grounded", "findings", "contradictions"}."""
         return {"grounded": self.grounded, **report_fields(text, job.grounding)}
 
-    async def sse(self, job: ChatJob, ecg, ids):
+    async def sse(self, job: ChatJob, ecg, ids, slot: Slot):
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta, finish=None, usage=None, grounds=None):
@@ -212,7 +253,7 @@ class ChatService:
         yield chunk({"role": "assistant", "content": ""})
         last, text = None, []
         try:
-            async for d in self.engine.stream(ecg, ids, job.sampling, job.model, rid):
+            async for d in self.generate(job, ecg, ids, rid, slot):
                 last = d
                 text.append(d.text)
                 if d.text or d.finish_reason:   # the finishing chunk carries the ecgbatch field
@@ -237,20 +278,21 @@ def build_app(cfg: ServerConfig, engine_factory=None):
     """The FastAPI app; the engine starts in the app's lifespan (before the port accepts requests)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 
     from ecgbatch.serving.async_engine import AsyncEcgLlava
 
     state: dict = {}
+    metrics = ServeMetrics()
 
     @asynccontextmanager
     async def lifespan(app):
         factory = engine_factory or (lambda: AsyncEcgLlava.start(
             cfg.model_dir, cfg.adapters, cfg.served_name, lora=cfg.lora, dtype=cfg.dtype,
-            max_num_seqs=cfg.max_num_seqs, work_dir=cfg.work_dir))
+            max_num_seqs=cfg.max_num_seqs, work_dir=cfg.work_dir, disable_log_stats=False))
         engine = factory()
-        state["svc"] = ChatService(cfg, engine)
+        state["svc"] = ChatService(cfg, engine, metrics)
         try:
             yield
         finally:
@@ -260,7 +302,12 @@ def build_app(cfg: ServerConfig, engine_factory=None):
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and cfg.api_key:
+        t0 = time.perf_counter()
+        return metrics.answered(request.url.path, await answer(request, call_next), t0)
+
+    async def answer(request: Request, call_next):
+        path = request.url.path
+        if (path.startswith("/v1/") or path == "/metrics") and cfg.api_key:
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
@@ -299,6 +346,10 @@ def build_app(cfg: ServerConfig, engine_factory=None):
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    @app.get("/metrics")
+    async def metrics_text():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/models")
     async def models():
         return state["svc"].models()
@@ -317,30 +368,30 @@ def build_app(cfg: ServerConfig, engine_factory=None):
         if svc.in_flight >= cfg.max_in_flight:
             raise RequestError(f"the server is busy ({svc.in_flight} requests in flight); retry later",
                                429, "busy")
-        svc.in_flight += 1
+        slot = Slot(svc)
         streaming = False
         try:
             job, ecg, ids = await svc.prepare(body)
             if job.stream:
                 streaming = True
-                return StreamingResponse(_counted(svc, svc.sse(job, ecg, ids)), media_type="text/event-stream")
+                return StreamingResponse(_held(slot, svc.sse(job, ecg, ids, slot)), media_type="text/event-stream")
             try:
-                return JSONResponse(await svc.complete(job, ecg, ids))
+                return JSONResponse(await svc.complete(job, ecg, ids, slot))
             except ValueError as exc:      # vLLM's own input checks (it validates before queueing)
                 raise RequestError(f"the engine refused the request: {exc}", 400, "engine_refused") from None
         finally:
             if not streaming:
-                svc.in_flight -= 1
+                slot.release()
 
     return app
 
 
-async def _counted(svc: ChatService, gen):
+async def _held(slot: Slot, gen):
     try:
         async for item in gen:
             yield item
     finally:
-        svc.in_flight -= 1
+        slot.release()
 
 
 def serve(cfg: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -166,6 +167,52 @@ class LocalRayCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class NodeWork:
+    """What Ray ran on one node, seen from outside while it runs: a thread samples the titles of
+    the worker processes under that node's raylet. Ray names a busy worker after its task or
+    actor (``ray::MapBatches(read_and_preprocess)``, ``ray::MapWorker(MapBatches(EncoderUDF))``),
+    an idle one ``ray::IDLE``; ``titles`` collects the busy ones.
+
+        with NodeWork(cluster.raylet_pid(worker)) as seen:
+            ...run a job...
+        assert any("EncoderUDF" in t for t in seen.titles)
+    """
+
+    def __init__(self, raylet_pid: int, interval_s: float = 0.1):
+        self.raylet = psutil.Process(raylet_pid)
+        self.interval_s = interval_s
+        self.titles: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = self.raylet.children(recursive=True)
+            except psutil.NoSuchProcess:        # the node was killed
+                return
+            for p in procs:
+                try:
+                    title = " ".join(a for a in p.cmdline() if a).strip()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                    self.titles.add(title)
+            self._stop.wait(self.interval_s)
+
+    def ran(self, *names: str) -> bool:
+        """Whether a worker of this node was seen busy with any of ``names``."""
+        return any(n in t for t in self.titles for n in names)
+
+    def __enter__(self) -> "NodeWork":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def copy_cinc_records(sample_archive: Path, records, dest: Path) -> Path:
