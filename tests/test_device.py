@@ -170,13 +170,18 @@ def test_vllm_engine_args_on_this_cpu_are_unchanged(llava_converted):
 
     cfg = folders.check_model_folder(llava_converted)
     kw = vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8, device=CPU_DEV)
+    from ecgbatch.quiet import is_quiet
+
+    assert kw.pop("use_tqdm_on_load") is not is_quiet()      # the loading bar only when not quiet (ecgbatch.quiet)
     assert kw == {"model": str(llava_converted), "dtype": "float32", "max_model_len": cfg.context_length or 2048,
                   "enforce_eager": True, "limit_mm_per_prompt": {"ecg": 1}, "seed": 0, "max_num_seqs": 32,
                   "enable_lora": True, "max_lora_rank": 8, "max_loras": 1}
     import torch
 
     if not torch.cuda.is_available():
-        assert vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8) == kw   # detect(): CPU
+        again = vllm_engine_args(llava_converted, cfg, max_num_seqs=32, lora_rank=8)      # detect(): CPU
+        again.pop("use_tqdm_on_load")
+        assert again == kw
     g = vllm_engine_args(llava_converted, cfg, lora_rank=8, gpus_per_engine=0.5, device=H100)
     assert (g["dtype"], g["enforce_eager"], g["gpu_memory_utilization"]) == ("bfloat16", False, 0.45)
     assert g["max_num_seqs"] == 256 and g["lora_dtype"] == "bfloat16" and "tensor_parallel_size" not in g
