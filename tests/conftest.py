@@ -152,8 +152,10 @@ def vllm_engine(llava_assembled, tmp_path_factory):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from ecgbatch.serving.engine import EcgLlavaEngine
 
-    return EcgLlavaEngine(llava_assembled[0], dtype="float32", lora_rank=8,
-                          work_dir=str(tmp_path_factory.mktemp("vllm-work")))
+    engine = EcgLlavaEngine(llava_assembled[0], dtype="float32", lora_rank=8,
+                            work_dir=str(tmp_path_factory.mktemp("vllm-work")))
+    yield engine
+    type(engine).shutdown(engine)      # the class's own (a test may stub the instance's), before exit
 
 
 @pytest.fixture
@@ -163,7 +165,8 @@ def record_reports_on_session_engine(vllm_engine, monkeypatch):
     gets a factory in place of EcgLlavaEngine that returns ``vllm_engine`` after checking that
     the command asked for that very engine: the same full folder, the same dtype once resolved
     (float32 on CPU) and a LoRA rank it serves. Everything else (resolving and assembling the
-    model, reading, prompts, generation, output) is the command's own code."""
+    model, reading, prompts, generation, output) is the command's own code, except that the
+    command's final engine shutdown leaves the session's engine running."""
     from ecgbatch.device import resolve_dtype
     from ecgbatch.serving import record_reports
 
@@ -176,6 +179,8 @@ def record_reports_on_session_engine(vllm_engine, monkeypatch):
         return vllm_engine
 
     monkeypatch.setattr(record_reports, "EcgLlavaEngine", session_engine)
+    # the command shuts its engine down when done; the session's engine outlives this test
+    monkeypatch.setattr(vllm_engine, "shutdown", lambda *a, **k: None)
     return vllm_engine
 
 
