@@ -93,6 +93,21 @@ def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
     _exactly_once(root, "embeddings", len(RECORDS))
 
 
+def _wait_alive_nodes(cluster, n: int, timeout_s: float = 180.0) -> None:
+    """Until the cluster's GCS counts ``n`` alive nodes (a killed raylet is declared dead after its
+    missed heartbeats, some seconds later)."""
+    code = (f"import ray; ray.init(address={cluster.address!r}, logging_level='ERROR'); "
+            "print(sum(bool(x['Alive']) for x in ray.nodes()))")
+    deadline, last = time.time() + timeout_s, None
+    while time.time() < deadline:
+        r = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=120)
+        last = (r.stdout.strip().splitlines() or ["?"])[-1]
+        if r.returncode == 0 and last == str(n):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the cluster still counts {last} alive nodes after {timeout_s:.0f} s (wanted {n})")
+
+
 def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converted, tmp_path):
     cluster, worker = two_nodes
     ws = tmp_path / "ws"
@@ -103,8 +118,9 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
     try:
         raylet = cluster.raylet_pid(worker)
         deadline = time.time() + 600
-        with NodeWork(raylet) as seen:
-            while time.time() < deadline and proc.poll() is None and not list(ws.glob("report-*/reports/part-*")):
+        with NodeWork(raylet) as seen:     # kill once a block is committed AND the worker node works
+            while time.time() < deadline and proc.poll() is None and not (
+                    list(ws.glob("report-*/reports/part-*")) and seen.ran("read_and_preprocess", "ReportUDF")):
                 time.sleep(0.1)
         assert proc.poll() is None, f"the job ended before the kill: {proc.communicate()[1][-3000:]}"
         assert list(ws.glob("report-*/reports/part-*")), "no block committed within the time limit"
@@ -122,7 +138,9 @@ def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converte
     if proc.returncode != 0:
         # a run that Ray could not finish (an engine actor has max_restarts=0, pipelines/report.py:
         # a dead engine fails the run, no silent restart): the rerun on the surviving head reports
-        # only what no committed block holds
+        # only what no committed block holds, once Ray has marked the killed node dead (until then
+        # it may still place the new engine actor there)
+        _wait_alive_nodes(cluster, 1)
         r = subprocess.run(cmd, env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, f"killed run: {err[-2000:]}\nrerun: {r.stderr[-3000:]}"
         out = r.stdout
