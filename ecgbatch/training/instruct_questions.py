@@ -21,12 +21,15 @@ FINDING_QUESTIONS = (   # each reads well with every FINDINGS phrase (singular o
     "Is there {phrase}?",
 )
 YES_NO_SUFFIX = " Answer yes or no."   # appended to some yes/no questions (the answer still says why)
-# Yes/no questions about a group of findings: (question, the keys meaning "yes", the keys whose
+# Yes/no questions about a group of findings: (phrasings, the keys meaning "yes", the keys whose
 # presence means "no" (None: every "yes" key absent means "no"), the "no" answer).
 GROUP_QUESTIONS = (
-    ("Is the electrical axis deviated?", ("axis_left", "axis_right"), ("axis_normal",),
+    (("Is the electrical axis deviated?", "Is there axis deviation on this ECG?",
+      "Does the QRS axis deviate from normal?"), ("axis_left", "axis_right"), ("axis_normal",),
      "No, the electrical axis is normal."),
-    ("Is there a bundle branch block?", ("rbbb", "lbbb"), None, "No, there is no bundle branch block."),
+    (("Is there a bundle branch block?", "Does this ECG show a bundle branch block?",
+      "Can you see a bundle branch block in this recording?"), ("rbbb", "lbbb"), None,
+     "No, there is no bundle branch block."),
 )
 RHYTHM_QUESTIONS = ("What is the rhythm of this ECG?", "Which rhythm does this ECG show?",
                     "What is the underlying rhythm?")
@@ -79,7 +82,8 @@ def finding_turn(key: str, present: bool, rng) -> dict:
 def group_turns(facts, rng) -> list[dict]:
     """The GROUP_QUESTIONS this record's labels answer."""
     out = []
-    for q, yes_keys, no_keys, no_answer in GROUP_QUESTIONS:
+    for qs, yes_keys, no_keys, no_answer in GROUP_QUESTIONS:
+        q = qs[rng.integers(len(qs))]
         yes = [k for k in yes_keys if k in facts.present]
         if yes:
             a, present = f"Yes, the ECG shows {' and '.join(BY_KEY[k].phrase for k in yes)}.", True
