@@ -74,6 +74,9 @@ def test_two_worker_run_loss_falls_and_checkpoint_loads(uninterrupted):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workdir):
+    """A crash after an epoch's checkpoint, then (optim.checkpoint_every_steps) one within an
+    epoch: each --resume continues where the last checkpoint left off, and the run ends with
+    the uninterrupted run's weights."""
     from ecgbatch.training.checkpointing import latest_checkpoint
     from ecgbatch.training.coca_job import run_job
 
@@ -85,14 +88,22 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workd
     assert json.loads((mid / "progress.json").read_text()) == {"epoch": 0, "global_step": 2}
     with pytest.raises(FileExistsError, match="--resume"):
         run_job(_job(workdir, name="crashed"), num_workers=2)       # never silently restarts
-    run_job(_job(workdir, name="crashed"), num_workers=2, resume=True)
+    within = {"optim.checkpoint_every_steps": 1}
+    with pytest.raises(Exception, match="simulated crash"):         # resumes, dies in epoch 2 after its step 1
+        run_job(_job(workdir, name="crashed", fail_after_steps=5, **within), num_workers=2, resume=True)
+    mid2 = latest_checkpoint(crashed.run_path())
+    assert json.loads((mid2 / "progress.json").read_text()) == {"epoch": 2, "global_step": 5, "step_in_epoch": 1}
+    run_job(_job(workdir, name="crashed", **within), num_workers=2, resume=True)
     final = latest_checkpoint(crashed.run_path())
+    assert json.loads((final / "progress.json").read_text()) == {"epoch": 2, "global_step": 6}
     a, b = _weights(straight), _weights(final)
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, worst
     changed = max(float((_weights(mid)[k].float() - b[k].float()).abs().max()) for k in a)
     assert changed > 1e-4   # the resumed run really trained
+    hist = [json.loads(line) for line in (crashed.run_path() / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]      # within-epoch checkpoints add no epoch rows
 
 
 @pytest.mark.slow
