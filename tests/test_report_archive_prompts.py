@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.ray_cluster import copy_cinc_records
-from helpers.vllm_env import VLLM_TEST_ENV
+from helpers.vllm_env import engine_actor_env
 from typer.testing import CliRunner
 
 from ecgbatch.cli import app
@@ -53,9 +53,7 @@ def _report(arc, ws, model, *mode):
     from ecgbatch.pipelines.workspace import ReportTable
 
     before = {p.name for p in ws.glob("report-*")}
-    with pytest.MonkeyPatch.context() as mp:       # the engine actor's vLLM settings (report.py passes them)
-        for k, v in VLLM_TEST_ENV.items():
-            mp.setenv(k, v)
+    with engine_actor_env():
         r = _run("report", "--input", arc, "-w", ws, "--model", model, "--max-tokens", MAX_TOKENS, "--no-progress",
                  *mode)
     [new] = [p for p in ws.glob("report-*") if p.name not in before]

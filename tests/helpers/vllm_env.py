@@ -11,4 +11,19 @@ is about it: the session engine (conftest ``vllm_engine``), ``ecgbatch serve`` (
 engine shutdown)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import pytest
+
 VLLM_TEST_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+@contextmanager
+def engine_actor_env():
+    """VLLM_TEST_ENV in this process's environment while a `report --input` runs in it: the driver
+    hands these variables to its engine actors (ecgbatch.pipelines.report); put back afterwards, so
+    the session's own engine (multiprocess) never sees them."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in VLLM_TEST_ENV.items():
+            mp.setenv(k, v)
+        yield
