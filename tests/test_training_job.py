@@ -143,24 +143,14 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_one_worker_run(ray_local, workdir):
-    from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
-    from ecgbatch.training.coca_job import run_job
-
-    job = _job(workdir, name="single", **{"optim.epochs": 1})
-    result = run_job(job, num_workers=1)
-    ck = latest_checkpoint(job.run_path())
-    assert result.metrics["global_step"] == 2 and read_train_state(ck)["world_size"] == 1
-    assert np.isfinite(result.metrics["train/loss"])
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_kfold_runs_and_crossval_score_every_record_once(ray_local, workdir):
+def test_kfold_one_worker_runs_and_crossval_score_every_record_once(ray_local, workdir):
+    """Two 1-worker fold runs (the job's single-worker path: world size 1 in the checkpoint), then
+    `eval crossval` over them."""
     from typer.testing import CliRunner
 
     from ecgbatch.cli import app
     from ecgbatch.eval.metrics import roc_auc
+    from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
     from ecgbatch.training.coca_job import run_job
     from ecgbatch.training.pairs import PairSet
 
@@ -168,7 +158,9 @@ def test_kfold_runs_and_crossval_score_every_record_once(ray_local, workdir):
     for f in (0, 1):
         job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
                                               "optim.max_steps_per_epoch": 1})
-        run_job(job, num_workers=1)
+        result = run_job(job, num_workers=1)
+        assert result.metrics["global_step"] == 1 and np.isfinite(result.metrics["train/loss"])
+        assert read_train_state(latest_checkpoint(job.run_path()))["world_size"] == 1
         runs.append(job.run_path())
     cache = next((workdir / "cache").glob("pairs-*.npz"))
     pairs = PairSet.load(cache)
