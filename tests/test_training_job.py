@@ -86,6 +86,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workd
         run_job(crashed, num_workers=2)
     mid = latest_checkpoint(crashed.run_path())
     assert json.loads((mid / "progress.json").read_text()) == {"epoch": 0, "global_step": 2}
+    mid_weights = _weights(mid)                       # (later checkpoints retire it: keep_checkpoints)
     with pytest.raises(FileExistsError, match="--resume"):
         run_job(_job(workdir, name="crashed"), num_workers=2)       # never silently restarts
     within = {"optim.checkpoint_every_steps": 1}
@@ -100,7 +101,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workd
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, worst
-    changed = max(float((_weights(mid)[k].float() - b[k].float()).abs().max()) for k in a)
+    changed = max(float((mid_weights[k].float() - b[k].float()).abs().max()) for k in a)
     assert changed > 1e-4   # the resumed run really trained
     hist = [json.loads(line) for line in (crashed.run_path() / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [0, 1, 2]      # within-epoch checkpoints add no epoch rows
