@@ -118,7 +118,7 @@ def ludb_cases(limit: int | None):
         rhythm = re.search(r"#Rhythm:(.*)", head)
         sig, f = wfdb.rdsamp(str(hea.with_suffix("")))
         yield (LUDB_LABELS[m.group(1).strip().lower()], "", rhythm_group(rhythm.group(1) if rhythm else ""),
-               sig.T, float(f["fs"]), f["sig_name"])
+               sig.T, float(f["fs"]), f["sig_name"], ("ludb", hea.stem))
 
 
 def ptbxl_cases(limit: int | None):
@@ -132,15 +132,19 @@ def ptbxl_cases(limit: int | None):
         note = ("de" if "linkstyp" in rep else "en" if "left axis deviation" in rep else "") \
             if r["heart_axis"] == "LAD" else ""
         codes = " ".join(k for k, v in ast.literal_eval(r["scp_codes"]).items() if float(v) > 0 or k == "SR")
-        yield r["heart_axis"], note, rhythm_group(codes), sig.T, float(f["fs"]), f["sig_name"]
+        yield (r["heart_axis"], note, rhythm_group(codes), sig.T, float(f["fs"]), f["sig_name"],
+               ("ptbxl", Path(r["filename_lr"]).name))
 
 
 def evaluate(which: str, limit: int | None = None) -> dict:
     """-> {"labels": [...], "notes": [...], "deg": {kind: [...]}, "seconds": s}."""
     cases = ludb_cases(limit) if which == "ludb" else ptbxl_cases(limit)
-    out = {"labels": [], "notes": [], "rhythm": [], "nrmssd": [], "deg": {k: [] for k in KINDS}}
+    from ecgbatch.testfold import in_test_fold
+
+    out = {"labels": [], "notes": [], "rhythm": [], "nrmssd": [], "test": [], "deg": {k: [] for k in KINDS}}
     t0 = time.perf_counter()
-    for label, note, rhythm, x, fs, leads in cases:
+    for label, note, rhythm, x, fs, leads, (dataset, rid) in cases:
+        out["test"].append(in_test_fold(dataset, rid))
         a = axes_of(np.nan_to_num(np.asarray(x, float)), fs, leads)
         out["labels"].append(label)
         out["notes"].append(note)
@@ -178,6 +182,37 @@ def scores(res: dict, convention: str, kind: str, scored: tuple[str, ...], mappi
             "deg_err_median": float(np.median(err)) if err else float("nan"),
             "within_15": float(np.mean([e <= 15 for e in err])) if err else float("nan"),
             "confusion": Counter(zip(labels, pred))}
+
+
+# The words the instruction data gives each label (ecgbatch.training.instruct: PTBXL_AXIS, LUDB's text)
+TRAINING_WORDS = {"ALAD": "left", "LAD": "left", "MID": "normal", "RAD": "right", "ARAD": "right",
+                  "left": "left", "horizontal": "normal", "normal": "normal", "vertical": "normal", "right": "right"}
+THREE_WAY = {"left": "left", "horizontal": "normal", "normal": "normal", "vertical": "normal", "right": "right"}
+
+
+def prompt_convention_table(sets: dict) -> None:
+    """Which convention's left / normal / right agrees with the labels as the training data words
+    them (what a model trained on them says), on the records outside the test fold: how
+    ecgbatch.llava.grounding.GROUND_AXIS_CONVENTION was chosen."""
+    from ecgbatch.signal.axis import axis_category
+
+    print("\n-- the grounded prompt's convention: left/normal/right vs the labels as the training data words them, "
+          "records outside the test fold (area) --")
+    print(f"{'set':<8} {'n':>4} " + "".join(f"{c:>8}" for c in ("aha", "ludb")))
+    tot = Counter()
+    for name, res in sets.items():
+        keep = [i for i, (lab, t, d) in enumerate(zip(res["labels"], res["test"], res["deg"]["area"]))
+                if lab in TRAINING_WORDS and not t and math.isfinite(d)]
+        row = []
+        for conv in ("aha", "ludb"):
+            ok = sum(THREE_WAY.get(axis_category(res["deg"]["area"][i], conv)) == TRAINING_WORDS[res["labels"][i]]
+                     for i in keep)
+            tot[conv] += ok
+            row.append(ok / len(keep) if keep else float("nan"))
+        tot["n"] += len(keep)
+        print(f"{name:<8} {len(keep):>4} " + "".join(f"{v:>8.3f}" for v in row))
+    if tot["n"]:
+        print(f"{'all':<8} {tot['n']:>4} " + "".join(f"{tot[c] / tot['n']:>8.3f}" for c in ("aha", "ludb")))
 
 
 def print_confusion(conf: Counter, rows, cols) -> None:
@@ -272,6 +307,7 @@ def main(argv=None) -> int:
         print_scores(ptb, "aha", ("left", "normal", "right"), AHA_ORDER, AHA_ORDER, PTBXL_AHA)
         print_regularity(ptb)
         results["PTB-XL heart_axis"] = (ptb, PTBXL_ORDER)
+    prompt_convention_table({"PTB-XL": ptb, "LUDB": ludb} if not a.skip_ptbxl else {"LUDB": ludb})
     if a.plot:
         print(f"\nplot: {plot(results, a.plot)}")
     return 0

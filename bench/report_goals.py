@@ -27,6 +27,21 @@ TEMPLATE = "Sinus rhythm. Normal ECG. Normal electrical axis."     # the floor a
 ARCHIVE_SOURCES = {"ludb": "ludb", "cinc2021": "cinc2021", "ptbxl2k": "ptbxl"}   # instruct source -> goal source
 
 
+def labels_only(reference: str, record_facts: dict) -> str:
+    """The reference without what the instruction builder added from the measurements (the
+    axis of a record whose labels state none, ``{"measured": true}``): a reference says what
+    the cardiologists labelled, or the goals would score the measurement against itself."""
+    from ecgbatch.training.instruct_questions import report_text
+
+    for s in record_facts.get("statements") or ():
+        tail = " " + report_text(s["text"]) if s.get("measured") else None
+        if tail and reference.endswith(tail):
+            reference = reference[: -len(tail)]
+        elif tail and reference == tail.strip():
+            reference = ""
+    return reference
+
+
 def prepare(instruct: Path, out: Path) -> int:
     from ecgbatch.training.instruct_format import read_instruct
     from ecgbatch.training.instruct_questions import report_text
@@ -44,6 +59,7 @@ def prepare(instruct: Path, out: Path) -> int:
         for q in files:
             shutil.copy2(q, dest / q.name)
         ref = it.conversations[1]["value"] if len(it.conversations) > 1 else report_text(it.meta["facts"]["report"])
+        ref = labels_only(ref, it.meta.get("record_facts") or {})
         refs.append({"record_id": f"{src}/{p.stem}", "source": ARCHIVE_SOURCES[src],
                      "patient": str(it.meta.get("patient") or f"{src}:{p.stem}"), "reference": ref})
     (out / "references.jsonl").write_text("".join(json.dumps(r) + "\n" for r in refs))

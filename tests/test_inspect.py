@@ -63,6 +63,8 @@ def test_inspect_json(app, ludb):
     assert abs(ml["qrs_ms"] - ref["qrs_ms"]) < 25 and abs(ml["qt_ms"] - ref["qt_ms"]) < 40
     for d in (ml, ec):  # LUDB 1: sinus bradycardia, a horizontal-to-left axis (about +15 degrees)
         assert -30 < d["axis_deg"] < 30 and d["axis_category"] == "normal" and d["rr_irregular"] is False
+        # LVH voltages in mV, from the same QRS windows (LUDB 1 is labelled LVH; its voltages meet neither criterion)
+        assert 0.3 < d["sokolow_lyon_mv"] < 3.5 and 0.1 < d["cornell_mv"] <= 2.8 and d["lvh_voltage"] is False
     assert info["ecgchat_wave_text"].startswith(" RR: ") and isinstance(ec["rr_ms"], int)
 
 

@@ -11,8 +11,9 @@ import pytest
 
 from ecgbatch.io import read_record
 from ecgbatch.llava.contradictions import contradictions, report_fields
-from ecgbatch.llava.grounding import GroundFinding, Grounding, ground, ground_batch
+from ecgbatch.llava.grounding import GROUND_AXIS_CONVENTION, GroundFinding, Grounding, finding_text, ground, ground_batch
 from ecgbatch.signal import measure
+from ecgbatch.signal.axis import AXIS_TEXT, axis_category
 
 pytest.importorskip("neurokit2")
 
@@ -52,12 +53,15 @@ def test_brady_record_prompt_states_rate_rhythm_axis_intervals_and_probes(ground
     lines = g.text.split("\n")
     assert len(lines) == 2 and len(g.text) < 400  # compact: the mini LM has 2,048 tokens
     assert lines[0].startswith(f"Measured: heart rate {round(m.hr_bpm)} bpm (bradycardia, regular RR); ")
-    assert f"QRS axis {round(m.axis_deg)} degrees (normal axis)" in lines[0]
-    assert f"PR {round(m.pr_ms)} ms, QRS {round(m.qrs_ms)} ms, QT/QTc {round(m.qt_ms)}/{round(m.qtc_ms)} ms." in lines[0]
+    cat = axis_category(m.axis_deg, GROUND_AXIS_CONVENTION)
+    assert f"QRS axis {round(m.axis_deg)} degrees ({AXIS_TEXT[cat]})" in lines[0]
+    # LUDB is in mV: both LVH voltages are stated, to 0.1 mV
+    assert f"; Sokolow-Lyon {m.sokolow_lyon_mv:.1f} mV, Cornell {m.cornell_mv:.1f} mV." in lines[0]
+    assert f"PR {round(m.pr_ms)} ms, QRS {round(m.qrs_ms)} ms, QT/QTc {round(m.qt_ms)}/{round(m.qtc_ms)} ms;" in lines[0]
     assert lines[1].startswith("Classifier findings: sinus bradycardia (p=0.9")
     by = {f.label: f for f in g.findings}
     assert by["bradycardia"].source == "measurement" and by["bradycardia"].value == round(m.hr_bpm, 1)
-    assert by["axis"].unit == "degrees" and by["axis"].category == "normal"
+    assert by["axis"].unit == "degrees" and by["axis"].category == cat
     assert by["SBRAD"].source == "probe" and by["SBRAD"].probability > 0.9
     # every probe finding stated is at or above its probe's cross-validated threshold
     thr = {(p.labelset, lab): t for p in labeller.probes for lab, t in zip(p.trained, p.thresholds)}
@@ -91,7 +95,8 @@ def test_failed_or_missing_measurements_are_omitted_never_invented():
     row = {"hr_bpm": 72.0, "rr_nrmssd": None, "axis_deg": 0.0, "pr_ms": 0, "qrs_ms": None,
            "qt_ms": 380.0, "qtc_ms": 9999.0, "quality": "ok"}
     g = ground(row)
-    assert g.text == "Measured: heart rate 72 bpm; QRS axis 0 degrees (normal axis); QT 380 ms."
+    assert g.text == "Measured: heart rate 72 bpm; QRS axis 0 degrees (horizontal axis); QT 380 ms."
+    assert ground(row, axis_convention="aha").text == g.text.replace("horizontal", "normal")
     assert ground({**row, "quality": "noisy"}).text == ""
     # ECG-Chat's method measures a PR in atrial fibrillation too: not stated with an irregular RR
     af = {"hr_bpm": 110.0, "rr_nrmssd": 0.3, "pr_ms": 160.0, "qrs_ms": 90.0, "method": "ecgchat"}
@@ -196,3 +201,28 @@ def test_report_udf_grounds_a_hand_built_batch(grounded, labeller):
     assert gs[0].text == ground(ms[0]).text and gs[1].text == "" and gs[1].findings == ()
     with_probes = batch_groundings(batch, x, labeller)
     assert with_probes[0].probabilities and with_probes[1].probabilities == {}
+
+
+def test_lvh_voltage_criteria_stated_by_the_published_thresholds():
+    row = {"hr_bpm": 70.0, "quality": "ok", "sokolow_lyon_mv": 3.2, "cornell_mv": 2.8}
+    g = ground(row)
+    assert g.text == "Measured: heart rate 70 bpm; Sokolow-Lyon 3.2 mV, Cornell 2.8 mV."   # 2.8 is not > 2.8
+    assert "lvh_voltage" not in {f.label for f in g.findings}
+    for extra in ({"sokolow_lyon_mv": 3.5}, {"cornell_mv": 2.81}):
+        g = ground({**row, **extra})
+        assert g.text.endswith(" mV (LVH voltage criteria met).")
+        by = {f.label: f for f in g.findings}
+        assert by["lvh_voltage"].category == "met" and by["sokolow_lyon"].unit == "mV"
+        assert finding_text(by["sokolow_lyon"].to_dict()) == f"Sokolow-Lyon {by['sokolow_lyon'].value:.1f} mV"
+    assert "Sokolow" not in ground({"hr_bpm": 70.0, "quality": "ok", "cornell_mv": float("nan")}).text
+
+
+def test_a_record_not_in_a_voltage_unit_states_no_voltage(sample_archive):
+    rec = read_record(sample_archive / "ludb" / "1.hea")
+    in_mv = measure(rec, method="multilead")
+    rec.units = "unknown"                      # e.g. a z-scored array
+    m = measure(rec, method="multilead")
+    assert np.isfinite(in_mv.sokolow_lyon_mv) and np.isnan(m.sokolow_lyon_mv) and np.isnan(m.cornell_mv)
+    assert m.lvh_voltage is None and "Sokolow" not in ground(m).text
+    rec.units, rec.signal = "uV", rec.signal * 1000.0
+    assert measure(rec, method="multilead").sokolow_lyon_mv == pytest.approx(in_mv.sokolow_lyon_mv, abs=0.011)

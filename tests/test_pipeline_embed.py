@@ -57,6 +57,7 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
     assert "rhythm" in out["diagnoses"][0].lower()
     assert np.isnan(out["hr_bpm"][1])
     assert -180 < out["axis_deg"][0] <= 180 and 0 <= out["rr_nrmssd"][0] < 1 and np.isnan(out["axis_deg"][1])
+    assert 0 < out["sokolow_lyon_mv"][0] < 10 and 0 < out["cornell_mv"][0] < 10 and np.isnan(out["cornell_mv"][1])
     # the same record through the model directly == what the encoder UDF returns
     udf = embed.EncoderUDF.__new__(embed.EncoderUDF)
     udf.model = model

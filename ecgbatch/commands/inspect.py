@@ -93,6 +93,8 @@ def _print_rich(info: dict[str, Any]) -> None:
             ("QRS (ms)", "qrs_ms"), ("QT (ms)", "qt_ms"), ("QTc Bazett (ms)", "qtc_ms"),
             ("QRS axis (degrees)", "axis_deg"), ("axis category (AHA)", "axis_category"),
             ("RR RMSSD / mean RR", "rr_nrmssd"), ("RR irregular (> 0.1)", "rr_irregular"),
+            ("Sokolow-Lyon (mV)", "sokolow_lyon_mv"), ("Cornell voltage (mV)", "cornell_mv"),
+            ("LVH voltage criteria met", "lvh_voltage"),
             ("P/R/T mean peak (sample)", None), ("beats", "n_beats"), ("quality", "quality")]
     for label, key in rows:
         cells = []

@@ -8,7 +8,9 @@ What it states, in two short lines (the mini LM has a 2,048-token context):
 - measurements (ecgbatch.signal.measure; the "multilead" method is the one to use: it withholds
   PR when P waves are not conducted): heart rate with bradycardia (< 60 bpm) / tachycardia
   (> 100 bpm), RR regular/irregular (ecgbatch.signal.rate), the frontal QRS axis in degrees with
-  its category (ecgbatch.signal.axis, AHA convention by default), PR, QRS, QT/QTc in ms;
+  its category (ecgbatch.signal.axis; GROUND_AXIS_CONVENTION, see below), PR, QRS, QT/QTc in ms,
+  and the Sokolow-Lyon and Cornell voltages in mV with "LVH voltage criteria met" when one of
+  the published criteria is (ecgbatch.signal.voltage; records in physical units only);
 - the calibrated probe findings (ecgbatch.llava.diagnosis_prompt.findings_from_embeddings on the encoder's
   embedding) at or above their cross-validated thresholds, with their probabilities. Unlike the
   paper's DDP sentences, the top rhythm of an exclusive probe is not stated when it is below its
@@ -44,9 +46,16 @@ from ecgbatch.signal.axis import AXIS_TEXT, axis_category
 from ecgbatch.signal.measure import measure
 from ecgbatch.signal.measurements import HR_RANGE_BPM, INTERVAL_RANGES
 from ecgbatch.signal.rate import rate_category, rr_irregular
+from ecgbatch.signal.voltage import lvh_voltage_met
 
 SOURCES = ("measurement", "probe")
 GROUND_METHOD = "multilead"      # the measurement method of every grounded prompt (see the module doc)
+# The axis category the prompt names. Both label sources a model is trained on call an axis "left"
+# well above the AHA's -30 degrees: LUDB's Russian convention below 0 (0..+29 "horizontal"), PTB-XL's
+# German LAD ("Linkstyp") from -30 to +30. On the training records with an axis label (315 PTB-XL,
+# 72 LUDB; test fold left out) the LUDB convention's left/normal/right agrees with the labels for
+# 0.871, the AHA's for 0.749 (bench/axis.py). The degrees are always stated beside the category.
+GROUND_AXIS_CONVENTION = "ludb"
 MEASURED_INTRO = "Measured:"
 PROBE_INTRO = "Classifier findings:"
 # label, text, measurement key
@@ -103,7 +112,8 @@ def finding_text(d: Mapping[str, Any]) -> str:
     if d.get("probability") is not None:
         return f"{d['text']} (p={d['probability']:.2f})"
     if d.get("value") is not None and d.get("label") not in ("rr_regularity",):
-        return f"{d['text']} {_fmt(d['value'])} {d.get('unit') or ''}".rstrip()
+        v = f"{d['value']:.1f}" if d.get("unit") == "mV" else _fmt(d["value"])
+        return f"{d['text']} {v} {d.get('unit') or ''}".rstrip()
     return str(d["text"])
 
 
@@ -127,7 +137,7 @@ def _fmt(v: float) -> str:
     return f"{int(round(v))}"
 
 
-def measured_findings(m, axis_convention: str = "aha") -> list[GroundFinding]:
+def measured_findings(m, axis_convention: str = GROUND_AXIS_CONVENTION) -> list[GroundFinding]:
     """The measurement findings of a Measurements (or a row dict with its columns); [] when the
     measurement failed."""
     if m is None or not _quality_ok(m):
@@ -148,6 +158,7 @@ def measured_findings(m, axis_convention: str = "aha") -> list[GroundFinding]:
     if axis is not None:
         cat = axis_category(axis, axis_convention)
         out.append(GroundFinding("axis", AXIS_TEXT.get(cat, cat), "measurement", round(axis, 1), "degrees", cat))
+    out += voltage_findings(m)
     method = m.get("method") if isinstance(m, Mapping) else getattr(m, "method", None)
     irregular = any(f.category == "irregular" for f in out)
     for label, text, key in INTERVALS:
@@ -162,6 +173,16 @@ def measured_findings(m, axis_convention: str = "aha") -> list[GroundFinding]:
         out.append(GroundFinding("qt_interval", "QT", "measurement", round(qt, 1), "ms"))
         if qtc is not None and INTERVAL_RANGES["qtc_ms"][0] <= qtc <= INTERVAL_RANGES["qtc_ms"][1]:
             out.append(GroundFinding("qtc_interval", "QTc", "measurement", round(qtc, 1), "ms"))
+    return out
+
+
+def voltage_findings(m) -> list[GroundFinding]:
+    """The LVH voltages of a measurement (mV), and "LVH voltage criteria met" when one is."""
+    sl, co = _value(m, "sokolow_lyon_mv", zero_ok=True), _value(m, "cornell_mv", zero_ok=True)
+    out = [GroundFinding(label, text, "measurement", round(v, 2), "mV")
+           for label, text, v in (("sokolow_lyon", "Sokolow-Lyon", sl), ("cornell", "Cornell", co)) if v is not None]
+    if lvh_voltage_met(sl, co):
+        out.append(GroundFinding("lvh_voltage", "LVH voltage criteria met", "measurement", category="met"))
     return out
 
 
@@ -201,15 +222,19 @@ def _measured_text(fs: list[GroundFinding]) -> str:
         iv.append(f"QT{'/QTc' if qtc else ''} {_fmt(by['qt_interval'].value)}{qtc} ms")
     if iv:
         parts.append(", ".join(iv))
+    volts = [f"{by[lab].text} {by[lab].value:.1f} mV" for lab in ("sokolow_lyon", "cornell") if lab in by]
+    if volts:
+        parts.append(", ".join(volts) + (" (LVH voltage criteria met)" if "lvh_voltage" in by else ""))
     return f"{MEASURED_INTRO} {'; '.join(parts)}." if parts else ""
 
 
 def ground(measurements=None, *, probes: Sequence = (), embedding=None,
-           axis_convention: str = "aha") -> Grounding:
+           axis_convention: str = GROUND_AXIS_CONVENTION) -> Grounding:
     """The grounded part of a prompt for one ECG.
 
     ``measurements``: an ecgbatch.signal.Measurements (best: method="multilead") or a row dict
-    with its columns (hr_bpm, rr_nrmssd, axis_deg, pr_ms, qrs_ms, qt_ms, qtc_ms, quality), or
+    with its columns (hr_bpm, rr_nrmssd, axis_deg, pr_ms, qrs_ms, qt_ms, qtc_ms, sokolow_lyon_mv,
+    cornell_mv, quality), or
     None. ``probes`` (ecgbatch.encoders.probes.LinearProbe, e.g. a FindingsLabeller's ``probes``) and
     ``embedding`` (that encoder's embedding of the ECG, [D]) give the probe findings; leave them
     out for measurements only. Deterministic: the same inputs give the same text."""
@@ -222,7 +247,7 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
 
 
 def ground_batch(measurements: Sequence, *, probes: Sequence = (), embeddings=None,
-                 axis_convention: str = "aha") -> list[Grounding]:
+                 axis_convention: str = GROUND_AXIS_CONVENTION) -> list[Grounding]:
     """``ground`` per ECG: ``measurements`` (one per ECG, None where there are none) and, with
     ``probes``, the encoder's ``embeddings`` [N, D] in the same order."""
     if embeddings is not None and len(embeddings) != len(measurements):

@@ -24,8 +24,10 @@ from ecgbatch.signal.measure import measure
 
 LABEL_SEP = "\x1f"  # joins label codes inside the read stage's string column
 # Waveform measurements stored per record (ecgbatch.signal.measure, ECG-Chat method), in ms/bpm,
-# the frontal QRS axis in degrees and the RR irregularity (RMSSD / mean RR, ecgbatch.signal.rate).
-MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "axis_deg", "rr_nrmssd")
+# the frontal QRS axis in degrees, the RR irregularity (RMSSD / mean RR, ecgbatch.signal.rate) and
+# the Sokolow-Lyon / Cornell LVH voltages in mV (ecgbatch.signal.voltage; NaN unless the record is in mV).
+MEASUREMENT_COLUMNS = ("hr_bpm", "rr_ms", "pr_ms", "qrs_ms", "qt_ms", "qtc_ms", "axis_deg", "rr_nrmssd",
+                       "sokolow_lyon_mv", "cornell_mv")
 FAILURE_FIELDS = ("source", "record_id", "stage", "error_type", "error_kind", "message")
 
 

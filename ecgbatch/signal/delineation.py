@@ -19,6 +19,7 @@ The 5 % threshold and the windows were chosen on every other LUDB record (sorted
 checked on the other half (bench/ludb_intervals.py prints both)."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -28,6 +29,7 @@ from ecgbatch.signal import filters
 from ecgbatch.signal.axis import frontal_axis
 from ecgbatch.signal.measurements import ECGCHAT_FS, Measurements, beat_quality, lead_index, neurokit_delineate
 from ecgbatch.signal.rate import rr_regularity
+from ecgbatch.signal.voltage import lvh_voltages
 
 QRS_THRESHOLD = 0.05  # fraction of peak spatial velocity above noise
 QRS_SEARCH_S = 0.15  # max distance of a QRS bound from the R peak
@@ -115,22 +117,30 @@ def _nanmean(v) -> float:
 
 
 def axis_and_regularity(x: np.ndarray, leads, rpeaks: np.ndarray, fs: float, y: np.ndarray | None = None,
-                        bounds=None) -> tuple[float, float]:
-    """(frontal QRS axis in degrees, RR normalised RMSSD) of leads ``x`` [L, T] at ``fs`` with
-    R peaks ``rpeaks``; ``y`` (x band-passed 0.5-40 Hz) and ``bounds`` (QRS onsets, offsets)
-    when the caller has them already. NaN where not measurable."""
+                        bounds=None, mv: float | None = None) -> dict[str, float]:
+    """{"axis_deg": frontal QRS axis in degrees, "rr_nrmssd": RR normalised RMSSD,
+    "sokolow_lyon_mv", "cornell_mv": the LVH voltages (ecgbatch.signal.voltage)} of leads ``x``
+    [L, T] at ``fs`` with R peaks ``rpeaks``; ``y`` (x band-passed 0.5-40 Hz) and ``bounds`` (QRS
+    onsets, offsets) when the caller has them already; ``mv``: the factor from x's units to mV
+    (None: units that are not a voltage, no voltages). NaN where not measurable."""
     rr = np.diff(np.asarray(rpeaks, dtype=float)) * 1000.0 / fs
-    nrmssd = rr_regularity(rr).nrmssd
+    nan = float("nan")
+    out = {"axis_deg": nan, "rr_nrmssd": rr_regularity(rr).nrmssd, "sokolow_lyon_mv": nan, "cornell_mv": nan}
+    if math.isfinite(out["rr_nrmssd"]):
+        out["rr_nrmssd"] = round(out["rr_nrmssd"], 4)
     if len(rpeaks) < 2 or x.shape[1] <= 30:
-        return float("nan"), nrmssd
+        return out
     if y is None:
         y = filters.bandpass(x, fs, 0.5, 40.0)
     ons, offs = bounds if bounds is not None else qrs_bounds(y, rpeaks, fs)
-    return round(frontal_axis(y, leads, ons, offs, fs), 1), round(nrmssd, 4)
+    out["axis_deg"] = round(frontal_axis(y, leads, ons, offs, fs), 1)
+    out["sokolow_lyon_mv"], out["cornell_mv"] = lvh_voltages(y, leads, ons, offs, fs, mv)
+    return out
 
 
-def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
-    """All leads at 500 Hz (float64, NaN-free) -> Measurements (median over beats, ms)."""
+def measure_multilead(x500: np.ndarray, leads, lead: str = "II", mv: float | None = 1.0):
+    """All leads at 500 Hz (float64, NaN-free) -> Measurements (median over beats, ms); ``mv``:
+    the factor from the signal's units to mV (None: no voltages)."""
     fs = float(ECGCHAT_FS)
     failed = Measurements(*([float("nan")] * 9), n_beats=0, quality="failed",
                           method="multilead", lead=lead)
@@ -164,10 +174,10 @@ def measure_multilead(x500: np.ndarray, leads, lead: str = "II"):
     pos = {k: _nanmean(np.array([np.nan if v is None else v for v in waves[k]], float))
            for k in ("ECG_P_Peaks", "ECG_T_Peaks")}
     ok = float(np.mean(np.isfinite(qrs) & np.isfinite(qt)))
-    axis, nrmssd = axis_and_regularity(x500, leads, r, fs, y=y, bounds=(ons, offs))
+    vec = axis_and_regularity(x500, leads, r, fs, y=y, bounds=(ons, offs), mv=mv)
     return Measurements(round(hr, 1), round(rr_mean, 1), round(_nanmedian(pr), 1),
                         round(_nanmedian(qrs), 1), round(qt_med, 1), round(float(qtc), 1),
                         round(pos["ECG_P_Peaks"], 1), round(float(np.mean(r)), 1),
                         round(pos["ECG_T_Peaks"], 1), n_beats=len(r),
                         quality=beat_quality(len(r), hr, ok), method="multilead", lead=lead,
-                        axis_deg=axis, rr_nrmssd=nrmssd)
+                        **vec)

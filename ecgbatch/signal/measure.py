@@ -8,8 +8,9 @@ ecgbatch.signal.delineation) keeps NeuroKit2's R peaks, P onsets and T offsets b
 QRS from all leads; it is what ``ecgbatch inspect`` shows.
 
 Both methods also give the frontal QRS axis (``axis_deg``, ecgbatch.signal.axis, from the QRS
-windows of ecgbatch.signal.delineation on all leads) and the RR irregularity (``rr_nrmssd``,
-ecgbatch.signal.rate) from their R peaks; these are beside ECG-Chat's eight values, which stay
+windows of ecgbatch.signal.delineation on all leads), the RR irregularity (``rr_nrmssd``,
+ecgbatch.signal.rate) from their R peaks, and the Sokolow-Lyon and Cornell voltages in mV
+(``sokolow_lyon_mv``, ``cornell_mv``, ecgbatch.signal.voltage; records in physical units only); these are beside ECG-Chat's eight values, which stay
 as ECG-Chat computes them."""
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from ecgbatch.signal import filters
 from ecgbatch.signal.delineation import axis_and_regularity, measure_multilead
 from ecgbatch.signal.measurements import (ECGCHAT_FS, Measurements, beat_quality, lead_index,
                                           neurokit_delineate)
+from ecgbatch.signal.voltage import mv_scale
 
 METHODS = ("ecgchat", "multilead")
 
 
-def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...]]:
+def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...], str | None]:
+    """(signal, fs, leads, units); a (signal, fs, leads) tuple is in mV (physical units)."""
+    units = "mV"
     if isinstance(record_or_tuple, tuple):
         if len(record_or_tuple) != 3:
             raise ValueError(f"measure() takes a Record or (signal, fs, leads), got a tuple of "
@@ -34,6 +38,7 @@ def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...]]:
         sig, fs, leads = record_or_tuple
     else:
         sig, fs, leads = record_or_tuple.signal, record_or_tuple.fs, record_or_tuple.leads
+        units = getattr(record_or_tuple, "units", None)
     sig = np.asarray(sig)
     if sig.ndim != 2 or sig.shape[0] != len(leads):
         raise ValueError(f"signal must be [leads, samples] with one name per lead, got shape "
@@ -41,7 +46,7 @@ def _unpack(record_or_tuple) -> tuple[np.ndarray, float, tuple[str, ...]]:
     fs = float(fs)
     if not fs > 0:
         raise ValueError(f"sampling rate must be > 0, got {fs!r}")
-    return sig, fs, tuple(leads)
+    return sig, fs, tuple(leads), units
 
 
 def at_500hz(sig: np.ndarray, fs: float) -> np.ndarray:
@@ -79,10 +84,10 @@ def _ecgchat_values(rpeaks, waves, fs: int = ECGCHAT_FS) -> tuple[int, ...]:
             int(m(tp) * 1000))
 
 
-def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None) -> Measurements:
+def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: float | None = 1.0) -> Measurements:
     """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free). ``all_leads``:
-    (every lead at 500 Hz [L, T], their names) to add the axis and RR irregularity from the
-    same R peaks."""
+    (every lead at 500 Hz [L, T], their names) to add the axis, RR irregularity and LVH voltages
+    (``mv``: the factor from the signal's units to mV; None: no voltages) from the same R peaks."""
     try:
         _, rpeaks, waves = neurokit_delineate(x500)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -100,22 +105,25 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None) -> Measu
     m = Measurements(round(hr, 1), rr, pr, qrs, qt_ms, qtc, p, r, t, n_beats=n_beats,
                      quality=quality, method="ecgchat", lead=lead)
     if all_leads is not None and quality != "failed":
-        m.axis_deg, m.rr_nrmssd = axis_and_regularity(
-            all_leads[0], all_leads[1], np.asarray(rpeaks["ECG_R_Peaks"], dtype=int), float(ECGCHAT_FS))
+        vec = axis_and_regularity(all_leads[0], all_leads[1], np.asarray(rpeaks["ECG_R_Peaks"], dtype=int),
+                                  float(ECGCHAT_FS), mv=mv)
+        for k, v in vec.items():
+            setattr(m, k, v)
     return m
 
 
 def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measurements:
-    """Measurements of a Record or (signal [leads, samples], fs, leads). Resampled to 500 Hz
-    first when needed. method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
+    """Measurements of a Record or (signal [leads, samples], fs, leads; mV). Resampled to 500 Hz
+    first when needed. The LVH voltages need a Record in a voltage unit (ecgbatch.signal.voltage). method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
     if method not in METHODS:
         raise ValueError(f"measure method must be one of {METHODS}, got {method!r}")
-    sig, fs, leads = _unpack(record_or_tuple)
+    sig, fs, leads, units = _unpack(record_or_tuple)
     i = lead_index(leads, lead)
     x500 = at_500hz(sig, fs)
+    mv = mv_scale(units)
     if method == "ecgchat":
-        return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads))
-    return measure_multilead(x500, leads, lead=lead)
+        return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads), mv=mv)
+    return measure_multilead(x500, leads, lead=lead, mv=mv)
 
 
 def ecgchat_wave_text(m: Measurements) -> str:

@@ -14,6 +14,7 @@ from ecgbatch.io.errors import MissingLeadError
 from ecgbatch.signal.axis import axis_category
 from ecgbatch.signal.preprocess import lead_key
 from ecgbatch.signal.rate import rr_irregular
+from ecgbatch.signal.voltage import lvh_voltage_met
 
 ECGCHAT_FS = 500
 QUALITY_FLAGS = ("ok", "too_few_beats", "noisy", "failed")
@@ -44,6 +45,8 @@ class Measurements:
     lead: str = "II"
     axis_deg: float = float("nan")   # frontal QRS axis, degrees in (-180, 180]
     rr_nrmssd: float = float("nan")  # RMSSD / mean RR (ecgbatch.signal.rate)
+    sokolow_lyon_mv: float = float("nan")  # S V1 + max(R V5, R V6) (ecgbatch.signal.voltage)
+    cornell_mv: float = float("nan")       # R aVL + S V3
 
     @property
     def axis_category(self) -> str | None:
@@ -55,6 +58,11 @@ class Measurements:
         """RR irregular by ecgbatch.signal.rate's threshold; None when unknown."""
         return rr_irregular(self.rr_nrmssd)
 
+    @property
+    def lvh_voltage(self) -> bool | None:
+        """A published LVH voltage criterion met (ecgbatch.signal.voltage); None when unmeasured."""
+        return lvh_voltage_met(self.sokolow_lyon_mv, self.cornell_mv)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k, v in d.items():  # JSON has no NaN
@@ -62,6 +70,7 @@ class Measurements:
                 d[k] = None
         d["axis_category"] = self.axis_category
         d["rr_irregular"] = self.rr_irregular
+        d["lvh_voltage"] = self.lvh_voltage
         return d
 
 

@@ -34,14 +34,16 @@ import numpy as np
 
 from ecgbatch.io.errors import EcgReadError, MissingLeadError
 from ecgbatch.io.snomed import snomed_table
+from ecgbatch.llava.grounding import GROUND_AXIS_CONVENTION
 from ecgbatch.signal import measure
+from ecgbatch.signal.axis import axis_category
 from ecgbatch.signal.measurements import INTERVAL_RANGES
 from ecgbatch.signal.rate import BRADYCARDIA_BPM, TACHYCARDIA_BPM
 from ecgbatch.text.findings import BY_KEY, KEYS, extract_findings, group_keys, related_findings
 from ecgbatch.training import texts as T
 from ecgbatch.training.data import group_strata, split_by_group, stable_int
 from ecgbatch.training.instruct_format import ECG_TOKEN
-from ecgbatch.training.instruct_questions import conversation, qa_pool, report_turn
+from ecgbatch.training.instruct_questions import balanced_yes_no, conversation, qa_pool, report_turn
 from ecgbatch.training.pairs import SourceSpec, TextSource, int_key, resolve_path, split_record_sources
 
 _ALL = tuple(KEYS)
@@ -215,6 +217,26 @@ def plausible_measurements(m, present: list[str], uncertain: list[str], statemen
     return out
 
 
+# The axis a record's labels leave unsaid (most PTB-XL rows have no heart_axis; the Challenge
+# labels never state one): its report states the measured one, in the convention and words of
+# the grounded prompt, so that a model learns to state the axis for every record. Marked
+# {"measured": true} among the record's statements.
+MEASURED_AXIS = {"left": ("axis_left", "left axis deviation"), "right": ("axis_right", "right axis deviation"),
+                 "normal": ("axis_normal", "normal electrical axis"),
+                 "horizontal": ("axis_normal", "horizontal electrical axis"),
+                 "vertical": ("axis_normal", "vertical electrical axis")}
+
+
+def measured_axis(m, present: list[str], uncertain: list[str], statements: str) -> tuple[str, str] | None:
+    """(finding key, phrase) of the measured axis when the labels state none, else None (also
+    for a failed measurement, an "extreme" axis and paced records)."""
+    if m is None or m.quality != "ok" or _PACED.search(statements):
+        return None
+    if any(k.startswith("axis_") for k in (*present, *uncertain)):
+        return None
+    return MEASURED_AXIS.get(axis_category(m.axis_deg, GROUND_AXIS_CONVENTION))
+
+
 # Where labels and measurements disagree, the data says neither (a dialogue must not answer
 # "no AV block" and "PR 230 ms", nor "sinus bradycardia" and "rate 80/min").
 LONG_PR_MS = 200
@@ -259,9 +281,14 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
             m = None
         meas = plausible_measurements(m, present, uncertain, " ".join(t for t, _ in stmts))
         absent, meas = reconcile(present, absent, meas)
+    statements = [{"text": t, "certain": c} for t, c in stmts]
+    axis = measured_axis(m, present, uncertain, " ".join(t for t, _ in stmts)) if measure_method else None
+    if axis is not None:
+        present = sorted([*present, axis[0]], key=KEYS.index)
+        report = T.join_statements([report, axis[1]])
+        statements.append({"text": axis[1], "certain": True, "measured": True})
     codes = json.loads(src.codes(path, rid)) if spec.text == "ptbxl" else {}
-    return RecordFacts(spec.name, rid, group, str(path), report,
-                       [{"text": t, "certain": c} for t, c in stmts], present, uncertain, absent, meas, codes)
+    return RecordFacts(spec.name, rid, group, str(path), report, statements, present, uncertain, absent, meas, codes)
 
 
 # --- items ------------------------------------------------------------------------------------
@@ -282,7 +309,7 @@ def _items_for(facts: RecordFacts, ecg: str, split: str, seed: int, dialogues: i
                 "conversations": conversation([rep], ecg_first=bool(rng.integers(4))),
                 "meta": {**base, "kind": "report", "facts": [{"kind": "report", **rep["facts"]}],
                          "record_facts": facts.to_dict()}})
-    pool = qa_pool(facts, rng)
+    pool = balanced_yes_no(qa_pool(facts, rng), rng)
     for j in range(dialogues if pool else 0):
         n = int(min(len(pool), rng.integers(2, 5)))
         turns = [pool[i] for i in rng.permutation(len(pool))[:n]]

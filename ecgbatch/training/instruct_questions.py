@@ -18,6 +18,18 @@ FINDING_QUESTIONS = (   # each reads well with every FINDINGS phrase (singular o
     "Is there evidence of {phrase} on this ECG?",
     "Can you see {phrase} in this recording?",
     "Would you say this ECG shows {phrase}?",
+    "Is there {phrase}?",
+)
+YES_NO_SUFFIX = " Answer yes or no."   # appended to some yes/no questions (the answer still says why)
+# Yes/no questions about a group of findings: (phrasings, the keys meaning "yes", the keys whose
+# presence means "no" (None: every "yes" key absent means "no"), the "no" answer).
+GROUP_QUESTIONS = (
+    (("Is the electrical axis deviated?", "Is there axis deviation on this ECG?",
+      "Does the QRS axis deviate from normal?"), ("axis_left", "axis_right"), ("axis_normal",),
+     "No, the electrical axis is normal."),
+    (("Is there a bundle branch block?", "Does this ECG show a bundle branch block?",
+      "Can you see a bundle branch block in this recording?"), ("rbbb", "lbbb"), None,
+     "No, there is no bundle branch block."),
 )
 RHYTHM_QUESTIONS = ("What is the rhythm of this ECG?", "Which rhythm does this ECG show?",
                     "What is the underlying rhythm?")
@@ -55,18 +67,50 @@ def report_turn(facts, rng) -> dict:
             "kind": "report", "facts": {"report": facts.report}}
 
 
+def _yes_no(q: str, rng) -> str:
+    return q + (YES_NO_SUFFIX if rng.random() < 0.3 else "")
+
+
 def finding_turn(key: str, present: bool, rng) -> dict:
     f = BY_KEY[key]
-    q = FINDING_QUESTIONS[rng.integers(len(FINDING_QUESTIONS))].format(phrase=f.phrase)
+    q = _yes_no(FINDING_QUESTIONS[rng.integers(len(FINDING_QUESTIONS))].format(phrase=f.phrase), rng)
     a = (f"Yes, the ECG shows {f.phrase}." if present else f"No, the ECG does not show {f.phrase}.")
     return {"q": q, "a": a, "kind": "finding_yes" if present else "finding_no",
             "facts": {"finding": key, "present": present}}
+
+
+def group_turns(facts, rng) -> list[dict]:
+    """The GROUP_QUESTIONS this record's labels answer."""
+    out = []
+    for qs, yes_keys, no_keys, no_answer in GROUP_QUESTIONS:
+        q = qs[rng.integers(len(qs))]
+        yes = [k for k in yes_keys if k in facts.present]
+        if yes:
+            a, present = f"Yes, the ECG shows {' and '.join(BY_KEY[k].phrase for k in yes)}.", True
+        elif (any(k in facts.present for k in no_keys) if no_keys else all(k in facts.absent for k in yes_keys)):
+            a, present = no_answer, False
+        else:
+            continue
+        out.append({"q": _yes_no(q, rng), "a": a, "kind": "finding_yes" if present else "finding_no",
+                    "facts": {"findings": list(yes_keys), "present": present}})
+    return out
+
+
+def balanced_yes_no(pool: list[dict], rng) -> list[dict]:
+    """The pool with at most as many "no" turns as "yes" turns (at least one of each kind the
+    record has): a record's labels list far more absent findings than present ones, and a model
+    trained on six "no" per "yes" answers "no" to everything. Order kept."""
+    no = [i for i, t in enumerate(pool) if t["kind"] == "finding_no"]
+    n_yes = sum(t["kind"] == "finding_yes" for t in pool)
+    keep = set(rng.permutation(no)[:max(n_yes, 1)].tolist()) if len(no) > max(n_yes, 1) else set(no)
+    return [t for i, t in enumerate(pool) if t["kind"] != "finding_no" or i in keep]
 
 
 def qa_pool(facts, rng) -> list[dict]:
     """All single turns this record can answer (report request excluded)."""
     pool = [finding_turn(k, True, rng) for k in facts.present]
     pool += [finding_turn(k, False, rng) for k in facts.absent]
+    pool += group_turns(facts, rng)
     rhythm = [k for k in facts.present if k in group_keys("rhythm")]
     if rhythm:
         names = " with ".join(_bare(BY_KEY[k].phrase) for k in rhythm)
