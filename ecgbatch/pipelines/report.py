@@ -145,7 +145,7 @@ class ReportUDF:
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         async with self._slots:
-            return await asyncio.to_thread(self.report_batch, batch)
+            return await in_daemon_thread(self.report_batch, batch)
 
     def _prompt_ids(self, question: str) -> list[int]:
         with self._ids_lock:
@@ -224,6 +224,33 @@ class ReportUDF:
         return done
 
 
+async def in_daemon_thread(fn, *args):
+    """``await fn(*args)`` run in a daemon thread of its own. Not asyncio.to_thread: the
+    interpreter's exit joins that executor's threads, so a batch waiting on its engine would hold
+    up the actor's exit (and the clean-up that stops its vLLM engine process)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def work():
+        try:
+            res, err = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            res, err = None, exc
+        loop.call_soon_threadsafe(_settle, fut, res, err)
+
+    threading.Thread(target=work, daemon=True, name="ecgbatch-report-batch").start()
+    return await fut
+
+
+def _settle(fut: asyncio.Future, res, err) -> None:
+    if fut.cancelled():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(res)
+
+
 def batch_groundings(batch: dict[str, np.ndarray], x, labeller=None) -> list:
     """Per row of a read-stage batch: its Grounding, from the measurement columns (NaN: left
     out) and, with ``labeller`` (grounds_labeller's), the probes on the model inputs ``x``."""
@@ -264,7 +291,7 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
                   batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False,
-                  overlap: int = DEFAULT_OVERLAP):
+                  overlap: int = DEFAULT_OVERLAP, read_niceness: int | None = None):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
     generating, one whole block per call. ``overlap``: batches each engine actor works on at once
@@ -274,7 +301,8 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     if batch_size < 1 or engines < 1 or overlap < 1:
         raise ValueError(f"batch_size, engines and overlap must be >= 1, got {batch_size!r}, {engines!r}, "
                          f"{overlap!r}")
-    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
+    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD,   # the grounds
+                    niceness=read_niceness)
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
             "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded,
@@ -398,7 +426,8 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
         batch_size: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "auto",
         address: str | None = None, num_cpus: int | None = 2, work_dir: str | None = None,
         prompt_stage=None, output: str | os.PathLike | None = None, console=None, progress: bool = True,
-        sources: list | None = None, overlap: int = DEFAULT_OVERLAP) -> ReportSummary:
+        sources: list | None = None, overlap: int = DEFAULT_OVERLAP,
+        read_niceness: int | None = None) -> ReportSummary:
     """Report every record of ``archive`` not yet in this table; returns the summary.
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
@@ -450,7 +479,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
                                    batch_size=batch_size, prompt_stage=prompt_stage,
-                                   grounded=settings.grounded, overlap=overlap)
+                                   grounded=settings.grounded, overlap=overlap, read_niceness=read_niceness)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:
