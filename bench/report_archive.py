@@ -122,8 +122,7 @@ def end_to_end(archive: Path, folder: Path, ws: Path, args) -> dict:
     with PeakRss() as mem:
         s = report.run(str(archive), folder, ws, settings=report.PromptSettings(max_tokens=args.max_tokens),
                        batch_size=args.batch_size, block_size=args.batch_size, dtype=args.dtype,
-                       work_dir=str(args.work / "vllm"), progress=False, overlap=args.overlap,
-                       read_niceness=args.read_niceness)
+                       work_dir=str(args.work / "vllm"), progress=False, overlap=args.overlap)
     return {"records": s.reported, "failed": s.failed, "failure_kinds": s.failure_kinds,
             "overlapped_records": s.overlapped_records,
             "output_tokens": s.output_tokens, "prompt_tokens": s.prompt_tokens, "seconds": s.seconds,
@@ -363,8 +362,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                     help="batches in the engine actor at once (1: one after the other, the pre-issue-19 way)")
-    ap.add_argument("--read-niceness", type=int, default=None,
-                    help="the read tasks' CPU niceness (default: as started, like the engine actor)")
     ap.add_argument("--naive", type=int, default=8)
     ap.add_argument("--dtype", default="auto", help="auto: float32 on CPU, bfloat16 on GPU (ecgbatch.device)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "_report_work")

@@ -9,7 +9,6 @@ with the metadata and measurements the tables keep, as plain functions that run 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -105,18 +104,9 @@ def read_one(source, config, measure: bool, measure_method: str = "ecgchat") -> 
     return row
 
 
-def lower_priority(niceness: int | None) -> None:
-    """Run this process at ``niceness`` (os.nice; never raised back, None: as it is)."""
-    if niceness is None:
-        return
-    cur = os.nice(0)
-    if cur < niceness:
-        os.nice(niceness - cur)
-
-
 def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measure: bool = True,
-                        rhythm: dict | None = None, ledger=None, measure_method: str = "ecgchat",
-                        niceness: int | None = None) -> dict[str, np.ndarray]:
+                        rhythm: dict | None = None, ledger=None, measure_method: str = "ecgchat"
+                        ) -> dict[str, np.ndarray]:
     """Ray Data UDF: a batch of blocks {block, sources (RecordSource JSON), ids} -> one row per record.
 
     Columns: block, source, record_id, ok, stage, error_type, error_kind, message, x [L, T]
@@ -125,10 +115,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
     method, "multilead" for the report job's grounds); with ``rhythm`` (the model's ``rhythm_spec``)
     also rhythm_features [7] and rhythm_rr_ms, the rhythm channel's inputs, computed here on CPU
     so that the encoder actors only run the network. ``ledger`` (read_ledger.start_ledger): a
-    record whose worker process died in an earlier attempt of this task becomes a failure row.
-    ``niceness``: the read worker's CPU priority (lower_priority), so that on a small CPU the
-    model actors' threads come first and reading fills what they leave."""
-    lower_priority(niceness)
+    record whose worker process died in an earlier attempt of this task becomes a failure row."""
     cfg = PreprocessConfig.from_dict(preprocess)
     n_leads, n_samples = len(cfg.leads), cfg.n_samples
     tracker = ReadTracker(ledger)
@@ -175,7 +162,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
 # The dataset
 # ---------------------------------------------------------------------------------------------
 def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, measure: bool = False,
-               rhythm: dict | None = None, measure_method: str = "ecgchat", niceness: int | None = None):
+               rhythm: dict | None = None, measure_method: str = "ecgchat"):
     """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
     ``(key, sources, ids)`` running read_and_preprocess."""
     import ray
@@ -193,8 +180,7 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
     # ledger bounds it at READ_TASK_RETRIES per block
     return ds.map_batches(read_and_preprocess, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
-                                     "ledger": start_ledger(), "measure_method": measure_method,
-                                     "niceness": niceness},
+                                     "ledger": start_ledger(), "measure_method": measure_method},
                           num_cpus=1, memory=block_bytes)
 
 

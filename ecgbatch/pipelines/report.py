@@ -291,7 +291,7 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
                   batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False,
-                  overlap: int = DEFAULT_OVERLAP, read_niceness: int | None = None):
+                  overlap: int = DEFAULT_OVERLAP):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
     generating, one whole block per call. ``overlap``: batches each engine actor works on at once
@@ -301,8 +301,7 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
     if batch_size < 1 or engines < 1 or overlap < 1:
         raise ValueError(f"batch_size, engines and overlap must be >= 1, got {batch_size!r}, {engines!r}, "
                          f"{overlap!r}")
-    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD,   # the grounds
-                    niceness=read_niceness)
+    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
             "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded,
@@ -426,8 +425,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
         batch_size: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "auto",
         address: str | None = None, num_cpus: int | None = 2, work_dir: str | None = None,
         prompt_stage=None, output: str | os.PathLike | None = None, console=None, progress: bool = True,
-        sources: list | None = None, overlap: int = DEFAULT_OVERLAP,
-        read_niceness: int | None = None) -> ReportSummary:
+        sources: list | None = None, overlap: int = DEFAULT_OVERLAP) -> ReportSummary:
     """Report every record of ``archive`` not yet in this table; returns the summary.
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
@@ -479,7 +477,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
                                    batch_size=batch_size, prompt_stage=prompt_stage,
-                                   grounded=settings.grounded, overlap=overlap, read_niceness=read_niceness)
+                                   grounded=settings.grounded, overlap=overlap)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:
