@@ -11,6 +11,7 @@ import secrets
 
 import pytest
 from helpers.ray_cluster import LocalRayCluster, copy_cinc_records
+from helpers.vllm_env import VLLM_TEST_ENV
 from typer.testing import CliRunner
 
 from ecgbatch._paths import REPO_ROOT
@@ -59,7 +60,7 @@ def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_pa
     ws = tmp_path / "ws"
     monkeypatch.chdir(REPO_ROOT)                              # the recipe's working_dir "."
     done = ns["run_jobs"](cluster.dashboard_url, token, archive, ws, model=llava_converted, max_tokens=8,
-                          env={**ns["ENV"], "VLLM_CPU_KVCACHE_SPACE": "1"}, timeout_s=900)
+                          env={**ns["ENV"], **VLLM_TEST_ENV}, timeout_s=900)
     statuses = [(e.split()[1], str(s)) for e, s, _ in done]
     assert [s for _, s in statuses] == ["SUCCEEDED"] * 3, (statuses, done[-1][2][-4000:])
     (_, _, embed_log), (_, _, index_log), (_, _, report_log) = done

@@ -23,6 +23,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 from helpers.ray_cluster import LocalRayCluster, NodeWork, copy_cinc_records
+from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import REPO_ROOT
 
@@ -38,8 +39,8 @@ def archive(sample_archive, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), "VLLM_CPU_KVCACHE_SPACE": "1",
-           "TRANSFORMERS_VERBOSITY": "error"}
+    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), "TRANSFORMERS_VERBOSITY": "error",
+           **VLLM_TEST_ENV}
     with LocalRayCluster(env=env, start_timeout=180) as cluster:
         cluster.start_head(num_cpus=2, resources='{"head_node": 1}')
         worker = cluster.add_worker(num_cpus=2, resources='{"worker_node": 1}')

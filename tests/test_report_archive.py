@@ -1,10 +1,14 @@
 """`ecgbatch report --input ARCHIVE` (Ray Data + vLLM engine actors) on real records with the
 converted ECG-Chat fixture model. ONE interrupted run and ONE resumed run (both through the CLI,
-in subprocesses, each with its own local Ray and engine actor) are shared by every assert:
+each with its engine actor) are shared by every assert:
 
-  1. `report --input` with one record per block and per engine call, SIGKILLed (the driver and
-     its Ray processes) after its first commits;
-  2. `report --resume -o reports.jsonl --html DIR --json` finishes the job.
+  1. `report --input` with one record per block and per engine call, in a subprocess with its own
+     local Ray, SIGKILLed (the driver and its Ray processes) after its first commits;
+  2. `report --resume -o reports.jsonl --html DIR --json` finishes the job, in this process on the
+     session's Ray (conftest ``ray_local``).
+
+Both runs' engines run vLLM in the actor's process (tests/helpers/vllm_env.py: ~10 s start-up
+instead of ~30 s).
 
 Then: exactly one report per readable record and one failure per bad file across both runs, the
 export equals the table, a rerun does nothing, the archive report equals the `report RECORD` path's
@@ -18,11 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers.vllm_env import VLLM_TEST_ENV, engine_actor_env
+from typer.testing import CliRunner
 
 from ecgbatch._paths import REPO_ROOT
+from ecgbatch.cli import app
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.shared, pytest.mark.slow]
 
@@ -32,8 +38,8 @@ BAD = {"garbage": "bad_header", "single_lead": "missing_lead", "flat_nan_absurd"
 
 
 def _cli(args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", RAY_AUTH_MODE="disabled",
-               TRANSFORMERS_VERBOSITY="error")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), RAY_AUTH_MODE="disabled", TRANSFORMERS_VERBOSITY="error",
+               **VLLM_TEST_ENV)
     return [sys.executable, "-m", "ecgbatch.cli", "report", *args], env
 
 
@@ -52,7 +58,7 @@ def archive(sample_archive, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def job(archive, llava_converted, tmp_path_factory):
+def job(archive, llava_converted, tmp_path_factory, ray_local):
     """The killed run, then the resumed one: (workspace, resumed summary, killed-run counts)."""
     from ecgbatch.pipelines.workspace import ReportTable
 
@@ -80,11 +86,11 @@ def job(archive, llava_converted, tmp_path_factory):
         proc.wait(60)
     [root] = list(ws.glob("report-*"))
     killed = ReportTable(ws, root.name).count()
-    cmd, env = _cli(["--resume", "-w", str(ws), "-o", str(base / "reports.jsonl"), "--html", str(base / "html"),
-                     "--json"])
-    r = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return ws, ReportTable(ws, root.name), json.loads(r.stdout), killed, base
+    with engine_actor_env():
+        r = CliRunner().invoke(app, ["report", "--resume", "-w", str(ws), "-o", str(base / "reports.jsonl"),
+                                     "--html", str(base / "html"), "--json"])
+    assert r.exit_code == 0, r.output[-4000:]
+    return ws, ReportTable(ws, root.name), json.loads(r.stdout[r.stdout.index("{"):]), killed, base
 
 
 def test_kill_then_resume_is_exactly_once(job, archive):

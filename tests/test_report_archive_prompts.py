@@ -2,7 +2,8 @@
 line app: `ecgbatch embed` (ecg-coca-mini), `ecgbatch index build`, then `ecgbatch report --input`
 through Ray Data and a vLLM engine actor (the converted ECG-Chat fixture model). The commands run
 in this process on the session's one Ray (conftest ``ray_local``; a process with a Ray of its own:
-tests/test_report_archive.py). Four real cinc2021 records of the sample archive, two of them AF.
+tests/test_report_archive.py), each engine actor running vLLM in its own process
+(tests/helpers/vllm_env.py). Four real cinc2021 records of the sample archive, two of them AF.
 
 --rag: the reference is the job's own workspace (texts: the records' header diagnoses, as
 reference_texts falls back to when the workspace has no report table yet); each row's prompt
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.ray_cluster import copy_cinc_records
+from helpers.vllm_env import engine_actor_env
 from typer.testing import CliRunner
 
 from ecgbatch.cli import app
@@ -51,7 +53,9 @@ def _report(arc, ws, model, *mode):
     from ecgbatch.pipelines.workspace import ReportTable
 
     before = {p.name for p in ws.glob("report-*")}
-    r = _run("report", "--input", arc, "-w", ws, "--model", model, "--max-tokens", MAX_TOKENS, "--no-progress", *mode)
+    with engine_actor_env():
+        r = _run("report", "--input", arc, "-w", ws, "--model", model, "--max-tokens", MAX_TOKENS, "--no-progress",
+                 *mode)
     [new] = [p for p in ws.glob("report-*") if p.name not in before]
     t = ReportTable(ws, new.name)
     fails = t.read_failures()

@@ -74,6 +74,9 @@ def test_two_worker_run_loss_falls_and_checkpoint_loads(uninterrupted):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workdir):
+    """A crash after an epoch's checkpoint, then (optim.checkpoint_every_steps) one within an
+    epoch: each --resume continues where the last checkpoint left off, and the run ends with
+    the uninterrupted run's weights."""
     from ecgbatch.training.checkpointing import latest_checkpoint
     from ecgbatch.training.coca_job import run_job
 
@@ -85,14 +88,22 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workd
     assert json.loads((mid / "progress.json").read_text()) == {"epoch": 0, "global_step": 2}
     with pytest.raises(FileExistsError, match="--resume"):
         run_job(_job(workdir, name="crashed"), num_workers=2)       # never silently restarts
-    run_job(_job(workdir, name="crashed"), num_workers=2, resume=True)
+    within = {"optim.checkpoint_every_steps": 1}
+    with pytest.raises(Exception, match="simulated crash"):         # resumes, dies in epoch 2 after its step 1
+        run_job(_job(workdir, name="crashed", fail_after_steps=5, **within), num_workers=2, resume=True)
+    mid2 = latest_checkpoint(crashed.run_path())
+    assert json.loads((mid2 / "progress.json").read_text()) == {"epoch": 2, "global_step": 5, "step_in_epoch": 1}
+    run_job(_job(workdir, name="crashed", **within), num_workers=2, resume=True)
     final = latest_checkpoint(crashed.run_path())
+    assert json.loads((final / "progress.json").read_text()) == {"epoch": 2, "global_step": 6}
     a, b = _weights(straight), _weights(final)
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, worst
     changed = max(float((_weights(mid)[k].float() - b[k].float()).abs().max()) for k in a)
     assert changed > 1e-4   # the resumed run really trained
+    hist = [json.loads(line) for line in (crashed.run_path() / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]      # within-epoch checkpoints add no epoch rows
 
 
 @pytest.mark.slow
@@ -132,24 +143,14 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_one_worker_run(ray_local, workdir):
-    from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
-    from ecgbatch.training.coca_job import run_job
-
-    job = _job(workdir, name="single", **{"optim.epochs": 1})
-    result = run_job(job, num_workers=1)
-    ck = latest_checkpoint(job.run_path())
-    assert result.metrics["global_step"] == 2 and read_train_state(ck)["world_size"] == 1
-    assert np.isfinite(result.metrics["train/loss"])
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_kfold_runs_and_crossval_score_every_record_once(ray_local, workdir):
+def test_kfold_one_worker_runs_and_crossval_score_every_record_once(ray_local, workdir):
+    """Two 1-worker fold runs (the job's single-worker path: world size 1 in the checkpoint), then
+    `eval crossval` over them."""
     from typer.testing import CliRunner
 
     from ecgbatch.cli import app
     from ecgbatch.eval.metrics import roc_auc
+    from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
     from ecgbatch.training.coca_job import run_job
     from ecgbatch.training.pairs import PairSet
 
@@ -157,7 +158,9 @@ def test_kfold_runs_and_crossval_score_every_record_once(ray_local, workdir):
     for f in (0, 1):
         job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
                                               "optim.max_steps_per_epoch": 1})
-        run_job(job, num_workers=1)
+        result = run_job(job, num_workers=1)
+        assert result.metrics["global_step"] == 1 and np.isfinite(result.metrics["train/loss"])
+        assert read_train_state(latest_checkpoint(job.run_path()))["world_size"] == 1
         runs.append(job.run_path())
     cache = next((workdir / "cache").glob("pairs-*.npz"))
     pairs = PairSet.load(cache)

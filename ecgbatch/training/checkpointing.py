@@ -6,7 +6,9 @@ A training checkpoint (one per epoch, reported to Ray Train) is a directory::
                         ``ecgbatch.models.create_model(<ckpt>)`` loads it
     train_state.pt      optimizer + GradScaler state, LR-schedule step, epoch, torch RNG state,
                         the job config and the epoch's metrics (torch.load(weights_only=True))
-    progress.json       {"epoch", "global_step"}: lets a resume find the latest checkpoint
+    progress.json       {"epoch", "global_step"[, "step_in_epoch"]}: lets a resume find the latest
+                        checkpoint; "step_in_epoch" (steps of that epoch done) marks one taken
+                        within the epoch
                         without opening the large files
 
 A trained-only folder (what ships in ecgbatch/models/weights/<name>/) is the same folder
@@ -44,8 +46,10 @@ def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict, 
     payload["scaler"] = scaler.state_dict() if scaler is not None else None
     payload["torch_rng"] = torch.get_rng_state()
     torch.save(payload, out / STATE_FILE)
-    (out / PROGRESS_FILE).write_text(json.dumps({"epoch": int(state["epoch"]),
-                                                 "global_step": int(state["global_step"])}))
+    progress = {"epoch": int(state["epoch"]), "global_step": int(state["global_step"])}
+    if state.get("step_in_epoch"):      # a checkpoint within the epoch (optim.checkpoint_every_steps)
+        progress["step_in_epoch"] = int(state["step_in_epoch"])
+    (out / PROGRESS_FILE).write_text(json.dumps(progress))
     return out
 
 

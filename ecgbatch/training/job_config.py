@@ -38,9 +38,14 @@ class OptimConfig:
     grad_clip_norm: float | None = 0.5
     max_logit_scale: float = 100.0  # exp(logit_scale) clamped to [1, this] after each step
     max_steps_per_epoch: int | None = None   # cap (tests, smoke runs)
+    # also checkpoint every N steps within an epoch (long epochs on a CPU: --resume continues
+    # from the last one with the weights an uninterrupted run would have); None: epoch ends only
+    checkpoint_every_steps: int | None = None
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        if self.checkpoint_every_steps is not None and int(self.checkpoint_every_steps) < 1:
+            raise ValueError(f"optim.checkpoint_every_steps must be >= 1 or null, got {self.checkpoint_every_steps!r}")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"optim.{name} must be >= 1, got {getattr(self, name)!r}")

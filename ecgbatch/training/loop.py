@@ -8,17 +8,19 @@ are restored); the loop owns everything else, once:
 - **precision** (``precision``): autocast context + GradScaler for the job's ``amp`` mode;
 - **resume** (``restore``): the task's trained tensors, then optimizer, GradScaler, torch RNG,
   epoch and step counters from the latest checkpoint of the run;
-- **step** (``train_one_epoch``): epoch-keyed torch seed, LR of the warmup + cosine schedule,
+- **step** (``train_one_epoch``): step-keyed torch seed, LR of the warmup + cosine schedule,
   autocast forward, (scaled) backward, gradient clipping, optimizer step, the task's post-step
   hook (logit-scale clamp), the simulated crash of resume tests;
-- **validate, checkpoint, report** (``end_epoch``): rank 0 adds the task's validation metrics,
-  writes a checkpoint (``ecgbatch.training.checkpointing``), appends metrics.jsonl and reports
-  both to Ray Train; the other ranks report their metrics only;
+- **validate, checkpoint, report** (``end_epoch``, ``checkpoint``): rank 0 adds the task's
+  validation metrics, writes a checkpoint (``ecgbatch.training.checkpointing``), appends
+  metrics.jsonl and reports both to Ray Train; the other ranks report their metrics only. With
+  ``optim.checkpoint_every_steps`` a checkpoint is also taken every N steps within an epoch
+  (no validation), and ``--resume`` continues from the step after it;
 - **driver side**: ``plan_run`` (refuse to overwrite a run, or find where to continue) and
   ``launch`` (start or join Ray, ``TorchTrainer.fit``).
 
-Every random draw is keyed by (seed, epoch), so a run resumed from a checkpoint ends with the
-weights an uninterrupted run would have. Ray is imported inside the functions that need it.
+Every random draw is keyed by (seed, epoch[, step]), so a run resumed from a checkpoint, at an
+epoch's end or within it, ends with the weights an uninterrupted run would have. Ray is imported inside the functions that need it.
 """
 from __future__ import annotations
 
@@ -127,6 +129,7 @@ class TrainTask:
 class Progress:
     start_epoch: int = 0
     global_step: int = 0
+    start_step: int = 0        # steps of start_epoch already done (a checkpoint within the epoch)
 
 
 def start_worker(config: dict) -> Worker:
@@ -156,16 +159,22 @@ def restore(task: TrainTask, scaler, folder: str | Path) -> Progress:
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("step_in_epoch"):
+        return Progress(int(state["epoch"]), int(state["global_step"]), int(state["step_in_epoch"]))
     return Progress(int(state["epoch"]) + 1, int(state["global_step"]))
 
 
 def train_one_epoch(task: TrainTask, w: Worker, amp, scaler, epoch: int, progress: Progress) -> dict:
     job, t0 = task.job, time.time()
-    torch.manual_seed(job.seed * 100003 + epoch * 101 + w.rank)     # dropout etc.: keyed by epoch
+    first, progress.start_step = progress.start_step, 0     # > 0: resumed within this epoch
     task.begin_epoch(epoch)
     sums = dict.fromkeys(("loss", *task.loss_names), 0.0)
     values: list[float] = []
-    for s in range(task.steps):
+    every = job.optim.checkpoint_every_steps
+    for s in range(first, task.steps):
+        # dropout etc.: keyed by (seed, epoch, step, rank), so a run resumed at any step (every
+        # rank) draws what the uninterrupted run drew
+        torch.manual_seed(job.seed * 100003 + epoch * 101 + s * 1009 + w.rank)
         batch = task.batch(epoch, s)
         for g in task.optimizer.param_groups:
             g["lr"] = lr_at(progress.global_step, job.optim.lr, task.warmup_steps, task.total_steps)
@@ -195,34 +204,47 @@ def train_one_epoch(task: TrainTask, w: Worker, amp, scaler, epoch: int, progres
         if w.rank == 0 and (s + 1) % 10 == 0:
             print(f"epoch {epoch} step {s + 1}/{task.steps}: loss {values[-1]:.4f} "
                   f"({(time.time() - t0) / (s + 1):.1f} s/step)", flush=True)
+        if every and (s + 1) % every == 0 and s + 1 < task.steps:
+            checkpoint(task, w, scaler, {"epoch": epoch, "step_in_epoch": s + 1, "global_step": progress.global_step,
+                                         "train/loss": values[-1]})
         if job.fail_after_steps is not None and progress.global_step >= job.fail_after_steps:
             raise SimulatedCrash(f"simulated crash after {progress.global_step} steps")
-    elapsed = time.time() - t0
+    elapsed, ran = time.time() - t0, task.steps - first
     return {"epoch": epoch, "global_step": progress.global_step, "lr": task.optimizer.param_groups[0]["lr"],
-            **task.epoch_metrics(), "epoch_s": elapsed, "s_per_step": elapsed / task.steps,
-            **{f"train/{k}": v / task.steps for k, v in sums.items()},
+            **task.epoch_metrics(), "epoch_s": elapsed, "s_per_step": elapsed / ran,
+            **{f"train/{k}": v / ran for k, v in sums.items()},
             "train/first_loss": values[0], "train/last_loss": values[-1]}
 
 
-def end_epoch(task: TrainTask, w: Worker, scaler, epoch: int, metrics: dict, progress: Progress) -> None:
-    """Rank 0: validate, checkpoint, append metrics.jsonl, report with the checkpoint; other
-    ranks: report their metrics."""
+def checkpoint(task: TrainTask, w: Worker, scaler, metrics: dict, log_metrics: bool = False) -> None:
+    """Rank 0 writes a checkpoint of ``metrics["epoch"]`` (within it when ``metrics`` has
+    "step_in_epoch") and reports it (appending metrics.jsonl when ``log_metrics``); other ranks
+    report their metrics (every rank reports, as Ray Train needs)."""
     import ray.train
 
     if w.rank != 0:
         ray.train.report(metrics)
         return
-    metrics.update(task.validate(epoch, epoch == task.job.optim.epochs - 1))
     with tempfile.TemporaryDirectory() as tmp:
         C.write_checkpoint(tmp, task.model, task.optimizer, scaler,
-                           {"epoch": epoch, "global_step": progress.global_step, "metrics": metrics,
+                           {"epoch": metrics["epoch"], "global_step": metrics["global_step"],
+                            "step_in_epoch": metrics.get("step_in_epoch", 0), "metrics": metrics,
                             "job": task.job.to_dict(), "world_size": w.world}, save_model=task.save_model)
-        try:
-            with open(Path(w.config["run_path"]) / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
-        except OSError:
-            pass   # the run folder is not shared with this node: metrics live in Ray's results
+        if log_metrics:
+            try:
+                with open(Path(w.config["run_path"]) / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            except OSError:
+                pass   # the run folder is not shared with this node: metrics live in Ray's results
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def end_epoch(task: TrainTask, w: Worker, scaler, epoch: int, metrics: dict, progress: Progress) -> None:
+    """Rank 0: validate, checkpoint, append metrics.jsonl, report with the checkpoint; other
+    ranks: report their metrics."""
+    if w.rank == 0:
+        metrics.update(task.validate(epoch, epoch == task.job.optim.epochs - 1))
+    checkpoint(task, w, scaler, {**metrics, "global_step": progress.global_step}, log_metrics=True)
 
 
 def run_worker(config: dict, make_task) -> None:
@@ -251,8 +273,9 @@ def plan_run(job, num_workers: int, resume: bool, log=print) -> tuple[Path | Non
     if not resume or existing is None:
         return None, True
     done = json.loads((existing / C.PROGRESS_FILE).read_text())
-    log(f"resuming from {existing} (epoch {done['epoch']}, step {done['global_step']})")
-    if done["epoch"] + 1 >= job.optim.epochs:
+    within = f", {done['step_in_epoch']} steps into the epoch" if done.get("step_in_epoch") else ""
+    log(f"resuming from {existing} (epoch {done['epoch']}, step {done['global_step']}{within})")
+    if done["epoch"] + 1 >= job.optim.epochs and not done.get("step_in_epoch"):
         log("that checkpoint is the last epoch: nothing left to train")
         return existing, False
     return existing, True
