@@ -5,7 +5,9 @@ per record of an ECG archive with an ECG-LLaVA model served by vLLM.
       -> map_batches(read_and_preprocess)              CPU tasks, the model's PreprocessConfig (embed's)
       -> map_batches(ReportUDF, ActorPoolStrategy(N))  one vLLM engine per actor (GPUs when present);
                                                        a batch of requests per engine call, continuous
-                                                       batching inside the engine
+                                                       batching inside the engine; ``overlap`` batches
+                                                       at once per actor: the next batch's grounding and
+                                                       requests go in while the last one drains
       -> iter_batches on the driver -> one Parquet shard per block, committed atomically
 
 The workspace machinery is embed's (ecgbatch.pipelines.workspace, ReportTable): a block is
@@ -15,10 +17,12 @@ model + adapter + prompt settings (report-<name>-<fingerprint>-<settings hash>).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -48,6 +52,7 @@ from ecgbatch.signal.content import NO_CONTENT
 
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_OVERLAP = 2      # batches in an engine actor at once (1: one after the other)
 PROMPT_MODES = ("report", "question", "ddp", "rag")
 _VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL",
              "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
@@ -112,10 +117,17 @@ GROUND_COLUMNS = ("findings", "contradictions")   # JSON strings in the table, l
 class ReportUDF:
     """Ray Data actor holding one EcgLlavaEngine; each call sends its batch's requests to the
     engine at once (vLLM batches them continuously). A request vLLM would refuse (context
-    overflow, bad ECG) or that makes the engine fail becomes a failure row, never a lost record."""
+    overflow, bad ECG) or that makes the engine fail becomes a failure row, never a lost record.
+
+    Async, so Ray Data hands the actor several batches at once; ``overlap`` of them run at a time,
+    each in a thread (grounding, checks, then its engine call: EcgLlavaEngine.generate is
+    thread-safe), so the next batch's requests join the engine while the last batch's drain.
+    Each row's ``engine_in_flight``: the requests of other batches in the engine when its own
+    entered (> 0: overlapped). Greedy output per record does not depend on it."""
 
     def __init__(self, model_dir: str, fingerprint: str, engine_kwargs: dict, lora: str | None,
-                 max_tokens: int, question: str, env: dict | None = None, grounded: bool = False):
+                 max_tokens: int, question: str, env: dict | None = None, grounded: bool = False,
+                 overlap: int = DEFAULT_OVERLAP):
         for k, v in (env or {}).items():
             os.environ.setdefault(k, v)
         got = folder_fingerprint(model_dir)
@@ -128,13 +140,20 @@ class ReportUDF:
         self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
         self.grounded, self.labeller = bool(grounded), grounds_labeller(model_dir)
         self._ids: dict[str, list[int]] = {}
+        self._ids_lock = threading.Lock()    # a fast tokenizer refuses concurrent use ("Already borrowed")
+        self._slots = asyncio.Semaphore(int(overlap))     # bound to the actor's loop at first use
+
+    async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        async with self._slots:
+            return await in_daemon_thread(self.report_batch, batch)
 
     def _prompt_ids(self, question: str) -> list[int]:
-        if question not in self._ids:
-            self._ids[question] = self.engine.prompt_ids(question)
-        return self._ids[question]
+        with self._ids_lock:
+            if question not in self._ids:
+                self._ids[question] = self.engine.prompt_ids(question)
+            return self._ids[question]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def report_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecgbatch.serving.engine import EcgRequest
 
         x = batch.pop("x")
@@ -147,7 +166,8 @@ class ReportUDF:
         out = {"report": np.array([""] * n, dtype=object), "finish_reason": np.array([""] * n, dtype=object),
                "n_prompt_tokens": np.zeros(n, np.int64), "n_output_tokens": np.zeros(n, np.int64),
                "generation_s": np.full(n, np.nan), "findings": np.array(["[]"] * n, dtype=object),
-               "contradictions": np.array(["[]"] * n, dtype=object)}
+               "contradictions": np.array(["[]"] * n, dtype=object),
+               "engine_in_flight": np.zeros(n, np.int64)}
         groundings = batch_groundings(batch, x, self.labeller)
         if self.grounded:
             questions = batch["question"] = np.array([g.question(str(q)) for g, q in zip(groundings, questions)],
@@ -170,6 +190,7 @@ class ReportUDF:
             out["report"][i], out["finish_reason"][i] = res.text, str(res.finish_reason or "")
             out["n_prompt_tokens"][i], out["n_output_tokens"][i] = res.n_prompt_tokens, res.n_output_tokens
             out["generation_s"][i] = res.generation_s if res.generation_s is not None else np.nan
+            out["engine_in_flight"][i] = res.in_flight_at_submit
             fields = report_fields(res.text, groundings[i])
             out["findings"][i], out["contradictions"][i] = (json.dumps(fields[k]) for k in ("findings", "contradictions"))
         batch.update(out)
@@ -201,6 +222,33 @@ class ReportUDF:
         for i, exc in failed:
             _fail(batch, i, exc, getattr(exc, "kind", "engine_error"))
         return done
+
+
+async def in_daemon_thread(fn, *args):
+    """``await fn(*args)`` run in a daemon thread of its own. Not asyncio.to_thread: the
+    interpreter's exit joins that executor's threads, so a batch waiting on its engine would hold
+    up the actor's exit (and the clean-up that stops its vLLM engine process)."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def work():
+        try:
+            res, err = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            res, err = None, exc
+        loop.call_soon_threadsafe(_settle, fut, res, err)
+
+    threading.Thread(target=work, daemon=True, name="ecgbatch-report-batch").start()
+    return await fut
+
+
+def _settle(fut: asyncio.Future, res, err) -> None:
+    if fut.cancelled():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(res)
 
 
 def batch_groundings(batch: dict[str, np.ndarray], x, labeller=None) -> list:
@@ -242,25 +290,33 @@ def engine_kwargs(*, dtype: str = "auto", lora_rank: int | None = None, max_num_
 def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict, ekw: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
-                  batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False):
+                  batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False,
+                  overlap: int = DEFAULT_OVERLAP):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
-    generating, one whole block per call."""
+    generating, one whole block per call. ``overlap``: batches each engine actor works on at once
+    (ReportUDF)."""
     from ray.data import ActorPoolStrategy
 
-    if batch_size < 1 or engines < 1:
-        raise ValueError(f"batch_size and engines must be >= 1, got {batch_size!r}, {engines!r}")
+    if batch_size < 1 or engines < 1 or overlap < 1:
+        raise ValueError(f"batch_size, engines and overlap must be >= 1, got {batch_size!r}, {engines!r}, "
+                         f"{overlap!r}")
     ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
-            "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded}
+            "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded,
+            "overlap": overlap}
     with warnings.catch_warnings():  # max_restarts goes through the deprecated **ray_remote_args
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
         if prompt_stage is not None:
             fn, kw = prompt_stage
             ds = ds.map_batches(fn, batch_size=None, **kw)
         return ds.map_batches(
-            ReportUDF, fn_constructor_kwargs=ctor, compute=ActorPoolStrategy(size=engines),
+            # the actor's calls (Ray tasks, each of one or more batches) run on its event loop; the
+            # batches of one call run up to Ray Data's async batch concurrency (4); ReportUDF lets
+            # ``overlap`` batches at a time reach its engine
+            ReportUDF, fn_constructor_kwargs=ctor,
+            compute=ActorPoolStrategy(size=engines, max_concurrent_calls_per_actor=overlap),
             batch_size=batch_size, num_gpus=gpus_per_engine,
             num_cpus=cpus_per_engine if gpus_per_engine <= 0 else 1,
             max_restarts=0)  # a dead engine fails the run (resume), no silent restart
@@ -309,6 +365,7 @@ class ReportSummary:
     pipeline_seconds: float = 0.0
     first_result_s: float = 0.0
     steady_records_per_s: float = 0.0
+    overlapped_records: int = 0     # reported records whose batch entered an engine busy with another batch
     failure_kinds: dict[str, int] = field(default_factory=dict)
     finish_reasons: dict[str, int] = field(default_factory=dict)
     output: str | None = None
@@ -332,6 +389,7 @@ def _consume(ds, table: ReportTable, expected: dict[str, int], signature: dict[s
         summary.blocks_committed += 1
         summary.prompt_tokens += sum(int(r["n_prompt_tokens"]) for r in ok)
         summary.output_tokens += sum(int(r["n_output_tokens"]) for r in ok)
+        summary.overlapped_records += sum(int(r["engine_in_flight"]) > 0 for r in ok)
         for r in ok:
             fr = str(r["finish_reason"])
             summary.finish_reasons[fr] = summary.finish_reasons.get(fr, 0) + 1
@@ -367,13 +425,14 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
         batch_size: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE, dtype: str = "auto",
         address: str | None = None, num_cpus: int | None = 2, work_dir: str | None = None,
         prompt_stage=None, output: str | os.PathLike | None = None, console=None, progress: bool = True,
-        sources: list | None = None) -> ReportSummary:
+        sources: list | None = None, overlap: int = DEFAULT_OVERLAP) -> ReportSummary:
     """Report every record of ``archive`` not yet in this table; returns the summary.
 
     Exactly-once and resumable as `embed`: records already committed (reported or failed) are
     skipped, the rest is cut into blocks of ``block_size`` committed one by one. ``batch_size``
     (requests per engine call) defaults to 32 on CPU and 256 on GPU, where each engine's
-    max_num_seqs is sized for its memory (ecgbatch.device) instead of following the batch."""
+    max_num_seqs is sized for its memory (ecgbatch.device) instead of following the batch.
+    ``overlap``: batches per engine actor at once (1: each batch waits for the last to finish)."""
     from ecgbatch.serving.folder import check_adapter, check_model_folder
 
     t0 = time.perf_counter()
@@ -418,7 +477,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
                                    batch_size=batch_size, prompt_stage=prompt_stage,
-                                   grounded=settings.grounded)
+                                   grounded=settings.grounded, overlap=overlap)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:

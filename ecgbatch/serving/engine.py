@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,7 @@ from ecgbatch.llava.loading import load_tokenizer
 from ecgbatch.llava.prompting import prompt_ids
 from ecgbatch.quiet import cpu_backend_notice, is_quiet
 from ecgbatch.serving import folder as folders
+from ecgbatch.serving.engine_loop import EngineLoop
 from ecgbatch.serving.errors import ContextLengthError, EcgInputError, EcgPromptError
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,9 @@ class EcgResult:
     # engine-core seconds from first scheduled to last token (None unless the LLM was built with
     # llm_kwargs={"disable_log_stats": False}, which fills RequestOutput.metrics)
     generation_s: float | None = None
+    # requests of other generate calls (other threads) already in the engine when this request's
+    # call entered it: > 0 means its batch overlapped theirs (ecgbatch.serving.engine_loop)
+    in_flight_at_submit: int = 0
 
 
 def _generation_seconds(out) -> float | None:
@@ -157,7 +162,9 @@ class EcgLlavaEngine:
         self.served_dir = folders.runnable_model_folder(self.model_dir, self.config, opts.work_dir, self.device)
         self.max_model_len = context_length(self.config, opts.max_model_len)
         self._loras: dict[str, object] = {}
+        self._lora_lock = threading.Lock()    # generate() may be called from several threads
         self.llm = self._build_llm()
+        self.loop = EngineLoop(self.llm)      # generate() from any thread; calls overlap in the engine
         self._tokenizer = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -196,6 +203,7 @@ class EcgLlavaEngine:
         """Stop vLLM's engine process now and wait for it, rather than leave it to the interpreter's
         exit (where vLLM's finalizer races the other exit handlers: "engine core exited
         unexpectedly", force kills after 5 s). Idempotent."""
+        self.loop.stop()
         core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if core is not None:
             core.shutdown(timeout=timeout)
@@ -218,14 +226,16 @@ class EcgLlavaEngine:
         from vllm.lora.request import LoRARequest
 
         key = str(Path(adapter).resolve())
-        if key not in self._loras:
+        with self._lora_lock:        # one id per adapter, whichever thread asks first
+            if key in self._loras:
+                return self._loras[key]
             if self.options.lora_rank is None:
                 raise folders.UnsupportedLoraRankError(
                     f"{adapter}: this engine was started without LoRA (lora_rank=None)")
             _, served = folders.served_adapter(adapter, self.config, self.options.lora_rank, self.options.work_dir,
                                                self.device)
             self._loras[key] = LoRARequest(Path(adapter).name or "adapter", len(self._loras) + 1, str(served))
-        return self._loras[key]
+            return self._loras[key]
 
     # -- generation -------------------------------------------------------------------------------
     def check_request(self, req: EcgRequest, max_tokens: int, i: int = 0) -> int:
@@ -250,8 +260,10 @@ class EcgLlavaEngine:
 
     def generate(self, requests: Sequence[EcgRequest], max_tokens: int = 128,
                  lora: str | Path | None = None, ignore_eos: bool = False,
-                 temperature: float = 0.0, use_tqdm: bool = False) -> list[EcgResult]:
-        """Greedy (temperature 0) generation for each request, in order."""
+                 temperature: float = 0.0) -> list[EcgResult]:
+        """Greedy (temperature 0) generation for each request, in order. Thread-safe: calls from
+        several threads share the engine (the engine loop adds a call's requests while earlier
+        calls' requests still generate), each returns its own results."""
         from vllm import SamplingParams
 
         if max_tokens < 1:
@@ -263,11 +275,11 @@ class EcgLlavaEngine:
                     "multi_modal_data": {"ecg": np.ascontiguousarray(r.ecg, dtype=np.float32)}}
                    for r in requests]
         sp = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
-        outs = self.llm.generate(prompts, sp, lora_request=lora_req, use_tqdm=use_tqdm)
+        outs, before = self.loop.run(prompts, sp, lora_req)
         return [EcgResult(id=r.id, text=o.outputs[0].text, token_ids=list(o.outputs[0].token_ids),
                           n_prompt_tokens=len(o.prompt_token_ids or []),
                           n_output_tokens=len(o.outputs[0].token_ids),
                           finish_reason=o.outputs[0].finish_reason,
                           lora=str(lora) if lora is not None else None,
-                          generation_s=_generation_seconds(o))
+                          generation_s=_generation_seconds(o), in_flight_at_submit=before)
                 for r, o in zip(requests, outs)]
