@@ -184,10 +184,15 @@ def scores(res: dict, convention: str, kind: str, scored: tuple[str, ...], mappi
             "confusion": Counter(zip(labels, pred))}
 
 
-# The words the instruction data gives each label (ecgbatch.training.instruct: PTBXL_AXIS, LUDB's text)
-TRAINING_WORDS = {"ALAD": "left", "LAD": "left", "MID": "normal", "RAD": "right", "ARAD": "right",
-                  "left": "left", "horizontal": "normal", "normal": "normal", "vertical": "normal", "right": "right"}
-THREE_WAY = {"left": "left", "horizontal": "normal", "normal": "normal", "vertical": "normal", "right": "right"}
+def training_words() -> tuple[dict[str, str], dict[str, str]]:
+    """(label -> left/normal/right as the instruction data words it: PTB-XL codes by
+    ecgbatch.training.instruct.PTBXL_AXIS, LUDB's categories with horizontal/vertical normal;
+    measured category -> the same, by instruct.MEASURED_AXIS)."""
+    from ecgbatch.training.instruct import MEASURED_AXIS, PTBXL_AXIS
+
+    three = {cat: key.removeprefix("axis_") for cat, (key, _) in MEASURED_AXIS.items()}
+    words = {code: next(w for w in ("left", "right", "normal") if w in phrase) for code, phrase in PTBXL_AXIS.items()}
+    return {**words, **three}, three
 
 
 def prompt_convention_table(sets: dict) -> None:
@@ -199,13 +204,14 @@ def prompt_convention_table(sets: dict) -> None:
     print("\n-- the grounded prompt's convention: left/normal/right vs the labels as the training data words them, "
           "records outside the test fold (area) --")
     print(f"{'set':<8} {'n':>4} " + "".join(f"{c:>8}" for c in ("aha", "ludb")))
+    words, three = training_words()
     tot = Counter()
     for name, res in sets.items():
         keep = [i for i, (lab, t, d) in enumerate(zip(res["labels"], res["test"], res["deg"]["area"]))
-                if lab in TRAINING_WORDS and not t and math.isfinite(d)]
+                if lab in words and not t and math.isfinite(d)]
         row = []
         for conv in ("aha", "ludb"):
-            ok = sum(THREE_WAY.get(axis_category(res["deg"]["area"][i], conv)) == TRAINING_WORDS[res["labels"][i]]
+            ok = sum(three.get(axis_category(res["deg"]["area"][i], conv)) == words[res["labels"][i]]
                      for i in keep)
             tot[conv] += ok
             row.append(ok / len(keep) if keep else float("nan"))

@@ -108,6 +108,19 @@ def axis_from_areas(areas: dict[str, float]) -> float:
     return wrap_degrees(math.degrees(math.atan2(hy, hx)))
 
 
+def qrs_windows(ons, offs) -> list[tuple[int, int]]:
+    """The beats' (onset, offset) samples where both are known; [] with fewer than MIN_BEATS."""
+    ok = [(int(a), int(b)) for a, b in zip(ons, offs) if np.isfinite(a) and np.isfinite(b) and b > a]
+    return ok if len(ok) >= MIN_BEATS else []
+
+
+def qrs_segment(y_lead: np.ndarray, a: int, b: int, fs: float) -> np.ndarray:
+    """One beat's QRS (samples a..b) of one lead, minus the lead's level just before the onset
+    (the mean over BASELINE_S)."""
+    base = max(1, int(round(BASELINE_S * fs)))
+    return y_lead[a:b + 1] - float(np.mean(y_lead[max(0, a - base):a + 1]))
+
+
 def net_qrs_areas(y: np.ndarray, leads, ons: np.ndarray, offs: np.ndarray, fs: float,
                   kind: str = "area") -> dict[str, float]:
     """Per limb lead of ``y`` [leads, samples] (band-passed): the median over beats of the net
@@ -116,18 +129,16 @@ def net_qrs_areas(y: np.ndarray, leads, ons: np.ndarray, offs: np.ndarray, fs: f
     deflection from that level: R minus the deeper of Q and S)."""
     if kind not in ("area", "amplitude"):
         raise ValueError(f"kind must be 'area' or 'amplitude', got {kind!r}")
-    base = max(1, int(round(BASELINE_S * fs)))
-    ok = [(int(a), int(b)) for a, b in zip(ons, offs) if np.isfinite(a) and np.isfinite(b) and b > a]
+    ok = qrs_windows(ons, offs)
     out: dict[str, float] = {}
-    if len(ok) < MIN_BEATS:
+    if not ok:
         return out
     for k, name in enumerate(leads):
         if lead_key(name) not in LIMB_LEADS:
             continue
         per_beat = []
         for a, b in ok:
-            level = float(np.mean(y[k, max(0, a - base):a + 1]))
-            seg = y[k, a:b + 1] - level
+            seg = qrs_segment(y[k], a, b, fs)
             per_beat.append(float(np.sum(seg)) * 1000.0 / fs if kind == "area"
                             else float(max(seg.max(), 0.0) + min(seg.min(), 0.0)))
         out[str(name)] = float(np.median(per_beat))

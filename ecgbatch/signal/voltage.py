@@ -7,7 +7,7 @@
   criterion here is the men's 2.8 mV, the stricter of the two (a woman's record between 2.0 and
   2.8 mV is not flagged).
 R = the largest deflection above, S = the largest below, the level just before the QRS onset
-(the 10 ms the axis uses, ecgbatch.signal.axis), within the multi-lead QRS window of each beat
+(the 10 ms the axis uses: ecgbatch.signal.axis.qrs_segment), within the multi-lead QRS window of each beat
 (ecgbatch.signal.delineation), median over beats, on the 0.5-40 Hz band-passed leads.
 
 A voltage needs physical units: ``mv_scale(units)`` converts mV / uV / V records and gives None
@@ -21,38 +21,29 @@ import math
 
 import numpy as np
 
-from ecgbatch.signal.axis import BASELINE_S
+from ecgbatch.io.quality import canonical_units
+from ecgbatch.signal.axis import qrs_segment, qrs_windows
 from ecgbatch.signal.preprocess import lead_key
 
 SOKOLOW_LYON_MV = 3.5
 CORNELL_MV = 2.8
-MIN_BEATS = 2
-_SCALE = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3,
-          "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3, "volts": 1e3}
 
 
 def mv_scale(units: str | None) -> float | None:
-    """Factor from ``units`` to mV, or None when the units are not a voltage (e.g. z-scored)."""
-    if units is None:
-        return None
-    return _SCALE.get(str(units).strip().lower())
+    """Factor from ``units`` to mV, or None when the units are not a voltage (e.g. z-scored):
+    the readers' own table (ecgbatch.io.quality.canonical_units)."""
+    return canonical_units(units)[1]
 
 
 def qrs_deflections(y: np.ndarray, k: int, ons, offs, fs: float) -> tuple[float, float]:
     """(R, S) of lead ``k`` of ``y`` [leads, samples]: median over beats of the largest
-    deflection above and below the pre-onset level (both >= 0); NaN with fewer than 2 beats."""
-    base = max(1, int(round(BASELINE_S * fs)))
-    r, s = [], []
-    for a, b in zip(ons, offs):
-        if not (np.isfinite(a) and np.isfinite(b)) or b <= a:
-            continue
-        a, b = int(a), int(b)
-        seg = y[k, a:b + 1] - float(np.mean(y[k, max(0, a - base):a + 1]))
-        r.append(max(float(seg.max()), 0.0))
-        s.append(max(-float(seg.min()), 0.0))
-    if len(r) < MIN_BEATS:
+    deflection above and below the pre-onset level (both >= 0); NaN with too few beats
+    (ecgbatch.signal.axis.qrs_windows, as the axis)."""
+    segs = [qrs_segment(y[k], a, b, fs) for a, b in qrs_windows(ons, offs)]
+    if not segs:
         return float("nan"), float("nan")
-    return float(np.median(r)), float(np.median(s))
+    return (float(np.median([max(float(g.max()), 0.0) for g in segs])),
+            float(np.median([max(-float(g.min()), 0.0) for g in segs])))
 
 
 def lvh_voltages(y: np.ndarray, leads, ons, offs, fs: float, scale: float | None = 1.0) -> tuple[float, float]:
@@ -69,15 +60,18 @@ def lvh_voltages(y: np.ndarray, leads, ons, offs, fs: float, scale: float | None
     (_, s_v1), (r_v5, _), (r_v6, _) = defl("v1"), defl("v5"), defl("v6")
     (r_avl, _), (_, s_v3) = defl("avl"), defl("v3")
     r_lat = max((v for v in (r_v5, r_v6) if math.isfinite(v)), default=nan)
-    sokolow = (s_v1 + r_lat) * scale
-    cornell = (r_avl + s_v3) * scale
-    return round(sokolow, 2) if math.isfinite(sokolow) else nan, round(cornell, 2) if math.isfinite(cornell) else nan
+    return _mv(s_v1 + r_lat, scale), _mv(r_avl + s_v3, scale)
+
+
+def _mv(v: float, scale: float) -> float:
+    v = v * scale
+    return round(v, 2) if math.isfinite(v) else float("nan")
 
 
 def lvh_voltage_met(sokolow_mv: float | None, cornell_mv: float | None) -> bool | None:
     """Whether either published voltage criterion is met; None when neither was measured."""
-    vals = [(v, t) for v, t in ((sokolow_mv, SOKOLOW_LYON_MV), (cornell_mv, CORNELL_MV))
-            if v is not None and math.isfinite(v)]
-    if not vals:
+    sl = sokolow_mv if sokolow_mv is not None and math.isfinite(sokolow_mv) else None
+    co = cornell_mv if cornell_mv is not None and math.isfinite(cornell_mv) else None
+    if sl is None and co is None:
         return None
-    return any(v >= t if t == SOKOLOW_LYON_MV else v > t for v, t in vals)
+    return (sl is not None and sl >= SOKOLOW_LYON_MV) or (co is not None and co > CORNELL_MV)

@@ -273,20 +273,20 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
     # the patient group as the pairs builder names it (header sources: one patient per record)
     group = f"{spec.name}:{rid}" if spec.text == "header" else src.text_and_group(path, rec)[1]
     present, uncertain, absent = classify_findings(stmts, _vocabulary(profile, isrc.annotates), report)
-    meas = {}
+    meas, statements = {}, [{"text": t, "certain": c} for t, c in stmts]
     if measure_method:
         try:
             m = measure(rec, method=measure_method)
         except MissingLeadError:
             m = None
-        meas = plausible_measurements(m, present, uncertain, " ".join(t for t, _ in stmts))
+        said = " ".join(t for t, _ in stmts)
+        meas = plausible_measurements(m, present, uncertain, said)
         absent, meas = reconcile(present, absent, meas)
-    statements = [{"text": t, "certain": c} for t, c in stmts]
-    axis = measured_axis(m, present, uncertain, " ".join(t for t, _ in stmts)) if measure_method else None
-    if axis is not None:
-        present = sorted([*present, axis[0]], key=KEYS.index)
-        report = T.join_statements([report, axis[1]])
-        statements.append({"text": axis[1], "certain": True, "measured": True})
+        axis = measured_axis(m, present, uncertain, said)
+        if axis is not None:
+            present = sorted([*present, axis[0]], key=KEYS.index)
+            report = T.join_statements([report, axis[1]])
+            statements.append({"text": axis[1], "certain": True, "measured": True})
     codes = json.loads(src.codes(path, rid)) if spec.text == "ptbxl" else {}
     return RecordFacts(spec.name, rid, group, str(path), report, statements, present, uncertain, absent, meas, codes)
 
