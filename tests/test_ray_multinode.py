@@ -37,10 +37,19 @@ def archive(sample_archive, tmp_path_factory):
     return copy_cinc_records(sample_archive, RECORDS, tmp_path_factory.mktemp("multinode-archive"))
 
 
+# The GCS health-checks each raylet every RAY_health_check_period_ms and declares its node dead
+# after RAY_health_check_failure_threshold failures in a row (Ray's defaults: 3000 ms, 5). A
+# SIGKILLed raylet fails each check at once (connection refused), so the killed worker node is
+# counted dead after ~5 s instead of ~15 s, by the killed run and by the wait before its rerun.
+# A live but busy raylet still has Ray's default 10 s per check (health_check_timeout_ms) and
+# the same 5 checks in a row to answer.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
     env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), "TRANSFORMERS_VERBOSITY": "error",
-           **VLLM_TEST_ENV}
+           **VLLM_TEST_ENV, **FAST_NODE_DEATH}
     with LocalRayCluster(env=env, start_timeout=180) as cluster:
         cluster.start_head(num_cpus=2, resources='{"head_node": 1}')
         worker = cluster.add_worker(num_cpus=2, resources='{"worker_node": 1}')
