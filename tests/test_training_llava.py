@@ -154,6 +154,15 @@ def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, i
         b = base(input_ids=ids, ecgs=ecg).logits
     assert not torch.allclose(a, b)
     assert full_folder(out, "tiny-export") == full                # second use: the cached folder
+    # a decoding default chosen after training ships in the config and survives assembly
+    out2 = tmp_path / "export-rp"
+    r = _run("train", "export", "--checkpoint", job.run_path(), "-o", out2, "--repetition-penalty", "1.15")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out2 / "config.json").read_text())["generation"] == {"repetition_penalty": 1.15}
+    from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
+
+    assembled = EcgLlavaConfig.from_pretrained(full_folder(out2, "tiny-export-rp"))
+    assert assembled.default_repetition_penalty == 1.15 and trained.config.default_repetition_penalty == 1.0
 
 
 @pytest.mark.slow
