@@ -152,15 +152,18 @@ def engine_only(archive: Path, folder: Path, args) -> dict:
     engine = EcgLlavaEngine(folder, **engine_kwargs(dtype=args.dtype, max_num_seqs=args.batch_size,
                                                     work_dir=str(args.work / "vllm")))
     start_s = time.perf_counter() - t0
-    ids = engine.prompt_ids(DEFAULT_QUESTION)
-    reqs = [EcgRequest(preprocess_for_model(s.read(), engine.config, record_id=s.key), ids, id=s.key)
-            for s in readable(archive)]
-    engine.generate(reqs[:2], max_tokens=4)            # warm-up
-    t0, n_tok = time.perf_counter(), 0
-    for i in range(0, len(reqs), args.batch_size):
-        n_tok += sum(r.n_output_tokens for r in engine.generate(reqs[i:i + args.batch_size],
-                                                                  max_tokens=args.max_tokens))
-    dt = time.perf_counter() - t0
+    try:
+        ids = engine.prompt_ids(DEFAULT_QUESTION)
+        reqs = [EcgRequest(preprocess_for_model(s.read(), engine.config, record_id=s.key), ids, id=s.key)
+                for s in readable(archive)]
+        engine.generate(reqs[:2], max_tokens=4)            # warm-up
+        t0, n_tok = time.perf_counter(), 0
+        for i in range(0, len(reqs), args.batch_size):
+            n_tok += sum(r.n_output_tokens for r in engine.generate(reqs[i:i + args.batch_size],
+                                                                      max_tokens=args.max_tokens))
+        dt = time.perf_counter() - t0
+    finally:
+        engine.shutdown()          # now: left to the interpreter's exit, vLLM logs "exited unexpectedly"
     return {"records": len(reqs), "output_tokens": n_tok, "seconds": dt, "start_up_s": start_s,
             "records_per_s": len(reqs) / dt, "output_tokens_per_s": n_tok / dt}
 
