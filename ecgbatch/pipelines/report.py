@@ -18,6 +18,7 @@ model + adapter + prompt settings (report-<name>-<fingerprint>-<settings hash>).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -53,6 +54,10 @@ from ecgbatch.signal.content import NO_CONTENT
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_OVERLAP = 2      # batches in an engine actor at once (1: one after the other)
+# questions whose prompt ids an engine actor keeps: a fixed question (report, question modes) is
+# one; grounded, rag and ddp prompts are one per record and never come back, so a long run must
+# not keep them all; a few batches' worth covers the batches in flight
+PROMPT_ID_CACHE = 128
 PROMPT_MODES = ("report", "question", "ddp", "rag")
 _VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL",
              "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
@@ -139,8 +144,7 @@ class ReportUDF:
         self.engine = EcgLlavaEngine(model_dir, **engine_kwargs)
         self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
         self.grounded, self.labeller = bool(grounded), grounds_labeller(model_dir)
-        self._ids: dict[str, list[int]] = {}
-        self._ids_lock = threading.Lock()    # a fast tokenizer refuses concurrent use ("Already borrowed")
+        self._prompt_ids = prompt_id_cache(self.engine.prompt_ids)
         self._slots = asyncio.Semaphore(int(overlap))     # bound to the actor's loop at first use
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -153,12 +157,6 @@ class ReportUDF:
         engine = getattr(self, "engine", None)      # None when __init__ failed before the engine
         if engine is not None:
             engine.shutdown()
-
-    def _prompt_ids(self, question: str) -> list[int]:
-        with self._ids_lock:
-            if question not in self._ids:
-                self._ids[question] = self.engine.prompt_ids(question)
-            return self._ids[question]
 
     def report_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecgbatch.serving.engine import EcgRequest
@@ -229,6 +227,19 @@ class ReportUDF:
         for i, exc in failed:
             _fail(batch, i, exc, getattr(exc, "kind", "engine_error"))
         return done
+
+
+def prompt_id_cache(prompt_ids, maxsize: int = PROMPT_ID_CACHE):
+    """``prompt_ids`` (question -> token ids) for the batches' threads: one call at a time (a fast
+    tokenizer refuses concurrent use: "Already borrowed"), the last ``maxsize`` questions kept
+    (least recently used out first; ``cache_info()`` says hits, misses and size)."""
+    lock = threading.Lock()
+
+    def tokenize(question: str) -> list[int]:
+        with lock:
+            return prompt_ids(question)
+
+    return functools.lru_cache(maxsize=maxsize)(tokenize)
 
 
 async def in_daemon_thread(fn, *args):
