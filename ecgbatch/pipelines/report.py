@@ -44,6 +44,7 @@ from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, 
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_ledger import run_ledger
 from ecgbatch.pipelines.read_stage import (LABEL_SEP, MEASUREMENT_COLUMNS, failures_table, metadata_columns,
                                            read_stage)
 from ecgbatch.pipelines.sources import list_sources
@@ -309,17 +310,17 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
                   batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False,
-                  overlap: int = DEFAULT_OVERLAP):
+                  overlap: int = DEFAULT_OVERLAP, ledger=None):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
     generating, one whole block per call. ``overlap``: batches each engine actor works on at once
-    (ReportUDF)."""
+    (ReportUDF). ``ledger``: the run's read ledger (read_ledger.run_ledger)."""
     from ray.data import ActorPoolStrategy
 
     if batch_size < 1 or engines < 1 or overlap < 1:
         raise ValueError(f"batch_size, engines and overlap must be >= 1, got {batch_size!r}, {engines!r}, "
                          f"{overlap!r}")
-    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
+    ds = read_stage(blocks, preprocess, ledger=ledger, measure=True, measure_method=GROUND_METHOD)   # the grounds
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
             "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded,
@@ -480,7 +481,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
         summary = ReportSummary(table=str(table.root), model=str(folder), prompt_mode=settings.mode,
                                 total_records=len(all_sources), already_done=len(all_sources) - len(todo))
         if blocks:
-            with ray_session(address, num_cpus):
+            with ray_session(address, num_cpus), run_ledger() as ledger:
                 import ray
 
                 quiet_ray_data()
@@ -495,7 +496,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
                                    batch_size=batch_size, prompt_stage=prompt_stage,
-                                   grounded=settings.grounded, overlap=overlap)
+                                   grounded=settings.grounded, overlap=overlap, ledger=ledger)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:
