@@ -29,11 +29,12 @@ ARCHIVE_SOURCES = {"ludb": "ludb", "cinc2021": "cinc2021", "ptbxl2k": "ptbxl"}  
 
 def labels_only(reference: str, record_facts: dict) -> str:
     """The reference without what the instruction builder added from the measurements (the
-    axis of a record whose labels state none, ``{"measured": true}``): a reference says what
+    axis or the LVH by voltage of a record whose labels state none, ``{"measured": true}``,
+    appended in order, stripped last first): a reference says what
     the cardiologists labelled, or the goals would score the measurement against itself."""
     from ecgbatch.training.instruct_questions import report_text
 
-    for s in record_facts.get("statements") or ():
+    for s in reversed(record_facts.get("statements") or ()):
         tail = " " + report_text(s["text"]) if s.get("measured") else None
         if tail and reference.endswith(tail):
             reference = reference[: -len(tail)]

@@ -170,12 +170,13 @@ def record_reports_on_session_engine(vllm_engine, monkeypatch):
     from ecgbatch.device import resolve_dtype
     from ecgbatch.serving import record_reports
 
-    def session_engine(folder, dtype="auto", lora_rank=None, max_num_seqs=None):
+    def session_engine(folder, dtype="auto", lora_rank=None, max_num_seqs=None, repetition_penalty=None):
         assert Path(folder).resolve() == vllm_engine.model_dir.resolve(), (folder, vllm_engine.model_dir)
         assert resolve_dtype(dtype, vllm_engine.device) == resolve_dtype(vllm_engine.options.dtype,
                                                                           vllm_engine.device)
         assert lora_rank is None or lora_rank <= vllm_engine.options.lora_rank, lora_rank
         assert max_num_seqs is None or max_num_seqs >= 1
+        monkeypatch.setattr(vllm_engine.options, "repetition_penalty", repetition_penalty)
         return vllm_engine
 
     monkeypatch.setattr(record_reports, "EcgLlavaEngine", session_engine)

@@ -54,6 +54,13 @@ def test_config_derives_token_count_and_checks_fields():
     assert EcgLlavaConfig.from_dict(grounded.to_dict()).grounded_prompt is True
     with pytest.raises(EcgLlavaConfigError, match="prompt.grounded must be true or false"):
         _tiny_config(prompt={"grounded": "yes"})
+    # decoding defaults (generation.repetition_penalty, 1.0 = none), kept through config.json
+    assert cfg.default_repetition_penalty == 1.0
+    rp = _tiny_config(generation={"repetition_penalty": 1.2})
+    assert EcgLlavaConfig.from_dict(rp.to_dict()).default_repetition_penalty == 1.2
+    for bad in (0, -1.0, "1.2", True):
+        with pytest.raises(EcgLlavaConfigError, match="generation.repetition_penalty must be a number"):
+            _tiny_config(generation={"repetition_penalty": bad})
 
 
 def test_splice_places_ecg_rows_labels_and_positions(tiny):

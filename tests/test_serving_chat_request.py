@@ -28,6 +28,10 @@ def test_conversation_becomes_question_and_history():
                              "<ecg>", Limits())
     assert (job.question, job.history, job.ecg_part) == ("Rate?", [("Describe.", "Sinus.")], PART["ecg"])
     assert job.sampling.max_tokens == 7 and job.stream and job.sampling.temperature == 0.0
+    assert job.sampling.repetition_penalty is None      # the model's own default
+    rp = parse_chat_request(body({"role": "user", "content": [PART, {"type": "text", "text": "q"}]},
+                                 repetition_penalty=1.3), "<ecg>", Limits())
+    assert rp.sampling.repetition_penalty == 1.3
 
 
 @pytest.mark.parametrize("messages, words", [
@@ -49,7 +53,8 @@ def test_bad_conversations(messages, words):
 
 @pytest.mark.parametrize("extra, words", [({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 5000}, "max_tokens"),
                                           ({"temperature": "hot"}, "temperature"), ({"n": 2}, "'n'"),
-                                          ({"stop": [1]}, "stop")])
+                                          ({"stop": [1]}, "stop"), ({"repetition_penalty": 0}, "repetition_penalty"),
+                                          ({"repetition_penalty": "x"}, "repetition_penalty")])
 def test_bad_sampling(extra, words):
     with pytest.raises(RequestError) as e:
         parse_chat_request(body({"role": "user", "content": [PART, {"type": "text", "text": "q"}]}, **extra),

@@ -145,3 +145,20 @@ def test_adapter_for_another_base(vllm_engine, requests_, adapter, tmp_path):
     other = _rewrite_adapter(adapter, tmp_path / "other", cut_in=32)
     with pytest.raises(AdapterMismatchError, match="another base"):
         vllm_engine.generate(requests_[:1], max_tokens=2, lora=other)
+
+
+def test_repetition_penalty_from_the_option_or_the_models_config(vllm_engine, requests_, base_out, monkeypatch):
+    """The engine decodes with its repetition_penalty option, else the model config's
+    generation.repetition_penalty (1.0: none): a strong penalty changes the greedy tokens of the
+    unpenalized run (the tiny fixture repeats itself within 16 tokens), and the config default
+    gives the same tokens as the option."""
+    plain = [r.token_ids for r in base_out]
+    assert any(len(set(t)) < len(t) for t in plain)          # something to penalize
+    monkeypatch.setattr(vllm_engine.options, "repetition_penalty", 3.0)
+    opt = [r.token_ids for r in vllm_engine.generate(requests_, max_tokens=N_NEW, ignore_eos=True)]
+    monkeypatch.setattr(vllm_engine.options, "repetition_penalty", None)
+    monkeypatch.setattr(vllm_engine.config, "generation", {"repetition_penalty": 3.0})
+    assert vllm_engine.repetition_penalty == 3.0
+    cfg = [r.token_ids for r in vllm_engine.generate(requests_, max_tokens=N_NEW, ignore_eos=True)]
+    assert opt == cfg and opt != plain
+    assert sum(len(set(t)) for t in opt) > sum(len(set(t)) for t in plain)

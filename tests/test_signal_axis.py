@@ -145,3 +145,17 @@ def test_cardiologists_categories_order_the_measured_degrees(ludb):
     med = {k: float(np.median(v)) for k, v in by.items()}
     assert med["left axis deviation"] < med["normal"] < 90
     assert med["left axis deviation"] < 30 and 30 <= med["normal"] <= 70
+
+
+@pytest.mark.parametrize("method", ["multilead", "ecgchat"])
+def test_leads_rescaled_one_by_one_have_no_axis(ludb, method):
+    """The axis rests on the ratios between limb leads: a record in a voltage unit, or whose
+    units are not stated, has one; the same signal declared "normalized" (z-scored per lead, like
+    PTB-XL's shared .npy subset) has none, while the rate and RR regularity stay."""
+    rec = _record(ludb / "83")
+    base = measure(rec, method=method)
+    unknown = measure(dataclasses.replace(rec, units="unknown"), method=method)
+    zs = measure(dataclasses.replace(rec, units="normalized"), method=method)
+    assert math.isfinite(base.axis_deg) and unknown.axis_deg == base.axis_deg
+    assert math.isnan(zs.axis_deg) and zs.axis_category is None
+    assert zs.hr_bpm == base.hr_bpm and zs.rr_nrmssd == base.rr_nrmssd

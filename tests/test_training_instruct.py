@@ -189,7 +189,7 @@ def test_a_report_states_the_measured_axis_when_the_labels_state_none(shared_dat
     from ecgbatch.llava.grounding import GROUND_AXIS_CONVENTION
     from ecgbatch.signal import measure
     from ecgbatch.signal.axis import axis_category
-    from ecgbatch.training.instruct import MEASURED_AXIS
+    from ecgbatch.training.instruct import MEASURED_AXIS, MEASURED_LVH
 
     d = shared_data
     src = [InstructSource(SourceSpec("cinc2021", str(d / "cinc2021"), "header", dx_mapping=str(d / "cinc2021"), limit=4)),
@@ -198,7 +198,7 @@ def test_a_report_states_the_measured_axis_when_the_labels_state_none(shared_dat
     n_measured = 0
     for f in b.records:
         m = measure(read_record(f.path), method="multilead")
-        measured = [s for s in f.statements if s.get("measured")]
+        measured = [s for s in f.statements if s.get("measured") and s["text"] != MEASURED_LVH[1]]
         axis_keys = [k for k in f.present if k.startswith("axis_")]
         if f.source == "ludb":
             assert not measured and "axis" in f.report.lower()   # the label's axis, not the measured one
@@ -209,8 +209,49 @@ def test_a_report_states_the_measured_axis_when_the_labels_state_none(shared_dat
             continue
         key, phrase = MEASURED_AXIS[cat]
         assert measured == [{"text": phrase, "certain": True, "measured": True}] and axis_keys == [key]
-        assert f.report.endswith(phrase)
+        assert f.report.endswith(phrase)      # the axis comes last
         n_measured += 1
     assert n_measured >= 2
     reports = {it["meta"]["record_id"]: it["conversations"][1]["value"] for it in b.items if it["meta"]["kind"] == "report"}
     assert any("axis" in r.lower() for rid, r in reports.items() if rid.startswith(("A", "E", "HR", "JS", "Q")))
+
+
+def test_a_report_states_lvh_by_voltage_when_the_labels_state_none(shared_data):
+    """A record whose QRS voltages meet an LVH criterion and whose labels state no LVH gets
+    "left ventricular hypertrophy by voltage criteria" (marked measured; "lvh" present, not
+    absent); a record below the criteria, or labelled LVH, gets none. The goals' references drop
+    it again (bench/report_goals.labels_only), with the measured axis after it."""
+    import importlib.util
+
+    from ecgbatch.io import read_record
+    from ecgbatch.signal import measure
+    from ecgbatch.text.findings import extract_findings
+    from ecgbatch.training.instruct import MEASURED_LVH
+    from ecgbatch.training.instruct_questions import report_text
+    from ecgbatch._paths import REPO_ROOT
+
+    d = shared_data
+    src = [InstructSource(SourceSpec("ptbxl2k", str(d / "ptbxl2k" / "records100"), "ptbxl",
+                                     metadata=str(d / "ptbxl2k" / "ptbxl_database.csv"),
+                                     statements=str(d / "ptbxl2k" / "scp_statements.csv"), limit=60))]
+    b = build_instruct(src, seed=0, measure_method="multilead", dialogues=0)
+    spec = importlib.util.spec_from_file_location("report_goals", REPO_ROOT / "bench" / "report_goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    n_met = n_added = 0
+    for f in b.records:
+        m = measure(read_record(f.path), method="multilead")
+        added = [s for s in f.statements if s.get("measured") and s["text"] == MEASURED_LVH[1]]
+        labelled = [s["text"] for s in f.statements if not s.get("measured")]
+        lab_lvh = extract_findings(". ".join(labelled)).get("lvh")
+        n_met += bool(m.lvh_voltage)
+        if m.quality == "ok" and m.lvh_voltage and lab_lvh is None:
+            assert added == [{"text": MEASURED_LVH[1], "certain": True, "measured": True}]
+            assert "lvh" in f.present and "lvh" not in f.absent
+            assert extract_findings(f.report).get("lvh") == "present"
+            reference = goals.labels_only(report_text(f.report), f.to_dict())
+            assert extract_findings(reference).get("lvh") is None and "voltage criteria" not in reference
+            n_added += 1
+        else:
+            assert not added
+    assert n_added >= 2 and n_met >= n_added

@@ -43,6 +43,9 @@ def report_cmd(
     gpus_per_engine: Optional[float] = typer.Option(None, "--gpus-per-engine", help="[--input] GPUs per "
                                                     "engine [default: 1 if the cluster has GPUs, else CPU]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="most new tokens per report"),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", min=0.01, max=10.0,
+                                                       help="vLLM's repetition penalty (1 = none) "
+                                                       "[default: the model's config, generation]"),
     address: Optional[str] = typer.Option(None, "--address", help="[--input] Ray cluster: auto or "
                                           "ray://host:port [default: a local Ray for this command]"),
     resume: bool = typer.Option(False, "--resume", help="[--input] continue an interrupted job (every run "
@@ -70,22 +73,23 @@ def report_cmd(
         return run_archive(ArchiveOptions(archive, workspace, model, lora, question, ddp, rag, reference,
                                           engines, gpus_per_engine, max_tokens, address, resume, output,
                                           html, dtype, batch_size, block_size, num_cpus, as_json, progress,
-                                          grounded))
+                                          grounded, repetition_penalty))
     if not records:
         fail("give RECORD... (or --input ARCHIVE)")
     if rag or html is not None or output is not None:
         fail("--rag, --html and -o need --input ARCHIVE")
     _report_records(records, model, lora, question or DEFAULT_QUESTION, max_tokens, dtype, as_json, ddp,
-                    grounded)
+                    grounded, repetition_penalty)
 
 
 def _report_records(records, model, lora, question, max_tokens, dtype, as_json, ddp: bool = False,
-                    grounded: Optional[bool] = None) -> None:
+                    grounded: Optional[bool] = None, repetition_penalty: Optional[float] = None) -> None:
     from ecgbatch.encoders.checkpoint import CheckpointError
     from ecgbatch.serving.record_reports import report_records
 
     try:
         rep = report_records(records, model, lora, question, max_tokens, dtype, ddp, grounded,
+                             repetition_penalty=repetition_penalty,
                              on_unreadable=lambda path, msg: typer.echo(f"error: {path}: {msg}", err=True),
                              log=lambda m: typer.echo(m, err=True))
     except (EcgLlavaError, CheckpointError) as exc:

@@ -41,6 +41,7 @@ class ArchiveOptions:
     as_json: bool
     progress: bool
     grounded: Optional[bool] = None     # --grounded/--no-grounded (None: the model's config)
+    repetition_penalty: Optional[float] = None   # --repetition-penalty (None: the model's config)
 
 
 def _check_ddp_encoder(console, folder, table_root: str) -> None:
@@ -81,7 +82,7 @@ def _settings(console, o: ArchiveOptions, meta: dict | None):
         fail("--rag K needs --reference WORKSPACE (a workspace with reports and embeddings)")
     mode = "question" if o.question is not None else "ddp" if o.ddp else "rag" if o.rag > 0 else "report"
     return PromptSettings(mode=mode, question=o.question or DEFAULT_QUESTION, max_tokens=o.max_tokens,
-                          rag_k=o.rag)
+                          rag_k=o.rag, repetition_penalty=o.repetition_penalty)
 
 
 def run_archive(o: ArchiveOptions) -> None:

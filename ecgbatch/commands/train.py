@@ -107,8 +107,10 @@ def _llava_checkpoint(run: Path) -> Path | None:
     return ck if ck is not None and is_trained_only(ck / MODEL_SUBDIR) else None
 
 
-def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> None:
-    """The trained-only folder of an ECG-LLaVA run (what ships), and optionally the full one."""
+def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32",
+                  repetition_penalty: float | None = None) -> None:
+    """The trained-only folder of an ECG-LLaVA run (what ships), and optionally the full one;
+    ``repetition_penalty``: the decoding default written into its config (``generation``)."""
     import shutil
 
     from ecgbatch.llava.assemble import full_folder
@@ -120,6 +122,10 @@ def _export_llava(run: Path, out: Path, full: bool, dtype: str = "float32") -> N
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ck / MODEL_SUBDIR, tmp)
+    if repetition_penalty is not None:
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg["generation"] = {**(cfg.get("generation") or {}), "repetition_penalty": float(repetition_penalty)}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if dtype == "float16":                    # the adapter only; the projector stays float32
         import torch
         from safetensors.torch import load_file, save_file
@@ -147,6 +153,9 @@ def train_export(
     dtype: str = typer.Option("float32", help="float32 | float16 for the stored tensors (ECG-CoCa)"),
     full: bool = typer.Option(False, "--full", help="ECG-LLaVA: also assemble the full folder (+ lora/) "
                               "that vLLM and report load, into the cache, and print its path"),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", min=0.01, max=10.0,
+                                                       help="ECG-LLaVA: the decoding default to ship in "
+                                                       "its config (vLLM's repetition_penalty)"),
 ) -> None:
     """Write a checkpoint as a trained-only weights folder: only the tensors training changed.
     ECG-CoCa: the frozen text transformer comes from the installed text encoder (hash-checked),
@@ -155,8 +164,10 @@ def train_export(
     import torch
 
     if _llava_checkpoint(checkpoint) is not None:
-        _export_llava(checkpoint, out, full, dtype)
+        _export_llava(checkpoint, out, full, dtype, repetition_penalty)
         return
+    if repetition_penalty is not None:
+        fail("--repetition-penalty is a decoding default of ECG-LLaVA models; this is not an ECG-LLaVA checkpoint")
 
     from ecgbatch.training import checkpointing as C
     from ecgbatch.training.coca_task import configure_trainable, trainable_names

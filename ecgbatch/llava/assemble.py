@@ -142,10 +142,11 @@ def load_trained_only(folder: str | Path, log=None):
                                "named in its MODEL_CARD")
     load_projector(model, p)
     model.config.prompt = dict(cfg.get("prompt") or {})   # how it was trained to be asked (grounded, ...)
+    model.config.generation = dict(cfg.get("generation") or {})   # its decoding defaults
     return model, tok
 
 
-ASSEMBLY_VERSION = b"2"   # 2: the full folder keeps the trained-only config's "prompt"
+ASSEMBLY_VERSION = b"3"   # 2: the full folder keeps the trained-only config's "prompt"; 3: and "generation"
 
 
 def _folder_key(folder: Path) -> str:

@@ -90,6 +90,7 @@ class EcgLlavaConfig(PretrainedConfig):
                  prompt_format: str = "vicuna_v1",
                  max_context_length: int | None = None,
                  prompt: dict[str, Any] | None = None,
+                 generation: dict[str, Any] | None = None,
                  **kwargs):
         self.text_config = _text_config(text_config)
         if ecg_config is None:   # ECG-Chat's tower (12 x 768, 101 tokens) with a 512-d CLS projection
@@ -108,6 +109,7 @@ class EcgLlavaConfig(PretrainedConfig):
         self.prompt_format = prompt_format
         self.max_context_length = max_context_length
         self.prompt = dict(prompt or {})
+        self.generation = dict(generation or {})   # decoding defaults, e.g. {"repetition_penalty": 1.1}
         kwargs.setdefault("architectures", [ARCHITECTURE])
         kwargs.setdefault("tie_word_embeddings", bool(getattr(self.text_config, "tie_word_embeddings", False)))
         super().__init__(**kwargs)
@@ -135,6 +137,9 @@ class EcgLlavaConfig(PretrainedConfig):
                                       f"ecg_config.seq_length ({tower.seq_length})")
         if not isinstance(self.prompt.get("grounded", False), bool):
             raise EcgLlavaConfigError(f"prompt.grounded must be true or false, got {self.prompt.get('grounded')!r}")
+        rp = self.generation.get("repetition_penalty", 1.0)
+        if isinstance(rp, bool) or not isinstance(rp, (int, float)) or not 0.0 < rp <= 10.0:
+            raise EcgLlavaConfigError(f"generation.repetition_penalty must be a number in (0, 10], got {rp!r}")
         if not isinstance(self.ecg_token, str) or not self.ecg_token:
             raise EcgLlavaConfigError(f"ecg_token must be a non-empty string, got {self.ecg_token!r}")
 
@@ -155,6 +160,13 @@ class EcgLlavaConfig(PretrainedConfig):
     def grounded_prompt(self) -> bool:
         """Whether the model was trained (so is served) with the grounded prompt."""
         return bool(self.prompt.get("grounded", False))
+
+    @property
+    def default_repetition_penalty(self) -> float:
+        """The decoding default the model ships with (vLLM's repetition_penalty; 1.0 = none). Not
+        named ``repetition_penalty``: transformers refuses to save a config holding generation
+        parameters."""
+        return float(self.generation.get("repetition_penalty", 1.0))
 
     @property
     def hidden_size(self) -> int:

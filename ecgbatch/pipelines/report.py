@@ -98,6 +98,7 @@ class PromptSettings:
     rag_k: int = 0
     reference: str = ""        # the reference embedding table's folder (rag)
     grounded: bool = False     # the grounded prompt before each question (ecgbatch.llava.grounding)
+    repetition_penalty: float | None = None   # decoding; None: the model's default (its config)
 
     def __post_init__(self):
         if self.mode not in PROMPT_MODES:
@@ -109,6 +110,8 @@ class PromptSettings:
         d = asdict(self)
         if not d["grounded"]:      # the tables of runs before the grounded prompt keep their keys
             d.pop("grounded")
+        if d["repetition_penalty"] is None:    # ... and those before the decoding option
+            d.pop("repetition_penalty")
         blob = json.dumps([d, *parts], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -295,7 +298,8 @@ def _fail(batch, i, exc, kind: str) -> None:
 # The dataset
 # ---------------------------------------------------------------------------------------------
 def engine_kwargs(*, dtype: str = "auto", lora_rank: int | None = None, max_num_seqs: int | None = None,
-                  gpus: float = 0.0, work_dir: str | None = None, max_model_len: int | None = None) -> dict:
+                  gpus: float = 0.0, work_dir: str | None = None, max_model_len: int | None = None,
+                  repetition_penalty: float | None = None) -> dict:
     """EcgLlavaEngine arguments for one actor (per-request timing on: log stats filled). The
     engine decides its platform settings on its own device (ecgbatch.device); a GPU share that
     cannot work (1.5 GPUs) is refused here, before any actor starts."""
@@ -303,6 +307,7 @@ def engine_kwargs(*, dtype: str = "auto", lora_rank: int | None = None, max_num_
         tensor_parallel_size(gpus)
     return {"dtype": dtype, "lora_rank": lora_rank, "max_num_seqs": max_num_seqs, "work_dir": work_dir,
             "max_model_len": max_model_len, "gpus_per_engine": gpus if gpus > 0 else None,
+            "repetition_penalty": repetition_penalty,
             "llm_kwargs": {"disable_log_stats": False}}
 
 
@@ -490,7 +495,8 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                 batch_size = report_batch_size(gpus_per_engine > 0, batch_size, DEFAULT_BATCH_SIZE)
                 # CPU: vLLM's batch limit is the Ray batch (measured so); GPU: sized by the engine
                 ekw = engine_kwargs(dtype=dtype, lora_rank=rank, gpus=gpus_per_engine, work_dir=work_dir,
-                                    max_num_seqs=None if gpus_per_engine > 0 else batch_size)
+                                    max_num_seqs=None if gpus_per_engine > 0 else batch_size,
+                                    repetition_penalty=settings.repetition_penalty)
                 ds = build_dataset(blocks, model_dir=str(folder), fingerprint=sig["fingerprint"],
                                    preprocess=pre, ekw=ekw, lora=lora, max_tokens=settings.max_tokens,
                                    question=settings.question, engines=engines,

@@ -144,6 +144,8 @@ class AsyncEcgLlava:
         lora = self.loras.get(model or self.served_name)
         sp = SamplingParams(max_tokens=sampling.max_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, seed=sampling.seed, stop=sampling.stop or None,
+                            repetition_penalty=(sampling.repetition_penalty if sampling.repetition_penalty
+                                                is not None else self.config.default_repetition_penalty),
                             output_kind=RequestOutputKind.DELTA)
         prompt = {"prompt_token_ids": [int(t) for t in prompt_ids],
                   "multi_modal_data": {"ecg": np.ascontiguousarray(ecg, dtype=np.float32)}}

@@ -85,6 +85,7 @@ class SamplingRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: float | None = None     # None: the model's decoding default
 
 
 @dataclass
@@ -217,7 +218,8 @@ def parse_sampling(body: dict, limits: Limits, default_max_tokens: int) -> Sampl
     return SamplingRequest(max_tokens=max_tokens,
                            temperature=_number(body, "temperature", 0.0, float, 0.0, 2.0),
                            top_p=_number(body, "top_p", 1.0, float, 1e-6, 1.0),
-                           seed=_number(body, "seed", None, int, 0, 2**63 - 1), stop=stop)
+                           seed=_number(body, "seed", None, int, 0, 2**63 - 1), stop=stop,
+                           repetition_penalty=_number(body, "repetition_penalty", None, float, 0.01, 10.0))
 
 
 def parse_chat_request(body, ecg_token: str, limits: Limits, default_max_tokens: int = 256) -> ChatJob:

@@ -149,6 +149,7 @@ class EngineOptions:
     max_loras: int = 1
     work_dir: str | None = None           # where head-padded copies are cached
     llm_kwargs: dict = field(default_factory=dict)
+    repetition_penalty: float | None = None  # default: the model config's generation.repetition_penalty
 
 
 def stop_engine(loop: EngineLoop, llm, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
@@ -257,6 +258,12 @@ class EcgLlavaEngine:
             return self._loras[key]
 
     # -- generation -------------------------------------------------------------------------------
+    @property
+    def repetition_penalty(self) -> float:
+        """The engine's option, else the model's decoding default (1.0: none)."""
+        rp = self.options.repetition_penalty
+        return float(rp) if rp is not None else self.config.default_repetition_penalty
+
     def check_request(self, req: EcgRequest, max_tokens: int, i: int = 0) -> int:
         """Refuse what vLLM would reject late or obscurely; returns the spliced prompt length."""
         tower = self.config.tower_cfg
@@ -293,7 +300,8 @@ class EcgLlavaEngine:
         prompts = [{"prompt_token_ids": list(map(int, r.prompt_ids)),
                     "multi_modal_data": {"ecg": np.ascontiguousarray(r.ecg, dtype=np.float32)}}
                    for r in requests]
-        sp = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
+        sp = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos,
+                            repetition_penalty=self.repetition_penalty)
         outs, before = self.loop.run(prompts, sp, lora_req)
         return [EcgResult(id=r.id, text=o.outputs[0].text, token_ids=list(o.outputs[0].token_ids),
                           n_prompt_tokens=len(o.prompt_token_ids or []),

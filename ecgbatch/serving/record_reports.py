@@ -47,9 +47,11 @@ def diagnosis_questions(model: str, ecgs, question: str):
 def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optional[Path] = None,
                    question: str = DEFAULT_QUESTION, max_tokens: int = 256, dtype: str = "auto",
                    ddp: bool = False, grounded: Optional[bool] = None, on_unreadable: Optional[Callable[[str, str], None]] = None,
-                   log: Optional[Callable[[str], None]] = None) -> RecordReports:
+                   log: Optional[Callable[[str], None]] = None, repetition_penalty: Optional[float] = None
+                   ) -> RecordReports:
     """What `ecgbatch report RECORD...` does (see the module doc). ``ddp``: the diagnosis-driven
-    prompt; ``grounded``: the grounded prompt (None: the model's config). Each result's
+    prompt; ``grounded``: the grounded prompt (None: the model's config); ``repetition_penalty``:
+    decoding (None: the model's config). Each result's
     ``findings``/``contradictions`` are computed either way (RecordReports.grounds). ``on_unreadable(record, message)`` is called for each unreadable record before the
     engine starts; ``log`` hears the model's assembly at first use. Raises EcgLlavaError /
     CheckpointError (the model, the adapter, the diagnosis prompt, the engine)."""
@@ -72,7 +74,8 @@ def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optiona
     groundings = ground_inputs(measurements, [x for _, x in ecgs], grounds_labeller(model))
     if use:
         questions = [g.question(q) for g, q in zip(groundings, questions)]
-    engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)))
+    engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)),
+                            repetition_penalty=repetition_penalty)
     try:
         reqs = [EcgRequest(x, engine.prompt_ids(q), id=path) for (path, x), q in zip(ecgs, questions)]
         out.results = engine.generate(reqs, max_tokens=max_tokens, lora=lora)

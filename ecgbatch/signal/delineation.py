@@ -117,12 +117,13 @@ def _nanmean(v) -> float:
 
 
 def axis_and_regularity(x: np.ndarray, leads, rpeaks: np.ndarray, fs: float, y: np.ndarray | None = None,
-                        bounds=None, mv: float | None = None) -> dict[str, float]:
+                        bounds=None, mv: float | None = None, axis: bool = True) -> dict[str, float]:
     """{"axis_deg": frontal QRS axis in degrees, "rr_nrmssd": RR normalised RMSSD,
     "sokolow_lyon_mv", "cornell_mv": the LVH voltages (ecgbatch.signal.voltage)} of leads ``x``
     [L, T] at ``fs`` with R peaks ``rpeaks``; ``y`` (x band-passed 0.5-40 Hz) and ``bounds`` (QRS
     onsets, offsets) when the caller has them already; ``mv``: the factor from x's units to mV
-    (None: units that are not a voltage, no voltages). NaN where not measurable."""
+    (None: units that are not a voltage, no voltages); ``axis`` False: leads rescaled one by one
+    (ecgbatch.signal.voltage.limb_ratios_kept), no axis. NaN where not measurable."""
     rr = np.diff(np.asarray(rpeaks, dtype=float)) * 1000.0 / fs
     nan = float("nan")
     out = {"axis_deg": nan, "rr_nrmssd": rr_regularity(rr).nrmssd, "sokolow_lyon_mv": nan, "cornell_mv": nan}
@@ -133,14 +134,16 @@ def axis_and_regularity(x: np.ndarray, leads, rpeaks: np.ndarray, fs: float, y: 
     if y is None:
         y = filters.bandpass(x, fs, 0.5, 40.0)
     ons, offs = bounds if bounds is not None else qrs_bounds(y, rpeaks, fs)
-    out["axis_deg"] = round(frontal_axis(y, leads, ons, offs, fs), 1)
+    if axis:
+        out["axis_deg"] = round(frontal_axis(y, leads, ons, offs, fs), 1)
     out["sokolow_lyon_mv"], out["cornell_mv"] = lvh_voltages(y, leads, ons, offs, fs, mv)
     return out
 
 
-def measure_multilead(x500: np.ndarray, leads, lead: str = "II", mv: float | None = 1.0):
+def measure_multilead(x500: np.ndarray, leads, lead: str = "II", mv: float | None = 1.0, axis: bool = True):
     """All leads at 500 Hz (float64, NaN-free) -> Measurements (median over beats, ms); ``mv``:
-    the factor from the signal's units to mV (None: no voltages)."""
+    the factor from the signal's units to mV (None: no voltages); ``axis`` False: no axis
+    (leads rescaled one by one)."""
     fs = float(ECGCHAT_FS)
     failed = Measurements(*([float("nan")] * 9), n_beats=0, quality="failed",
                           method="multilead", lead=lead)
@@ -174,7 +177,7 @@ def measure_multilead(x500: np.ndarray, leads, lead: str = "II", mv: float | Non
     pos = {k: _nanmean(np.array([np.nan if v is None else v for v in waves[k]], float))
            for k in ("ECG_P_Peaks", "ECG_T_Peaks")}
     ok = float(np.mean(np.isfinite(qrs) & np.isfinite(qt)))
-    vec = axis_and_regularity(x500, leads, r, fs, y=y, bounds=(ons, offs), mv=mv)
+    vec = axis_and_regularity(x500, leads, r, fs, y=y, bounds=(ons, offs), mv=mv, axis=axis)
     return Measurements(round(hr, 1), round(rr_mean, 1), round(_nanmedian(pr), 1),
                         round(_nanmedian(qrs), 1), round(qt_med, 1), round(float(qtc), 1),
                         round(pos["ECG_P_Peaks"], 1), round(float(np.mean(r)), 1),

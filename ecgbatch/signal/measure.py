@@ -23,7 +23,7 @@ from ecgbatch.signal import filters
 from ecgbatch.signal.delineation import axis_and_regularity, measure_multilead
 from ecgbatch.signal.measurements import (ECGCHAT_FS, Measurements, beat_quality, lead_index,
                                           neurokit_delineate)
-from ecgbatch.signal.voltage import mv_scale
+from ecgbatch.signal.voltage import limb_ratios_kept, mv_scale
 
 METHODS = ("ecgchat", "multilead")
 
@@ -84,10 +84,12 @@ def _ecgchat_values(rpeaks, waves, fs: int = ECGCHAT_FS) -> tuple[int, ...]:
             int(m(tp) * 1000))
 
 
-def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: float | None = 1.0) -> Measurements:
+def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: float | None = 1.0,
+                    axis: bool = True) -> Measurements:
     """ECG-Chat's measurement of one lead already at 500 Hz (float64, NaN-free). ``all_leads``:
     (every lead at 500 Hz [L, T], their names) to add the axis, RR irregularity and LVH voltages
-    (``mv``: the factor from the signal's units to mV; None: no voltages) from the same R peaks."""
+    (``mv``: the factor from the signal's units to mV; None: no voltages; ``axis`` False: no axis)
+    from the same R peaks."""
     try:
         _, rpeaks, waves = neurokit_delineate(x500)
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -106,7 +108,7 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: floa
                      quality=quality, method="ecgchat", lead=lead)
     if all_leads is not None and quality != "failed":
         vec = axis_and_regularity(all_leads[0], all_leads[1], np.asarray(rpeaks["ECG_R_Peaks"], dtype=int),
-                                  float(ECGCHAT_FS), mv=mv)
+                                  float(ECGCHAT_FS), mv=mv, axis=axis)
         for k, v in vec.items():
             setattr(m, k, v)
     return m
@@ -114,16 +116,17 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: floa
 
 def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measurements:
     """Measurements of a Record or (signal [leads, samples], fs, leads; mV). Resampled to 500 Hz
-    first when needed. The LVH voltages need a Record in a voltage unit (ecgbatch.signal.voltage). method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
+    first when needed. The LVH voltages need a Record in a voltage unit, the axis one whose leads
+were not rescaled one by one (ecgbatch.signal.voltage). method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
     if method not in METHODS:
         raise ValueError(f"measure method must be one of {METHODS}, got {method!r}")
     sig, fs, leads, units = _unpack(record_or_tuple)
     i = lead_index(leads, lead)
     x500 = at_500hz(sig, fs)
-    mv = mv_scale(units)
+    mv, axis = mv_scale(units), limb_ratios_kept(units)
     if method == "ecgchat":
-        return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads), mv=mv)
-    return measure_multilead(x500, leads, lead=lead, mv=mv)
+        return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads), mv=mv, axis=axis)
+    return measure_multilead(x500, leads, lead=lead, mv=mv, axis=axis)
 
 
 def ecgchat_wave_text(m: Measurements) -> str:

@@ -35,6 +35,15 @@ def mv_scale(units: str | None) -> float | None:
     return canonical_units(units)[1]
 
 
+def limb_ratios_kept(units: str | None) -> bool:
+    """Whether the frontal QRS axis can be measured from a record in ``units``: the axis rests
+    on the ratios between limb leads, which a voltage unit keeps and a per-lead rescaling (e.g.
+    z-scored arrays, units "normalized") does not. Units not stated ("unknown", e.g. a bare
+    .npy) are taken as given: the array may well be in mV."""
+    name, scale = canonical_units(units)
+    return scale is not None or name == "unknown"
+
+
 def qrs_deflections(y: np.ndarray, k: int, ons, offs, fs: float) -> tuple[float, float]:
     """(R, S) of lead ``k`` of ``y`` [leads, samples]: median over beats of the largest
     deflection above and below the pre-onset level (both >= 0); NaN with too few beats

@@ -237,6 +237,24 @@ def measured_axis(m, present: list[str], uncertain: list[str], statements: str) 
     return MEASURED_AXIS.get(axis_category(m.axis_deg, GROUND_AXIS_CONVENTION))
 
 
+# LVH by the QRS voltages (Sokolow-Lyon or Cornell, ecgbatch.signal.voltage) where the labels
+# state none: the report says so, as the grounded prompt does ("LVH voltage criteria met"), so
+# a model learns to state the LVH the prompt measured. Worded "... by voltage criteria" (a
+# finding, where "voltage criteria for ..." reads as a hedge to ecgbatch.text.findings).
+MEASURED_LVH = ("lvh", "left ventricular hypertrophy by voltage criteria")
+
+
+def measured_lvh(m, present: list[str], uncertain: list[str], statements: str) -> tuple[str, str] | None:
+    """(finding key, phrase) when the voltages meet an LVH criterion and the labels state no LVH
+    (neither present nor uncertain), else None (also for a failed measurement, records not in a
+    voltage unit, and paced records)."""
+    if m is None or m.quality != "ok" or _PACED.search(statements):
+        return None
+    if "lvh" in present or "lvh" in uncertain or not m.lvh_voltage:
+        return None
+    return MEASURED_LVH
+
+
 # Where labels and measurements disagree, the data says neither (a dialogue must not answer
 # "no AV block" and "PR 230 ms", nor "sinus bradycardia" and "rate 80/min").
 LONG_PR_MS = 200
@@ -282,11 +300,12 @@ def record_facts(isrc: InstructSource, src: TextSource, path: str, rec, measure_
         said = " ".join(t for t, _ in stmts)
         meas = plausible_measurements(m, present, uncertain, said)
         absent, meas = reconcile(present, absent, meas)
-        axis = measured_axis(m, present, uncertain, said)
-        if axis is not None:
-            present = sorted([*present, axis[0]], key=KEYS.index)
-            report = T.join_statements([report, axis[1]])
-            statements.append({"text": axis[1], "certain": True, "measured": True})
+        for found in (measured_lvh(m, present, uncertain, said), measured_axis(m, present, uncertain, said)):
+            if found is not None:
+                present = sorted([*present, found[0]], key=KEYS.index)
+                absent = [k for k in absent if k != found[0]]
+                report = T.join_statements([report, found[1]])
+                statements.append({"text": found[1], "certain": True, "measured": True})
     codes = json.loads(src.codes(path, rid)) if spec.text == "ptbxl" else {}
     return RecordFacts(spec.name, rid, group, str(path), report, statements, present, uncertain, absent, meas, codes)
 
