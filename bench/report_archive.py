@@ -385,7 +385,7 @@ def print_tables(out: dict, args) -> None:
     print(f"peak memory {n2} / {n1} records     {r['peak_rss_large_over_small']:.3f}  (goal <= 1.10)")
     print(f"(after-first-batch rate of the {n2}-record run: {r2['after_first_batch_records_per_s']:.2f} reports/s; "
           f"finish reasons {r2['finish_reasons']}; failures {r2['failed']})")
-    print(f"(records whose batch entered the engine while another batch generated: "
+    print("(records whose batch entered the engine while another batch generated: "
           + ", ".join(f"{r['overlapped_records']} of {r['records']}" for _, r in sorted(out["end_to_end"].items()))
           + ")")
     rd = out.get("ray_data_llm")
