@@ -412,6 +412,7 @@ def run_vllm(folder: Path, prompts, dtype: str, length_specs, config: str, work:
                      "prefill_s": prefill_s, "decode_s": max(0.0, sec - prefill_s),
                      "length_stats": length_stats(counts), "profile": prof.summary(len(reqs))})
         print(f"vllm {config} {spec}: {sec:.1f} s", file=sys.stderr, flush=True)
+    engine.shutdown()      # before the next setting's engine, and not in the interpreter's exit
     return rows
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers.quiet import UNCLEAN_EXIT
 
 from ecgbatch._paths import REPO_ROOT
 
@@ -39,6 +40,7 @@ def test_chat_end_to_end(llava_converted, ecg_server, tmp_path):
     p = _chat([str(REPO_ROOT / RECORD), "--model", str(llava_converted), "--max-tokens", "8"], f"{q1}\n/plot plot.png\n/save conv.json\n{q2}\n/save conv2.json\n/reset\n/save empty.json\n/quit\n",
               tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert not [n for n in UNCLEAN_EXIT if n in p.stderr], p.stderr[-3000:]   # AsyncLLM shut down, not left to exit
     out = p.stdout
     assert "12 leads (I II III aVR aVL aVF V1 V2 V3 V4 V5 V6), 500 Hz, 10.0 s" in out
     assert out.count("lead II (10.0 s") == 2                  # once at the start, once for /plot

@@ -127,9 +127,20 @@ def test_rerun_skips_everything_committed(embedded, sample_archive):
     assert sorted(p.name for p in t.shard_files()) == before
 
 
+def _live_ledgers(ray) -> list[str]:
+    """The read ledgers alive in the session (named actors: a killed one is gone from the list)."""
+    from ecgbatch.pipelines.read_ledger import LEDGER_NAME_PREFIX
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(LEDGER_NAME_PREFIX))
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_grown_archive_adds_only_new_records(ray_local, sample_archive, tmp_path):
+    """... and each run kills its own read ledger: the session's Ray (long-lived, as a cluster)
+    keeps none of them."""
+    ledgers = _live_ledgers(ray_local)
     arch = tmp_path / "arch"
     shutil.copytree(Path(sample_archive) / "ludb", arch / "ludb")
     ws = tmp_path / "ws"
@@ -147,6 +158,10 @@ def test_grown_archive_adds_only_new_records(ray_local, sample_archive, tmp_path
     assert len(ids) == len(set(ids)) == len(files)
     idx_rows = s2.index["rows"]
     assert s2.index["action"] == "updated" and idx_rows == len(files)
+    deadline = time.time() + 60                  # ray.kill returns before the actor is gone
+    while _live_ledgers(ray_local) != ledgers and time.time() < deadline:
+        time.sleep(0.5)
+    assert _live_ledgers(ray_local) == ledgers
 
 
 @pytest.mark.ray

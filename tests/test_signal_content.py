@@ -3,8 +3,6 @@ refused before a model reports on it; real records pass; one bad lead among good
 not refused."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -81,9 +79,9 @@ def test_report_input_marks_and_refuses_a_record_without_content(sample_archive)
     out = read_stage.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=False)
     assert out["ok"][0] and NO_CONTENT in out["quality"][0].split(LABEL_SEP)
     udf = ReportUDF.__new__(ReportUDF)
-    udf.question, udf.max_tokens, udf.lora, udf._ids = "Please describe this ECG.", 2, None, {}
+    udf.question, udf.max_tokens, udf.lora = "Please describe this ECG.", 2, None
     udf.grounded, udf.labeller = True, None          # grounded: the question gets no grounds to state
-    udf._ids_lock = threading.Lock()
+    udf._prompt_ids = None                           # no prompt is built for it (a call would fail)
     res = udf.report_batch(dict(out))                # one batch, as the actor's __call__ runs it in a thread
     assert not res["ok"][0] and res["error_kind"][0] == NO_CONTENT and res["report"][0] == ""
     assert res["findings"][0] == "[]" and res["question"][0] == "Please describe this ECG."

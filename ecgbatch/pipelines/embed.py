@@ -27,6 +27,7 @@ from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, 
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import NO_ACTOR_RESTARTS, no_restart_warning, quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_ledger import run_ledger
 from ecgbatch.pipelines.read_stage import failures_table, metadata_columns, read_stage
 from ecgbatch.pipelines.sources import list_sources
 from ecgbatch.pipelines.table_model import model_weights_hash
@@ -76,13 +77,14 @@ class EncoderUDF:
 def build_dataset(blocks: list[tuple[str, list[str], list[str]]], *, model: str, spec: dict[str, Any],
                   weights_hash: str, preprocess: dict, batch_size: int = 64, encoders: int = 1,
                   gpus_per_encoder: float = 0.0, cpus_per_encoder: float = 1.0, measure: bool = True,
-                  rhythm: dict | None = None):
-    """The Ray Dataset of the embed job (lazy; iterate it to run). ``blocks``: [(key, sources, ids)]."""
+                  rhythm: dict | None = None, ledger=None):
+    """The Ray Dataset of the embed job (lazy; iterate it to run). ``blocks``: [(key, sources, ids)].
+    ``ledger``: the run's read ledger (read_ledger.run_ledger)."""
     from ray.data import ActorPoolStrategy
 
     if batch_size < 1 or encoders < 1:
         raise ValueError(f"batch_size and encoders must be >= 1, got {batch_size!r}, {encoders!r}")
-    ds = read_stage(blocks, preprocess, measure=measure, rhythm=rhythm)
+    ds = read_stage(blocks, preprocess, ledger=ledger, measure=measure, rhythm=rhythm)
     use_gpu = gpus_per_encoder > 0
     with no_restart_warning():
         ds = ds.map_batches(
@@ -187,7 +189,7 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
         summary = EmbedSummary(table=str(table.root), model=str(model), total_records=len(all_sources),
                                already_done=len(all_sources) - len(todo))
         if blocks:
-            with ray_session(address, num_cpus):
+            with ray_session(address, num_cpus), run_ledger() as ledger:
                 import ray
 
                 quiet_ray_data()
@@ -198,7 +200,7 @@ def run(archive: str, workspace: str | os.PathLike | None = None, model: str = D
                                    weights_hash=signature["weights_hash"], preprocess=pcfg.to_dict(),
                                    batch_size=batch_size, encoders=encoders,
                                    gpus_per_encoder=gpus_per_encoder, cpus_per_encoder=cpus_per_encoder,
-                                   measure=measure, rhythm=rhythm)
+                                   measure=measure, rhythm=rhythm, ledger=ledger)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), console=console, enabled=progress) as bar:
                     _consume(ds, table, expected, signature, dim, summary, bar)

@@ -10,15 +10,20 @@ attempt reads "carefully", telling the ledger which record it is on before each 
 too, the next attempt learns the record and writes it as a failure (error_kind
 ``reader_crash``) instead of reading it again. So a crashing record costs two retries and
 records that never crash cost nothing. Works on a cluster: the ledger is an actor, not a file on
-one node.
+one node. One ledger per job run (run_ledger), killed by its handle when the run ends, so a
+long-lived Ray (a cluster, a service, a test session) does not collect one per run; named
+``ecgbatch-read-ledger-*`` so that `ray list actors` shows whose it is.
 """
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ecgbatch.errors import EcgbatchError
 
 READ_TASK_RETRIES = 10  # each crashing record of a block costs two retries
+LEDGER_NAME_PREFIX = "ecgbatch-read-ledger-"
 
 
 class ReadRetriesExhausted(EcgbatchError, RuntimeError):
@@ -66,7 +71,21 @@ def start_ledger():
     """A ReadLedger actor in the current Ray session (no CPU reserved: it only keeps a dict)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=-1)(ReadLedger).remote()
+    return ray.remote(num_cpus=0, max_restarts=-1)(ReadLedger).options(
+        name=LEDGER_NAME_PREFIX + uuid.uuid4().hex[:12]).remote()
+
+
+@contextmanager
+def run_ledger() -> Iterator[Any]:
+    """The ledger of one job run (its read stage's, read_stage.read_stage), killed by its handle
+    when the run ends, whether it finished, failed or was interrupted."""
+    import ray
+
+    ledger = start_ledger()
+    try:
+        yield ledger
+    finally:
+        ray.kill(ledger, no_restart=True)
 
 
 class ReadTracker:
@@ -106,4 +125,5 @@ def crash_row(key: str) -> dict[str, Any]:
                        "native code, or killed for memory); the task was retried without it"}
 
 
-__all__ = ["READ_TASK_RETRIES", "ReadLedger", "ReadRetriesExhausted", "ReadTracker", "start_ledger", "crash_row"]
+__all__ = ["READ_TASK_RETRIES", "LEDGER_NAME_PREFIX", "ReadLedger", "ReadRetriesExhausted", "ReadTracker",
+           "start_ledger", "run_ledger", "crash_row"]

@@ -2,7 +2,7 @@
 with the metadata and measurements the tables keep, as plain functions that run as Ray tasks
 (testable without Ray), and the table columns built from their rows.
 
-    read_stage(blocks, preprocess)     one Ray task per block, running read_and_preprocess
+    read_stage(blocks, preprocess, ledger=...)   one Ray task per block, running read_and_preprocess
     read_and_preprocess(batch, ...)    one block: read, preprocess, measure; failures as rows
     metadata_columns / failures_table  the shard columns from those rows
 """
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.pipelines import sources as src
-from ecgbatch.pipelines.read_ledger import crash_row, ReadTracker, start_ledger
+from ecgbatch.pipelines.read_ledger import crash_row, ReadTracker
 from ecgbatch.signal import preprocess
 from ecgbatch.signal.config import PreprocessConfig
 from ecgbatch.signal.content import physiological_flags
@@ -161,10 +161,11 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
-def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, measure: bool = False,
-               rhythm: dict | None = None, measure_method: str = "ecgchat"):
+def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, ledger,
+               measure: bool = False, rhythm: dict | None = None, measure_method: str = "ecgchat"):
     """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
-    ``(key, sources, ids)`` running read_and_preprocess."""
+    ``(key, sources, ids)`` running read_and_preprocess. ``ledger``: the run's ReadLedger actor
+    (read_ledger.run_ledger, which kills it when the run ends)."""
     import ray
 
     items = [{"block": k, "sources": list(s), "ids": list(i)} for k, s, i in blocks]
@@ -180,7 +181,7 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
     # ledger bounds it at READ_TASK_RETRIES per block
     return ds.map_batches(read_and_preprocess, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
-                                     "ledger": start_ledger(), "measure_method": measure_method},
+                                     "ledger": ledger, "measure_method": measure_method},
                           num_cpus=1, memory=block_bytes)
 
 

@@ -18,6 +18,7 @@ model + adapter + prompt settings (report-<name>-<fingerprint>-<settings hash>).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -43,6 +44,7 @@ from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, 
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.progress import RecordProgress
 from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
+from ecgbatch.pipelines.read_ledger import run_ledger
 from ecgbatch.pipelines.read_stage import (LABEL_SEP, MEASUREMENT_COLUMNS, failures_table, metadata_columns,
                                            read_stage)
 from ecgbatch.pipelines.sources import list_sources
@@ -53,6 +55,10 @@ from ecgbatch.signal.content import NO_CONTENT
 DEFAULT_BLOCK_SIZE = 64
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_OVERLAP = 2      # batches in an engine actor at once (1: one after the other)
+# questions whose prompt ids an engine actor keeps: a fixed question (report, question modes) is
+# one; grounded, rag and ddp prompts are one per record and never come back, so a long run must
+# not keep them all; a few batches' worth covers the batches in flight
+PROMPT_ID_CACHE = 128
 PROMPT_MODES = ("report", "question", "ddp", "rag")
 _VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL",
              "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
@@ -142,19 +148,19 @@ class ReportUDF:
         self.engine = EcgLlavaEngine(model_dir, **engine_kwargs)
         self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
         self.grounded, self.labeller = bool(grounded), grounds_labeller(model_dir)
-        self._ids: dict[str, list[int]] = {}
-        self._ids_lock = threading.Lock()    # a fast tokenizer refuses concurrent use ("Already borrowed")
+        self._prompt_ids = prompt_id_cache(self.engine.prompt_ids)
         self._slots = asyncio.Semaphore(int(overlap))     # bound to the actor's loop at first use
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         async with self._slots:
             return await in_daemon_thread(self.report_batch, batch)
 
-    def _prompt_ids(self, question: str) -> list[int]:
-        with self._ids_lock:
-            if question not in self._ids:
-                self._ids[question] = self.engine.prompt_ids(question)
-            return self._ids[question]
+    def __del__(self):
+        """Ray Data deletes the UDF when the actor exits gracefully (the pool's end): stop the
+        engine's process then, not in the interpreter's exit."""
+        engine = getattr(self, "engine", None)      # None when __init__ failed before the engine
+        if engine is not None:
+            engine.shutdown()
 
     def report_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecgbatch.serving.engine import EcgRequest
@@ -227,6 +233,19 @@ class ReportUDF:
         return done
 
 
+def prompt_id_cache(prompt_ids, maxsize: int = PROMPT_ID_CACHE):
+    """``prompt_ids`` (question -> token ids) for the batches' threads: one call at a time (a fast
+    tokenizer refuses concurrent use: "Already borrowed"), the last ``maxsize`` questions kept
+    (least recently used out first; ``cache_info()`` says hits, misses and size)."""
+    lock = threading.Lock()
+
+    def tokenize(question: str) -> list[int]:
+        with lock:
+            return prompt_ids(question)
+
+    return functools.lru_cache(maxsize=maxsize)(tokenize)
+
+
 async def in_daemon_thread(fn, *args):
     """``await fn(*args)`` run in a daemon thread of its own. Not asyncio.to_thread: the
     interpreter's exit joins that executor's threads, so a batch waiting on its engine would hold
@@ -296,17 +315,17 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
                   lora: str | None, max_tokens: int, question: str, engines: int = 1,
                   gpus_per_engine: float = 0.0, cpus_per_engine: float = 1.0,
                   batch_size: int = DEFAULT_BATCH_SIZE, prompt_stage=None, grounded: bool = False,
-                  overlap: int = DEFAULT_OVERLAP):
+                  overlap: int = DEFAULT_OVERLAP, ledger=None):
     """The Ray Dataset of the report job (lazy). ``prompt_stage``: an optional (fn, map_batches
     keyword arguments) stage that adds a per-record ``question`` column (rag) between reading and
     generating, one whole block per call. ``overlap``: batches each engine actor works on at once
-    (ReportUDF)."""
+    (ReportUDF). ``ledger``: the run's read ledger (read_ledger.run_ledger)."""
     from ray.data import ActorPoolStrategy
 
     if batch_size < 1 or engines < 1 or overlap < 1:
         raise ValueError(f"batch_size, engines and overlap must be >= 1, got {batch_size!r}, {engines!r}, "
                          f"{overlap!r}")
-    ds = read_stage(blocks, preprocess, measure=True, measure_method=GROUND_METHOD)   # the grounds
+    ds = read_stage(blocks, preprocess, ledger=ledger, measure=True, measure_method=GROUND_METHOD)   # the grounds
     env = {k: os.environ[k] for k in _VLLM_ENV if k in os.environ}
     ctor = {"model_dir": model_dir, "fingerprint": fingerprint, "engine_kwargs": ekw, "lora": lora,
             "max_tokens": max_tokens, "question": question, "env": env, "grounded": grounded,
@@ -467,7 +486,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
         summary = ReportSummary(table=str(table.root), model=str(folder), prompt_mode=settings.mode,
                                 total_records=len(all_sources), already_done=len(all_sources) - len(todo))
         if blocks:
-            with ray_session(address, num_cpus):
+            with ray_session(address, num_cpus), run_ledger() as ledger:
                 import ray
 
                 quiet_ray_data()
@@ -483,7 +502,7 @@ def run(archive: str, model_dir: str | os.PathLike, workspace: str | os.PathLike
                                    question=settings.question, engines=engines,
                                    gpus_per_engine=gpus_per_engine, cpus_per_engine=cpus_per_engine,
                                    batch_size=batch_size, prompt_stage=prompt_stage,
-                                   grounded=settings.grounded, overlap=overlap)
+                                   grounded=settings.grounded, overlap=overlap, ledger=ledger)
                 expected = {k: len(chunk) for k, chunk, _ in blocks}
                 with RecordProgress(len(todo), "reporting", console=console, enabled=progress,
                                     tokens=True) as bar:

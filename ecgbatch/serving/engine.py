@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -151,6 +152,21 @@ class EngineOptions:
     repetition_penalty: float | None = None  # default: the model config's generation.repetition_penalty
 
 
+def stop_engine(loop: EngineLoop, llm, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """vLLM's own shutdown of an offline ``LLM`` (what AsyncLLM.shutdown does for the async one):
+    our loop first (no step in flight), then the engine-core client (MPClient: it stops its
+    process monitor before the process, so the monitor does not report a death), then the
+    renderer's thread pools."""
+    loop.stop()
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        core.shutdown(timeout=timeout)
+    renderer = getattr(engine, "renderer", None)
+    if renderer is not None:
+        renderer.shutdown()
+
+
 class EcgLlavaEngine:
     def __init__(self, model_dir: str | Path, options: EngineOptions | None = None, **kw):
         self.options = opts = options or EngineOptions(**kw)
@@ -167,6 +183,10 @@ class EcgLlavaEngine:
         self.llm = self._build_llm()
         self.loop = EngineLoop(self.llm)      # generate() from any thread; calls overlap in the engine
         self._tokenizer = None
+        # shutdown(), or at the latest when this object is collected or the interpreter exits:
+        # finalizers run newest first there, so before vLLM's own (which race its engine-process
+        # monitor: "engine core exited unexpectedly"); holds the engine, not this object
+        self._stopper = weakref.finalize(self, stop_engine, self.loop, self.llm, SHUTDOWN_TIMEOUT_S)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _token_count(self) -> int:
@@ -203,11 +223,10 @@ class EcgLlavaEngine:
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Stop vLLM's engine process now and wait for it, rather than leave it to the interpreter's
         exit (where vLLM's finalizer races the other exit handlers: "engine core exited
-        unexpectedly", force kills after 5 s). Idempotent."""
-        self.loop.stop()
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown(timeout=timeout)
+        unexpectedly", force kills after 5 s). Idempotent; an engine nobody shut down is stopped
+        the same way when it is collected or at the interpreter's exit."""
+        if self._stopper.detach() is not None:
+            stop_engine(self.loop, self.llm, timeout)
 
     # -- prompts ----------------------------------------------------------------------------------
     @property

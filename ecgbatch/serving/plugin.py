@@ -2,9 +2,13 @@
 
 vLLM calls ``register()`` in every process it starts (the CPU platform spawns its engine), so it
 must be idempotent and cheap: it registers the ``ecg_llava`` config type with transformers'
-AutoConfig and the model class by its import path (imported only when a model needs it).
+AutoConfig and the model class by its import path (imported only when a model needs it), and in
+vLLM's engine-core process starts the watch that stops it when its parent dies
+(ecgbatch.serving.parent_watch).
 """
 from __future__ import annotations
+
+from ecgbatch.serving.parent_watch import watch_parent
 
 ARCHITECTURE = "EcgLlavaForConditionalGeneration"
 MODEL_PATH = "ecgbatch.serving.ecg_llava_vllm:EcgLlavaForConditionalGeneration"
@@ -18,6 +22,7 @@ def register() -> None:
     cfg.register_auto_config()
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_PATH)
+    watch_parent()
 
 
 def entry_point_installed() -> bool:
