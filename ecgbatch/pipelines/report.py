@@ -60,6 +60,7 @@ DEFAULT_OVERLAP = 2      # batches in an engine actor at once (1: one after the 
 # not keep them all; a few batches' worth covers the batches in flight
 PROMPT_ID_CACHE = 128
 PROMPT_MODES = ("report", "question", "ddp", "rag")
+ENGINE_ACTOR_RAY_ENV = {"RAY_kill_child_processes_on_worker_exit": "0"}
 _VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_LOGGING_LEVEL",
              "VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS")
 
@@ -343,6 +344,11 @@ def build_dataset(blocks, *, model_dir: str, fingerprint: str, preprocess: dict,
             compute=ActorPoolStrategy(size=engines, max_concurrent_calls_per_actor=overlap),
             batch_size=batch_size, num_gpus=gpus_per_engine,
             num_cpus=cpus_per_engine if gpus_per_engine <= 0 else 1,
+            # Ray kills a worker's child processes as the worker exits, before its Python exit
+            # runs: the engine core died under its client ("engine core exited unexpectedly").
+            # The engine stops itself at the actor's exit (stop_engine), and an orphaned engine
+            # core stops on its own (serving.parent_watch)
+            runtime_env={"env_vars": ENGINE_ACTOR_RAY_ENV},
             max_restarts=0)  # a dead engine fails the run (resume), no silent restart
 
 
