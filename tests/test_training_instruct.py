@@ -238,13 +238,12 @@ def test_a_report_states_lvh_by_voltage_when_the_labels_state_none(shared_data):
     spec = importlib.util.spec_from_file_location("report_goals", REPO_ROOT / "bench" / "report_goals.py")
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
-    n_met = n_added = 0
+    n_added = 0
     for f in b.records:
         m = measure(read_record(f.path), method="multilead")
         added = [s for s in f.statements if s.get("measured") and s["text"] == MEASURED_LVH[1]]
         labelled = [s["text"] for s in f.statements if not s.get("measured")]
         lab_lvh = extract_findings(". ".join(labelled)).get("lvh")
-        n_met += bool(m.lvh_voltage)
         if m.quality == "ok" and m.lvh_voltage and lab_lvh is None:
             assert added == [{"text": MEASURED_LVH[1], "certain": True, "measured": True}]
             assert "lvh" in f.present and "lvh" not in f.absent
@@ -254,4 +253,4 @@ def test_a_report_states_lvh_by_voltage_when_the_labels_state_none(shared_data):
             n_added += 1
         else:
             assert not added
-    assert n_added >= 2 and n_met >= n_added
+    assert n_added >= 2

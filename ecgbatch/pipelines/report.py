@@ -156,13 +156,6 @@ class ReportUDF:
         async with self._slots:
             return await in_daemon_thread(self.report_batch, batch)
 
-    def __del__(self):
-        """Ray Data deletes the UDF when the actor exits gracefully (the pool's end): stop the
-        engine's process then, not in the interpreter's exit."""
-        engine = getattr(self, "engine", None)      # None when __init__ failed before the engine
-        if engine is not None:
-            engine.shutdown()
-
     def report_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ecgbatch.serving.engine import EcgRequest
 
