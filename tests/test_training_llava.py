@@ -183,3 +183,27 @@ def test_align_job_trains_the_projector_only(tmp_path, llava_converted, instruct
     assert not torch.equal(proj["projector.0.weight"], base.projector[0].weight)
     lines = [json.loads(x) for x in (job.run_path() / "metrics.jsonl").read_text().splitlines()]
     assert res.metrics["epoch"] == 1 and lines[-1]["train/loss"] < lines[0]["train/first_loss"]
+
+
+def test_repeat_puts_reports_stating_a_rare_finding_k_times():
+    """data.repeat: a report item whose answer states the finding (not one that negates it, and
+    not a dialogue) is seen k times; an unknown finding key or a k below 1 is refused."""
+    from ecgbatch.training.instruct_format import InstructItem
+    from ecgbatch.training.llava_job import repeat_items
+
+    def item(i, kind, answer):
+        return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta={"kind": kind},
+                            conversations=[{"from": "human", "value": "<ecg>\nDescribe."},
+                                           {"from": "gpt", "value": answer}])
+
+    items = [item(0, "report", "Sinus rhythm. Left ventricular hypertrophy."),
+             item(1, "report", "Sinus rhythm. No left ventricular hypertrophy."),
+             item(2, "dialogue", "Left ventricular hypertrophy."),
+             item(3, "report", "Atrial fibrillation. Left ventricular hypertrophy.")]
+    got = [it.id for it in repeat_items(items, {"lvh": 3, "atrial_fibrillation": 2})]
+    assert got == ["r0", "r0", "r0", "r1", "r2", "r3", "r3", "r3"]
+    assert [it.id for it in repeat_items(items, {})] == ["r0", "r1", "r2", "r3"]
+    with pytest.raises(ValueError, match="whole number"):
+        repeat_items(items, {"lvh": 0})
+    with pytest.raises(ValueError):
+        repeat_items(items, {"no-such-finding": 2})

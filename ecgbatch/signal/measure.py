@@ -23,7 +23,7 @@ from ecgbatch.signal import filters
 from ecgbatch.signal.delineation import axis_and_regularity, measure_multilead
 from ecgbatch.signal.measurements import (ECGCHAT_FS, Measurements, beat_quality, lead_index,
                                           neurokit_delineate)
-from ecgbatch.signal.voltage import limb_ratios_kept, mv_scale
+from ecgbatch.signal.voltage import limb_ratios_kept, mv_scale, rescaled_per_lead
 
 METHODS = ("ecgchat", "multilead")
 
@@ -117,13 +117,16 @@ def measure_ecgchat(x500: np.ndarray, lead: str = "II", all_leads=None, mv: floa
 def measure(record_or_tuple, method: str = "ecgchat", lead: str = "II") -> Measurements:
     """Measurements of a Record or (signal [leads, samples], fs, leads; mV). Resampled to 500 Hz
     first when needed. The LVH voltages need a Record in a voltage unit, the axis one whose leads
-were not rescaled one by one (ecgbatch.signal.voltage). method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
+were not rescaled one by one (ecgbatch.signal.voltage: by its units, or seen in the signal:
+every lead the same peak to peak). method: "ecgchat" (faithful to ECG-Chat) or "multilead"."""
     if method not in METHODS:
         raise ValueError(f"measure method must be one of {METHODS}, got {method!r}")
     sig, fs, leads, units = _unpack(record_or_tuple)
     i = lead_index(leads, lead)
     x500 = at_500hz(sig, fs)
     mv, axis = mv_scale(units), limb_ratios_kept(units)
+    if rescaled_per_lead(sig):     # whatever the units say, no voltage and no limb-lead ratio is left
+        mv, axis = None, False
     if method == "ecgchat":
         return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads), mv=mv, axis=axis)
     return measure_multilead(x500, leads, lead=lead, mv=mv, axis=axis)

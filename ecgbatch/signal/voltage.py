@@ -44,6 +44,28 @@ def limb_ratios_kept(units: str | None) -> bool:
     return scale is not None or name == "unknown"
 
 
+RESCALED_SPREAD = 1.02   # max/min peak-to-peak across leads below this: the leads were rescaled one by one
+MIN_LEADS_FOR_RESCALE_CHECK = 6
+
+
+def rescaled_per_lead(sig: np.ndarray) -> bool:
+    """Whether the leads of ``sig`` [leads, samples] were rescaled one by one to a common size,
+    whatever the units say: every lead (at least 6 with a signal) spans the same peak to peak
+    within 2 %. Real leads differ (limb leads are smaller than chest leads, aVR than II; on the
+    PTB-XL and Challenge records here the largest lead spans at least 1.7 times the smallest),
+    so such a record's mV are not its voltages and its limb-lead ratios are gone: no voltage
+    criterion and no axis can be read from it. A flat (zero) lead is left out of the check."""
+    x = np.asarray(sig, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < MIN_LEADS_FOR_RESCALE_CHECK or x.shape[1] < 2:
+        return False
+    with np.errstate(invalid="ignore"):
+        pp = np.nanmax(x, axis=1) - np.nanmin(x, axis=1)
+    pp = pp[np.isfinite(pp) & (pp > 0)]
+    if len(pp) < MIN_LEADS_FOR_RESCALE_CHECK:
+        return False
+    return bool(pp.max() / pp.min() < RESCALED_SPREAD)
+
+
 def qrs_deflections(y: np.ndarray, k: int, ons, offs, fs: float) -> tuple[float, float]:
     """(R, S) of lead ``k`` of ``y`` [leads, samples]: median over beats of the largest
     deflection above and below the pre-onset level (both >= 0); NaN with too few beats

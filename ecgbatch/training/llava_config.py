@@ -41,6 +41,10 @@ class LlavaDataConfig:
     split: str | None = "train"       # meta.split of the items to train on (None: all)
     kinds: list[str] | None = None    # meta.kind filter (report, dialogue); None: all
     max_items: int | dict | None = None   # a seeded subset (smoke runs, CPU budgets); {kind: n}: per kind
+    repeat: dict = field(default_factory=dict)   # {finding key: k}: report items whose answer states
+                                      # the finding (negation-aware, ecgbatch.text.findings) are seen
+                                      # k times per epoch (after max_items): a rare statement the model
+                                      # must learn to make, e.g. {lvh: 3}
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven

@@ -159,7 +159,27 @@ def select_items(job: LlavaJobConfig):
         items = seeded_subset(items, cap, job.seed)
     if not items:
         raise ValueError(f"no items of {job.data.instruct!r} match split={job.data.split!r}, kinds={job.data.kinds!r}")
-    return items
+    return repeat_items(items, job.data.repeat)
+
+
+def repeat_items(items, repeat: dict | None):
+    """Report items whose answer states one of ``repeat``'s findings (negation-aware), ``k`` times
+    in all (the largest k of the findings it states), kept next to each other; the loader shuffles."""
+    if not repeat:
+        return list(items)
+    from ecgbatch.text.findings import positive_findings
+
+    bad = [k for k, n in repeat.items() if not (isinstance(n, int) and n >= 1)]
+    if bad:
+        raise ValueError(f"data.repeat wants a whole number >= 1 per finding, got {repeat!r}")
+    out = []
+    for it in items:
+        k = 1
+        if it.meta.get("kind") == "report" and len(it.conversations) > 1:
+            stated = positive_findings(it.conversations[-1]["value"], tuple(repeat))
+            k = max((repeat[f] for f in stated), default=1)
+        out.extend([it] * k)
+    return out
 
 
 def label_items(items, tokenizer, config, max_length: int, log=print):
