@@ -1,16 +1,18 @@
 """Frontal QRS axis (ecgbatch.signal.axis) and rate/regularity facts (ecgbatch.signal.rate): the
-hexaxial geometry, the conventions' boundaries, and real LUDB records (physics: a limb-lead
+hexaxial geometry, the conventions' boundaries, and real records in mV (physics: a limb-lead
 reversal mirrors the axis; the measurement is invariant to lead order and sampling rate; the
-cardiologists' categories order the measured degrees)."""
+cardiologists' categories order the measured degrees); ../shared's LUDB copy, rescaled lead by
+lead, has no axis."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
-import re
 
 import numpy as np
 import pytest
 
+from ecgbatch.io import read_record
 from ecgbatch.io.record import Record
 from ecgbatch.signal import measure
 from ecgbatch.signal.axis import LIMB_LEADS, axis_category, axis_from_areas, wrap_degrees
@@ -79,6 +81,9 @@ def test_rate_and_regularity_facts():
 
 
 # --- real records ------------------------------------------------------------------------------
+# In mV: PTB-XL's own 100 Hz WFDB release (../shared/data/ptbxl2k, with the cardiologists'
+# heart_axis codes) and a PTB-XL record of the Challenge at 500 Hz (sample archive). Not LUDB:
+# ../shared's LUDB copy has every lead rescaled to 1.000 mV peak to peak, so it has no axis.
 
 def _record(path) -> Record:
     sig, f = wfdb.rdsamp(str(path))
@@ -90,22 +95,36 @@ def ludb(shared_data):
     return shared_data / "ludb" / "data"
 
 
-def test_both_methods_measure_the_axis_and_rr_regularity(ludb):
-    rec = _record(ludb / "83")  # LUDB: atrial fibrillation, left axis deviation
+@pytest.fixture(scope="module")
+def ptbxl(shared_data):
+    return shared_data / "ptbxl2k"
+
+
+def _ptbxl_rows(ptbxl) -> dict[str, dict]:
+    with open(ptbxl / "ptbxl_database.csv", newline="") as f:
+        return {r["ecg_id"]: r for r in csv.DictReader(f)}
+
+
+def _ptbxl_record(ptbxl, ecg_id: int) -> Record:
+    return _record(ptbxl / "records100" / f"{ecg_id // 1000 * 1000:05d}" / f"{ecg_id:05d}_lr")
+
+
+def test_both_methods_measure_the_axis_and_rr_regularity(ptbxl):
+    rec = _ptbxl_record(ptbxl, 691)  # PTB-XL: atrial fibrillation, heart_axis LAD (left axis deviation)
     ml, ec = measure(rec, method="multilead"), measure(rec, method="ecgchat")
     assert ml.axis_deg < -30 and ml.axis_category == "left"
     assert abs(wrap_degrees(ml.axis_deg - ec.axis_deg)) < 10  # same windows, R peaks from the same detector
     assert ml.rr_irregular is True and ec.rr_irregular is True
     d = ml.to_dict()
     assert d["axis_category"] == "left" and d["rr_irregular"] is True and isinstance(d["axis_deg"], float)
-    sinus = measure(_record(ludb / "1"), method="multilead")  # sinus bradycardia
+    sinus = measure(_ptbxl_record(ptbxl, 2), method="multilead")  # "sinusbradykardie sonst normales ekg"
     assert sinus.rr_irregular is False and rate_category(sinus.hr_bpm) == "bradycardia"
 
 
-def test_limb_lead_reversal_mirrors_the_axis(ludb):
+def test_limb_lead_reversal_mirrors_the_axis(ptbxl):
     """Swapping the arm electrodes gives I -> -I, II <-> III, aVR <-> aVL, aVF unchanged: the
     heart vector is mirrored about the vertical, so the axis becomes 180 - theta."""
-    rec = _record(ludb / "11")
+    rec = _ptbxl_record(ptbxl, 225)   # heart_axis MID
     ix = {n.lower(): i for i, n in enumerate(rec.leads)}
     sig = rec.signal.copy()
     sig[ix["i"]] = -rec.signal[ix["i"]]
@@ -113,12 +132,14 @@ def test_limb_lead_reversal_mirrors_the_axis(ludb):
     sig[[ix["avr"], ix["avl"]]] = rec.signal[[ix["avl"], ix["avr"]]]
     a = measure(rec, method="multilead").axis_deg
     b = measure(dataclasses.replace(rec, signal=sig), method="multilead").axis_deg
-    assert abs(wrap_degrees(b - (180.0 - a))) < 3, (a, b)
+    assert math.isfinite(a) and abs(wrap_degrees(b - (180.0 - a))) < 3, (a, b)
 
 
-def test_axis_is_invariant_to_lead_order_and_sampling_rate(ludb):
-    rec = _record(ludb / "3")
+def test_axis_is_invariant_to_lead_order_and_sampling_rate(sample_archive):
+    rec = read_record(sample_archive / "cinc2021" / "HR03961.hea")   # PTB-XL via the Challenge: 500 Hz, mV
+    assert rec.fs == 500
     a = measure(rec, method="multilead").axis_deg
+    assert math.isfinite(a)
     order = np.random.default_rng(0).permutation(len(rec.leads))
     shuffled = (rec.signal[order], rec.fs, tuple(rec.leads[i] for i in order))
     assert abs(measure(shuffled, method="multilead").axis_deg - a) < 1e-6
@@ -133,29 +154,44 @@ def test_flat_record_has_no_axis():
     assert math.isnan(m.axis_deg) and m.axis_category is None and m.to_dict()["axis_deg"] is None
 
 
-def test_cardiologists_categories_order_the_measured_degrees(ludb):
-    """First 40 LUDB records: the median measured axis rises from "left axis deviation" to
-    "normal" to "vertical", as the categories do (bench/axis.py has the full comparison)."""
+def test_cardiologists_categories_order_the_measured_degrees(ptbxl):
+    """First 40 ptbxl2k records with a heart_axis code: the median measured axis rises with the
+    German Lagetyp codes, ALAD (beyond -30) < LAD (Linkstyp -30..+30, some coded from an English
+    "left axis deviation") < MID (normal) < RAD (beyond +90) (bench/axis.py has the full comparison)."""
     by: dict[str, list[float]] = {}
-    for hea in sorted(ludb.glob("*.hea"), key=lambda p: int(p.stem))[:40]:
-        m = re.search(r"#Electric axis of the heart:\s*([a-z ]+)", hea.read_text())
-        if m:
-            by.setdefault(m.group(1).strip(), []).append(
-                measure(_record(hea.with_suffix("")), method="multilead").axis_deg)
+    rows = [r for r in _ptbxl_rows(ptbxl).values() if r["heart_axis"]][:40]
+    for r in rows:
+        by.setdefault(r["heart_axis"], []).append(
+            measure(_record(ptbxl / r["filename_lr"]), method="multilead").axis_deg)
     med = {k: float(np.median(v)) for k, v in by.items()}
-    assert med["left axis deviation"] < med["normal"] < 90
-    assert med["left axis deviation"] < 30 and 30 <= med["normal"] <= 70
+    assert med["ALAD"] < med["LAD"] < med["MID"] < med["RAD"]
+    assert med["ALAD"] < -30 and -30 < med["LAD"] < 30 and 30 <= med["MID"] <= 70 and med["RAD"] > 90
 
 
 @pytest.mark.parametrize("method", ["multilead", "ecgchat"])
-def test_leads_rescaled_one_by_one_have_no_axis(ludb, method):
+def test_leads_rescaled_one_by_one_have_no_axis(ptbxl, method):
     """The axis rests on the ratios between limb leads: a record in a voltage unit, or whose
     units are not stated, has one; the same signal declared "normalized" (z-scored per lead, like
     PTB-XL's shared .npy subset) has none, while the rate and RR regularity stay."""
-    rec = _record(ludb / "83")
+    rec = _ptbxl_record(ptbxl, 691)
     base = measure(rec, method=method)
     unknown = measure(dataclasses.replace(rec, units="unknown"), method=method)
     zs = measure(dataclasses.replace(rec, units="normalized"), method=method)
     assert math.isfinite(base.axis_deg) and unknown.axis_deg == base.axis_deg
     assert math.isnan(zs.axis_deg) and zs.axis_category is None
     assert zs.hr_bpm == base.hr_bpm and zs.rr_nrmssd == base.rr_nrmssd
+
+
+@pytest.mark.parametrize("method", ["multilead", "ecgchat"])
+def test_shared_ludb_copy_has_no_axis_and_no_voltages(ludb, method):
+    """../shared's LUDB copy says mV, but every lead of every record spans 1.000 mV peak to peak
+    (rescaled one by one): no axis and no LVH voltage is stated for it, while the rate, the RR
+    regularity and the intervals are still measured (LUDB 83: atrial fibrillation; LUDB 1:
+    sinus bradycardia)."""
+    af, brady = (measure(_record(ludb / n), method=method) for n in ("83", "1"))
+    for m in (af, brady):
+        assert math.isnan(m.axis_deg) and m.axis_category is None
+        assert math.isnan(m.sokolow_lyon_mv) and math.isnan(m.cornell_mv) and m.lvh_voltage is None
+        assert m.quality == "ok" and math.isfinite(m.qrs_ms) and math.isfinite(m.qt_ms)
+    assert af.rr_irregular is True and brady.rr_irregular is False
+    assert rate_category(brady.hr_bpm) == "bradycardia" and math.isfinite(brady.pr_ms)

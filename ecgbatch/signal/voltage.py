@@ -18,6 +18,7 @@ is fitted to any data.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -58,7 +59,8 @@ def rescaled_per_lead(sig: np.ndarray) -> bool:
     x = np.asarray(sig, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < MIN_LEADS_FOR_RESCALE_CHECK or x.shape[1] < 2:
         return False
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():      # an all-NaN lead is left out below, not warned about
+        warnings.simplefilter("ignore", RuntimeWarning)
         pp = np.nanmax(x, axis=1) - np.nanmin(x, axis=1)
     pp = pp[np.isfinite(pp) & (pp > 0)]
     if len(pp) < MIN_LEADS_FOR_RESCALE_CHECK:
