@@ -61,11 +61,29 @@ def test_inspect_json(app, ludb):
     ref = _ludb_reference(ludb / "1")
     assert abs(ml["hr_bpm"] - ref["hr_bpm"]) < 3
     assert abs(ml["qrs_ms"] - ref["qrs_ms"]) < 25 and abs(ml["qt_ms"] - ref["qt_ms"]) < 40
-    for d in (ml, ec):  # LUDB 1: sinus bradycardia, a horizontal-to-left axis (about +15 degrees)
-        assert -30 < d["axis_deg"] < 30 and d["axis_category"] == "normal" and d["rr_irregular"] is False
-        # LVH voltages in mV, from the same QRS windows (LUDB 1 is labelled LVH; its voltages meet neither criterion)
-        assert 0.3 < d["sokolow_lyon_mv"] < 3.5 and 0.1 < d["cornell_mv"] <= 2.8 and d["lvh_voltage"] is False
+    # ../shared's LUDB copy: every lead spans 1.000 mV peak to peak (rescaled one by one), so
+    # neither an axis nor an LVH voltage is stated, though its units say mV
+    assert set(r["peak_to_peak"].values()) == {1.0} and r["rescaled_per_lead"] is True
+    for d in (ml, ec):  # LUDB 1: sinus bradycardia
+        assert d["rr_irregular"] is False and d["axis_deg"] is None and d["axis_category"] is None
+        assert d["sokolow_lyon_mv"] is None and d["cornell_mv"] is None and d["lvh_voltage"] is None
     assert info["ecgchat_wave_text"].startswith(" RR: ") and isinstance(ec["rr_ms"], int)
+    text = CliRunner().invoke(app, ["inspect", str(ludb / "1.hea")])
+    assert text.exit_code == 0 and "no QRS axis and no LVH voltages" in " ".join(text.stdout.split())
+
+
+def test_inspect_json_axis_and_voltages_of_a_record_in_mv(app, shared_data):
+    """PTB-XL 225 (ptbxl2k, 100 Hz, mV; heart_axis MID: a normal axis): both methods state the
+    axis and the LVH voltages in mV."""
+    path = shared_data / "ptbxl2k" / "records100" / "00000" / "00225_lr.hea"
+    res = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["record"]["units"] == "mV" and info["record"]["rescaled_per_lead"] is False
+    for d in info["measurements"].values():
+        assert d["quality"] == "ok" and d["rr_irregular"] is False
+        assert 30 < d["axis_deg"] < 90 and d["axis_category"] == "normal"
+        assert 0.3 < d["sokolow_lyon_mv"] < 3.5 and 0.1 < d["cornell_mv"] <= 2.8 and d["lvh_voltage"] is False
 
 
 def test_inspect_challenge_record_hides_exam_date(app, shared_data):

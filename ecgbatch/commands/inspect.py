@@ -15,6 +15,8 @@ from ecgbatch.commands.common import fail
 def _summary(rec) -> dict[str, Any]:
     import numpy as np
 
+    from ecgbatch.signal.voltage import rescaled_per_lead
+
     sig = np.asarray(rec.signal)
     finite = np.isfinite(sig)
     return {
@@ -28,6 +30,8 @@ def _summary(rec) -> dict[str, Any]:
         "nan_samples": int((~finite).sum()),
         "peak_to_peak": {name: (round(float(np.ptp(sig[i][finite[i]])), 3) if finite[i].any() else None)
                          for i, name in enumerate(rec.leads)},
+        # every lead the same peak to peak: rescaled one by one, so no axis and no LVH voltages
+        "rescaled_per_lead": rescaled_per_lead(sig),
     }
 
 
@@ -106,6 +110,9 @@ def _print_rich(info: dict[str, Any]) -> None:
                 cells.append(_fmt(d.get(key)))
         m.add_row(label, *cells)
     con.print(m)
+    if r.get("rescaled_per_lead"):
+        con.print("[yellow]every lead spans the same peak to peak (rescaled one by one, whatever the units "
+                  "say): no QRS axis and no LVH voltages are stated[/yellow]")
     for name in methods:
         if "error" in info["measurements"][name]:
             con.print(f"[yellow]{name}: {info['measurements'][name]['error']}[/yellow]")
