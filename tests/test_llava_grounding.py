@@ -1,6 +1,6 @@
 """The grounded prompt (ecgbatch.llava.grounding) and the contradictions of a report with it
-(ecgbatch.llava.contradictions), on real records: LUDB and the sample archive, measured with the
-multilead method, with ecg-coca-mini's shipped probes on its real embeddings; the report texts
+(ecgbatch.llava.contradictions), on real records in mV: PTB-XL (ptbxl2k) and the sample archive,
+measured with the multilead method, with ecg-coca-mini's shipped probes on its real embeddings; the report texts
 are hand-written."""
 from __future__ import annotations
 
@@ -27,13 +27,15 @@ def labeller():
 
 @pytest.fixture(scope="module")
 def grounded(sample_archive, shared_data, labeller):
-    """name -> (Measurements, Grounding) for a sinus bradycardia (LUDB 1), an atrial
+    """name -> (Measurements, Grounding) for a sinus bradycardia (PTB-XL 2), an atrial
     fibrillation (Challenge A0689), a sinus rhythm (HR03961) and a marked left axis with atrial
-    fibrillation (LUDB 83)."""
+    fibrillation (PTB-XL 691, heart_axis LAD). Not LUDB: ../shared's copy has its leads rescaled
+    one by one, so it has no axis and no voltages (test_shared_ludb_record_states_no_axis_and_no_voltage)."""
     from ecgbatch.llava.inputs import preprocess_for_model
 
-    paths = {"brady": sample_archive / "ludb" / "1.hea", "af": sample_archive / "cinc2021" / "A0689.hea",
-             "sinus": sample_archive / "cinc2021" / "HR03961.hea", "left": shared_data / "ludb" / "data" / "83.hea"}
+    ptbxl = shared_data / "ptbxl2k" / "records100" / "00000"
+    paths = {"brady": ptbxl / "00002_lr.hea", "af": sample_archive / "cinc2021" / "A0689.hea",
+             "sinus": sample_archive / "cinc2021" / "HR03961.hea", "left": ptbxl / "00691_lr.hea"}
     recs = {k: read_record(p) for k, p in paths.items()}
     x = np.stack([preprocess_for_model(r, labeller.model.preprocess_config) for r in recs.values()])
     emb = labeller.embed(x)
@@ -55,7 +57,7 @@ def test_brady_record_prompt_states_rate_rhythm_axis_intervals_and_probes(ground
     assert lines[0].startswith(f"Measured: heart rate {round(m.hr_bpm)} bpm (bradycardia, regular RR); ")
     cat = axis_category(m.axis_deg, GROUND_AXIS_CONVENTION)
     assert f"QRS axis {round(m.axis_deg)} degrees ({AXIS_TEXT[cat]})" in lines[0]
-    # LUDB is in mV: both LVH voltages are stated, to 0.1 mV
+    # PTB-XL is in mV: both LVH voltages are stated, to 0.1 mV
     assert f"; Sokolow-Lyon {m.sokolow_lyon_mv:.1f} mV, Cornell {m.cornell_mv:.1f} mV." in lines[0]
     assert f"PR {round(m.pr_ms)} ms, QRS {round(m.qrs_ms)} ms, QT/QTc {round(m.qt_ms)}/{round(m.qtc_ms)} ms;" in lines[0]
     assert lines[1].startswith("Classifier findings: sinus bradycardia (p=0.9")
@@ -104,8 +106,8 @@ def test_failed_or_missing_measurements_are_omitted_never_invented():
     assert "PR 160 ms" in ground({**af, "rr_nrmssd": 0.02}).text
 
 
-def test_contradictions_with_measured_rate_axis_and_rhythm(grounded):
-    _, brady = grounded["brady"]   # about 45 bpm, regular RR, axis about +15, QRS about 80 ms
+def test_contradictions_with_measured_rate_axis_and_rhythm(grounded, sample_archive):
+    _, brady = grounded["brady"]   # about 47 bpm, regular RR, axis about +67, QRS about 88 ms, PR about 165 ms
     assert _said(contradictions("Sinus rhythm. Normal ECG.", brady)) >= {("sinus_rhythm", "measurement")}
     assert contradictions("Sinus bradycardia. Normal ECG.", brady) == []
     assert ("sinus_tachycardia", "measurement") in _said(contradictions("Sinus tachycardia.", brady))
@@ -114,7 +116,11 @@ def test_contradictions_with_measured_rate_axis_and_rhythm(grounded):
     assert any("regular RR" in c.against for c in af) and any("constant PR" in c.reason for c in af)
     assert contradictions("Possible atrial fibrillation.", brady) == []  # hedged: not a statement
     assert ("axis_right", "measurement") in _said(contradictions("Right axis deviation.", brady))
-    assert contradictions("Left axis deviation.", brady) == []  # +15 is left in LUDB's/German usage
+    assert ("axis_left", "measurement") in _said(contradictions("Left axis deviation.", brady))
+    assert contradictions("Sinus bradycardia. Normal electrical axis.", brady) == []
+    low = ground(measure(read_record(sample_archive / "ptbxl" / "raw" / "00001_lr.hea"), method="multilead"))
+    assert "QRS axis 18 degrees" in low.text   # PTB-XL 1, mV: axis about +18
+    assert contradictions("Left axis deviation.", low) == []  # +18 is left in LUDB's/German usage
     lbbb = contradictions("Complete left bundle branch block.", brady)
     assert ("lbbb", "measurement") in _said(lbbb) and "120 ms" in lbbb[0].reason
     assert contradictions("Incomplete right bundle branch block.", brady) == []
@@ -128,7 +134,7 @@ def test_contradictions_with_confident_probes(grounded):
     c = next(c for c in no_af if c.finding == "atrial_fibrillation")
     assert c.stated == "negated" and c.statement == "no atrial fibrillation" and "AFIB" in c.against
     assert contradictions("Atrial fibrillation with a normal ventricular rate.", af) == []
-    _, left = grounded["left"]     # LUDB 83: left axis deviation, about -70 degrees
+    _, left = grounded["left"]     # PTB-XL 691: left axis deviation, about -80 degrees
     assert ("axis_normal", "measurement") in _said(contradictions("Normal electrical axis.", left))
     assert contradictions("Left axis deviation.", left) == []
 
@@ -218,7 +224,7 @@ def test_lvh_voltage_criteria_stated_by_the_published_thresholds():
 
 
 def test_a_record_not_in_a_voltage_unit_states_no_voltage(sample_archive):
-    rec = read_record(sample_archive / "ludb" / "1.hea")
+    rec = read_record(sample_archive / "ptbxl" / "raw" / "00001_lr.hea")   # PTB-XL 1, 100 Hz, mV
     in_mv = measure(rec, method="multilead")
     rec.units = "unknown"                      # e.g. a z-scored array
     m = measure(rec, method="multilead")
@@ -226,3 +232,18 @@ def test_a_record_not_in_a_voltage_unit_states_no_voltage(sample_archive):
     assert m.lvh_voltage is None and "Sokolow" not in ground(m).text
     rec.units, rec.signal = "uV", rec.signal * 1000.0
     assert measure(rec, method="multilead").sokolow_lyon_mv == pytest.approx(in_mv.sokolow_lyon_mv, abs=0.011)
+
+
+def test_shared_ludb_record_states_no_axis_and_no_voltage(sample_archive):
+    """LUDB 1 as ../shared (and the sample archive) carry it: "mV", but every lead rescaled to
+    1.000 mV peak to peak. The prompt states its rate, rhythm and intervals, no axis and no
+    voltage, and an axis statement in a report has nothing to contradict."""
+    rec = read_record(sample_archive / "ludb" / "1.hea")
+    m = measure(rec, method="multilead")
+    g = ground(m)
+    assert rec.units == "mV" and np.isnan(m.axis_deg) and np.isnan(m.sokolow_lyon_mv) and np.isnan(m.cornell_mv)
+    assert g.text.startswith(f"Measured: heart rate {round(m.hr_bpm)} bpm (bradycardia, regular RR); PR ")
+    assert "axis" not in g.text and "Sokolow" not in g.text and "Cornell" not in g.text
+    assert not {"axis", "sokolow_lyon", "cornell", "lvh_voltage"} & {f.label for f in g.findings}
+    assert contradictions("Right axis deviation.", g) == [] and contradictions("Left axis deviation.", g) == []
+    assert ("sinus_rhythm", "measurement") in _said(contradictions("Sinus rhythm. Normal ECG.", g))
