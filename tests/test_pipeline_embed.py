@@ -41,12 +41,14 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
     model, _ = model_and_spec
     cfg = model.preprocess_config
     by_key = _sources(sample_archive)
-    good = next(k for k in sorted(by_key) if "/ludb/" in k)
+    # a record in mV (PTB-XL via the Challenge): the sample's LUDB records have every lead rescaled
+    # to the same peak to peak, so they have no axis and no voltages (tests/test_signal_axis.py)
+    good = next(k for k in sorted(by_key) if k.endswith("cinc2021/HR03961.hea"))
     bad = next(k for k in sorted(by_key) if k.endswith("bad/truncated.hea"))
     batch = {"block": np.array(["b1"], dtype=object),
              "sources": np.array([[src.source_to_json(by_key[good]), src.source_to_json(by_key[bad])]],
                                  dtype=object),
-             "ids": np.array([["ludb/x", "bad/truncated"]], dtype=object)}
+             "ids": np.array([["cinc2021/x", "bad/truncated"]], dtype=object)}
     out = read_stage.read_and_preprocess(batch, preprocess=cfg.to_dict(), measure=True)
     assert list(out["ok"]) == [True, False]
     assert out["x"].shape == (2, len(cfg.leads), cfg.n_samples) and out["x"].dtype == np.float32

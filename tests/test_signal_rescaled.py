@@ -24,20 +24,20 @@ def _records(folder, pattern: str):
 def test_every_shared_ludb_record_was_rescaled_per_lead(shared_data):
     recs = _records(shared_data / "ludb" / "data", "*.hea")
     assert len(recs) == 100 and all(r.units == "mV" for r in recs)
-    assert [r.record_id for r in recs if not rescaled_per_lead(r.signal)] == []
+    assert [r.record_id for r in recs if not rescaled_per_lead(r.signal, r.leads)] == []
 
 
 def test_challenge_records_in_mv_are_not(shared_data):
     recs = _records(shared_data / "cinc2021", "*.hea")
     assert len(recs) == 127
-    assert [r.record_id for r in recs if rescaled_per_lead(r.signal)] == []
+    assert [r.record_id for r in recs if rescaled_per_lead(r.signal, r.leads)] == []
 
 
 def test_ptbxl2k_records_in_mv_are_not(shared_data):
     """All 1,732 ptbxl2k records (PTB-XL's own 100 Hz WFDB release, mV; about 4 s)."""
     recs = _records(shared_data / "ptbxl2k" / "records100", "*/*.hea")
     assert len(recs) == 1732
-    assert [r.record_id for r in recs if rescaled_per_lead(r.signal)] == []
+    assert [r.record_id for r in recs if rescaled_per_lead(r.signal, r.leads)] == []
 
 
 @pytest.mark.parametrize("method", ["multilead", "ecgchat"])
@@ -69,3 +69,21 @@ def test_fewer_than_six_leads_with_a_signal_are_not_judged(shared_data):
     flat[n - 1:] = np.nan
     assert not rescaled_per_lead(flat)
     assert not rescaled_per_lead(same[0])                   # one lead, not [leads, samples]
+    # named: III, aVR, aVL, aVF (computed from I and II) are not counted, so the six limb leads
+    # alone are too few
+    assert rec.leads[:6] == ("I", "II", "III", "aVR", "aVL", "aVF")
+    assert rescaled_per_lead(same[:6]) and not rescaled_per_lead(same[:6], rec.leads[:6])
+
+
+def test_limb_leads_derived_after_the_rescaling_do_not_hide_it(sample_archive):
+    """The sample's GE MUSE file of LUDB 1 stores I, II, V1-V6 (each 1.000 mV peak to peak, as
+    ../shared's copy) and computes III, aVR, aVL, aVF from I and II, which then differ: the eight
+    stored leads still show the rescaling, and nothing is stated from them; the MUSE file of a
+    Challenge record in mV keeps its axis."""
+    rec = read_record(sample_archive / "xml" / "ludb_1_muse.xml")
+    assert not rescaled_per_lead(rec.signal) and rescaled_per_lead(rec.signal, rec.leads)
+    m = measure(rec, method="multilead")
+    assert math.isnan(m.axis_deg) and math.isnan(m.sokolow_lyon_mv) and math.isfinite(m.hr_bpm)
+    mv = read_record(sample_archive / "xml" / "cinc2021_A0689_muse.xml")
+    assert not rescaled_per_lead(mv.signal, mv.leads)
+    assert math.isfinite(measure(mv, method="multilead").axis_deg)

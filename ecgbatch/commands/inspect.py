@@ -31,7 +31,7 @@ def _summary(rec) -> dict[str, Any]:
         "peak_to_peak": {name: (round(float(np.ptp(sig[i][finite[i]])), 3) if finite[i].any() else None)
                          for i, name in enumerate(rec.leads)},
         # every lead the same peak to peak: rescaled one by one, so no axis and no LVH voltages
-        "rescaled_per_lead": rescaled_per_lead(sig),
+        "rescaled_per_lead": rescaled_per_lead(sig, rec.leads),
     }
 
 

@@ -125,7 +125,7 @@ every lead the same peak to peak). method: "ecgchat" (faithful to ECG-Chat) or "
     i = lead_index(leads, lead)
     x500 = at_500hz(sig, fs)
     mv, axis = mv_scale(units), limb_ratios_kept(units)
-    if rescaled_per_lead(sig):     # whatever the units say, no voltage and no limb-lead ratio is left
+    if rescaled_per_lead(sig, leads):     # whatever the units say, no voltage and no limb-lead ratio is left
         mv, axis = None, False
     if method == "ecgchat":
         return measure_ecgchat(x500[i], lead=lead, all_leads=(x500, leads), mv=mv, axis=axis)

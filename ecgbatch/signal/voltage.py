@@ -49,15 +49,24 @@ RESCALED_SPREAD = 1.02   # max/min peak-to-peak across leads below this: the lea
 MIN_LEADS_FOR_RESCALE_CHECK = 6
 
 
-def rescaled_per_lead(sig: np.ndarray) -> bool:
+DERIVED_LIMB_LEADS = frozenset({"iii", "avr", "avl", "avf"})   # computed from I and II (Einthoven, Goldberger)
+
+
+def rescaled_per_lead(sig: np.ndarray, leads=None) -> bool:
     """Whether the leads of ``sig`` [leads, samples] were rescaled one by one to a common size,
     whatever the units say: every lead (at least 6 with a signal) spans the same peak to peak
     within 2 %. Real leads differ (limb leads are smaller than chest leads, aVR than II; on the
     PTB-XL and Challenge records here the largest lead spans at least 1.7 times the smallest),
     so such a record's mV are not its voltages and its limb-lead ratios are gone: no voltage
-    criterion and no axis can be read from it. A flat (zero) lead is left out of the check."""
+    criterion and no axis can be read from it. A flat (zero) lead is left out of the check.
+    With ``leads`` named, III, aVR, aVL and aVF are left out too: a format that stores I and II
+    only (GE MUSE: 8 leads) computes them after any rescaling, so they differ even then."""
     x = np.asarray(sig, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < MIN_LEADS_FOR_RESCALE_CHECK or x.shape[1] < 2:
+    if x.ndim != 2 or x.shape[1] < 2:
+        return False
+    if leads is not None:
+        x = x[[lead_key(n) not in DERIVED_LIMB_LEADS for n in leads]]
+    if x.shape[0] < MIN_LEADS_FOR_RESCALE_CHECK:
         return False
     with warnings.catch_warnings():      # an all-NaN lead is left out below, not warned about
         warnings.simplefilter("ignore", RuntimeWarning)
