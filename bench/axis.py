@@ -3,7 +3,11 @@
 - LUDB (../shared/data/ludb/data, the records whose header has an ``#Electric axis of the
   heart:`` line): the 5 categories of LUDB's (Russian) convention: left axis deviation, horizontal,
   normal, vertical, right axis deviation. Agreement = the category of the measured degrees under
-  that convention (axis_category(deg, "ludb")) equals the label.
+  that convention (axis_category(deg, "ludb")) equals the label. ../shared's copy has every lead
+  rescaled one by one to 1.000 mV peak to peak (ecgbatch.signal.voltage.rescaled_per_lead), so
+  the limb-lead ratios the axis rests on are gone: its records are counted as not measurable
+  ("rescaled" column) and not scored, as ecgbatch.signal.measure states no axis for them. (The
+  0.53 agreement once shown for LUDB came from those rescaled leads.)
 - PTB-XL (../shared/data/ptbxl2k, 100 Hz, every record with a ``heart_axis`` code), scored two
   ways. (1) AHA categories (what the grounded prompt states), each code mapped by the statement
   it was coded from: ALAD (überdrehter Linkstyp, beyond -30) -> left; LAD from an English "left
@@ -141,11 +145,18 @@ def evaluate(which: str, limit: int | None = None) -> dict:
     cases = ludb_cases(limit) if which == "ludb" else ptbxl_cases(limit)
     from ecgbatch.testfold import in_test_fold
 
-    out = {"labels": [], "notes": [], "rhythm": [], "nrmssd": [], "test": [], "deg": {k: [] for k in KINDS}}
+    from ecgbatch.signal.voltage import rescaled_per_lead
+
+    out = {"labels": [], "notes": [], "rhythm": [], "nrmssd": [], "test": [], "rescaled": [],
+           "deg": {k: [] for k in KINDS}}
     t0 = time.perf_counter()
     for label, note, rhythm, x, fs, leads, (dataset, rid) in cases:
         out["test"].append(in_test_fold(dataset, rid))
         a = axes_of(np.nan_to_num(np.asarray(x, float)), fs, leads)
+        rescaled = rescaled_per_lead(x, leads)
+        if rescaled:      # no limb-lead ratio left: not measurable (the RR regularity still is)
+            a = {**a, **{k: float("nan") for k in KINDS}}
+        out["rescaled"].append(rescaled)
         out["labels"].append(label)
         out["notes"].append(note)
         out["rhythm"].append(rhythm)
@@ -172,11 +183,12 @@ def scores(res: dict, convention: str, kind: str, scored: tuple[str, ...], mappi
 
     labels, deg = reference(res, mapping), res["deg"][kind]
     pred = [axis_category(d, convention) if math.isfinite(d) else "n/a" for d in deg]
-    keep = [i for i, lab in enumerate(labels) if lab in scored]
+    labelled = [i for i, lab in enumerate(labels) if lab in scored]
+    keep = [i for i in labelled if not res["rescaled"][i]]      # rescaled per lead: not measurable
     agree = sum(pred[i] == labels[i] for i in keep)
     err = [degree_error(deg[i], category_range(convention, labels[i])) for i in keep]
     err = [e for e in err if math.isfinite(e)]
-    return {"n": len(keep), "agree": agree, "accuracy": agree / len(keep) if keep else float("nan"),
+    return {"n": len(keep), "rescaled": len(labelled) - len(keep), "agree": agree, "accuracy": agree / len(keep) if keep else float("nan"),
             "missing": sum(not math.isfinite(deg[i]) for i in keep),
             "deg_err_mean": float(np.mean(err)) if err else float("nan"),
             "deg_err_median": float(np.median(err)) if err else float("nan"),
@@ -209,6 +221,10 @@ def prompt_convention_table(sets: dict) -> None:
     for name, res in sets.items():
         keep = [i for i, (lab, t, d) in enumerate(zip(res["labels"], res["test"], res["deg"]["area"]))
                 if lab in words and not t and math.isfinite(d)]
+        if not keep:
+            n_resc = sum(res["rescaled"])
+            print(f"{name:<8} {0:>4}   not scored ({n_resc} of {len(res['labels'])} rescaled per lead)")
+            continue
         row = []
         for conv in ("aha", "ludb"):
             ok = sum(three.get(axis_category(res["deg"]["area"][i], conv)) == words[res["labels"][i]]
@@ -232,13 +248,17 @@ def print_confusion(conf: Counter, rows, cols) -> None:
 
 
 def print_scores(res: dict, convention: str, scored, rows, cols, mapping: dict | None = None) -> None:
-    print(f"{'estimator':<10} {'n':>4} {'agree':>6} {'acc':>6} {'missing':>7} {'deg err mean':>13} "
+    print(f"{'estimator':<10} {'n':>4} {'agree':>6} {'acc':>6} {'missing':>7} {'rescaled':>8} {'deg err mean':>13} "
           f"{'median':>7} {'<=15 deg':>9}")
     for k in KINDS:
         s = scores(res, convention, k, scored, mapping)
-        print(f"{k:<10} {s['n']:>4} {s['agree']:>6} {s['accuracy']:>6.2f} {s['missing']:>7} "
+        print(f"{k:<10} {s['n']:>4} {s['agree']:>6} {s['accuracy']:>6.2f} {s['missing']:>7} {s['rescaled']:>8} "
               f"{s['deg_err_mean']:>13.1f} {s['deg_err_median']:>7.1f} {s['within_15']:>9.2f}")
     s = scores(res, convention, "area", scored, mapping)
+    if not s["n"]:
+        print(f"no record scored: {s['rescaled']} of {s['rescaled'] + s['n']} have every lead rescaled one by one "
+              "(the same peak to peak), so no axis can be measured from them")
+        return
     print(f"confusion (net area estimator, {convention} categories):")
     print_confusion(s["confusion"], rows, cols)
 
