@@ -12,7 +12,9 @@ R = the largest deflection above, S = the largest below, the level just before t
 
 A voltage needs physical units: ``mv_scale(units)`` converts mV / uV / V records and gives None
 for anything else (z-scored arrays, "unknown", "normalized"), and the voltages are then NaN:
-nothing is stated that the record cannot support. The thresholds are the published ones; none
+nothing is stated that the record cannot support. So too for a record whose leads were
+rescaled one by one to the same size, whatever its units say (``rescaled_per_lead``: ../shared's
+LUDB copy spans 1.000 mV in every lead); measure() then states no axis either. The thresholds are the published ones; none
 is fitted to any data.
 """
 from __future__ import annotations
