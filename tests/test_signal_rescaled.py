@@ -73,6 +73,8 @@ def test_fewer_than_six_leads_with_a_signal_are_not_judged(shared_data):
     # alone are too few
     assert rec.leads[:6] == ("I", "II", "III", "aVR", "aVL", "aVF")
     assert rescaled_per_lead(same[:6]) and not rescaled_per_lead(same[:6], rec.leads[:6])
+    with pytest.raises(ValueError, match="lead names"):
+        rescaled_per_lead(same, rec.leads[:6])
 
 
 def test_limb_leads_derived_after_the_rescaling_do_not_hide_it(sample_archive):

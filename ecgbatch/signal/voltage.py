@@ -14,8 +14,8 @@ A voltage needs physical units: ``mv_scale(units)`` converts mV / uV / V records
 for anything else (z-scored arrays, "unknown", "normalized"), and the voltages are then NaN:
 nothing is stated that the record cannot support. So too for a record whose leads were
 rescaled one by one to the same size, whatever its units say (``rescaled_per_lead``: ../shared's
-LUDB copy spans 1.000 mV in every lead); measure() then states no axis either. The thresholds are the published ones; none
-is fitted to any data.
+LUDB copy spans 1.000 mV in every lead); measure() then states no axis either. The thresholds
+are the published ones; none is fitted to any data.
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def rescaled_per_lead(sig: np.ndarray, leads=None) -> bool:
     if x.ndim != 2 or x.shape[1] < 2:
         return False
     if leads is not None:
+        if len(leads) != x.shape[0]:
+            raise ValueError(f"rescaled_per_lead: {len(leads)} lead names for {x.shape[0]} leads")
         x = x[[lead_key(n) not in DERIVED_LIMB_LEADS for n in leads]]
     if x.shape[0] < MIN_LEADS_FOR_RESCALE_CHECK:
         return False
