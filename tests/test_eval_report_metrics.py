@@ -83,3 +83,32 @@ def test_report_metrics_table_rows():
     assert rows["BLEU-4"][2] == "11.19" and rows["ROUGE-L"][2] == "29.93" and rows["METEOR"][2] == "35.10"
     assert rows["CE-Rhythm F1"][2] == "43.39" and rows["METEOR"][1] == "n/a"
     assert rows["BLEU-4"][1] == f"{res['bleu4']:.2f}"
+
+
+
+def test_rouge_leaves_the_root_logger_and_stderr_as_they_were():
+    """rouge-score logs through absl: its first log call runs logging.basicConfig() on a bare root
+    logger (a handler bound to the sys.stderr of that moment), and absl's own handler closes the
+    stream it was made with when logging's handlers are shut down (vLLM's dictConfig does) unless
+    that is the current sys.stderr: a redirected stderr then dies under its owner."""
+    import io
+    import logging
+    import sys
+
+    from absl import logging as absl_logging
+
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    for h in saved:
+        root.removeHandler(h)
+    borrowed, old = io.StringIO(), sys.stderr
+    try:
+        absl_logging.get_absl_handler().python_handler.setStream(borrowed)   # as if made under a redirect
+        RM.rouge_l(["sinus rhythm"], ["sinus rhythm"])
+        assert root.handlers == []
+        absl_logging.get_absl_handler().python_handler.close()   # as logging.config.dictConfig does
+        assert not borrowed.closed
+    finally:
+        sys.stderr = old
+        for h in saved:
+            root.addHandler(h)
