@@ -118,17 +118,25 @@ def _nltk_corpus_from(dict_dir: Path) -> Path:
     """A WordNet 3.0 ``dict`` folder laid out (copied once) as an NLTK data folder."""
     root = Path(os.environ.get("ECGBATCH_CACHE", Path.home() / ".cache" / "ecgbatch")) / "nltk_data"
     target = root / "corpora" / "wordnet"
-    if not (target / "lexnames").is_file():
-        tmp = target.with_name("wordnet.tmp")
+    if not (target / "lexnames").is_file():     # lexnames is written last: its presence = complete
+        tmp = target.with_name(f"wordnet.tmp-{os.getpid()}")    # one per process: two may build it
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for f in _WN_FILES:
-            shutil.copy(dict_dir / f, tmp / f)
-        cat = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-        (tmp / "lexnames").write_text("".join(f"{i:02d}\t{n}\t{cat[n.split('.')[0]]}\n"
-                                              for i, n in enumerate(_LEXNAMES)))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.replace(target)
+        try:
+            for f in _WN_FILES:
+                shutil.copy(dict_dir / f, tmp / f)
+            cat = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+            (tmp / "lexnames").write_text("".join(f"{i:02d}\t{n}\t{cat[n.split('.')[0]]}\n"
+                                                  for i, n in enumerate(_LEXNAMES)))
+            if not (target / "lexnames").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                try:
+                    tmp.rename(target)
+                except OSError:                    # another process renamed its copy first
+                    if not (target / "lexnames").is_file():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

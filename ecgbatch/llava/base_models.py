@@ -105,7 +105,10 @@ def _verified(folder: Path) -> bool:
 
 def assemble_atomically(dest: Path, write, what: str, log=None) -> Path:
     """Run ``write(tmp_folder)`` and rename the result to ``dest`` (a temporary sibling first;
-    the marker file with the weights' hash is written last). Returns ``dest``."""
+    the marker file with the weights' hash is written last). Returns ``dest``. Processes that
+    assemble the same ``dest`` at once (two test workers, two commands) all return it: a complete
+    ``dest`` that another process renamed into place meanwhile is kept (it may be in use) and this
+    process's copy is dropped; only an incomplete or corrupt ``dest`` is replaced."""
     log = log or (lambda m: print(m, file=sys.stderr))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
@@ -116,9 +119,14 @@ def assemble_atomically(dest: Path, write, what: str, log=None) -> Path:
         w = tmp / "model.safetensors"
         (tmp / MARKER).write_text(json.dumps({"what": what, "weights_bytes": w.stat().st_size,
                                               "weights_sha256": file_sha256(w)}, indent=2) + "\n")
-        if dest.exists():                      # a stale or corrupt earlier copy
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        if not (dest.is_dir() and _verified(dest)):
+            if dest.exists():                  # a stale or corrupt earlier copy
+                shutil.rmtree(dest, ignore_errors=True)
+            try:
+                tmp.rename(dest)
+            except OSError:                    # another process renamed its copy first
+                if not (dest.is_dir() and _verified(dest)):
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"assembled {what}")
