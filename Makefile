@@ -45,7 +45,7 @@ demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
 test: $(STAMP) browser
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=25 tests
 
 # Chromium + its driver for the browser tests (`report --html` pages, the server's web page;
 # Debian packages; needs root). Idempotent; without
