@@ -28,6 +28,7 @@ import re
 import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,28 +76,33 @@ def rouge_l(preds, refs) -> float:
     from rouge_score import rouge_scorer
 
     p, r = _check(preds, refs)
-    root = logging.getLogger()
-    before = list(root.handlers)
-    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    if root.handlers[:len(before)] == before:
-        for h in root.handlers[len(before):]:
-            root.removeHandler(h)
-    _absl_owns_no_stream()
+    with _absl_side_effects_undone():
+        sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return float(np.mean([sc.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(p, r)]) * 100)
 
 
-def _absl_owns_no_stream() -> None:
+@contextmanager
+def _absl_side_effects_undone():
     """Undo what rouge-score's absl logging does to the host process. (1) absl's first log call
-    runs logging.basicConfig() on a bare root logger (undone in rouge_l). (2) absl's handler,
-    made at absl's import, keeps the sys.stderr of that moment and closes it when logging's
-    handlers are shut down (vLLM's logging.config.dictConfig does that on import) unless it is
-    the sys.stderr of then: a redirected stderr (a test's capture, a notebook's stream) was
-    closed under its owner ('lost sys.stderr'). Pointed at sys.__stderr__, it never closes it."""
-    from absl import logging as absl_logging
+    runs logging.basicConfig() on a bare root logger: a handler bound to the sys.stderr of that
+    moment, removed again. (2) absl's handler, made at absl's import, keeps the sys.stderr of
+    that moment and closes it when logging's handlers are shut down (vLLM's
+    logging.config.dictConfig does that on import) unless it is the sys.stderr of then: a
+    redirected stderr (a test's capture, a notebook's stream) was closed under its owner ('lost
+    sys.stderr'). Pointed at sys.__stderr__, it never closes it."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        if root.handlers[:len(before)] == before:
+            for h in root.handlers[len(before):]:
+                root.removeHandler(h)
+        from absl import logging as absl_logging
 
-    handler = absl_logging.get_absl_handler().python_handler
-    if handler.stream is not sys.__stderr__ and sys.__stderr__ is not None:
-        handler.setStream(sys.__stderr__)
+        handler = absl_logging.get_absl_handler().python_handler
+        if handler.stream is not sys.__stderr__ and sys.__stderr__ is not None:
+            handler.setStream(sys.__stderr__)
 
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")

@@ -27,6 +27,7 @@ from ecgbatch.llava.assemble import LORA_SUBDIR, base_model, load_projector, sav
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
 from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, FindingsLabeller
 from ecgbatch.llava.inputs import preprocess_for_model
+from ecgbatch.text.findings import positive_findings
 from ecgbatch.training import data as D
 from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
 from ecgbatch.training.ecg_tokens import ecg_tokens
@@ -167,8 +168,6 @@ def repeat_items(items, repeat: dict | None):
     in all (the largest k of the findings it states), kept next to each other; the loader shuffles."""
     if not repeat:
         return list(items)
-    from ecgbatch.text.findings import positive_findings
-
     bad = [k for k, n in repeat.items() if not (isinstance(n, int) and n >= 1)]
     if bad:
         raise ValueError(f"data.repeat wants a whole number >= 1 per finding, got {repeat!r}")
