@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers.ray_cluster import SharedCluster
+from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
 
@@ -281,3 +283,15 @@ def ray_local():
             os.environ["PYTHONPATH"] = old
     yield ray
     ray.shutdown()
+
+
+# --- ONE `ray start` cluster (a head with its dashboard + a worker node) for the tests on real nodes ---
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The SharedCluster (tests/helpers/ray_cluster.py) of test_ray_jobs and test_ray_multinode:
+    started at its first ``get()``, retired by the test that kills its worker node (or here)."""
+    shared = SharedCluster(env={"PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error", **VLLM_TEST_ENV})
+    yield shared
+    shared.retire()
+
