@@ -1,6 +1,7 @@
 """Shared test helpers: where the real data is, and skips that say why."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -294,4 +295,22 @@ def ray_cluster():
     shared = SharedCluster(env={"PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error", **VLLM_TEST_ENV})
     yield shared
     shared.retire()
+
+
+# --- the sample archive embedded ONCE (test_cli_archive, test_pipeline_embed work on copies) ---------
+
+@pytest.fixture(scope="session")
+def sample_embedded(sample_archive, tmp_path_factory, ray_local):
+    """`ecgbatch embed SAMPLE_ARCHIVE --measure --json` run once in this process on ray_local (each
+    embed of the archive costs 15-25 s on 2 cores): (workspace, its JSON summary). Tests do not
+    write to it: each module works on its own copy (shutil.copytree: a few hundred kB)."""
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+
+    w = tmp_path_factory.mktemp("sample-ws")
+    r = CliRunner().invoke(app, ["embed", str(sample_archive), "-w", str(w), "--allow-random-init",
+                                 "--no-progress", "--measure", "--json"])
+    assert r.exit_code == 0, r.output
+    return w, json.loads(r.stdout)
 

@@ -83,4 +83,5 @@ def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_pa
     assert res.exit_code == 0, res.output
     prog = {t["job"]: t["progress"] for t in json.loads(res.output)["tables"]}
     for job in ("embed", "report --input"):
-        assert (prog[job]["state"], prog[job]["done"], prog[job]["total"]) == ("finished", len(RECORDS), len(RECORDS)), prog
+        n = len(RECORDS)
+        assert (prog[job]["state"], prog[job]["done"], prog[job]["total"]) == ("finished", n, n), prog
