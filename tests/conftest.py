@@ -252,8 +252,9 @@ def ray_local():
     """One local Ray (2 CPUs, no dashboard) for the whole session, started in this process: each
     start and shut-down costs 10-30 s on 2 cores, and the pipelines (ray_session) and training
     jobs (training.loop.launch) use a running session instead of starting their own. Tests that
-    need a Ray of their own (`ray start` nodes: tests/helpers/ray_cluster.py; SIGKILLed drivers)
-    start it in a subprocess and do not touch this one.
+    need a Ray of their own (`ray start` nodes: ``ray_cluster``; a SIGKILLed driver with its own
+    Ray) start it in a subprocess and do not touch this one (test_pipeline_embed's SIGKILLed
+    driver attaches to it: Ray ends that driver's job).
 
     Its workers run tests/helpers/worker_crash_hook.install (``worker_process_setup_hook``): a
     read of a path holding CRASH_MARK kills the worker with a segfault, HANG_MARK hangs it, no
