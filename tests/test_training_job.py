@@ -3,16 +3,15 @@ ECG-Chat-shaped tiny model: 2 CPU workers, a few steps; loss falls, the checkpoi
 create_model, and a crash + --resume ends with the weights of an uninterrupted run.
 
 The module's six Ray Train runs (the uninterrupted one, the crash test's three, the k-fold
-test's two) are started at once by the ``runs`` fixture, one thread per chain of runs: Ray queues
-their workers for the session's 2 CPUs, and the start-up and shut-down of one run (the Train
-controller and its helper actors, the driver's waits) overlap another run's training."""
+test's two) are started at once by the ``runs`` fixture (tests/helpers/train_runs.py), one
+thread per chain of runs; the tests assert what the runs left."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from helpers.train_runs import concurrent_runs, raised
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("ray")
@@ -20,13 +19,6 @@ pytest.importorskip("ray")
 from ecgbatch._paths import REPO_ROOT  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "coca-tiny-test.yaml"
-
-# Ray Train settings for this module's runs (Ray's, not the job's: every run trains as before)
-RAY_TRAIN_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",     # one helper actor (a process) less per run
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",     # the controller sees a run end or crash sooner (2 s)
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900",   # a run queued behind others for the CPUs waits
-}
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +41,6 @@ def _weights(ckpt):
     return load_file(str(ckpt / "model" / "model.safetensors"))
 
 
-def _raised(fn, *args, **kwargs):
-    """The exception ``fn`` raised (None when it returned)."""
-    try:
-        fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the tests check which
-        return exc
-    return None
-
-
 def _straight(workdir):
     """One full 2-worker run (3 epochs x 2 steps of a global batch of 8)."""
     from ecgbatch.training.checkpointing import latest_checkpoint
@@ -76,14 +59,14 @@ def _crash_and_resume(workdir):
     from ecgbatch.training.coca_job import run_job
 
     crashed = _job(workdir, name="crashed", fail_after_steps=3)      # dies in epoch 1
-    seen = {"job": crashed, "crash": _raised(run_job, crashed, num_workers=2)}
+    seen = {"job": crashed, "crash": raised(run_job, crashed, num_workers=2)}
     mid = latest_checkpoint(crashed.run_path())
     seen["mid"] = json.loads((mid / "progress.json").read_text())
     seen["mid_weights"] = _weights(mid)               # (later checkpoints retire it: keep_checkpoints)
-    seen["restart"] = _raised(run_job, _job(workdir, name="crashed"), num_workers=2)
+    seen["restart"] = raised(run_job, _job(workdir, name="crashed"), num_workers=2)
     within = {"optim.checkpoint_every_steps": 1}     # resumes, dies in epoch 2 after its step 1
-    seen["crash2"] = _raised(run_job, _job(workdir, name="crashed", fail_after_steps=5, **within),
-                             num_workers=2, resume=True)
+    seen["crash2"] = raised(run_job, _job(workdir, name="crashed", fail_after_steps=5, **within),
+                            num_workers=2, resume=True)
     seen["mid2"] = json.loads((latest_checkpoint(crashed.run_path()) / "progress.json").read_text())
     run_job(_job(workdir, name="crashed", **within), num_workers=2, resume=True)
     seen["final"] = latest_checkpoint(crashed.run_path())
@@ -101,18 +84,14 @@ def _fold(workdir, f):
 
 @pytest.fixture(scope="module")
 def runs(ray_local, workdir):
-    """Every run of the module, started at once (futures: straight, crashed, cv0, cv1)."""
+    """Every run of the module, started at once (futures: crashed, straight, cv0, cv1)."""
     from ecgbatch.training.coca_job import prepare_data
 
-    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(4) as pool:
-        for k, v in RAY_TRAIN_ENV.items():
-            mp.setenv(k, v)
-        prepare_data(_job(workdir, name="straight"))     # the pair cache, built once before the runs share it
-        futures = {"straight": pool.submit(_straight, workdir), "crashed": pool.submit(_crash_and_resume, workdir),
-                   **{f"cv{f}": pool.submit(_fold, workdir, f) for f in (0, 1)}}
+    prepare_data(_job(workdir, name="straight"))     # the pair cache, built once before the runs share it
+    # the longest chain first: Ray gives the CPUs to the runs in the order they ask
+    with concurrent_runs(crashed=lambda: _crash_and_resume(workdir), straight=lambda: _straight(workdir),
+                         cv0=lambda: _fold(workdir, 0), cv1=lambda: _fold(workdir, 1)) as futures:
         yield futures
-        for fut in futures.values():      # a test that failed early leaves none running
-            fut.exception()
 
 
 @pytest.fixture(scope="module")
