@@ -74,11 +74,12 @@ def _crash_and_resume(workdir):
 
 
 def _fold(workdir, f):
-    """A 1-worker run of fold f of 2 (the job's single-worker path), one step."""
+    """A 1-worker run of fold f of 2 (the job's single-worker path), one step; one torch thread
+    (the other fold's worker has the other CPU)."""
     from ecgbatch.training.coca_job import run_job
 
     job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
-                                          "optim.max_steps_per_epoch": 1})
+                                          "optim.max_steps_per_epoch": 1, "threads_per_worker": 1})
     return job, run_job(job, num_workers=1)
 
 

@@ -110,6 +110,7 @@ def _job(tmp_path, llava_converted, instruct_file, stage, **over):
     from ecgbatch.training.llava_config import LlavaJobConfig
 
     d = {"name": f"tiny-{stage}", "stage": stage, "run_dir": str(tmp_path / "runs"), "amp": "off",
+         "threads_per_worker": 1,    # the sft and align runs train at once on the session's 2 CPUs
          "model": {"folder": str(llava_converted)},
          "data": {"instruct": str(instruct_file), "split": None, "kinds": ["report"], "max_length": 256,
                   "cache_dir": str(tmp_path / "cache")},

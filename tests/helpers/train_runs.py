@@ -20,6 +20,7 @@ RAY_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",        # one helper actor (a process) less per run
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",        # the controller sees a run end or crash sooner (2 s)
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",   # a run queued behind others for the CPUs waits (60 s)
+    "RAY_TRAIN_METRICS_ENABLED": "0",                  # no Prometheus metrics of the controller and workers
 }
 
 
