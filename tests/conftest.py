@@ -1,10 +1,13 @@
 """Shared test helpers: where the real data is, and skips that say why."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from helpers.ray_cluster import SharedCluster
+from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
 
@@ -249,8 +252,9 @@ def ray_local():
     """One local Ray (2 CPUs, no dashboard) for the whole session, started in this process: each
     start and shut-down costs 10-30 s on 2 cores, and the pipelines (ray_session) and training
     jobs (training.loop.launch) use a running session instead of starting their own. Tests that
-    need a Ray of their own (`ray start` nodes: tests/helpers/ray_cluster.py; SIGKILLed drivers)
-    start it in a subprocess and do not touch this one.
+    need a Ray of their own (`ray start` nodes: ``ray_cluster``; a SIGKILLed driver with its own
+    Ray) start it in a subprocess and do not touch this one (test_pipeline_embed's SIGKILLed
+    driver attaches to it: Ray ends that driver's job).
 
     Its workers run tests/helpers/worker_crash_hook.install (``worker_process_setup_hook``): a
     read of a path holding CRASH_MARK kills the worker with a segfault, HANG_MARK hangs it, no
@@ -281,3 +285,33 @@ def ray_local():
             os.environ["PYTHONPATH"] = old
     yield ray
     ray.shutdown()
+
+
+# --- ONE `ray start` cluster (a head with its dashboard + a worker node) for the tests on real nodes ---
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The SharedCluster (tests/helpers/ray_cluster.py) of test_ray_jobs and test_ray_multinode:
+    started at its first ``get()``, retired by the test that kills its worker node (or here)."""
+    shared = SharedCluster(env={"PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error", **VLLM_TEST_ENV})
+    yield shared
+    shared.retire()
+
+
+# --- the sample archive embedded ONCE (test_cli_archive, test_pipeline_embed work on copies) ---------
+
+@pytest.fixture(scope="session")
+def sample_embedded(sample_archive, tmp_path_factory, ray_local):
+    """`ecgbatch embed SAMPLE_ARCHIVE --measure --json` run once in this process on ray_local (each
+    embed of the archive costs 15-25 s on 2 cores): (workspace, its JSON summary). Tests do not
+    write to it: each module works on its own copy (shutil.copytree: a few hundred kB)."""
+    from typer.testing import CliRunner
+
+    from ecgbatch.cli import app
+
+    w = tmp_path_factory.mktemp("sample-ws")
+    r = CliRunner().invoke(app, ["embed", str(sample_archive), "-w", str(w), "--allow-random-init",
+                                 "--no-progress", "--measure", "--json"])
+    assert r.exit_code == 0, r.output
+    return w, json.loads(r.stdout)
+

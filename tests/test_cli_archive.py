@@ -1,10 +1,12 @@
-"""`ecgbatch embed / index build / search / classify` through the real CLI (typer runner, one local
-Ray for the module), on the bundled sample archive."""
+"""`ecgbatch embed / index build / search / classify` through the real CLI (typer runner, the
+session's local Ray), on the bundled sample archive: the embed is the session's one
+(conftest ``sample_embedded``, `ecgbatch embed --measure --json`), this module works on a copy."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,12 +20,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def ws(sample_archive, tmp_path_factory, ray_local):
-    w = tmp_path_factory.mktemp("ws")
-    r = CliRunner().invoke(app, ["embed", str(sample_archive), "-w", str(w), "--allow-random-init",
-                                 "--no-progress", "--measure", "--json"])
-    assert r.exit_code == 0, r.output
-    return w, json.loads(r.stdout)
+def ws(sample_embedded, tmp_path_factory):
+    """(a copy of the session's embedded sample workspace, the embed's JSON summary)."""
+    w, summary = sample_embedded
+    return shutil.copytree(w, tmp_path_factory.mktemp("cli") / "ws"), summary
 
 
 def _run(*args):

@@ -9,8 +9,8 @@ process) and exits with its workers instead of staying an orphan.
     process under the client), the fixture model, one generated token, then SIGKILL.
 
 The clean exits (no "engine core exited unexpectedly") are asserted on the runs of real commands
-that already exist: test_diagnosis_prompt's `report --ddp` process, test_report_cli's --verbose
-run and test_chat_cli's chat."""
+that already exist: test_diagnosis_prompt's `report --ddp` process (quiet) and test_chat_cli's
+chat (--verbose)."""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
-"""The embed pipeline on the bundled sample archive: real Ray (one local session for the module),
-real readers, real model, real FAISS. The UDF tests at the top need no Ray."""
+"""The embed pipeline on the bundled sample archive: real Ray (the session's local one), real
+readers, real model, real FAISS. The UDF tests at the top need no Ray. The archive's embed is the
+session's one (conftest ``sample_embedded``); this module works on a copy of its workspace."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -80,11 +82,11 @@ def test_read_stage_rows_and_typed_failures(sample_archive, model_and_spec):
 
 # ------------------------------------------------------------------ with Ray
 @pytest.fixture(scope="module")
-def embedded(ray_local, sample_archive, tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ws")
-    summary = embed.run(str(sample_archive), ws, MODEL, allow_random_init=True, progress=False,
-                        batch_size=8)
-    return ws, summary
+def embedded(sample_embedded, tmp_path_factory):
+    """(a copy of the session's embedded sample workspace, the embed's summary: EmbedSummary's
+    fields, from its --json)."""
+    w, summary = sample_embedded
+    return shutil.copytree(w, tmp_path_factory.mktemp("pipeline") / "ws"), SimpleNamespace(**summary)
 
 
 @pytest.mark.ray
@@ -139,27 +141,38 @@ def _live_ledgers(ray) -> list[str]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_grown_archive_adds_only_new_records(ray_local, sample_archive, tmp_path):
-    """... and each run kills its own read ledger: the session's Ray (long-lived, as a cluster)
-    keeps none of them."""
+def test_grown_uri_archive_adds_only_new_records(embedded, ray_local, sample_archive, tmp_path):
+    """A pyarrow-URI archive (file://) that gains a record between two runs: the second run embeds
+    only that record and updates the index; every row's source is under the URI and its embedding
+    is the local archive's. And each run kills its own read ledger: the session's Ray (long-lived,
+    as a cluster) keeps none of them. (One test for the URI archive and the grown archive: each
+    embed run starts an encoder actor, 5-10 s on 2 cores.)"""
     ledgers = _live_ledgers(ray_local)
-    arch = tmp_path / "arch"
-    shutil.copytree(Path(sample_archive) / "ludb", arch / "ludb")
+    arch = tmp_path / "ludb"
+    shutil.copytree(Path(sample_archive) / "ludb", arch)
+    uri = "file://" + str(arch.resolve())
     ws = tmp_path / "ws"
-    files = sorted((arch / "ludb").glob("*.hea"))
-    hidden = files[-1]
+    files = sorted(arch.glob("*.hea"))
+    hidden = files[len(files) // 2]
     keep = {hidden.with_suffix(e).name: hidden.with_suffix(e).read_bytes() for e in (".hea", ".dat")}
     for name in keep:
-        (arch / "ludb" / name).unlink()
-    s1 = embed.run(str(arch), ws, MODEL, allow_random_init=True, progress=False, block_size=2)
+        (arch / name).unlink()
+    s1 = embed.run(uri, ws, MODEL, allow_random_init=True, progress=False, block_size=2)
+    assert s1.failed == 0 and s1.embedded == len(files) - 1
     for name, data in keep.items():  # the archive gains a record: sorted blocks shift
-        (arch / "ludb" / name).write_bytes(data)
-    s2 = embed.run(str(arch), ws, MODEL, allow_random_init=True, progress=False, block_size=2)
-    assert s2.already_done == s1.total_records and s2.embedded == 1
-    ids = open_table(ws).read_table(["source"]).column("source").to_pylist()
+        (arch / name).write_bytes(data)
+    s2 = embed.run(uri, ws, MODEL, allow_random_init=True, progress=False, block_size=2)
+    assert s2.already_done == s1.total_records and s2.embedded == 1 and s2.failed == 0
+    remote = open_table(ws).read_table(["source", "embedding"]).to_pylist()
+    ids = [r["source"] for r in remote]
     assert len(ids) == len(set(ids)) == len(files)
-    idx_rows = s2.index["rows"]
-    assert s2.index["action"] == "updated" and idx_rows == len(files)
+    assert all(i.startswith(uri + "/") for i in ids)
+    assert s2.index["action"] == "updated" and s2.index["rows"] == len(files)
+    local = _main_table(embedded[0]).read_table(["source", "embedding"]).to_pylist()
+    loc = {r["source"]: r["embedding"] for r in local}
+    for r in remote:
+        lp = str(Path(sample_archive).resolve() / "ludb" / r["source"][len(uri) + 1:])
+        np.testing.assert_allclose(r["embedding"], loc[lp], atol=1e-5)
     deadline = time.time() + 60                  # ray.kill returns before the actor is gone
     while _live_ledgers(ray_local) != ledgers and time.time() < deadline:
         time.sleep(0.5)
@@ -192,34 +205,21 @@ def test_another_model_gets_another_table_and_the_index_refuses_it(embedded, ray
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_uri_archive_matches_local(embedded, ray_local, sample_archive, tmp_path):
-    ws, _ = embedded
-    local = _main_table(ws)
-    uri = "file://" + str((Path(sample_archive) / "ludb").resolve())
-    s = embed.run(uri, tmp_path / "ws", MODEL, allow_random_init=True, progress=False, build_index=False)
-    remote = open_table(tmp_path / "ws").read_table(["record_id", "source", "embedding"]).to_pylist()
-    assert s.failed == 0 and len(remote) == s.embedded > 0
-    assert all(r["source"].startswith(uri + "/") for r in remote)
-    loc = {r["source"]: r["embedding"] for r in local.read_table(["source", "embedding"]).to_pylist()}
-    for r in remote:
-        lp = str(Path(sample_archive).resolve() / "ludb" / r["source"][len(uri) + 1:])
-        np.testing.assert_allclose(r["embedding"], loc[lp], atol=1e-5)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_exactly_once(ray_local, sample_archive, tmp_path):
-    """A separate process (own local Ray) is SIGKILLed after its first commits; a rerun of the same
-    job (in this process, on the session's Ray) finishes it without duplicating any record."""
+    """A separate driver process, attached to the session's Ray, is SIGKILLed after its first
+    commits (Ray then ends its job: its read tasks, encoder actor and read ledger); a rerun of the
+    same job (in this process) finishes it without duplicating any record. (Attached rather than
+    with a local Ray of its own: that Ray's start cost 10-15 s more on 2 cores.)"""
     ws = tmp_path / "ws"
     job = dict(allow_random_init=True, progress=False, block_size=2, batch_size=2, build_index=False)
     code = ("import sys; from ecgbatch.pipelines import embed; "
-            f"embed.run(sys.argv[1], sys.argv[2], {MODEL!r}, **{job!r})")
+            f"embed.run(sys.argv[1], sys.argv[2], {MODEL!r}, address=sys.argv[3], **{job!r})")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(sample_archive), str(ws)], env=env,
+    address = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-c", code, str(sample_archive), str(ws), address], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 600       # a loaded 2-core machine: its own Ray + the model
+        deadline = time.time() + 600       # a loaded 2-core machine: the model, an encoder actor
         shards: list[Path] = []
         while time.time() < deadline and proc.poll() is None:
             shards = list(ws.glob("*/embeddings/part-*.parquet"))
@@ -230,7 +230,7 @@ def test_sigkill_mid_run_then_resume_is_exactly_once(ray_local, sample_archive, 
         assert shards, "no block committed within the time limit"
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver (its Ray workers belong to the session's Ray)
         except ProcessLookupError:
             pass
         proc.wait(30)

@@ -1,16 +1,17 @@
 """The README's "Submitted as Ray jobs" recipe, run as written: a local head with its dashboard
 and Ray 2.60 token auth (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN on the cluster, the bearer header
 on the job client), then `embed`, `index build` and `report --input` as three Ray jobs through
-the job SDK with the checkout as working directory. 4 records, 8 new tokens per report. The
-cluster is stopped by its own process groups (tests/helpers/ray_cluster.py)."""
+the job SDK with the checkout as working directory. 2 records, 2 new tokens per report. The
+cluster is the test run's one `ray start` cluster (conftest ``ray_cluster``: its head has the
+dashboard and token auth; test_ray_multinode uses its worker node too), stopped by its own
+process groups (tests/helpers/ray_cluster.py)."""
 from __future__ import annotations
 
 import json
 import re
-import secrets
 
 import pytest
-from helpers.ray_cluster import LocalRayCluster, copy_cinc_records
+from helpers.ray_cluster import copy_cinc_records
 from helpers.vllm_env import VLLM_TEST_ENV
 from typer.testing import CliRunner
 
@@ -18,7 +19,8 @@ from ecgbatch._paths import REPO_ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-RECORDS = ["A0689", "A1041", "E00271", "E07500"]
+RECORDS = ["A0689", "E07500"]
+MAX_TOKENS = 2
 
 
 def readme_recipe() -> dict:
@@ -36,14 +38,12 @@ def archive(sample_archive, tmp_path_factory):
     return copy_cinc_records(sample_archive, RECORDS, tmp_path_factory.mktemp("jobs-archive"))
 
 
-@pytest.fixture(scope="module")
-def head():
-    """A head with its dashboard and token auth: (cluster, token)."""
-    token = secrets.token_hex(32)
-    with LocalRayCluster(env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "VLLM_CPU_KVCACHE_SPACE": "1",
-                              "PYTHONPATH": ""}, dashboard=True, start_timeout=180) as cluster:
-        cluster.start_head(num_cpus=2)
-        yield cluster, token
+@pytest.fixture
+def head(ray_cluster):
+    """The cluster (its head has the dashboard and token auth; the nodes have no PYTHONPATH: the
+    jobs import ecgbatch from their working_dir) and its token."""
+    cluster, _ = ray_cluster.get()
+    return cluster, ray_cluster.token
 
 
 def test_job_server_refuses_a_client_without_the_token(head):
@@ -59,7 +59,7 @@ def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_pa
     ns = readme_recipe()
     ws = tmp_path / "ws"
     monkeypatch.chdir(REPO_ROOT)                              # the recipe's working_dir "."
-    done = ns["run_jobs"](cluster.dashboard_url, token, archive, ws, model=llava_converted, max_tokens=8,
+    done = ns["run_jobs"](cluster.dashboard_url, token, archive, ws, model=llava_converted, max_tokens=MAX_TOKENS,
                           env={**ns["ENV"], **VLLM_TEST_ENV}, timeout_s=900)
     statuses = [(e.split()[1], str(s)) for e, s, _ in done]
     assert [s for _, s in statuses] == ["SUCCEEDED"] * 3, (statuses, done[-1][2][-4000:])
@@ -69,13 +69,13 @@ def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_pa
 
     [emb] = [p for p in ws.glob("*/embed.json")]
     assert ModelTable(ws, emb.parent.name).count() == (len(RECORDS), 0)
-    assert re.search(r'"embedded": 4', embed_log) and "index" in index_log
+    assert re.search(rf'"embedded": {len(RECORDS)}\b', embed_log) and "index" in index_log
     assert (emb.parent / "index" / "index.json").is_file()
     [rep] = [p for p in ws.glob("report-*/report.json")]
     table = ReportTable(ws, rep.parent.name)
     assert table.count() == (len(RECORDS), 0)
-    assert re.search(r'"reported": 4', report_log)
-    assert all(r["n_output_tokens"] <= 8 for r in table.read_table(["n_output_tokens"]).to_pylist())
+    assert re.search(rf'"reported": {len(RECORDS)}\b', report_log)
+    assert all(r["n_output_tokens"] <= MAX_TOKENS for r in table.read_table(["n_output_tokens"]).to_pylist())
     # both jobs left their progress in the workspace; `ecgbatch status` reads it
     from ecgbatch.cli import app
 
@@ -83,4 +83,5 @@ def test_readme_recipe_embed_index_report(head, archive, llava_converted, tmp_pa
     assert res.exit_code == 0, res.output
     prog = {t["job"]: t["progress"] for t in json.loads(res.output)["tables"]}
     for job in ("embed", "report --input"):
-        assert (prog[job]["state"], prog[job]["done"], prog[job]["total"]) == ("finished", 4, 4), prog
+        n = len(RECORDS)
+        assert (prog[job]["state"], prog[job]["done"], prog[job]["total"]) == ("finished", n, n), prog

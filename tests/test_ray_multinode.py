@@ -1,5 +1,6 @@
 """`embed` and `report --input` on a local two-node Ray cluster (two `ray start` processes, each
-its own node with its own CPUs and custom resource), attached with --address HOST:PORT:
+its own node with its own CPUs and custom resource: the test run's one cluster, conftest
+``ray_cluster``, whose head test_ray_jobs uses too), attached with --address HOST:PORT:
 
 - embed: every record committed exactly once across the two nodes, and the worker node's own
   processes were seen running its read tasks or encoder actors (helpers.ray_cluster.NodeWork);
@@ -8,8 +9,8 @@ its own node with its own CPUs and custom resource), attached with --address HOS
   complete the job, and the committed blocks hold every record exactly once (no record lost,
   none twice).
 
-5 records, one per block, 8 new tokens per report. The cluster is stopped by its own process
-groups (tests/helpers/ray_cluster.py)."""
+4 records, one per block, 2 new tokens per report. The report test kills the worker node, so it
+runs last and retires the cluster (stopped by its own process groups, tests/helpers/ray_cluster.py)."""
 from __future__ import annotations
 
 import json
@@ -22,14 +23,13 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-from helpers.ray_cluster import LocalRayCluster, NodeWork, copy_cinc_records
-from helpers.vllm_env import VLLM_TEST_ENV
+from helpers.ray_cluster import NodeWork, copy_cinc_records
 
 from ecgbatch._paths import REPO_ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-RECORDS = ["A0689", "A1041", "E00271", "E07500", "HR03961"]
+RECORDS = ["A0689", "A1041", "E00271", "HR03961"]
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +37,19 @@ def archive(sample_archive, tmp_path_factory):
     return copy_cinc_records(sample_archive, RECORDS, tmp_path_factory.mktemp("multinode-archive"))
 
 
-# The GCS health-checks each raylet every RAY_health_check_period_ms and declares its node dead
-# after RAY_health_check_failure_threshold failures in a row (Ray's defaults: 3000 ms, 5). A
-# SIGKILLed raylet fails each check at once (connection refused), so the killed worker node is
-# counted dead after ~5 s instead of ~15 s, by the killed run and by the wait before its rerun.
-# A live but busy raylet still has Ray's default 10 s per check (health_check_timeout_ms) and
-# the same 5 checks in a row to answer.
-FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+@pytest.fixture
+def two_nodes(ray_cluster):
+    """(cluster, its worker node's ``ray start`` process); the nodes' environment (FAST_NODE_DEATH,
+    the vLLM test settings, token auth) is the one the commands here run in."""
+    return ray_cluster.get()
 
 
-@pytest.fixture(scope="module")
-def two_nodes():
-    env = {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO_ROOT), "TRANSFORMERS_VERBOSITY": "error",
-           **VLLM_TEST_ENV, **FAST_NODE_DEATH}
-    with LocalRayCluster(env=env, start_timeout=180) as cluster:
-        cluster.start_head(num_cpus=2, resources='{"head_node": 1}')
-        worker = cluster.add_worker(num_cpus=2, resources='{"worker_node": 1}')
-        yield cluster, worker
+@pytest.fixture
+def two_nodes_then_retired(ray_cluster):
+    """two_nodes for the test that kills the worker node: the cluster is retired after it (a later
+    user of ``ray_cluster`` gets a fresh one)."""
+    yield ray_cluster.get()
+    ray_cluster.retire()
 
 
 def _cli(cluster, args: list[str]) -> list[str]:
@@ -78,14 +74,15 @@ def _summary(stdout: str) -> dict:
     return json.JSONDecoder().raw_decode(stdout[start:])[0]
 
 
+def _alive(cluster) -> list[dict]:
+    return [n for n in cluster.node_states() if n["state"] == "ALIVE"]
+
+
 def test_cluster_has_two_nodes(two_nodes):
     cluster, _ = two_nodes
-    probe = ("import ray; ray.init(address=%r); "
-             "print(sorted(k for n in ray.nodes() if n['Alive'] for k in n['Resources'] if k.endswith('_node')))"
-             % cluster.address)
-    r = subprocess.run([sys.executable, "-c", probe], env=cluster.env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "['head_node', 'worker_node']"
+    alive = _alive(cluster)
+    assert sorted(k for n in alive for k in n["resources_total"] if k.endswith("_node")) == ["head_node", "worker_node"]
+    assert [n["is_head_node"] for n in alive].count(True) == 1
 
 
 def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
@@ -105,24 +102,21 @@ def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
 
 def _wait_alive_nodes(cluster, n: int, timeout_s: float = 180.0) -> None:
     """Until the cluster's GCS counts ``n`` alive nodes (a killed raylet is declared dead after its
-    missed heartbeats, some seconds later)."""
-    code = (f"import ray; ray.init(address={cluster.address!r}, logging_level='ERROR'); "
-            "print(sum(bool(x['Alive']) for x in ray.nodes()))")
+    missed health checks, some seconds later: FAST_NODE_DEATH)."""
     deadline, last = time.time() + timeout_s, None
     while time.time() < deadline:
-        r = subprocess.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=120)
-        last = (r.stdout.strip().splitlines() or ["?"])[-1]
-        if r.returncode == 0 and last == str(n):
+        last = len(_alive(cluster))
+        if last == n:
             return
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"the cluster still counts {last} alive nodes after {timeout_s:.0f} s (wanted {n})")
 
 
-def test_report_survives_a_killed_worker_node(two_nodes, archive, llava_converted, tmp_path):
-    cluster, worker = two_nodes
+def test_report_survives_a_killed_worker_node(two_nodes_then_retired, archive, llava_converted, tmp_path):
+    cluster, worker = two_nodes_then_retired
     ws = tmp_path / "ws"
     cmd = _cli(cluster, ["report", "--input", str(archive), "-w", str(ws), "--model", str(llava_converted),
-                         "--max-tokens", "8", "--block-size", "1", "--batch-size", "1"])
+                         "--max-tokens", "2", "--block-size", "1", "--batch-size", "1"])
     proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

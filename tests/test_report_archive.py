@@ -2,8 +2,9 @@
 converted ECG-Chat fixture model. ONE interrupted run and ONE resumed run (both through the CLI,
 each with its engine actor) are shared by every assert:
 
-  1. `report --input` with one record per block and per engine call, in a subprocess with its own
-     local Ray, SIGKILLed (the driver and its Ray processes) after its first commits;
+  1. `report --input` with one record per block and per engine call, in a subprocess attached to
+     the session's Ray (conftest ``ray_local``: no second Ray start), its driver SIGKILLed after its
+     first commits (Ray then ends the dead driver's engine actor);
   2. `report --resume -o reports.jsonl --html DIR --json` finishes the job, in this process on the
      session's Ray (conftest ``ray_local``).
 
@@ -12,7 +13,9 @@ instead of ~30 s).
 
 Then: exactly one report per readable record and one failure per bad file across both runs, the
 export equals the table, a rerun does nothing, the archive report equals the `report RECORD` path's
-greedy report for the same record, and the HTML pages load in a real headless Chromium."""
+greedy report for the same record, and the HTML pages load in a real headless Chromium.
+(A driver SIGKILLed with the local Ray it started, then resumed: tests/test_pipeline_embed.py's
+test_sigkill_mid_run_then_resume_is_exactly_once, on the same block commits.)"""
 from __future__ import annotations
 
 import json
@@ -65,7 +68,7 @@ def job(archive, llava_converted, tmp_path_factory, ray_local):
     base = tmp_path_factory.mktemp("report-job")
     ws = base / "ws"
     cmd, env = _cli(["--input", str(archive), "-w", str(ws), "--model", str(llava_converted),   # its own lora/
-                     "--max-tokens", str(MAX_TOKENS),
+                     "--max-tokens", str(MAX_TOKENS), "--address", ray_local.get_runtime_context().gcs_address,
                      "--block-size", "1", "--batch-size", "1", "--no-progress"])
     proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -80,7 +83,7 @@ def job(archive, llava_converted, tmp_path_factory, ray_local):
         assert shards, "no block committed within the time limit"
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver (and anything it started itself)
         except ProcessLookupError:
             pass
         proc.wait(60)

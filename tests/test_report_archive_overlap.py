@@ -5,23 +5,27 @@ the same record for record.
   * the engine: two threads call EcgLlavaEngine.generate on the session's one engine; the second
     call's requests enter while the first call's are in flight (the engine loop's own counters),
     and each call gets the texts the calls give one after the other;
+  * the actor (ReportUDF, built by its own constructor, whose engine is the session's one: no
+    engine start): two read-stage batches, the second handed over once the first's requests are in
+    the engine, as Ray Data hands an actor its batches. With ``overlap=1`` the second waits (every
+    row's ``engine_in_flight`` 0), with ``overlap=2`` it enters while the first generates (> 0);
+    both give the engine's greedy reports;
   * the pipeline (`report --input`, in this process on the session's Ray, conftest ``ray_local``):
-    the same archive with ``overlap=1`` (each batch waits for the last) and with the default
-    overlap; the actor's per-row ``engine_in_flight`` counts (summary.overlapped_records) are 0
-    and > 0, and the two tables hold the same reports. The sequential run's engine runs vLLM in
-    the actor's own process (tests/helpers/vllm_env.py: ~10 s start and ~1 s stop instead of ~30
-    s and ~10 s on 2 cores); the overlapped run, the default, keeps vLLM's default multiprocess
-    engine in its actor, the production path (the same greedy tokens in both modes:
-    test_report_archive's test_archive_report_equals_record_path).
-No timing is asserted: whether batches overlapped is what the engine loop saw."""
+    the archive with the default overlap; the actor's per-row ``engine_in_flight`` counts
+    (summary.overlapped_records) are > 0 and every row holds the greedy report the session's
+    engine gives that record alone (copies of a record: one report). Its engine actor keeps vLLM's
+    default multiprocess engine, the production path (the in-process engine of the other archive
+    tests gives the same greedy tokens: test_report_archive's test_archive_report_equals_record_path).
+No timing is asserted: whether batches overlapped is what the engine loop saw. How much overlap
+gains is bench/report_archive.py's to measure (its `overlapped` counts, --overlap 1 against 2)."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
-from helpers.vllm_env import engine_actor_env
 
 pytestmark = [pytest.mark.vllm, pytest.mark.ray, pytest.mark.slow]
 
@@ -69,6 +73,15 @@ def test_engine_calls_from_two_threads_overlap_and_keep_their_texts(vllm_engine,
 
 
 @pytest.fixture(scope="module")
+def greedy(vllm_engine, sample_archive, llava_converted):
+    """record name -> the session engine's greedy report of it (the fixture's own adapter, the
+    job's question and max tokens), each record alone: no batch, no overlap."""
+    reqs = _requests(vllm_engine, sample_archive)
+    return {name: vllm_engine.generate([r], max_tokens=MAX_TOKENS, lora=llava_converted / "lora")[0]
+            for name, r in zip(RECORDS, reqs)}
+
+
+@pytest.fixture(scope="module")
 def archive(sample_archive, tmp_path_factory):
     d = tmp_path_factory.mktemp("overlap-archive")
     for c in range(COPIES):                  # a folder per copy: WFDB headers name their signal files
@@ -79,30 +92,82 @@ def archive(sample_archive, tmp_path_factory):
     return d
 
 
-def _run(archive, model, ws, overlap):
+def _read_batches(archive, config, sizes):
+    """Read-stage batches (what the actor gets from Ray Data) of ``sizes`` records each."""
+    from ecgbatch.llava.grounding import GROUND_METHOD
+    from ecgbatch.pipelines import read_stage, sources as src
+
+    root = src.normalize_root(archive)
+    sources = sorted(src.list_sources(root), key=lambda s: s.key)
+    ids = src.record_ids([s.key for s in sources], root)
+    out, at = [], 0
+    for k, n in enumerate(sizes):
+        chunk = sources[at:at + n]
+        at += n
+        blk = {"block": [f"b{k}"], "sources": [[src.source_to_json(s) for s in chunk]],
+               "ids": [[ids[s.key] for s in chunk]]}
+        out.append(read_stage.read_and_preprocess(blk, preprocess=config.preprocess_config.to_dict(),
+                                                  measure=True, measure_method=GROUND_METHOD))
+    return out
+
+
+def test_actor_overlap_1_waits_and_2_overlaps_with_the_same_reports(archive, vllm_engine, llava_assembled,
+                                                                     llava_converted, greedy, monkeypatch):
+    from ecgbatch.pipelines import report
+    from ecgbatch.serving import engine as engine_module
+
+    full, lora = llava_assembled[0], llava_converted / "lora"       # the adapter of ``greedy``
+    assert vllm_engine.model_dir == full
+
+    def session_engine(folder, **kwargs):      # the actor's engine: the session's one
+        assert Path(folder) == full and kwargs["dtype"] == "float32", (folder, kwargs)
+        return vllm_engine
+
+    monkeypatch.setattr(engine_module, "EcgLlavaEngine", session_engine)
+    batches = _read_batches(archive, vllm_engine.config, (3, 2))
+    stats = vllm_engine.loop.stats
+
+    async def two_batches(udf):
+        """The first batch, then the second once the first's requests are in the engine."""
+        calls = stats.calls
+        first = asyncio.ensure_future(udf(dict(batches[0])))
+        while stats.calls == calls and not first.done():
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(udf(dict(batches[1])))
+        return await first, await second
+
+    out = {}
+    for overlap in (1, 2):
+        udf = report.ReportUDF(str(full), report.folder_fingerprint(full), {"dtype": "float32"}, str(lora),
+                               MAX_TOKENS, report.DEFAULT_QUESTION, overlap=overlap)
+        out[overlap] = asyncio.run(two_batches(udf))
+    (a1, b1), (a2, b2) = out[1], out[2]
+    assert list(a1["engine_in_flight"]) == [0] * 3 and list(b1["engine_in_flight"]) == [0] * 2   # one at a time
+    assert list(a2["engine_in_flight"]) == [0] * 3 and all(n > 0 for n in b2["engine_in_flight"])
+    for seq, ovl in ((a1, a2), (b1, b2)):
+        assert all(seq["ok"]) and all(ovl["ok"])
+        for k in ("record_id", "report", "n_output_tokens", "question", "findings"):
+            assert list(seq[k]) == list(ovl[k]), k
+        for rid, text in zip(seq["record_id"], seq["report"]):
+            assert text == greedy[rid.rsplit("/", 1)[1]].text, rid
+
+
+def test_pipeline_overlaps_batches_with_the_engines_reports(archive, llava_converted, greedy, tmp_path, ray_local):
     from ecgbatch.pipelines import report
     from ecgbatch.pipelines.workspace import ReportTable
 
-    s = report.run(str(archive), model, ws, lora=model / "lora", settings=report.PromptSettings(max_tokens=MAX_TOKENS),
-                   batch_size=BATCH, block_size=BATCH, progress=False, overlap=overlap)
-    t = ReportTable(ws, Path(s.table).name)
-    return s, {r["record_id"]: r for r in t.read_table().to_pylist()}
-
-
-def test_pipeline_overlaps_batches_with_the_same_reports(archive, llava_converted, tmp_path, ray_local):
-    with engine_actor_env():
-        seq, seq_rows = _run(archive, llava_converted, tmp_path / "sequential", overlap=1)
-    ovl, ovl_rows = _run(archive, llava_converted, tmp_path / "overlapped", overlap=2)
+    s = report.run(str(archive), llava_converted, tmp_path / "ws", lora=llava_converted / "lora",
+                   settings=report.PromptSettings(max_tokens=MAX_TOKENS), batch_size=BATCH, block_size=BATCH,
+                   progress=False)      # the default overlap
+    rows = {r["record_id"]: r for r in ReportTable(tmp_path / "ws", Path(s.table).name).read_table().to_pylist()}
     n = COPIES * len(RECORDS)
-    assert (seq.reported, seq.failed, ovl.reported, ovl.failed) == (n, 0, n, 0)
-    assert seq.overlapped_records == 0       # one batch at a time: never another batch in the engine
-    assert ovl.overlapped_records >= BATCH, "no batch entered the engine while another one generated"
-    assert sorted(ovl_rows) == sorted(seq_rows)
-    for rid, r in seq_rows.items():          # greedy: the same report, tokens and prompt per record
-        o = ovl_rows[rid]
-        assert (o["report"], o["n_output_tokens"], o["question"], o["findings"]) == \
-            (r["report"], r["n_output_tokens"], r["question"], r["findings"]), rid
-    by_copy = {}
-    for rid, r in seq_rows.items():          # and copies of one record got one report
-        by_copy.setdefault(rid.split("/", 1)[1], set()).add(r["report"])
-    assert all(len(v) == 1 for v in by_copy.values()), by_copy
+    assert (s.reported, s.failed, len(rows)) == (n, 0, n)
+    assert s.overlapped_records >= BATCH, "no batch entered the engine while another one generated"
+    by_record = {}
+    for rid, r in rows.items():              # greedy: the report the engine gives the record alone
+        name = rid.rsplit("/", 1)[1]
+        ref = greedy[name]
+        assert (r["report"], r["n_output_tokens"], r["question"]) == \
+            (ref.text, ref.n_output_tokens, report.DEFAULT_QUESTION), rid
+        by_record.setdefault(name, set()).add((r["report"], r["findings"]))
+    assert all(len(v) == 1 for v in by_record.values()), by_record     # copies of a record: one report

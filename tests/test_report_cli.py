@@ -1,28 +1,18 @@
 """`ecgbatch report`: end to end through vLLM on a real sample-archive record (the command in
 this process, generating on the session's one engine: conftest ``record_reports_on_session_engine``),
 and the errors that must come before any engine starts. (`python -m ecgbatch.cli` as a process with
-an engine of its own: tests/test_diagnosis_prompt.py's `report RECORD --ddp`.)"""
+an engine of its own: tests/test_diagnosis_prompt.py's `report RECORD --ddp`, quiet; what --verbose
+lets through: tests/test_chat_cli.py's chat process, run with --verbose.)"""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from ecgbatch._paths import REPO_ROOT
 from ecgbatch.cli import app
-
-from helpers.quiet import NOISE, UNCLEAN_EXIT
-
-
-def _run_cli(args, **env_extra):
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), VLLM_CPU_KVCACHE_SPACE="1", **env_extra)
-    return subprocess.run([sys.executable, "-m", "ecgbatch.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
 
 RECORD = "sample_archive/cinc2021/A0689.hea"
 
@@ -67,19 +57,6 @@ def test_report_json_end_to_end(llava_trained_only, llava_assembled, llava_cache
     [fail] = out["failures"]
     assert fail["record"] == "sample_archive/bad/garbage.hea" and "bad_header" in fail["error"]
     assert "garbage.hea" in p.stderr
-
-
-@pytest.mark.vllm
-@pytest.mark.shared
-@pytest.mark.slow
-def test_report_verbose_shows_what_quiet_drops(llava_converted, llava_cache):
-    """--verbose lets vLLM's own warnings through (the quiet run: test_diagnosis_prompt's `report --ddp` process);
-    the exit is clean either way."""
-    p = _run_cli(["report", RECORD, "--model", str(llava_converted), "--max-tokens", "1", "--verbose"],
-                 ECGBATCH_CACHE=str(llava_cache))
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert [n for n in NOISE if n in p.stderr] and "vLLM CPU backend: no" not in p.stderr, p.stderr[-3000:]
-    assert not [n for n in UNCLEAN_EXIT if n in p.stderr], p.stderr[-3000:]
 
 
 def test_report_default_model_not_installed(monkeypatch, tmp_path):

@@ -7,10 +7,15 @@ private temp folder, given to every process as RAY_TMPDIR: the cluster's session
 the machine keep theirs. ``stop()`` kills the process groups it started, then any leftover process
 whose command line names that folder, then removes the folder. It never runs ``ray stop``, which
 would stop every cluster of the user. All ports are free ports picked here, bound to 127.0.0.1.
+
+``SharedCluster``: the one two-node cluster of a test run (conftest ``ray_cluster``), shared by the
+tests that need real nodes (test_ray_jobs, test_ray_multinode).
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -120,6 +126,16 @@ class LocalRayCluster:
             args += ["--resources", resources]
         return self._start(args, f"worker{len(self.nodes)}")
 
+    def node_states(self) -> list[dict]:
+        """Every node the GCS knows (``state`` ALIVE or DEAD, ``resources_total``, ...) as the
+        dashboard's state API lists them: one HTTP request (with the cluster's token when it has
+        token auth), no Ray driver to start (seconds each on a busy machine)."""
+        headers = ({"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"}
+                   if self.env.get("RAY_AUTH_MODE") == "token" else {})
+        req = urllib.request.Request(self.dashboard_url + "/api/v0/nodes", headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())["data"]["result"]["result"]
+
     @staticmethod
     def raylet_pid(node: subprocess.Popen) -> int:
         """The pid of that node's raylet (a child of its ``ray start`` process)."""
@@ -169,11 +185,54 @@ class LocalRayCluster:
         self.stop()
 
 
+# The GCS health-checks each raylet every RAY_health_check_period_ms and declares its node dead
+# after RAY_health_check_failure_threshold failures in a row (Ray's defaults: 3000 ms, 5). A
+# SIGKILLed raylet fails each check at once (connection refused), so a killed node is counted dead
+# after ~5 s instead of ~15 s. A live but busy raylet still has Ray's default 10 s per check
+# (health_check_timeout_ms) and the same 5 checks in a row to answer.
+FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
+
+
+class SharedCluster:
+    """The one `ray start` cluster of a test run, started at the first ``get()``: a head with its
+    dashboard and Ray 2.60 token auth (RAY_AUTH_MODE=token + RAY_AUTH_TOKEN on the nodes, as the
+    README's job recipe has it) and the custom resource ``head_node``, and a worker node with
+    ``worker_node``, 2 CPUs each; FAST_NODE_DEATH on the GCS. ``env``: added to the nodes' and
+    the tests' commands' environment. A test that kills a node ``retire()``s the cluster when
+    done; the next ``get()`` starts a fresh one. (Two clusters, one per test module, cost a head
+    start and a stop more: 15-30 s on 2 cores.)"""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.token = secrets.token_hex(32)
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, **FAST_NODE_DEATH, **(env or {})}
+        self.cluster: LocalRayCluster | None = None
+        self.worker: subprocess.Popen | None = None
+
+    def get(self) -> tuple[LocalRayCluster, subprocess.Popen]:
+        """(cluster, its worker node's ``ray start`` process)."""
+        if self.cluster is None:
+            cluster = LocalRayCluster(env=self.env, dashboard=True, start_timeout=180)
+            try:
+                cluster.start_head(num_cpus=2, resources='{"head_node": 1}')
+                self.worker = cluster.add_worker(num_cpus=2, resources='{"worker_node": 1}')
+            except BaseException:
+                cluster.stop()
+                raise
+            self.cluster = cluster
+        return self.cluster, self.worker
+
+    def retire(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        self.cluster = self.worker = None
+
+
 class NodeWork:
     """What Ray ran on one node, seen from outside while it runs: a thread samples the titles of
     the worker processes under that node's raylet. Ray names a busy worker after its task or
     actor (``ray::MapBatches(read_and_preprocess)``, ``ray::MapWorker(MapBatches(EncoderUDF))``),
-    an idle one ``ray::IDLE``; ``titles`` collects the busy ones.
+    an idle one ``ray::IDLE``; ``titles`` collects the busy ones. A process busy when it starts
+    (an earlier job's actor still exiting) counts only once its title changes.
 
         with NodeWork(cluster.raylet_pid(worker)) as seen:
             ...run a job...
@@ -186,19 +245,30 @@ class NodeWork:
         self.titles: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._before: dict[int, str] = {}
+
+    def _titles(self) -> dict[int, str] | None:
+        """pid -> title of the processes under the raylet (None once the node is gone)."""
+        try:
+            procs = self.raylet.children(recursive=True)
+        except psutil.NoSuchProcess:        # the node was killed
+            return None
+        titles = {}
+        for p in procs:
+            try:
+                titles[p.pid] = " ".join(a for a in p.cmdline() if a).strip()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return titles
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            try:
-                procs = self.raylet.children(recursive=True)
-            except psutil.NoSuchProcess:        # the node was killed
+            titles = self._titles()
+            if titles is None:
                 return
-            for p in procs:
-                try:
-                    title = " ".join(a for a in p.cmdline() if a).strip()
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-                if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+            for pid, title in titles.items():
+                if (title.startswith("ray::") and not title.startswith("ray::IDLE")
+                        and self._before.get(pid) != title):
                     self.titles.add(title)
             self._stop.wait(self.interval_s)
 
@@ -207,6 +277,7 @@ class NodeWork:
         return any(n in t for t in self.titles for n in names)
 
     def __enter__(self) -> "NodeWork":
+        self._before = self._titles() or {}
         self._thread.start()
         return self
 

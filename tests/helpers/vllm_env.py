@@ -1,6 +1,5 @@
 """The vLLM settings of the tests whose commands start an engine of their own in a subprocess or
-a Ray actor (report --input's engine actors: kill-and-resume, two nodes, Ray jobs, RAG/DDP, the
-overlap test's sequential run).
+a Ray actor (report --input's engine actors: kill-and-resume, two nodes, Ray jobs, RAG/DDP).
 
 VLLM_ENABLE_V1_MULTIPROCESSING=0 runs vLLM's engine core in the process that builds the engine
 (the mode the engine falls back to without the plugin entry point, ecgbatch.serving.engine; same
@@ -10,7 +9,7 @@ stops in ~1 s instead of ~10 s. The default, multiprocess mode keeps its coverag
 is about it: the session engine (conftest ``vllm_engine``), ``ecgbatch serve`` (``ecg_server``),
 `chat`, `report RECORD --ddp` in its own process (test_diagnosis_prompt: a quiet, clean
 engine shutdown) and an engine actor of `report --input` (test_report_archive_overlap's
-overlapped run)."""
+pipeline run)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
