@@ -1,12 +1,17 @@
 """The CoCa training job on a real Ray local cluster, real records (LUDB + CinC 2021) and the
 ECG-Chat-shaped tiny model: 2 CPU workers, a few steps; loss falls, the checkpoint loads with
-create_model, and a crash + --resume ends with the weights of an uninterrupted run."""
+create_model, and a crash + --resume ends with the weights of an uninterrupted run.
+
+The module's six Ray Train runs (the uninterrupted one, the crash test's three, the k-fold
+test's two) are started at once by the ``runs`` fixture (tests/helpers/train_runs.py), one
+thread per chain of runs; the tests assert what the runs left."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from helpers.train_runs import concurrent_runs, raised
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("ray")
@@ -36,8 +41,7 @@ def _weights(ckpt):
     return load_file(str(ckpt / "model" / "model.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(ray_local, workdir):
+def _straight(workdir):
     """One full 2-worker run (3 epochs x 2 steps of a global batch of 8)."""
     from ecgbatch.training.checkpointing import latest_checkpoint
     from ecgbatch.training.coca_job import run_job
@@ -45,6 +49,55 @@ def uninterrupted(ray_local, workdir):
     job = _job(workdir, name="straight")
     result = run_job(job, num_workers=2)
     return job, result, latest_checkpoint(job.run_path())
+
+
+def _crash_and_resume(workdir):
+    """The crash test's runs, in order: a crash after an epoch's checkpoint, a restart without
+    --resume, a resume that (optim.checkpoint_every_steps) checkpoints within an epoch and crashes
+    again, a resume from that checkpoint to the end; what each left behind."""
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.coca_job import run_job
+
+    crashed = _job(workdir, name="crashed", fail_after_steps=3)      # dies in epoch 1
+    seen = {"job": crashed, "crash": raised(run_job, crashed, num_workers=2)}
+    mid = latest_checkpoint(crashed.run_path())
+    seen["mid"] = json.loads((mid / "progress.json").read_text())
+    seen["mid_weights"] = _weights(mid)               # (later checkpoints retire it: keep_checkpoints)
+    seen["restart"] = raised(run_job, _job(workdir, name="crashed"), num_workers=2)
+    within = {"optim.checkpoint_every_steps": 1}     # resumes, dies in epoch 2 after its step 1
+    seen["crash2"] = raised(run_job, _job(workdir, name="crashed", fail_after_steps=5, **within),
+                            num_workers=2, resume=True)
+    seen["mid2"] = json.loads((latest_checkpoint(crashed.run_path()) / "progress.json").read_text())
+    run_job(_job(workdir, name="crashed", **within), num_workers=2, resume=True)
+    seen["final"] = latest_checkpoint(crashed.run_path())
+    return seen
+
+
+def _fold(workdir, f):
+    """A 1-worker run of fold f of 2 (the job's single-worker path), one step; one torch thread
+    (the other fold's worker has the other CPU)."""
+    from ecgbatch.training.coca_job import run_job
+
+    job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
+                                          "optim.max_steps_per_epoch": 1, "threads_per_worker": 1})
+    return job, run_job(job, num_workers=1)
+
+
+@pytest.fixture(scope="module")
+def runs(ray_local, workdir):
+    """Every run of the module, started at once (futures: crashed, straight, cv0, cv1)."""
+    from ecgbatch.training.coca_job import prepare_data
+
+    prepare_data(_job(workdir, name="straight"))     # the pair cache, built once before the runs share it
+    # the longest chain first: Ray gives the CPUs to the runs in the order they ask
+    with concurrent_runs(crashed=lambda: _crash_and_resume(workdir), straight=lambda: _straight(workdir),
+                         cv0=lambda: _fold(workdir, 0), cv1=lambda: _fold(workdir, 1)) as futures:
+        yield futures
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(runs):
+    return runs["straight"].result()
 
 
 @pytest.mark.slow
@@ -73,29 +126,18 @@ def test_two_worker_run_loss_falls_and_checkpoint_loads(uninterrupted):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workdir):
+def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, runs):
     """A crash after an epoch's checkpoint, then (optim.checkpoint_every_steps) one within an
     epoch: each --resume continues where the last checkpoint left off, and the run ends with
     the uninterrupted run's weights."""
-    from ecgbatch.training.checkpointing import latest_checkpoint
-    from ecgbatch.training.coca_job import run_job
-
     _, _, straight = uninterrupted
-    crashed = _job(workdir, name="crashed", fail_after_steps=3)      # dies in epoch 1
-    with pytest.raises(Exception, match="simulated crash"):
-        run_job(crashed, num_workers=2)
-    mid = latest_checkpoint(crashed.run_path())
-    assert json.loads((mid / "progress.json").read_text()) == {"epoch": 0, "global_step": 2}
-    mid_weights = _weights(mid)                       # (later checkpoints retire it: keep_checkpoints)
-    with pytest.raises(FileExistsError, match="--resume"):
-        run_job(_job(workdir, name="crashed"), num_workers=2)       # never silently restarts
-    within = {"optim.checkpoint_every_steps": 1}
-    with pytest.raises(Exception, match="simulated crash"):         # resumes, dies in epoch 2 after its step 1
-        run_job(_job(workdir, name="crashed", fail_after_steps=5, **within), num_workers=2, resume=True)
-    mid2 = latest_checkpoint(crashed.run_path())
-    assert json.loads((mid2 / "progress.json").read_text()) == {"epoch": 2, "global_step": 5, "step_in_epoch": 1}
-    run_job(_job(workdir, name="crashed", **within), num_workers=2, resume=True)
-    final = latest_checkpoint(crashed.run_path())
+    seen = runs["crashed"].result()
+    assert "simulated crash" in str(seen["crash"]), seen["crash"]
+    assert seen["mid"] == {"epoch": 0, "global_step": 2}
+    assert isinstance(seen["restart"], FileExistsError) and "--resume" in str(seen["restart"])   # never silently restarts
+    assert "simulated crash" in str(seen["crash2"]), seen["crash2"]
+    assert seen["mid2"] == {"epoch": 2, "global_step": 5, "step_in_epoch": 1}
+    final, mid_weights = seen["final"], seen["mid_weights"]
     assert json.loads((final / "progress.json").read_text()) == {"epoch": 2, "global_step": 6}
     a, b = _weights(straight), _weights(final)
     assert a.keys() == b.keys()
@@ -103,7 +145,7 @@ def test_resume_after_crash_gives_the_uninterrupted_weights(uninterrupted, workd
     assert worst <= 1e-6, worst
     changed = max(float((mid_weights[k].float() - b[k].float()).abs().max()) for k in a)
     assert changed > 1e-4   # the resumed run really trained
-    hist = [json.loads(line) for line in (crashed.run_path() / "metrics.jsonl").read_text().splitlines()]
+    hist = [json.loads(line) for line in (seen["job"].run_path() / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [0, 1, 2]      # within-epoch checkpoints add no epoch rows
 
 
@@ -144,7 +186,7 @@ def test_eval_commands_on_the_trained_checkpoint(uninterrupted, workdir):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_kfold_one_worker_runs_and_crossval_score_every_record_once(ray_local, workdir):
+def test_kfold_one_worker_runs_and_crossval_score_every_record_once(runs, workdir):
     """Two 1-worker fold runs (the job's single-worker path: world size 1 in the checkpoint), then
     `eval crossval` over them."""
     from typer.testing import CliRunner
@@ -152,31 +194,28 @@ def test_kfold_one_worker_runs_and_crossval_score_every_record_once(ray_local, w
     from ecgbatch.cli import app
     from ecgbatch.eval.metrics import roc_auc
     from ecgbatch.training.checkpointing import latest_checkpoint, read_train_state
-    from ecgbatch.training.coca_job import run_job
     from ecgbatch.training.pairs import PairSet
 
-    runs = []
+    folds = []
     for f in (0, 1):
-        job = _job(workdir, name=f"cv{f}", **{"split.folds": 2, "split.fold": f, "optim.epochs": 1,
-                                              "optim.max_steps_per_epoch": 1})
-        result = run_job(job, num_workers=1)
+        job, result = runs[f"cv{f}"].result()
         assert result.metrics["global_step"] == 1 and np.isfinite(result.metrics["train/loss"])
         assert read_train_state(latest_checkpoint(job.run_path()))["world_size"] == 1
-        runs.append(job.run_path())
+        folds.append(job.run_path())
     cache = next((workdir / "cache").glob("pairs-*.npz"))
     pairs = PairSet.load(cache)
     out = workdir / "cv.json"
-    r = CliRunner().invoke(app, ["eval", "crossval", *map(str, runs), "--data", str(cache), "--k", "2",
+    r = CliRunner().invoke(app, ["eval", "crossval", *map(str, folds), "--data", str(cache), "--k", "2",
                                  "--prevalence", "0.2", "--pool", "0", "--out", str(out)])
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert sorted(rec["path"] for rec in res["records"]) == sorted(pairs.path)     # each record once
-    assert [f["n"] for f in res["folds"]] == [len(json.loads((p / "split.json").read_text())["val"]) for p in runs]
+    assert [f["n"] for f in res["folds"]] == [len(json.loads((p / "split.json").read_text())["val"]) for p in folds]
     y = np.array([rec["y"] for rec in res["records"]])
     s = np.array([rec["prompt_score"] for rec in res["records"]])
     assert res["all"]["n_pos"] == int(y.sum()) > 0
     assert res["all"]["auc_prompt"] == pytest.approx(roc_auc(y, s))
     assert all(0 <= f["retrieval_r10"] <= 1 for f in res["folds"])
-    r = CliRunner().invoke(app, ["eval", "crossval", str(runs[0]), str(runs[0]), "--data", str(cache),
+    r = CliRunner().invoke(app, ["eval", "crossval", str(folds[0]), str(folds[0]), "--data", str(cache),
                                  "--out", str(workdir / "dup.json")])
     assert r.exit_code == 2 and "held out by two runs" in r.output

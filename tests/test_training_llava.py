@@ -1,5 +1,8 @@
 """ECG-LLaVA training: loss masks, the ECG-token cache, and the Ray Train jobs (align, sft,
-resume, export) on the converted ecgllava_tiny fixture and real sample-archive records."""
+resume, export) on the converted ecgllava_tiny fixture and real sample-archive records.
+
+The module's three Ray Train runs (sft: crash, resume; align) are started at once by the
+``llava_runs`` fixture (tests/helpers/train_runs.py); the tests assert what the runs left."""
 from __future__ import annotations
 
 import json
@@ -7,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.train_runs import concurrent_runs, raised
 from typer.testing import CliRunner
 
 from ecgbatch.cli import app
@@ -106,6 +110,7 @@ def _job(tmp_path, llava_converted, instruct_file, stage, **over):
     from ecgbatch.training.llava_config import LlavaJobConfig
 
     d = {"name": f"tiny-{stage}", "stage": stage, "run_dir": str(tmp_path / "runs"), "amp": "off",
+         "threads_per_worker": 1,    # the sft and align runs train at once on the session's 2 CPUs
          "model": {"folder": str(llava_converted)},
          "data": {"instruct": str(instruct_file), "split": None, "kinds": ["report"], "max_length": 256,
                   "cache_dir": str(tmp_path / "cache")},
@@ -116,25 +121,51 @@ def _job(tmp_path, llava_converted, instruct_file, stage, **over):
     return LlavaJobConfig.from_dict(d)
 
 
+def _sft_crash_and_resume(tmp_path, llava_converted, instruct_file):
+    """The sft test's runs: a crash in epoch 1 (after epoch 0's checkpoint), then --resume to
+    the end; what each left behind."""
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.llava_job import run_job
+
+    job = _job(tmp_path, llava_converted, instruct_file, "sft", fail_after_steps=4)
+    seen = {"job": job, "crash": raised(run_job, job, num_workers=1, log=lambda m: None)}
+    seen["first"] = json.loads((latest_checkpoint(job.run_path()) / "progress.json").read_text())
+    job.fail_after_steps = None
+    seen["result"] = run_job(job, num_workers=1, resume=True, log=lambda m: None)
+    return seen
+
+
+def _align(tmp_path, llava_converted, instruct_file):
+    from ecgbatch.training.llava_job import run_job
+
+    job = _job(tmp_path, llava_converted, instruct_file, "align", optim={"lr": 1e-2})
+    return job, run_job(job, num_workers=1, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def llava_runs(tmp_path_factory, llava_converted, instruct_file, ray_local):
+    """The module's runs, started at once (futures: sft, align)."""
+    sft, align = tmp_path_factory.mktemp("sft"), tmp_path_factory.mktemp("align")
+    with concurrent_runs(sft=lambda: _sft_crash_and_resume(sft, llava_converted, instruct_file),
+                         align=lambda: _align(align, llava_converted, instruct_file)) as futures:
+        yield futures
+
+
 @pytest.mark.slow
 @pytest.mark.ray
-def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, instruct_file, tiny, ray_local):
+def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_runs, tiny):
     """Real Ray: LoRA+projector loss goes down; a crash after epoch 0 resumes from its
     checkpoint and finishes; the export loads in HF with the adapter and changes the outputs."""
     from ecgbatch.llava import load_ecg_llava
     from ecgbatch.llava.assemble import full_folder
-    from ecgbatch.training.checkpointing import latest_checkpoint
-    from ecgbatch.training.llava_job import SimulatedCrash, run_job
+    from ecgbatch.training.llava_job import SimulatedCrash
 
-    job = _job(tmp_path, llava_converted, instruct_file, "sft", fail_after_steps=4)
-    with pytest.raises(Exception) as err:
-        run_job(job, num_workers=1, log=lambda m: None)
-    assert "SimulatedCrash" in repr(err.value) or isinstance(err.value, SimulatedCrash)
-    first = latest_checkpoint(job.run_path())
-    assert json.loads((first / "progress.json").read_text()) == {"epoch": 0, "global_step": 3}
+    seen = llava_runs["sft"].result()
+    err = seen["crash"]
+    assert "SimulatedCrash" in repr(err) or isinstance(err, SimulatedCrash), err
+    assert seen["first"] == {"epoch": 0, "global_step": 3}
 
-    job.fail_after_steps = None
-    res = run_job(job, num_workers=1, resume=True, log=lambda m: None)
+    job, res = seen["job"], seen["result"]
     lines = [json.loads(x) for x in (job.run_path() / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [0, 1] and lines[-1]["global_step"] == 6
     assert res.metrics["epoch"] == 1
@@ -167,14 +198,12 @@ def test_sft_job_learns_crashes_resumes_and_exports(tmp_path, llava_converted, i
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_align_job_trains_the_projector_only(tmp_path, llava_converted, instruct_file, tiny, ray_local):
+def test_align_job_trains_the_projector_only(llava_runs, tiny):
     from safetensors.torch import load_file
 
     from ecgbatch.training.checkpointing import latest_checkpoint
-    from ecgbatch.training.llava_job import run_job
 
-    job = _job(tmp_path, llava_converted, instruct_file, "align", optim={"lr": 1e-2})
-    res = run_job(job, num_workers=1, log=lambda m: None)
+    job, res = llava_runs["align"].result()
     ck = latest_checkpoint(job.run_path())
     assert not (ck / "model" / "lora").exists()
     proj = load_file(str(ck / "model" / "model.safetensors"))
