@@ -46,13 +46,14 @@ if __name__ == "__main__":
 
 # the parent of three spawned children: two named as vLLM's engine cores (one ignores SIGTERM), one not
 PARENT = """
-import multiprocessing as mp, signal, sys, time
+import multiprocessing as mp, os, signal, sys, time
 from ecgbatch.serving.parent_watch import watch_parent
 
 def child(ignore_term):
     if ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    print(mp.current_process().name, watch_parent(grace_s=2.0), flush=True)
+    line = f"{mp.current_process().name} {watch_parent(grace_s=2.0)}\\n"
+    os.write(1, line.encode())     # one write per line: three children share the pipe (print may split it)
     time.sleep(600)
 
 if __name__ == "__main__":
