@@ -45,20 +45,6 @@ YES_NO = {   # question -> finding keys of ecgbatch.text.findings whose presence
 NUMBER = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\b")
 
 
-def truth(hea: Path) -> dict:
-    from ecgbatch.text.findings import KEYS, positive_findings
-    from ecgbatch.training.texts import hea_comments, ludb_text
-
-    ref_text = ludb_text(hea_comments(hea))
-    found = positive_findings(ref_text, KEYS)
-    t = {k: bool(set(keys) & found) for k, (_, keys) in YES_NO.items()}
-    from ecgbatch._paths import shared_dir
-
-    annotated = shared_dir() / "data" / "ludb" / "data" / hea.stem     # the archive copy has no annotations
-    t["hr_bpm"] = reference_intervals(annotated)["hr_bpm"]
-    return t
-
-
 def reference_truth(reference: str) -> dict:
     """Yes/no truth from a labelled reference text (no annotated rate: hr_bpm NaN)."""
     from ecgbatch.text.findings import KEYS, positive_findings
@@ -67,7 +53,16 @@ def reference_truth(reference: str) -> dict:
     return {**{k: bool(set(keys) & found) for k, (_, keys) in YES_NO.items()}, "hr_bpm": float("nan")}
 
 
-def test_fold_records(archive: Path, source: str, limit: int) -> dict:
+def truth(hea: Path) -> dict:
+    """A LUDB record's truth: its header's diagnoses, and the rate of its QRS annotations."""
+    from ecgbatch._paths import shared_dir
+    from ecgbatch.training.texts import hea_comments, ludb_text
+
+    annotated = shared_dir() / "data" / "ludb" / "data" / hea.stem     # the archive copy has no annotations
+    return {**reference_truth(ludb_text(hea_comments(hea))), "hr_bpm": reference_intervals(annotated)["hr_bpm"]}
+
+
+def fold_records(archive: Path, source: str, limit: int) -> dict:
     """{record path: truth} for the first `limit` records of one source of the prepared archive."""
     if source == "ludb":
         heas = sorted((archive / "ludb").glob("*.hea"), key=lambda p: int(p.stem))[:limit]
@@ -126,7 +121,7 @@ def main(argv=None) -> int:
 
     from ecgbatch.serving.server import free_port
 
-    truths = test_fold_records(a.archive, a.source, a.limit)
+    truths = fold_records(a.archive, a.source, a.limit)
     heas = list(truths)
     key = secrets.token_hex(8)
     port = a.port or free_port()
