@@ -93,7 +93,7 @@ def test_embed_exactly_once_across_nodes(two_nodes, archive, tmp_path):
                                           "--block-size", "1", "--batch-size", "1"]),
                            env=cluster.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert seen.ran("read_and_preprocess", "EncoderUDF"), f"no embed work seen on the worker node: {seen.titles}"
+    assert seen.ran("read_task", "EncoderUDF"), f"no embed work seen on the worker node: {seen.titles}"
     summary = _summary(r.stdout)
     assert (summary["embedded"], summary["failed"], summary["blocks_committed"]) == (len(RECORDS), 0, len(RECORDS))
     [root] = [p.parent for p in ws.glob("*/embed.json")]

@@ -1,7 +1,7 @@
 """`ecgbatch embed`: a Ray Data streaming job that turns an ECG archive into embeddings.
 
     scan (driver) -> blocks of record sources -> ray.data.from_items
-      -> map_batches(read_and_preprocess)                 CPU tasks, the model's PreprocessConfig
+      -> map_batches(read_task)                           CPU tasks (read_and_preprocess, at low priority), the model's PreprocessConfig
       -> map_batches(EncoderUDF, ActorPoolStrategy(N))    one model per actor, GPU when asked
       -> iter_batches on the driver -> one Parquet shard per block, committed atomically
 

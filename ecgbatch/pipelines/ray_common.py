@@ -5,6 +5,7 @@ runs in, Ray Data's logging, and the actor restart policy. Ray is imported insid
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -21,6 +22,30 @@ from ecgbatch.quiet import is_verbose
 # Ray 2.60 has no named map_batches parameter for it, and warns that extra remote arguments
 # are deprecated (from 2.64): no_restart_warning() silences that one warning where we pass it.
 NO_ACTOR_RESTARTS = {"max_restarts": 0}
+
+# CPU priorities of a block job's stages where they share CPU cores (a CPU-only node). A model
+# actor's threads step in lock step (vLLM's and torch's OpenMP), so a read task that preempts one
+# of them stalls all of them; Ray starts every worker at niceness 15. The read tasks therefore move
+# to READ_NICENESS (always allowed: raising one's own niceness needs no privilege) and a model
+# actor to MODEL_NICENESS where the node allows it (root or CAP_SYS_NICE; elsewhere it stays at
+# Ray's 15 and only the read tasks move). The reads still run whenever a model thread waits.
+# STAGE_PRIORITIES_ENV=off (in the workers' environment) leaves every niceness as Ray set it.
+READ_NICENESS = 19
+MODEL_NICENESS = 0
+STAGE_PRIORITIES_ENV = "ECGBATCH_STAGE_PRIORITIES"
+
+
+def set_niceness(target: int) -> int:
+    """This process's niceness moved to ``target`` where allowed (raising it always is, lowering
+    it may not be); the niceness it has afterwards. Nothing changes with STAGE_PRIORITIES_ENV=off."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if os.environ.get(STAGE_PRIORITIES_ENV, "").lower() == "off" or current == target:
+        return current
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, target)
+    except PermissionError:
+        return current
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from ecgbatch.io.errors import EcgReadError
 from ecgbatch.pipelines import sources as src
+from ecgbatch.pipelines.ray_common import READ_NICENESS, set_niceness
 from ecgbatch.pipelines.read_ledger import crash_row, ReadTracker
 from ecgbatch.signal import preprocess
 from ecgbatch.signal.config import PreprocessConfig
@@ -161,6 +162,13 @@ def read_and_preprocess(batch: dict[str, np.ndarray], *, preprocess: dict, measu
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
+def read_task(batch: dict[str, np.ndarray], **kwargs) -> dict[str, np.ndarray]:
+    """read_and_preprocess as a Ray read task: at READ_NICENESS first, so that on shared CPU cores
+    the reads give way to the model actor's threads (ray_common.set_niceness)."""
+    set_niceness(READ_NICENESS)
+    return read_and_preprocess(batch, **kwargs)
+
+
 def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict, *, ledger,
                measure: bool = False, rhythm: dict | None = None, measure_method: str = "ecgchat"):
     """The scan + read/preprocess stages shared by the block jobs: one Ray task per block
@@ -179,7 +187,7 @@ def read_stage(blocks: list[tuple[str, list[str], list[str]]], preprocess: dict,
     # Ray Data retries its tasks without end (max_retries=-1, its default; Ray 2.60 deprecates
     # both ray_remote_args_fn and **ray_remote_args, and has no named max_retries), and the
     # ledger bounds it at READ_TASK_RETRIES per block
-    return ds.map_batches(read_and_preprocess, batch_size=1,
+    return ds.map_batches(read_task, batch_size=1,
                           fn_kwargs={"preprocess": preprocess, "measure": measure, "rhythm": rhythm,
                                      "ledger": ledger, "measure_method": measure_method},
                           num_cpus=1, memory=block_bytes)

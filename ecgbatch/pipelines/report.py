@@ -2,7 +2,7 @@
 per record of an ECG archive with an ECG-LLaVA model served by vLLM.
 
     scan (driver) -> blocks of record sources -> ray.data.from_items
-      -> map_batches(read_and_preprocess)              CPU tasks, the model's PreprocessConfig (embed's)
+      -> map_batches(read_task)                        CPU tasks (read_and_preprocess, at low priority), the model's PreprocessConfig (embed's)
       -> map_batches(ReportUDF, ActorPoolStrategy(N))  one vLLM engine per actor (GPUs when present);
                                                        a batch of requests per engine call, continuous
                                                        batching inside the engine; ``overlap`` batches
@@ -43,7 +43,7 @@ from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
 from ecgbatch.pipelines.job_progress import JobProgress
 from ecgbatch.pipelines.progress import RecordProgress
-from ecgbatch.pipelines.ray_common import quiet_ray_data, ray_session
+from ecgbatch.pipelines.ray_common import MODEL_NICENESS, quiet_ray_data, ray_session, set_niceness
 from ecgbatch.pipelines.read_ledger import run_ledger
 from ecgbatch.pipelines.read_stage import (LABEL_SEP, MEASUREMENT_COLUMNS, failures_table, metadata_columns,
                                            read_stage)
@@ -140,6 +140,7 @@ class ReportUDF:
                  overlap: int = DEFAULT_OVERLAP):
         for k, v in (env or {}).items():
             os.environ.setdefault(k, v)
+        set_niceness(MODEL_NICENESS)    # before the engine's processes start: they inherit it
         got = folder_fingerprint(model_dir)
         if got != fingerprint:
             raise RuntimeError(f"engine actor found model folder {model_dir} with fingerprint {got[:12]}, "

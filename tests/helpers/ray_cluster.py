@@ -230,7 +230,7 @@ class SharedCluster:
 class NodeWork:
     """What Ray ran on one node, seen from outside while it runs: a thread samples the titles of
     the worker processes under that node's raylet. Ray names a busy worker after its task or
-    actor (``ray::MapBatches(read_and_preprocess)``, ``ray::MapWorker(MapBatches(EncoderUDF))``),
+    actor (``ray::MapBatches(read_task)``, ``ray::MapWorker(MapBatches(EncoderUDF))``),
     an idle one ``ray::IDLE``; ``titles`` collects the busy ones. A process busy when it starts
     (an earlier job's actor still exiting) counts only once its title changes.
 
