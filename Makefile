@@ -44,8 +44,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
+# Two pytest-xdist workers: the tests that start Ray or vLLM (group "heavy", tests/helpers/suite_groups.py)
+# run one after another on one worker, the rest on either; --durations lists the slowest for CI logs.
+# Serially: `pytest tests` (or one area's files), as before.
 test: $(STAMP) browser
-	$(VPY) -m pytest -q --durations=25 tests
+	$(VPY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 # Chromium + its driver for the browser tests (`report --html` pages, the server's web page;
 # Debian packages; needs root). Idempotent; without

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers.ray_cluster import SharedCluster
 from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
+from helpers.suite_groups import HEAVY_GROUP, heavy_reason
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +23,76 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")      # also for the session
 
 SHARED = shared_dir()
 HELPERS = Path(__file__).parent / "helpers"
+
+
+# --- `make test` runs two xdist workers; what starts Ray or vLLM runs on one (helpers/suite_groups) ---
+
+@pytest.hookimpl(tryfirst=True)        # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if heavy_reason(item) is not None:
+            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
+
+
+ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")
+
+
+def child_pids() -> set[int]:
+    """This process's live children (vLLM's engine core and Ray's daemons are direct children):
+    Linux lists them per thread in /proc (0.05 ms; psutil scans every process, ~7 ms)."""
+    files = list(Path("/proc/self/task").glob("*/children"))
+    if not files:
+        return {c.pid for c in psutil.Process().children()}
+    pids = set()
+    for f in files:
+        try:
+            pids.update(int(x) for x in f.read_text().split())
+        except OSError:          # a thread that ended
+            pass
+    return pids
+
+
+def engines_or_ray_among(pids) -> list[str]:
+    found = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            cmd = " ".join([p.name(), *p.cmdline()])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        found += [n for n in ENGINE_OR_RAY_PROCESSES if n in cmd]
+    return found
+
+
+def ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+BEFORE_SETUP = pytest.StashKey[tuple[bool, set[int]]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    if heavy_reason(item) is None:
+        item.stash[BEFORE_SETUP] = (ray_up(), child_pids())
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A light test must not start Ray or a vLLM engine (in its fixtures or its body): that would
+    be a second one beside the heavy worker's. Such a test fails, naming where to classify it."""
+    result = yield
+    if BEFORE_SETUP in item.stash:
+        ray_before, before = item.stash[BEFORE_SETUP]
+        started = (["in-process Ray"] if ray_up() and not ray_before else []) + \
+            engines_or_ray_among(child_pids() - before)
+        if started:
+            pytest.fail(f"a light test started {', '.join(started)}: mark it ray or vllm, or add its fixture "
+                        "or file to tests/helpers/suite_groups.py (whose tests share one xdist worker)",
+                        pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,63 @@
+"""Which tests share the one xdist group "heavy" (`make test`: pytest -n 2 --dist loadgroup).
+
+The house rule is one vLLM engine and one Ray cluster per test run. With two xdist workers each
+worker has its own session fixtures, so every test that starts an engine or a Ray cluster (in
+this process, through a session fixture, or in a subprocess), and every test that looks at the
+machine's processes or Ray state, goes to ONE group: xdist runs a group on one worker, in
+collection order, so those tests run one after another as they do in a serial run. The other
+worker takes the light tests meanwhile (and the heavy worker takes light ones when it is done).
+
+A test is heavy when ANY of these holds (err on the side of heavy):
+  1. it carries a marker in HEAVY_MARKERS (module ``pytestmark`` counts);
+  2. it uses, directly or through other fixtures, a fixture in HEAVY_FIXTURES;
+  3. its file is in HEAVY_FILES.
+``heavy_reason(item)`` says which; ``python bench/suite_groups.py`` lists the split.
+A light test that starts Ray or a vLLM engine in the test process fails (tests/conftest.py,
+``started_ray_or_engine``): add its fixture, marker or file here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+HEAVY_GROUP = "heavy"
+
+HEAVY_MARKERS = ("ray", "vllm", "slow")
+
+# session fixtures (tests/conftest.py) that start an engine, a server or a Ray cluster, or that are
+# expensive to build a second time on the other worker (the LLaVA conversion: ~20 s on 2 cores)
+HEAVY_FIXTURES = frozenset({
+    "vllm_engine",                        # the session's one vLLM engine
+    "record_reports_on_session_engine",   # `report RECORD` in-process on that engine
+    "ecg_server",                         # the session's one `ecgbatch serve` (its own engine)
+    "ray_local",                          # the session's one in-process Ray
+    "llava_converted", "llava_trained_only", "llava_assembled", "llava_cache",   # LLaVA conversion
+})
+
+# files whose tests start engines or Ray clusters in subprocesses, or scan processes / Ray state,
+# whether or not each test carries a marker
+HEAVY_FILES = {
+    "test_chat_cli.py": "`ecgbatch chat` subprocesses (own engine)",
+    "test_diagnosis_prompt.py": "`ecgbatch report RECORD --ddp` subprocess (own engine)",
+    "test_engine_exit.py": "scans for EngineCore processes",
+    "test_pipeline_embed.py": "SIGKILLed `embed` driver with its own Ray",
+    "test_ray_jobs.py": "`ray start` cluster with job server",
+    "test_ray_local.py": "live Ray heads and their state files",
+    "test_ray_multinode.py": "two-node `ray start` cluster",
+    "test_report_archive.py": "SIGKILLed `report --input` with its own Ray and engines",
+    "test_report_archive_overlap.py": "engine actors on Ray",
+    "test_report_archive_prompts.py": "engine actors on Ray",
+    "test_report_cli.py": "`ecgbatch report` subprocesses (own engine)",
+}
+
+
+def heavy_reason(item) -> str | None:
+    """Why ``item`` (a pytest Item) belongs to the heavy group, or None for a light test."""
+    for name in HEAVY_MARKERS:
+        if item.get_closest_marker(name) is not None:
+            return f"marker {name}"
+    used = HEAVY_FIXTURES.intersection(item.fixturenames)
+    if used:
+        return "fixture " + ", ".join(sorted(used))
+    file = Path(str(item.path)).name
+    if file in HEAVY_FILES:
+        return f"file: {HEAVY_FILES[file]}"
+    return None
