@@ -12,7 +12,7 @@ from helpers.ray_cluster import SharedCluster
 from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
-from helpers.suite_groups import HEAVY_GROUP, heavy_reason
+from helpers.suite_groups import HEAVY_GROUP, GroupNodeIds, heavy_reason
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +32,11 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if heavy_reason(item) is not None:
             item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
+
+
+def pytest_configure(config):
+    if getattr(config.option, "loadgroup", False):      # an xdist worker of --dist loadgroup
+        config.pluginmanager.register(GroupNodeIds(), "ecgbatch-group-node-ids")
 
 
 ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 HEAVY_GROUP = "heavy"
 
 HEAVY_MARKERS = ("ray", "vllm", "slow")
@@ -61,3 +63,25 @@ def heavy_reason(item) -> str | None:
     if file in HEAVY_FILES:
         return f"file: {HEAVY_FILES[file]}"
     return None
+
+
+class GroupNodeIds:
+    """Registered in the workers of ``--dist loadgroup`` (tests/conftest.py). xdist tells the
+    scheduler a test's group by a "@heavy" suffix on its node id, set in its own
+    pytest_collection_modifyitems as ``item._nodeid``; pytest 9.2 keeps a node's id elsewhere
+    (``item._id``, a NodeId), so with pytest-xdist 3.8.0 the suffix silently went missing and
+    both workers ran heavy tests (measured). This runs after xdist's hook: it adds the suffix
+    where xdist's did not take, and stops the run if any heavy test still lacks it."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        suffix = f"@{HEAVY_GROUP}"
+        for item in items:
+            if item.get_closest_marker("xdist_group") is not None and not item.nodeid.endswith(suffix):
+                from _pytest.nodeid import NodeId      # pytest >= 9.2, where xdist's suffix does not take
+
+                item._id = NodeId.parse(item.nodeid + suffix)
+        missing = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and not i.nodeid.endswith(suffix)]
+        if missing:
+            raise pytest.UsageError(f"{len(missing)} heavy tests lack their xdist group suffix (e.g. {missing[0]}): "
+                                    "--dist loadgroup would run them on both workers")
