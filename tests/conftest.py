@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from helpers.ray_cluster import SharedCluster
 from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
-from helpers.suite_groups import HEAVY_GROUP, GroupNodeIds, heavy_reason
+from helpers.suite_groups import HEAVY_GROUP, GroupNodeIds, RayAndEngines, heavy_reason
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,48 +37,13 @@ def pytest_configure(config):
         config.pluginmanager.register(GroupNodeIds(), "ecgbatch-group-node-ids")
 
 
-ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")
-
-
-def child_pids() -> set[int]:
-    """This process's live children (vLLM's engine core and Ray's daemons are direct children):
-    Linux lists them per thread in /proc (0.05 ms; psutil scans every process, ~7 ms)."""
-    files = list(Path("/proc/self/task").glob("*/children"))
-    if not files:
-        return {c.pid for c in psutil.Process().children()}
-    pids = set()
-    for f in files:
-        try:
-            pids.update(int(x) for x in f.read_text().split())
-        except OSError:          # a thread that ended
-            pass
-    return pids
-
-
-def engines_or_ray_among(pids) -> list[str]:
-    found = []
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            cmd = " ".join([p.name(), *p.cmdline()])
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        found += [n for n in ENGINE_OR_RAY_PROCESSES if n in cmd]
-    return found
-
-
-def ray_up() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
-
-
-BEFORE_SETUP = pytest.StashKey[tuple[bool, set[int]]]()
+BEFORE_SETUP = pytest.StashKey[RayAndEngines]()
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
-    if heavy_reason(item) is None:
-        item.stash[BEFORE_SETUP] = (ray_up(), child_pids())
+    if item.get_closest_marker("xdist_group") is None:          # a light test
+        item.stash[BEFORE_SETUP] = RayAndEngines.now()
     return (yield)
 
 
@@ -90,9 +53,7 @@ def pytest_runtest_call(item):
     be a second one beside the heavy worker's. Such a test fails, naming where to classify it."""
     result = yield
     if BEFORE_SETUP in item.stash:
-        ray_before, before = item.stash[BEFORE_SETUP]
-        started = (["in-process Ray"] if ray_up() and not ray_before else []) + \
-            engines_or_ray_among(child_pids() - before)
+        started = item.stash[BEFORE_SETUP].started_since()
         if started:
             pytest.fail(f"a light test started {', '.join(started)}: mark it ray or vllm, or add its fixture "
                         "or file to tests/helpers/suite_groups.py (whose tests share one xdist worker)",

@@ -12,12 +12,16 @@ A test is heavy when ANY of these holds (err on the side of heavy):
   2. it uses, directly or through other fixtures, a fixture in HEAVY_FIXTURES;
   3. its file is in HEAVY_FILES.
 ``heavy_reason(item)`` says which; ``python bench/suite_groups.py`` lists the split.
-A light test that starts Ray or a vLLM engine in the test process fails (tests/conftest.py,
-``started_ray_or_engine``): add its fixture, marker or file here."""
+A light test that starts Ray or a vLLM engine in the test process, and leaves it running at the
+end of its body, fails (tests/conftest.py, ``RayAndEngines``): add its fixture, marker or file
+here. (Subprocesses that end within the test are not seen: list such files in HEAVY_FILES.)"""
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 HEAVY_GROUP = "heavy"
@@ -85,3 +89,50 @@ class GroupNodeIds:
         if missing:
             raise pytest.UsageError(f"{len(missing)} heavy tests lack their xdist group suffix (e.g. {missing[0]}): "
                                     "--dist loadgroup would run them on both workers")
+
+
+ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")
+
+
+def child_pids() -> set[int]:
+    """This process's live children (vLLM's engine core and Ray's daemons are direct children):
+    Linux lists them per thread in /proc (0.05 ms; psutil scans every process, ~7 ms)."""
+    files = list(Path("/proc/self/task").glob("*/children"))
+    if not files:
+        return {c.pid for c in psutil.Process().children()}
+    pids = set()
+    for f in files:
+        try:
+            pids.update(int(x) for x in f.read_text().split())
+        except OSError:          # a thread that ended
+            pass
+    return pids
+
+
+def ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@dataclass(frozen=True)
+class RayAndEngines:
+    """Whether Ray is initialized in this process, and its live child processes."""
+    ray: bool
+    children: frozenset[int]
+
+    @classmethod
+    def now(cls) -> RayAndEngines:
+        return cls(ray_up(), frozenset(child_pids()))
+
+    def started_since(self) -> list[str]:
+        """What runs now that did not then: "in-process Ray", or the names of new child processes
+        that are vLLM engine cores or Ray daemons."""
+        found = ["in-process Ray"] if ray_up() and not self.ray else []
+        for pid in child_pids() - self.children:
+            try:
+                p = psutil.Process(pid)
+                cmd = " ".join([p.name(), *p.cmdline()])
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            found += [n for n in ENGINE_OR_RAY_PROCESSES if n in cmd]
+        return found
