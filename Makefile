@@ -44,9 +44,9 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
-# Two pytest-xdist workers: the tests that start Ray or vLLM (group "heavy", tests/helpers/suite_groups.py)
-# run one after another on one worker, the rest on either; --durations lists the slowest for CI logs.
-# Serially: `pytest tests` (or one area's files), as before.
+# Two pytest-xdist workers, one lane each (tests/helpers/suite_groups.py): lane "ray" (Ray + the
+# session's in-process vLLM engine) and lane "engine" (`serve`, `chat`, engine subprocesses) run at
+# the same time; the CPU-only tests fill in on either. Serially: `pytest tests` (or one area's files).
 test: $(STAMP) browser
 	$(VPY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 

@@ -1,19 +1,21 @@
-"""How `make test` splits the suite between its two xdist workers: the tests of the "heavy" group
-(Ray, vLLM, slow, the session engine/server/Ray/LLaVA fixtures, the files that start engines or
-clusters in subprocesses: tests/helpers/suite_groups.py) run on one worker in collection order;
-the light tests run on either worker. Collection only: nothing is run, nothing starts.
+"""How `make test` splits the suite between its two xdist workers: the "ray" lane and the "engine"
+lane (tests/helpers/suite_groups.py) each run on one worker in collection order; the light tests
+run on whichever worker is free. Collection only: nothing is run, nothing starts.
 
     .venv/bin/python bench/suite_groups.py [PYTEST ARGS...]     # default: tests
-    .venv/bin/python bench/suite_groups.py --files              # also one line per file
-    .venv/bin/python bench/suite_groups.py --ids light > ids.txt    # node ids of one group, then
-    .venv/bin/python -m pytest -n 2 --dist loadgroup @ids.txt       # run that group alone
+    .venv/bin/python bench/suite_groups.py --files              # also the light-only files
+    .venv/bin/python bench/suite_groups.py --ids ray > ids.txt  # node ids of one lane, then
+    .venv/bin/python -m pytest @ids.txt                         # run that lane alone (serially)
+    ECGBATCH_LANE_LOG=lanes.tsv .venv/bin/python -m pytest -n 2 --dist loadgroup tests
+    .venv/bin/python bench/suite_groups.py --log lanes.tsv      # time per worker and per lane
 
-Prints the count of each group, then the heavy files with the reasons that made them heavy.
+Prints the count of each lane, then each lane's files with the reasons that put them there.
 Exit status: pytest's collection status."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import sys
 from collections import Counter, defaultdict
@@ -24,32 +26,59 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from helpers.suite_groups import HEAVY_GROUP, heavy_reason  # noqa: E402
+from helpers.suite_groups import LANES, lane_of, lane_reason  # noqa: E402
+
+LIGHT = "light"
 
 
 class Split:
     def __init__(self):
-        self.files = defaultdict(Counter)      # file -> {"heavy": n, "light": n}
+        self.files = defaultdict(Counter)      # file -> {lane or "light": n}
         self.reasons = defaultdict(Counter)    # file -> {reason: n}
-        self.ids = defaultdict(list)           # "heavy"/"light" -> node ids
+        self.ids = defaultdict(list)           # lane or "light" -> node ids
 
     def pytest_collection_finish(self, session):
         for item in session.items:
-            group = [m.args[0] for m in item.iter_markers("xdist_group")]
-            kind = "heavy" if HEAVY_GROUP in group else "light"
-            assert (kind == "heavy") == (heavy_reason(item) is not None), item.nodeid
+            lane = lane_of(item) or LIGHT
+            found = lane_reason(item)
+            assert (found[0] if found else LIGHT) == lane, item.nodeid
             f = Path(str(item.path)).relative_to(REPO).as_posix()
-            self.files[f][kind] += 1
-            self.ids[kind].append(item.nodeid)
-            if kind == "heavy":
-                self.reasons[f][heavy_reason(item)] += 1
+            self.files[f][lane] += 1
+            self.ids[lane].append(item.nodeid.rsplit("@", 1)[0] if lane != LIGHT else item.nodeid)
+            if found:
+                self.reasons[f][f"{lane}: {found[1]}"] += 1
+
+
+def print_log(path: Path) -> None:
+    """Sum a $ECGBATCH_LANE_LOG file: per worker (busy span, summed test time) and per lane."""
+    rows = list(csv.reader(path.open(), delimiter="\t"))
+    per_worker, span, per_lane, tests = Counter(), {}, Counter(), defaultdict(set)
+    for worker, lane, _when, start, stop, nodeid in rows:
+        t0, t1 = float(start), float(stop)
+        per_worker[worker] += t1 - t0
+        lo, hi = span.get(worker, (t0, t1))
+        span[worker] = (min(lo, t0), max(hi, t1))
+        per_lane[(worker, lane)] += t1 - t0
+        tests[(worker, lane)].add(nodeid)
+    first = min(lo for lo, _ in span.values())
+    for worker in sorted(per_worker):
+        lo, hi = span[worker]
+        print(f"{worker}: busy {lo - first:.0f}-{hi - first:.0f} s after the first test, "
+              f"tests {per_worker[worker]:.0f} s")
+        for (w, lane), secs in sorted(per_lane.items()):
+            if w == worker:
+                print(f"  {lane}: {len(tests[(w, lane)])} tests, {secs:.0f} s")
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", action="store_true", help="also list the light-only files")
-    ap.add_argument("--ids", choices=("heavy", "light"), help="print only this group's node ids")
+    ap.add_argument("--ids", choices=(*LANES, LIGHT), help="print only this lane's node ids")
+    ap.add_argument("--log", type=Path, help="sum a $ECGBATCH_LANE_LOG file instead")
     opts, pytest_args = ap.parse_known_args(argv)
+    if opts.log:
+        print_log(opts.log)
+        return 0
     split, out = Split(), io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *(pytest_args or ["tests"])],
@@ -63,22 +92,20 @@ def main(argv: list[str]) -> int:
     total = Counter()
     for c in split.files.values():
         total.update(c)
-    heavy_files = sorted(f for f, c in split.files.items() if c["heavy"])
-    light_files = sorted(f for f, c in split.files.items() if c["light"])
-    print(f"heavy (one worker): {total['heavy']} tests in {len(heavy_files)} files")
-    print(f"light (either worker): {total['light']} tests in {len(light_files)} files")
-    mixed = [f for f in heavy_files if split.files[f]["light"]]
-    print(f"files with tests in both groups: {len(mixed)}\n")
-    print("heavy files (heavy/light tests; why heavy):")
-    for f in heavy_files:
-        c = split.files[f]
-        why = "; ".join(f"{r} ({n})" for r, n in split.reasons[f].most_common())
-        print(f"  {f}  {c['heavy']}/{c['light']}  {why}")
+    for lane in (*LANES, LIGHT):
+        files = sum(1 for c in split.files.values() if c[lane])
+        where = "either worker" if lane == LIGHT else "one worker"
+        print(f"{lane} ({where}): {total[lane]} tests in {files} files")
+    for lane in LANES:
+        print(f"\n{lane} lane files ({'/'.join((*LANES, LIGHT))} tests; why):")
+        for f in sorted(f for f, c in split.files.items() if c[lane]):
+            c = split.files[f]
+            why = "; ".join(f"{r} ({n})" for r, n in split.reasons[f].most_common() if r.startswith(lane))
+            print(f"  {f}  {'/'.join(str(c[k]) for k in (*LANES, LIGHT))}  {why}")
     if opts.files:
         print("\nlight-only files (tests):")
-        for f in light_files:
-            if not split.files[f]["heavy"]:
-                print(f"  {f}  {split.files[f]['light']}")
+        for f in sorted(f for f, c in split.files.items() if set(c) == {LIGHT}):
+            print(f"  {f}  {split.files[f][LIGHT]}")
     return 0
 
 

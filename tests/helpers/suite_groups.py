@@ -1,20 +1,28 @@
-"""Which tests share the one xdist group "heavy" (`make test`: pytest -n 2 --dist loadgroup).
+"""Which tests run in which lane of `make test` (pytest -n 2 --dist loadgroup): two xdist groups.
 
 The house rule is one vLLM engine and one Ray cluster per test run. With two xdist workers each
-worker has its own session fixtures, so every test that starts an engine or a Ray cluster (in
-this process, through a session fixture, or in a subprocess), and every test that looks at the
-machine's processes or Ray state, goes to ONE group: xdist runs a group on one worker, in
-collection order, so those tests run one after another as they do in a serial run. The other
-worker takes the light tests meanwhile (and the heavy worker takes light ones when it is done).
+worker has its own session fixtures, so the tests are split into two lanes, each an xdist group
+that runs on ONE worker, in collection order (as in a serial run), while the other lane runs on
+the other worker:
 
-A test is heavy when ANY of these holds (err on the side of heavy):
-  1. it carries a marker in HEAVY_MARKERS (module ``pytestmark`` counts);
-  2. it uses, directly or through other fixtures, a fixture in HEAVY_FIXTURES;
-  3. its file is in HEAVY_FILES.
-``heavy_reason(item)`` says which; ``python bench/suite_groups.py`` lists the split.
-A light test that starts Ray or a vLLM engine in the test process, and leaves it running at the
-end of its body, fails (tests/conftest.py, ``RayAndEngines``): add its fixture, marker or file
-here. (Subprocesses that end within the test are not seen: list such files in HEAVY_FILES.)"""
+  * "ray": everything that starts Ray, in this process or in a subprocess: the session Ray
+    (``ray_local``, ``sample_embedded``), the `ray start` cluster (``ray_cluster``), Ray Train
+    jobs, CLI drivers with their own Ray, the `report --input` engine actors, Ray state and
+    process checks. Also the session's in-process vLLM engine (``vllm_engine``) and its users:
+    test_report_archive and test_report_archive_overlap compare what Ray's engine actors write
+    with what that engine generates, so the engine must live where the session Ray lives.
+  * "engine": the other vLLM engines, each in a process of its own: the session `ecgbatch serve`
+    (``ecg_server``) and its tests, `chat`, `report RECORD` subprocesses, the engine-exit tests.
+    No Ray here: a plain ray.init() attaches to a cluster named by /tmp/ray's state file.
+
+Every other test (CPU only: no Ray, no engine) is light: xdist sends it to whichever worker is
+free, so the light tests fill in beside the shorter lane. A test is in the first lane whose rule
+holds: a marker (module ``pytestmark`` counts), a session fixture it uses (directly or through
+other fixtures), or its file. ``lane_reason(item)`` says which; ``python bench/suite_groups.py``
+lists the split. A test that starts what its lane must not (a light test: Ray or a vLLM engine;
+an "engine" test: Ray) in the test process and leaves it running at the end of its body fails
+(tests/conftest.py, ``RayAndEngines``): move its fixture, marker or file here. (Subprocesses that
+end within the test are not seen: list such files here.)"""
 from __future__ import annotations
 
 import sys
@@ -24,74 +32,113 @@ from pathlib import Path
 import psutil
 import pytest
 
-HEAVY_GROUP = "heavy"
+RAY_LANE, ENGINE_LANE = "ray", "engine"
+LANES = (RAY_LANE, ENGINE_LANE)
 
-HEAVY_MARKERS = ("ray", "vllm", "slow")
+MARKERS = {RAY_LANE: ("ray",), ENGINE_LANE: ("vllm",)}
 
-# session fixtures (tests/conftest.py) that start an engine, a server or a Ray cluster, or that are
-# expensive to build a second time on the other worker (the LLaVA conversion: ~20 s on 2 cores)
-HEAVY_FIXTURES = frozenset({
-    "vllm_engine",                        # the session's one vLLM engine
-    "record_reports_on_session_engine",   # `report RECORD` in-process on that engine
-    "ecg_server",                         # the session's one `ecgbatch serve` (its own engine)
-    "ray_local",                          # the session's one in-process Ray
-    "llava_converted", "llava_trained_only", "llava_assembled", "llava_cache",   # LLaVA conversion
-})
+FIXTURES = {
+    RAY_LANE: frozenset({
+        "ray_local",                          # the session's one in-process Ray
+        "ray_cluster",                        # the session's one `ray start` cluster
+        "sample_embedded",                    # `embed` on ray_local
+        "vllm_engine",                        # the session's one in-process vLLM engine (see above)
+        "record_reports_on_session_engine",   # `report RECORD` in-process on that engine
+    }),
+    ENGINE_LANE: frozenset({
+        "ecg_server",                         # the session's one `ecgbatch serve` (its own engine)
+    }),
+}
 
-# files whose tests start engines or Ray clusters in subprocesses, or scan processes / Ray state,
-# whether or not each test carries a marker
-HEAVY_FILES = {
-    "test_chat_cli.py": "`ecgbatch chat` subprocesses (own engine)",
-    "test_diagnosis_prompt.py": "`ecgbatch report RECORD --ddp` subprocess (own engine)",
-    "test_engine_exit.py": "scans for EngineCore processes",
-    "test_pipeline_embed.py": "SIGKILLed `embed` driver with its own Ray",
-    "test_ray_jobs.py": "`ray start` cluster with job server",
-    "test_ray_local.py": "live Ray heads and their state files",
-    "test_ray_multinode.py": "two-node `ray start` cluster",
-    "test_report_archive.py": "SIGKILLed `report --input` with its own Ray and engines",
-    "test_report_archive_overlap.py": "engine actors on Ray",
-    "test_report_archive_prompts.py": "engine actors on Ray",
-    "test_report_cli.py": "`ecgbatch report` subprocesses (own engine)",
+# files whose tests start Ray, engines or clusters in subprocesses, or look at processes and Ray
+# state, whether or not each test carries a marker
+FILES = {
+    RAY_LANE: {
+        "test_io_corrupt_archive.py": "`embed` with a dead Ray worker",
+        "test_pipeline_embed.py": "SIGKILLed `embed` driver with its own Ray",
+        "test_ray_jobs.py": "`ray start` cluster with job server",
+        "test_ray_local.py": "live Ray heads and their state files",
+        "test_ray_multinode.py": "two-node `ray start` cluster",
+        "test_report_archive.py": "SIGKILLed `report --input` with its own Ray and engines",
+        "test_report_archive_overlap.py": "engine actors on Ray",
+        "test_report_archive_prompts.py": "engine actors on Ray",
+        "test_training_job.py": "Ray Train jobs",
+    },
+    ENGINE_LANE: {
+        "test_chat_cli.py": "`ecgbatch chat` subprocesses (own engine)",
+        "test_diagnosis_prompt.py": "`ecgbatch report RECORD --ddp` subprocess (own engine)",
+        "test_engine_exit.py": "engine processes and their exit",
+        "test_report_cli.py": "`ecgbatch report` subprocesses (own engine)",
+    },
 }
 
 
-def heavy_reason(item) -> str | None:
-    """Why ``item`` (a pytest Item) belongs to the heavy group, or None for a light test."""
-    for name in HEAVY_MARKERS:
-        if item.get_closest_marker(name) is not None:
-            return f"marker {name}"
-    used = HEAVY_FIXTURES.intersection(item.fixturenames)
-    if used:
-        return "fixture " + ", ".join(sorted(used))
+def lane_reason(item) -> tuple[str, str] | None:
+    """(lane, why) of ``item`` (a pytest Item), or None for a light test."""
     file = Path(str(item.path)).name
-    if file in HEAVY_FILES:
-        return f"file: {HEAVY_FILES[file]}"
+    for lane in LANES:
+        for name in MARKERS[lane]:
+            if item.get_closest_marker(name) is not None:
+                return lane, f"marker {name}"
+        used = FIXTURES[lane].intersection(item.fixturenames)
+        if used:
+            return lane, "fixture " + ", ".join(sorted(used))
+        if file in FILES[lane]:
+            return lane, f"file: {FILES[lane][file]}"
     return None
+
+
+def lane_of(item) -> str | None:
+    """The xdist group ``item`` was put in (tests/conftest.py), or None for a light test."""
+    marker = item.get_closest_marker("xdist_group")
+    return None if marker is None else marker.args[0]
 
 
 class GroupNodeIds:
     """Registered in the workers of ``--dist loadgroup`` (tests/conftest.py). xdist tells the
-    scheduler a test's group by a "@heavy" suffix on its node id, set in its own
+    scheduler a test's group by an "@ray"/"@engine" suffix on its node id, set in its own
     pytest_collection_modifyitems as ``item._nodeid``; pytest 9.2 keeps a node's id elsewhere
     (``item._id``, a NodeId), so with pytest-xdist 3.8.0 the suffix silently went missing and
-    both workers ran heavy tests (measured). This runs after xdist's hook: it adds the suffix
-    where xdist's did not take, and stops the run if any heavy test still lacks it."""
+    both workers ran a group's tests (measured). This runs after xdist's hook: it adds the suffix
+    where xdist's did not take, and stops the run if any grouped test still lacks it."""
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items):
-        suffix = f"@{HEAVY_GROUP}"
-        for item in items:
-            if item.get_closest_marker("xdist_group") is not None and not item.nodeid.endswith(suffix):
+        grouped = [(i, f"@{lane_of(i)}") for i in items if lane_of(i) is not None]
+        for item, suffix in grouped:
+            if not item.nodeid.endswith(suffix):
                 from _pytest.nodeid import NodeId      # pytest >= 9.2, where xdist's suffix does not take
 
                 item._id = NodeId.parse(item.nodeid + suffix)
-        missing = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and not i.nodeid.endswith(suffix)]
+        missing = [i.nodeid for i, suffix in grouped if not i.nodeid.endswith(suffix)]
         if missing:
-            raise pytest.UsageError(f"{len(missing)} heavy tests lack their xdist group suffix (e.g. {missing[0]}): "
-                                    "--dist loadgroup would run them on both workers")
+            raise pytest.UsageError(f"{len(missing)} tests lack their xdist group suffix (e.g. {missing[0]}): "
+                                    "--dist loadgroup would run a lane on both workers")
+
+
+class LaneLog:
+    """Registered when $ECGBATCH_LANE_LOG names a file (tests/conftest.py): every worker appends one
+    line per test phase, "worker<TAB>lane<TAB>when<TAB>start<TAB>stop<TAB>node id" (lane "light"
+    for ungrouped tests; start/stop: epoch seconds), so `bench/suite_groups.py --log FILE` can sum
+    each worker's and each lane's time and say when each worker was busy."""
+
+    def __init__(self, path: str, worker: str):
+        self.path, self.worker = path, worker
+
+    def pytest_runtest_logreport(self, report):
+        if hasattr(report, "node"):             # xdist's controller: a worker's report, logged there
+            return
+        suffix = report.nodeid.rsplit("@", 1)[-1]
+        lane = suffix if suffix in LANES else "light"
+        line = f"{self.worker}\t{lane}\t{report.when}\t{report.start:.3f}\t{report.stop:.3f}\t{report.nodeid}\n"
+        with open(self.path, "a") as fh:        # one short write per line: lines of two workers do not mix
+            fh.write(line)
 
 
 ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")
+RAY_PROCESSES = ("raylet", "gcs_server")
+# what a test of each lane must not leave running in the test process: None = a light test
+FORBIDDEN = {None: ("in-process Ray", *ENGINE_OR_RAY_PROCESSES), ENGINE_LANE: ("in-process Ray", *RAY_PROCESSES)}
 
 
 def child_pids() -> set[int]:
@@ -124,15 +171,15 @@ class RayAndEngines:
     def now(cls) -> RayAndEngines:
         return cls(ray_up(), frozenset(child_pids()))
 
-    def started_since(self) -> list[str]:
-        """What runs now that did not then: "in-process Ray", or the names of new child processes
-        that are vLLM engine cores or Ray daemons."""
-        found = ["in-process Ray"] if ray_up() and not self.ray else []
+    def started_since(self, names=FORBIDDEN[None]) -> list[str]:
+        """Which of ``names`` run now that did not then: "in-process Ray", or the names of new child
+        processes that are vLLM engine cores or Ray daemons."""
+        found = ["in-process Ray"] if "in-process Ray" in names and ray_up() and not self.ray else []
         for pid in child_pids() - self.children:
             try:
                 p = psutil.Process(pid)
                 cmd = " ".join([p.name(), *p.cmdline()])
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            found += [n for n in ENGINE_OR_RAY_PROCESSES if n in cmd]
+            found += [n for n in names if n != "in-process Ray" and n in cmd]
         return found
