@@ -123,14 +123,16 @@ class LaneLog:
     each worker's and each lane's time and say when each worker was busy."""
 
     def __init__(self, path: str, worker: str):
-        self.path, self.worker = path, worker
+        self.path, self.worker, self.lanes = path, worker, {}
+
+    def pytest_collection_finish(self, session):        # after every hook that sets node ids
+        self.lanes = {i.nodeid: lane_of(i) or "light" for i in session.items}
 
     def pytest_runtest_logreport(self, report):
         if hasattr(report, "node"):             # xdist's controller: a worker's report, logged there
             return
-        suffix = report.nodeid.rsplit("@", 1)[-1]
-        lane = suffix if suffix in LANES else "light"
-        line = f"{self.worker}\t{lane}\t{report.when}\t{report.start:.3f}\t{report.stop:.3f}\t{report.nodeid}\n"
+        line = (f"{self.worker}\t{self.lanes.get(report.nodeid, 'light')}\t{report.when}\t"
+                f"{report.start:.3f}\t{report.stop:.3f}\t{report.nodeid}\n")
         with open(self.path, "a") as fh:        # one short write per line: lines of two workers do not mix
             fh.write(line)
 
