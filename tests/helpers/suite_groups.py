@@ -1,28 +1,34 @@
 """Which tests run in which lane of `make test` (pytest -n 2 --dist loadgroup): two xdist groups.
 
 The house rule is one vLLM engine and one Ray cluster per test run. With two xdist workers each
-worker has its own session fixtures, so the tests are split into two lanes, each an xdist group
-that runs on ONE worker, in collection order (as in a serial run), while the other lane runs on
-the other worker:
+worker has its own session fixtures, so the tests that start engines or Ray are split into two
+lanes, each an xdist group that runs on ONE worker, in collection order (as in a serial run),
+while the other lane runs on the other worker. Each session fixture that starts something lives
+in one lane only:
 
-  * "ray": everything that starts Ray, in this process or in a subprocess: the session Ray
-    (``ray_local``, ``sample_embedded``), the `ray start` cluster (``ray_cluster``), Ray Train
-    jobs, CLI drivers with their own Ray, the `report --input` engine actors, Ray state and
-    process checks. Also the session's in-process vLLM engine (``vllm_engine``) and its users:
-    test_report_archive and test_report_archive_overlap compare what Ray's engine actors write
-    with what that engine generates, so the engine must live where the session Ray lives.
-  * "engine": the other vLLM engines, each in a process of its own: the session `ecgbatch serve`
-    (``ecg_server``) and its tests, `chat`, `report RECORD` subprocesses, the engine-exit tests.
-    No Ray here: a plain ray.init() attaches to a cluster named by /tmp/ray's state file.
+  * "ray": the session's in-process Ray (``ray_local``; ``sample_embedded`` embeds on it) and
+    every test that starts a local Ray of its own (CLI drivers, Ray Train jobs, `report --input`'s
+    engine actors, live heads and state files), plus the session's in-process vLLM engine
+    (``vllm_engine``) and its users: test_report_archive and test_report_archive_overlap compare
+    what Ray's engine actors write with what that engine generates, so the engine lives where the
+    session Ray lives.
+  * "engine": the processes that run apart from both: the session `ecgbatch serve`
+    (``ecg_server``) and its tests, `chat` and `report RECORD` subprocesses with their own engine,
+    the engine-exit tests, and the session's `ray start` cluster (``ray_cluster``: test_ray_jobs,
+    test_ray_multinode), which keeps its state file and sessions in a private temp folder (a plain
+    ray.init() in the "ray" lane never finds it), is reached with --address only and is stopped
+    by its own process groups (tests/helpers/ray_cluster.py). It runs here for balance: the
+    "ray" lane is the longer one.
 
 Every other test (CPU only: no Ray, no engine) is light: xdist sends it to whichever worker is
-free, so the light tests fill in beside the shorter lane. A test is in the first lane whose rule
-holds: a marker (module ``pytestmark`` counts), a session fixture it uses (directly or through
-other fixtures), or its file. ``lane_reason(item)`` says which; ``python bench/suite_groups.py``
-lists the split. A test that starts what its lane must not (a light test: Ray or a vLLM engine;
-an "engine" test: Ray) in the test process and leaves it running at the end of its body fails
-(tests/conftest.py, ``RayAndEngines``): move its fixture, marker or file here. (Subprocesses that
-end within the test are not seen: list such files here.)"""
+free, so the light tests fill in beside the shorter lane. A test is in the lane of the first rule
+that holds: a session fixture it uses (directly or through other fixtures; one that uses session
+fixtures of both lanes is refused at collection), its file, a marker (module ``pytestmark``
+counts). ``lane_reason(item)`` says which; ``python bench/suite_groups.py`` lists the split. A test
+that starts what its lane must not (a light test: Ray or a vLLM engine; an "engine" test: Ray in
+the test process) and leaves it running at the end of its body fails (tests/conftest.py,
+``RayAndEngines``): move its fixture, marker or file here. (Subprocesses that end within the test
+are not seen: list such files here.)"""
 from __future__ import annotations
 
 import sys
@@ -35,30 +41,26 @@ import pytest
 RAY_LANE, ENGINE_LANE = "ray", "engine"
 LANES = (RAY_LANE, ENGINE_LANE)
 
-MARKERS = {RAY_LANE: ("ray",), ENGINE_LANE: ("vllm",)}
-
 FIXTURES = {
     RAY_LANE: frozenset({
         "ray_local",                          # the session's one in-process Ray
-        "ray_cluster",                        # the session's one `ray start` cluster
         "sample_embedded",                    # `embed` on ray_local
         "vllm_engine",                        # the session's one in-process vLLM engine (see above)
         "record_reports_on_session_engine",   # `report RECORD` in-process on that engine
     }),
     ENGINE_LANE: frozenset({
         "ecg_server",                         # the session's one `ecgbatch serve` (its own engine)
+        "ray_cluster",                        # the session's one `ray start` cluster (see above)
     }),
 }
 
 # files whose tests start Ray, engines or clusters in subprocesses, or look at processes and Ray
-# state, whether or not each test carries a marker
+# state, whether or not each test carries a marker or uses a fixture above
 FILES = {
     RAY_LANE: {
         "test_io_corrupt_archive.py": "`embed` with a dead Ray worker",
         "test_pipeline_embed.py": "SIGKILLed `embed` driver with its own Ray",
-        "test_ray_jobs.py": "`ray start` cluster with job server",
         "test_ray_local.py": "live Ray heads and their state files",
-        "test_ray_multinode.py": "two-node `ray start` cluster",
         "test_report_archive.py": "SIGKILLed `report --input` with its own Ray and engines",
         "test_report_archive_overlap.py": "engine actors on Ray",
         "test_report_archive_prompts.py": "engine actors on Ray",
@@ -68,23 +70,32 @@ FILES = {
         "test_chat_cli.py": "`ecgbatch chat` subprocesses (own engine)",
         "test_diagnosis_prompt.py": "`ecgbatch report RECORD --ddp` subprocess (own engine)",
         "test_engine_exit.py": "engine processes and their exit",
+        "test_ray_jobs.py": "the `ray start` cluster's job server",
+        "test_ray_multinode.py": "the two-node `ray start` cluster",
         "test_report_cli.py": "`ecgbatch report` subprocesses (own engine)",
     },
 }
 
+MARKERS = {RAY_LANE: ("ray",), ENGINE_LANE: ("vllm",)}
+
 
 def lane_reason(item) -> tuple[str, str] | None:
     """(lane, why) of ``item`` (a pytest Item), or None for a light test."""
+    used = {lane: FIXTURES[lane].intersection(item.fixturenames) for lane in LANES}
+    if all(used.values()):
+        raise pytest.UsageError(f"{item.nodeid} uses session fixtures of both lanes ({used}): each lives in one "
+                                "xdist worker only (tests/helpers/suite_groups.py)")
     file = Path(str(item.path)).name
+    for lane in LANES:
+        if used[lane]:
+            return lane, "fixture " + ", ".join(sorted(used[lane]))
+    for lane in LANES:
+        if file in FILES[lane]:
+            return lane, f"file: {FILES[lane][file]}"
     for lane in LANES:
         for name in MARKERS[lane]:
             if item.get_closest_marker(name) is not None:
                 return lane, f"marker {name}"
-        used = FIXTURES[lane].intersection(item.fixturenames)
-        if used:
-            return lane, "fixture " + ", ".join(sorted(used))
-        if file in FILES[lane]:
-            return lane, f"file: {FILES[lane][file]}"
     return None
 
 
@@ -138,9 +149,9 @@ class LaneLog:
 
 
 ENGINE_OR_RAY_PROCESSES = ("EngineCore", "raylet", "gcs_server")
-RAY_PROCESSES = ("raylet", "gcs_server")
 # what a test of each lane must not leave running in the test process: None = a light test
-FORBIDDEN = {None: ("in-process Ray", *ENGINE_OR_RAY_PROCESSES), ENGINE_LANE: ("in-process Ray", *RAY_PROCESSES)}
+# (the "engine" lane's `ray start` cluster has Ray daemons as children; a second in-process Ray it must not start)
+FORBIDDEN = {None: ("in-process Ray", *ENGINE_OR_RAY_PROCESSES), ENGINE_LANE: ("in-process Ray",)}
 
 
 def child_pids() -> set[int]:
