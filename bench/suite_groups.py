@@ -53,8 +53,11 @@ def print_log(path: Path) -> None:
     """Sum a $ECGBATCH_LANE_LOG file: per worker (busy span, summed test time) and per lane."""
     rows = list(csv.reader(path.open(), delimiter="\t"))
     per_worker, span, per_lane, tests = Counter(), {}, Counter(), defaultdict(set)
-    for worker, lane, _when, start, stop, nodeid in rows:
+    failed = []
+    for worker, lane, _when, outcome, start, stop, nodeid in rows:
         t0, t1 = float(start), float(stop)
+        if outcome == "failed":
+            failed.append(f"{worker} {lane} {_when}: {nodeid}")
         per_worker[worker] += t1 - t0
         lo, hi = span.get(worker, (t0, t1))
         span[worker] = (min(lo, t0), max(hi, t1))
@@ -68,6 +71,7 @@ def print_log(path: Path) -> None:
         for (w, lane), secs in sorted(per_lane.items()):
             if w == worker:
                 print(f"  {lane}: {len(tests[(w, lane)])} tests, {secs:.0f} s")
+    print(f"failed phases: {len(failed)}", *failed, sep="\n  ")
 
 
 def main(argv: list[str]) -> int:

@@ -129,9 +129,9 @@ class GroupNodeIds:
 
 class LaneLog:
     """Registered when $ECGBATCH_LANE_LOG names a file (tests/conftest.py): every worker appends one
-    line per test phase, "worker<TAB>lane<TAB>when<TAB>start<TAB>stop<TAB>node id" (lane "light"
-    for ungrouped tests; start/stop: epoch seconds), so `bench/suite_groups.py --log FILE` can sum
-    each worker's and each lane's time and say when each worker was busy."""
+    line per test phase, tab-separated: worker, lane ("light" for ungrouped tests), when, outcome,
+    start, stop (epoch seconds), node id; `bench/suite_groups.py --log FILE` sums each worker's and
+    each lane's time, says when each worker was busy and lists the failed phases."""
 
     def __init__(self, path: str, worker: str):
         self.path, self.worker, self.lanes = path, worker, {}
@@ -142,7 +142,7 @@ class LaneLog:
     def pytest_runtest_logreport(self, report):
         if hasattr(report, "node"):             # xdist's controller: a worker's report, logged there
             return
-        line = (f"{self.worker}\t{self.lanes.get(report.nodeid, 'light')}\t{report.when}\t"
+        line = (f"{self.worker}\t{self.lanes.get(report.nodeid, 'light')}\t{report.when}\t{report.outcome}\t"
                 f"{report.start:.3f}\t{report.stop:.3f}\t{report.nodeid}\n")
         with open(self.path, "a") as fh:        # one short write per line: lines of two workers do not mix
             fh.write(line)
