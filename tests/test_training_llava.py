@@ -236,3 +236,36 @@ def test_repeat_puts_reports_stating_a_rare_finding_k_times():
         repeat_items(items, {"lvh": 0})
     with pytest.raises(ValueError):
         repeat_items(items, {"no-such-finding": 2})
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_an_sft_run_starts_from_another_runs_adapter(tmp_path, llava_runs, llava_converted, instruct_file):
+    """``init`` naming an earlier sft run: the new run starts from its projector and LoRA adapter
+    (a continuation); naming an align run: from its projector only."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from ecgbatch.training.checkpointing import latest_checkpoint
+    from ecgbatch.training.llava_job import build_model, init_adapter
+    from ecgbatch.training.llava_task import LoraConfig, configure_stage
+
+    src = llava_runs["sft"].result()["job"]
+    job = _job(tmp_path, llava_converted, instruct_file, "sft", init=str(src.run_path()))
+    model, _ = build_model(job)
+    lo = job.lora
+    configure_stage(model, "sft", LoraConfig(lo.r, lo.alpha, lo.dropout, list(lo.target_modules)))
+    before = {k: v.clone() for k, v in get_peft_model_state_dict(model.language_model).items()}
+    assert init_adapter(job, model)
+    saved = load_file(str(latest_checkpoint(src.run_path()) / "model" / "lora" / "adapter_model.safetensors"))
+    mine = get_peft_model_state_dict(model.language_model)
+    assert set(mine) == set(saved) and all(torch.equal(mine[k], saved[k]) for k in saved)
+    assert any(not torch.equal(before[k], saved[k]) for k in saved)
+    proj = load_file(str(latest_checkpoint(src.run_path()) / "model" / "model.safetensors"))
+    assert torch.equal(model.projector[0].weight, proj["projector.0.weight"])
+
+    align_job, _ = llava_runs["align"].result()
+    job = _job(tmp_path, llava_converted, instruct_file, "sft", init=str(align_job.run_path()))
+    model, _ = build_model(job)
+    configure_stage(model, "sft", LoraConfig(lo.r, lo.alpha, lo.dropout, list(lo.target_modules)))
+    assert not init_adapter(job, model)

@@ -13,14 +13,22 @@ that `report`, `chat` and `serve` default to the grounded prompt.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
-from ecgbatch.llava.grounding import Grounding, ground, measure_for_grounds
 import numpy as np
 
+from ecgbatch.llava.contradictions import contradictions
+from ecgbatch.llava.grounding import Grounding, ground, measure_for_grounds
 from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, record_embeddings
 
 SEED_SALT = 17
+# The measured axis categories (ecgbatch.signal.axis, any convention's names) each axis finding
+# of the labels stands for: a turn about the axis is supported when the prompt's category is one of
+# its finding's (answer "yes") or none of them (answer "no").
+AXIS_CATEGORIES = {"axis_left": ("left", "extreme", "ALAD", "LAD", "ARAD"),
+                   "axis_right": ("right", "extreme", "RAD", "ARAD"),
+                   "axis_normal": ("normal", "horizontal", "vertical", "MID", "AXR")}
 
 
 def grounded_selection(items, fraction: float, seed: int) -> list[int]:
@@ -37,11 +45,52 @@ def with_grounded_prompt(item, grounding: Grounding, ecg_token: str = "<ecg>"):
     return ask_first_turn(item, grounding.question, ecg_token, {"grounding": grounding.to_dict()})
 
 
+def turn_supported(fact: dict, answer: str, grounding: Grounding) -> bool:
+    """Whether one answer of an instruction item (its ``meta.facts`` entry and text) agrees with
+    what the item's grounded prompt states: no statement of it contradicts the grounding
+    (ecgbatch.llava.contradictions), and an answer about the axis names the measured category
+    (AXIS_CATEGORIES; a turn whose prompt states no axis is not judged on it)."""
+    keys = [fact["finding"]] if "finding" in fact else list(fact.get("findings") or ())
+    axis_keys = [k for k in keys if k in AXIS_CATEGORIES]
+    axis = next((f for f in grounding.findings if f.label == "axis" and f.source == "measurement"), None)
+    if axis_keys and axis is not None:
+        says = axis.category in {c for k in axis_keys for c in AXIS_CATEGORIES[k]}
+        if says != bool(fact.get("present", True)):
+            return False
+    return not contradictions(answer, grounding)
+
+
+def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
+    """(``item`` with only its turns that ``turn_supported`` keeps, or None when none is left;
+    number of turns left out). The ECG placeholder moves to the new first question. Items whose
+    ``meta.facts`` do not list one fact per turn are kept whole."""
+    conv, facts = item.conversations, item.meta.get("facts") or []
+    if len(conv) != 2 * len(facts):
+        return item, 0
+    keep = [j for j, f in enumerate(facts) if turn_supported(f, conv[2 * j + 1]["value"], grounding)]
+    if len(keep) == len(facts):
+        return item, 0
+    if not keep:
+        return None, len(facts)
+    first = conv[0]["value"]
+    at_end = first.rstrip().endswith(ecg_token) and not first.lstrip().startswith(ecg_token)
+    out = []
+    for j in keep:
+        q, a = dict(conv[2 * j]), dict(conv[2 * j + 1])
+        q["value"] = q["value"].replace(ecg_token, "").strip()
+        out += [q, a]
+    out[0]["value"] = f"{out[0]['value']}\n{ecg_token}" if at_end else f"{ecg_token}\n{out[0]['value']}"
+    return replace(item, conversations=out, meta={**item.meta, "facts": [facts[j] for j in keep]}), \
+        len(facts) - len(keep)
+
+
 def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Callable, labeller=None,
-                           read=None, cache_dir=None, config=None, log=print):
+                           read=None, cache_dir=None, config=None, log=print, only_supported: bool = False):
     """(items with the chosen report items asked with their grounding, number rewritten).
     ``read_record(item)`` -> the item's Record (measured); with ``labeller`` (FindingsLabeller),
-    ``read(path)`` -> the model input for the probes' embeddings (cached in ``cache_dir``)."""
+    ``read(path)`` -> the model input for the probes' embeddings (cached in ``cache_dir``).
+    ``only_supported``: the chosen items keep only their turns ``turn_supported`` by their
+    grounding (an item with none left is left out)."""
     chosen = grounded_selection(items, fraction, seed)
     if not chosen:
         return list(items), 0
@@ -56,8 +105,18 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
     by_path = {p: ground(measured[p], probes=probes, embedding=e) for p, e in zip(paths, embs)}
     out = list(items)
     token = config.ecg_token if config is not None else "<ecg>"
+    dropped_turns = 0
     for i in chosen:
-        out[i] = with_grounded_prompt(items[i], by_path[str(items[i].ecg_path)], token)
+        g = by_path[str(items[i].ecg_path)]
+        it = items[i]
+        if only_supported:
+            it, n = supported_turns(it, g, token)
+            dropped_turns += n
+        out[i] = None if it is None else with_grounded_prompt(it, g, token)
     log(f"grounded prompt: {len(chosen)} of {len(items)} items ask with their measurements"
         f"{' and the findings of ' + labeller.encoder + chr(39) + 's probes' if labeller is not None else ''}")
-    return out, len(chosen)
+    if only_supported:
+        log(f"only supported answers: {dropped_turns} turns of the grounded items disagree with their prompt "
+            f"and are left out ({sum(o is None for o in out)} items with none left)")
+    kept = [o for o in out if o is not None]
+    return kept, len(chosen) - (len(out) - len(kept))

@@ -54,6 +54,9 @@ class LlavaDataConfig:
     grounded: float = 0.0             # seeded fraction of items (every kind) asked with the grounded prompt
                                       # (ecgbatch.training.instruct_grounded; the serving prompt of
                                       # --grounded); not with diagnosis_prompt
+    only_supported: bool = False      # with grounded: a grounded item's turns whose answer disagrees
+                                      # with its own prompt (instruct_grounded.turn_supported) are
+                                      # left out, so the model learns that its prompt can be read
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 
     @property

@@ -40,25 +40,58 @@ from ecgbatch.training.llava_task import (LlavaTask, LoraConfig, collate, config
 from ecgbatch.training.loop import SimulatedCrash, TrainTask, Worker, epoch_steps, launch, plan_run, run_worker
 from ecgbatch.training.pairs import resolve_path
 
-__all__ = ["LlavaTrainTask", "SimulatedCrash", "build_model", "ddp_items", "prepare", "run_job",
-           "train_loop_per_worker"]
+__all__ = ["LlavaTrainTask", "SimulatedCrash", "build_model", "ddp_items", "init_adapter", "init_folder",
+           "prepare", "restore_trained", "run_job", "train_loop_per_worker"]
 
 
 # --- shared by driver and workers ----------------------------------------------------------
 
+def init_folder(job: LlavaJobConfig) -> Path | None:
+    """The trained-only folder ``init`` names (itself, a checkpoint's model/, or a run folder's
+    latest checkpoint's), or None without ``init``."""
+    if not job.init:
+        return None
+    p = resolve_path(job.init)
+    if not (p / "model.safetensors").is_file() and not (p / MODEL_SUBDIR).is_dir():
+        p = latest_checkpoint(p) or p          # a run folder: its latest checkpoint
+    if (p / MODEL_SUBDIR).is_dir():
+        p = p / MODEL_SUBDIR
+    if not (p / "model.safetensors").is_file():
+        raise FileNotFoundError(f"init {job.init!r} holds no projector weights (model.safetensors)")
+    return p
+
+
 def build_model(job: LlavaJobConfig, log=None):
     """(model, tokenizer) at the start of training: the base, plus ``init``'s projector."""
     model, tok = base_model(job.model.base(), log)
-    if job.init:
-        p = resolve_path(job.init)
-        if not (p / "model.safetensors").is_file() and not (p / MODEL_SUBDIR).is_dir():
-            p = latest_checkpoint(p) or p          # a run folder: its latest checkpoint
-        if (p / MODEL_SUBDIR).is_dir():
-            p = p / MODEL_SUBDIR
-        if not (p / "model.safetensors").is_file():
-            raise FileNotFoundError(f"init {job.init!r} holds no projector weights (model.safetensors)")
+    p = init_folder(job)
+    if p is not None:
         load_projector(model, p)
     return model, tok
+
+
+def restore_trained(model, folder: Path, stage: str) -> None:
+    """A trained-only folder's projector, and for stage "sft" its LoRA adapter, into ``model``
+    (whose stage is configured: ``configure_stage``)."""
+    load_projector(model, folder)
+    if stage == "sft":
+        from peft import set_peft_model_state_dict   # optional dependency: LoRA stages only
+
+        res = set_peft_model_state_dict(model.language_model,
+                                        load_file(str(folder / LORA_SUBDIR / "adapter_model.safetensors")))
+        if getattr(res, "unexpected_keys", None):
+            raise ValueError(f"checkpoint {str(folder.parent)!r}: adapter keys do not fit: "
+                             f"{res.unexpected_keys[:5]}")
+
+
+def init_adapter(job: LlavaJobConfig, model) -> bool:
+    """An sft job whose ``init`` holds a LoRA adapter (an earlier sft run or its export) continues
+    from it: the adapter is loaded into ``model`` (stage configured). Whether one was."""
+    start = init_folder(job)
+    if start is None or job.stage != "sft" or not (start / LORA_SUBDIR).is_dir():
+        return False
+    restore_trained(model, start, job.stage)
+    return True
 
 
 def save_trained(job: LlavaJobConfig):
@@ -87,6 +120,7 @@ class LlavaTrainTask(TrainTask):
         self.model = model
         lo = job.lora
         trainable = configure_stage(model, job.stage, LoraConfig(lo.r, lo.alpha, lo.dropout, list(lo.target_modules)))
+        init_adapter(job, model)
         model.to(w.device)
         self.module = ray.train.torch.prepare_model(LlavaTask(model), move_to_device=True)
         self.optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if n in set(trainable)],
@@ -119,15 +153,7 @@ class LlavaTrainTask(TrainTask):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def restore_model(self, folder: Path) -> None:
-        load_projector(self.model, folder)
-        if self.job.stage == "sft":
-            from peft import set_peft_model_state_dict   # optional dependency: LoRA stages only
-
-            res = set_peft_model_state_dict(self.model.language_model,
-                                            load_file(str(folder / LORA_SUBDIR / "adapter_model.safetensors")))
-            if getattr(res, "unexpected_keys", None):
-                raise ValueError(f"checkpoint {str(folder.parent)!r}: adapter keys do not fit: "
-                                 f"{res.unexpected_keys[:5]}")
+        restore_trained(self.model, folder, self.job.stage)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -243,7 +269,8 @@ def grounded_items(job: LlavaJobConfig, items, config, log=print):
     read_item = item_reader(job, config)
     by_path = {str(it.ecg_path): it for it in items}
     items, _ = apply_grounded_prompts(items, job.data.grounded, job.seed, item_record_reader(job), labeller,
-                                      lambda p: read_item(by_path[p]), job.data.cache_dir, config, log)
+                                      lambda p: read_item(by_path[p]), job.data.cache_dir, config, log,
+                                      only_supported=job.data.only_supported)
     return items
 
 

@@ -1,0 +1,107 @@
+"""Grounded instruction items whose answers their own prompt supports
+(ecgbatch.training.instruct_grounded: turn_supported, supported_turns, apply_grounded_prompts with
+only_supported): the groundings come from ``ground`` on measurement rows, and from real records
+of the sample archive measured with the multilead method; the answers are the instruction
+builder's own phrasings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecgbatch.llava.grounding import ground
+from ecgbatch.training.instruct_format import InstructItem
+from ecgbatch.training.instruct_grounded import apply_grounded_prompts, supported_turns, turn_supported
+
+LEFT = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": -20, "qrs_ms": 90})      # LUDB convention: left
+NORMAL = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": 50, "qrs_ms": 90})
+GROUP_AXIS = ["axis_left", "axis_right"]
+
+
+def test_an_axis_answer_must_name_the_prompts_category():
+    assert "left axis deviation" in LEFT.text and "normal axis" in NORMAL.text
+    yes = {"kind": "finding_yes", "findings": GROUP_AXIS, "present": True}
+    no = {"kind": "finding_no", "findings": GROUP_AXIS, "present": False}
+    assert turn_supported(yes, "Yes, the ECG shows left axis deviation.", LEFT)
+    assert not turn_supported(no, "No, the electrical axis is normal.", LEFT)
+    assert turn_supported(no, "No, the electrical axis is normal.", NORMAL)
+    assert not turn_supported(yes, "Yes, the ECG shows left axis deviation.", NORMAL)
+    assert not turn_supported({"kind": "axis", "finding": "axis_normal"}, "The electrical axis is normal.", LEFT)
+    assert turn_supported({"kind": "finding_no", "finding": "axis_right", "present": False},
+                          "No, the ECG does not show right axis deviation.", LEFT)
+    # a prompt that states no axis does not judge an axis answer
+    assert turn_supported(no, "No, the electrical axis is normal.", ground({"hr_bpm": 72}))
+
+
+def test_other_answers_are_judged_by_the_contradiction_rules():
+    af = {"kind": "finding_yes", "finding": "atrial_fibrillation", "present": True}
+    assert not turn_supported(af, "Yes, the ECG shows atrial fibrillation.", NORMAL)     # regular RR
+    irregular = ground({"hr_bpm": 110, "rr_nrmssd": 0.3, "axis_deg": 50})
+    assert turn_supported(af, "Yes, the ECG shows atrial fibrillation.", irregular)
+    assert turn_supported({"kind": "rate", "hr_bpm": 72}, "The measured heart rate is about 72 beats per minute.",
+                          NORMAL)
+    assert not turn_supported({"kind": "rhythm", "findings": ["sinus_bradycardia"]},
+                              "The rhythm is sinus bradycardia.", NORMAL)            # 72 bpm
+
+
+def _item(turns, ecg_first=True, path="x.hea"):
+    conv = []
+    for j, (q, a, _) in enumerate(turns):
+        if j == 0:
+            q = f"<ecg>\n{q}" if ecg_first else f"{q}\n<ecg>"
+        conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return InstructItem("r/dialogue0", path, Path(path), conv,
+                        {"kind": "dialogue", "facts": [f for _, _, f in turns]})
+
+
+AXIS_NO = ("Is the electrical axis deviated?", "No, the electrical axis is normal.",
+           {"kind": "finding_no", "findings": GROUP_AXIS, "present": False})
+RATE = ("What is the heart rate?", "The measured heart rate is about 72 beats per minute.",
+        {"kind": "rate", "hr_bpm": 72})
+AF_NO = ("Is there atrial fibrillation?", "No, the ECG does not show atrial fibrillation.",
+         {"kind": "finding_no", "finding": "atrial_fibrillation", "present": False})
+
+
+@pytest.mark.parametrize("ecg_first", [True, False])
+def test_unsupported_turns_leave_and_the_ecg_moves_to_the_new_first_question(ecg_first):
+    item = _item([AXIS_NO, RATE, AF_NO], ecg_first)
+    out, n = supported_turns(item, LEFT)
+    assert n == 1 and [f["kind"] for f in out.meta["facts"]] == ["rate", "finding_no"]
+    first = out.conversations[0]["value"]
+    want = "<ecg>\nWhat is the heart rate?" if ecg_first else "What is the heart rate?\n<ecg>"
+    assert first == want
+    assert [t["value"] for t in out.conversations[1:]] == [RATE[1], AF_NO[0], AF_NO[1]]
+    assert sum("<ecg>" in t["value"] for t in out.conversations) == 1
+    assert item.conversations[0]["value"].endswith(AXIS_NO[0]) or item.conversations[0]["value"].startswith(AXIS_NO[0])
+
+    same, n = supported_turns(item, NORMAL)
+    assert n == 0 and same is item
+    gone, n = supported_turns(_item([AXIS_NO]), LEFT)
+    assert gone is None and n == 1
+    # facts that do not list one fact per turn: kept whole
+    odd = _item([AXIS_NO, RATE])
+    odd.meta["facts"] = odd.meta["facts"][:1]
+    assert supported_turns(odd, LEFT) == (odd, 0)
+
+
+def test_apply_grounded_prompts_keeps_only_supported_answers_on_real_records(sample_archive):
+    """A0689 is atrial fibrillation (irregular RR), HR03961 a sinus rhythm: an item answering
+    "atrial fibrillation" for the sinus record loses that turn; the AF record keeps it."""
+    from ecgbatch.io import read_record
+
+    af_yes = ("Does this ECG show atrial fibrillation?", "Yes, the ECG shows atrial fibrillation.",
+              {"kind": "finding_yes", "finding": "atrial_fibrillation", "present": True})
+    items = [_item([RATE, af_yes], path=str(sample_archive / "cinc2021" / f"{rid}.hea"))
+             for rid in ("A0689", "HR03961")]
+    logs = []
+    kept, n = apply_grounded_prompts(items, 1.0, 0, lambda it: read_record(it.ecg_path), log=logs.append,
+                                     only_supported=True)
+    assert n == 2 and len(kept) == 2
+    af, sinus = kept
+    assert "irregular RR" in af.conversations[0]["value"] and len(af.conversations) == 4
+    assert "regular RR" in sinus.conversations[0]["value"] and len(sinus.conversations) == 2
+    assert sinus.conversations[1]["value"].startswith("The measured heart rate")
+    assert any("1 turns of the grounded items disagree" in m for m in logs)
+    # without only_supported every turn stays
+    kept, _ = apply_grounded_prompts(items, 1.0, 0, lambda it: read_record(it.ecg_path), log=logs.append)
+    assert [len(k.conversations) for k in kept] == [4, 4]
