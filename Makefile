@@ -44,8 +44,12 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VPY) -m ecgbatch.demo
 
+# Two pytest-xdist workers, one lane each (tests/helpers/suite_groups.py), at the same time: lane
+# "ray" (the in-process Ray, local Rays, the session's in-process vLLM engine) and lane "engine"
+# (`serve`, `chat`, engine subprocesses, the `ray start` cluster); the CPU-only tests fill in on
+# either. Serially: `pytest tests` (or one area's files).
 test: $(STAMP) browser
-	$(VPY) -m pytest -q --durations=25 tests
+	$(VPY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 # Chromium + its driver for the browser tests (`report --html` pages, the server's web page;
 # Debian packages; needs root). Idempotent; without

@@ -10,6 +10,7 @@ from helpers.ray_cluster import SharedCluster
 from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
+from helpers.suite_groups import FORBIDDEN, GroupNodeIds, LaneLog, RayAndEngines, lane_of, lane_reason
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +21,49 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")      # also for the session
 
 SHARED = shared_dir()
 HELPERS = Path(__file__).parent / "helpers"
+
+
+# --- `make test` runs two xdist workers, one lane each (helpers/suite_groups: "ray", "engine") ---
+
+@pytest.hookimpl(tryfirst=True)        # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        found = lane_reason(item)
+        if found is not None:
+            item.add_marker(pytest.mark.xdist_group(found[0]))
+
+
+def pytest_configure(config):
+    if getattr(config.option, "loadgroup", False):      # an xdist worker of --dist loadgroup
+        config.pluginmanager.register(GroupNodeIds(), "ecgbatch-group-node-ids")
+    if os.environ.get("ECGBATCH_LANE_LOG"):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        config.pluginmanager.register(LaneLog(os.environ["ECGBATCH_LANE_LOG"], worker), "ecgbatch-lane-log")
+
+
+BEFORE_SETUP = pytest.StashKey[RayAndEngines]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    if lane_of(item) in FORBIDDEN:          # a light test or an "engine" test
+        item.stash[BEFORE_SETUP] = RayAndEngines.now()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A light test must not start Ray or a vLLM engine (in its fixtures or its body), an "engine"
+    test not Ray: that would be a second one beside the other lane's. Such a test fails, naming
+    where to classify it."""
+    result = yield
+    if BEFORE_SETUP in item.stash:
+        lane = lane_of(item)
+        started = item.stash[BEFORE_SETUP].started_since(FORBIDDEN[lane])
+        if started:
+            pytest.fail(f"a {lane or 'light'} test started {', '.join(started)}: mark it, or add its fixture or "
+                        "file to the right lane in tests/helpers/suite_groups.py", pytrace=False)
+    return result
 
 
 @pytest.fixture(scope="session")
