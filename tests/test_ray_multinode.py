@@ -124,11 +124,11 @@ def test_report_survives_a_killed_worker_node(two_nodes_then_retired, archive, l
         deadline = time.time() + 600
         with NodeWork(raylet) as seen:     # kill once a block is committed AND the worker node works
             while time.time() < deadline and proc.poll() is None and not (
-                    list(ws.glob("report-*/reports/part-*")) and seen.ran("read_and_preprocess", "ReportUDF")):
+                    list(ws.glob("report-*/reports/part-*")) and seen.ran("read_task", "ReportUDF")):
                 time.sleep(0.1)
         assert proc.poll() is None, f"the job ended before the kill: {proc.communicate()[1][-3000:]}"
         assert list(ws.glob("report-*/reports/part-*")), "no block committed within the time limit"
-        assert seen.ran("read_and_preprocess", "ReportUDF"), f"no report work seen on the worker node: {seen.titles}"
+        assert seen.ran("read_task", "ReportUDF"), f"no report work seen on the worker node: {seen.titles}"
         os.kill(raylet, signal.SIGKILL)                      # the worker node dies mid-run
         out, err = proc.communicate(timeout=900)
     finally:
