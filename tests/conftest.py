@@ -10,8 +10,7 @@ from helpers.ray_cluster import SharedCluster
 from helpers.vllm_env import VLLM_TEST_ENV
 
 from ecgbatch._paths import SAMPLE_ARCHIVE, shared_dir
-from helpers.suite_groups import (FORBIDDEN, GroupNodeIds, LaneLog, RayAndEngines, lane_of, lane_reason,
-                                  pin_to_one_core)
+from helpers.suite_groups import FORBIDDEN, GroupNodeIds, LaneLog, RayAndEngines, lane_of, lane_reason
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,8 +36,6 @@ def pytest_collection_modifyitems(items):
 def pytest_configure(config):
     if getattr(config.option, "loadgroup", False):      # an xdist worker of --dist loadgroup
         config.pluginmanager.register(GroupNodeIds(), "ecgbatch-group-node-ids")
-    if os.environ.get("PYTEST_XDIST_WORKER"):           # each lane on a core of its own
-        pin_to_one_core(os.environ["PYTEST_XDIST_WORKER"])
     if os.environ.get("ECGBATCH_LANE_LOG"):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         config.pluginmanager.register(LaneLog(os.environ["ECGBATCH_LANE_LOG"], worker), "ecgbatch-lane-log")

@@ -31,7 +31,6 @@ the test process) and leaves it running at the end of its body fails (tests/conf
 are not seen: list such files here.)"""
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,6 @@ import psutil
 import pytest
 
 RAY_LANE, ENGINE_LANE = "ray", "engine"
-PIN_ENV = "ECGBATCH_TEST_PIN"     # "0": the xdist workers keep every core (pin_to_one_core)
 LANES = (RAY_LANE, ENGINE_LANE)
 
 FIXTURES = {
@@ -198,24 +196,3 @@ class RayAndEngines:
                 continue
             found += [n for n in names if n != "in-process Ray" and n in cmd]
         return found
-
-
-def pin_to_one_core(worker: str) -> int | None:
-    """An xdist worker ("gw0", "gw1", ...) keeps to one core of those allowed, a different one per
-    worker, and so does every process it starts (affinity is inherited: its vLLM engines bind their
-    OpenMP threads to the cores they are allowed, ecgbatch.serving.engine.default_cpu_thread_binding;
-    its Ray nodes' workers). Two lanes that each ran two lock-step OpenMP threads on the same two
-    cores stalled each other (a suite run's load average was 8 on 2 cores). None (nothing changed)
-    with fewer than two cores, a worker name without a number, or PIN_ENV=0. The core pinned."""
-    n = worker[2:]
-    if os.environ.get(PIN_ENV) == "0" or not hasattr(os, "sched_setaffinity") or not n.isdigit():
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    core = cpus[int(n) % len(cpus)]
-    os.sched_setaffinity(0, {core})
-    os.environ.setdefault("OMP_NUM_THREADS", "1")     # for the processes it starts
-    if "torch" in sys.modules:                         # this process's thread pool, if torch is in
-        sys.modules["torch"].set_num_threads(1)
-    return core
