@@ -14,8 +14,8 @@ PROBE = ("import os; from ecgbatch.pipelines.ray_common import set_niceness as s
 
 
 def _child(target: int, env: dict | None = None, nice: int = 0) -> list[int]:
-    e = {**os.environ, **(env or {})}
-    e.pop(STAGE_PRIORITIES_ENV, None) if env is None else None
+    e = {k: v for k, v in os.environ.items() if k != STAGE_PRIORITIES_ENV}
+    e.update(env or {})
     cmd = [sys.executable, "-c", PROBE.format(target=target)]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]

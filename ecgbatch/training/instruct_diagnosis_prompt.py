@@ -36,15 +36,20 @@ def diagnosis_prompt_selection(items, fraction: float, seed: int) -> list[int]:
     return sorted(reports[int(j)] for j in pick)
 
 
+def placed_like(question: str, like: str, ecg_token: str) -> str:
+    """``question`` with the ECG placeholder where the human turn ``like`` has it: at the end when
+    ``like`` ends with it (and does not start with it), else at the start."""
+    at_end = like.rstrip().endswith(ecg_token) and not like.lstrip().startswith(ecg_token)
+    return f"{question}\n{ecg_token}" if at_end else f"{ecg_token}\n{question}"
+
+
 def ask_first_turn(item, rewrite: Callable[[str], str], ecg_token: str, meta: dict):
     """A copy of ``item`` whose first human turn asks ``rewrite(question)`` (the placeholder kept
     where it was, at the start or the end), ``meta`` merged into its meta. Only the human turn
     changes, so the loss masking is untouched."""
     conv = [dict(t) for t in item.conversations]
     first = conv[0]["value"]
-    asked = rewrite(first.replace(ecg_token, "").strip())
-    conv[0]["value"] = f"{asked}\n{ecg_token}" if first.rstrip().endswith(ecg_token) and not \
-        first.lstrip().startswith(ecg_token) else f"{ecg_token}\n{asked}"
+    conv[0]["value"] = placed_like(rewrite(first.replace(ecg_token, "").strip()), first, ecg_token)
     return replace(item, conversations=conv, meta={**item.meta, **meta})
 
 

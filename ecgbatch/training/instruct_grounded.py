@@ -20,7 +20,7 @@ import numpy as np
 
 from ecgbatch.llava.contradictions import contradictions
 from ecgbatch.llava.grounding import Grounding, ground, measure_for_grounds
-from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, record_embeddings
+from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, placed_like, record_embeddings
 
 SEED_SALT = 17
 # The measured axis categories (ecgbatch.signal.axis, any convention's names) each axis finding
@@ -72,14 +72,12 @@ def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
         return item, 0
     if not keep:
         return None, len(facts)
-    first = conv[0]["value"]
-    at_end = first.rstrip().endswith(ecg_token) and not first.lstrip().startswith(ecg_token)
     out = []
     for j in keep:
         q, a = dict(conv[2 * j]), dict(conv[2 * j + 1])
         q["value"] = q["value"].replace(ecg_token, "").strip()
         out += [q, a]
-    out[0]["value"] = f"{out[0]['value']}\n{ecg_token}" if at_end else f"{ecg_token}\n{out[0]['value']}"
+    out[0]["value"] = placed_like(out[0]["value"], conv[0]["value"], ecg_token)
     return replace(item, conversations=out, meta={**item.meta, "facts": [facts[j] for j in keep]}), \
         len(facts) - len(keep)
 

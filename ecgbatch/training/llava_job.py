@@ -41,7 +41,7 @@ from ecgbatch.training.loop import SimulatedCrash, TrainTask, Worker, epoch_step
 from ecgbatch.training.pairs import resolve_path
 
 __all__ = ["LlavaTrainTask", "SimulatedCrash", "build_model", "ddp_items", "init_adapter", "init_folder",
-           "prepare", "restore_trained", "run_job", "train_loop_per_worker"]
+           "load_adapter", "prepare", "restore_trained", "run_job", "train_loop_per_worker"]
 
 
 # --- shared by driver and workers ----------------------------------------------------------
@@ -70,27 +70,33 @@ def build_model(job: LlavaJobConfig, log=None):
     return model, tok
 
 
+def load_adapter(model, folder: Path) -> None:
+    """A trained-only folder's LoRA adapter into ``model`` (stage "sft" configured)."""
+    from peft import set_peft_model_state_dict   # optional dependency: LoRA stages only
+
+    res = set_peft_model_state_dict(model.language_model,
+                                    load_file(str(folder / LORA_SUBDIR / "adapter_model.safetensors")))
+    if getattr(res, "unexpected_keys", None):
+        raise ValueError(f"checkpoint {str(folder.parent)!r}: adapter keys do not fit: "
+                         f"{res.unexpected_keys[:5]}")
+
+
 def restore_trained(model, folder: Path, stage: str) -> None:
     """A trained-only folder's projector, and for stage "sft" its LoRA adapter, into ``model``
     (whose stage is configured: ``configure_stage``)."""
     load_projector(model, folder)
     if stage == "sft":
-        from peft import set_peft_model_state_dict   # optional dependency: LoRA stages only
-
-        res = set_peft_model_state_dict(model.language_model,
-                                        load_file(str(folder / LORA_SUBDIR / "adapter_model.safetensors")))
-        if getattr(res, "unexpected_keys", None):
-            raise ValueError(f"checkpoint {str(folder.parent)!r}: adapter keys do not fit: "
-                             f"{res.unexpected_keys[:5]}")
+        load_adapter(model, folder)
 
 
 def init_adapter(job: LlavaJobConfig, model) -> bool:
     """An sft job whose ``init`` holds a LoRA adapter (an earlier sft run or its export) continues
-    from it: the adapter is loaded into ``model`` (stage configured). Whether one was."""
+    from it: the adapter is loaded into ``model`` (stage configured; build_model loaded ``init``'s
+    projector). Whether one was."""
     start = init_folder(job)
     if start is None or job.stage != "sft" or not (start / LORA_SUBDIR).is_dir():
         return False
-    restore_trained(model, start, job.stage)
+    load_adapter(model, start)
     return True
 
 
