@@ -11,6 +11,12 @@ Three steps (each can be run alone):
     # 3. the table: every goal per source, with bootstrap 95 % intervals over patients
     python bench/report_goals.py score --out .ecgbatch/goals [--json goals.json]
 
+    # the grounds alone as reports (no language model): what each report row's `findings` say the
+    # prompt stated, joined into sentences (GROUNDS_RULES), then scored the same way; the
+    # report run may use --max-tokens 1, since only its findings are read
+    python bench/report_goals.py grounds --reports .ecgbatch/goals/reports.jsonl -o .ecgbatch/goals/grounds.jsonl
+    python bench/report_goals.py score --out .ecgbatch/goals --reports .ecgbatch/goals/grounds.jsonl
+
 Sources: LUDB and Challenge 2021 (WFDB/.mat, 500 Hz) and PTB-XL's 100 Hz release (ptbxl2k). The
 `ptbxl` subset folder (band-passed, z-scored .npy without a header) is left out: an archive reader
 cannot know its rate and layout, and its patients' ECGs are in ptbxl2k's test fold too.
@@ -68,6 +74,40 @@ def prepare(instruct: Path, out: Path) -> int:
     return len(refs)
 
 
+# the grounds-only report: which stated findings become a sentence, and its words. A diagnostic, not
+# a product feature: it shows what repeating the prompt would score, i.e. how much of a goal the
+# grounds carry and how much the model adds or loses. Nothing here is fitted.
+GROUNDS_RULES = (
+    "every probe finding, as the prompt names it (above its cross-validated threshold)",
+    "the measured axis category (e.g. 'left axis deviation', 'horizontal axis')",
+    "measured bradycardia / tachycardia (rate < 60 / > 100 bpm)",
+    "'left ventricular hypertrophy' when the measured LVH voltage criteria are met",
+)
+
+
+def grounds_report(findings: list[dict]) -> str:
+    """One report from a row's ``findings`` by GROUNDS_RULES, in the order the prompt states them."""
+    said = []
+    for f in findings:
+        if f.get("source") == "probe" or f.get("label") in ("axis", "bradycardia", "tachycardia"):
+            said.append(f["text"])
+        elif f.get("label") == "lvh_voltage" and f.get("category") == "met":
+            said.append("left ventricular hypertrophy")
+    return " ".join(t[:1].upper() + t[1:] + "." for t in dict.fromkeys(said))
+
+
+def grounds(reports: Path, dest: Path) -> int:
+    rows = [json.loads(line) for line in reports.read_text().splitlines() if line.strip()]
+    lacking = [r["record_id"] for r in rows if r.get("findings") is None]
+    if lacking:
+        raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
+                         "grounded default")
+    dest.write_text("".join(json.dumps({"record_id": r["record_id"], "report": grounds_report(r["findings"])}) + "\n"
+                            for r in rows))
+    print(f"{len(rows)} grounds-only reports -> {dest}")
+    return len(rows)
+
+
 def score(out: Path, reports: Path | None = None) -> dict:
     from ecgbatch.eval.report_goals import goal_rows, report_goals
 
@@ -116,9 +156,15 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--reports", type=Path, default=None, help="report --input -o file (default OUT/reports.jsonl)")
     s.add_argument("--json", type=Path, default=None)
+    g = sub.add_parser("grounds", help="the grounds alone as reports (see GROUNDS_RULES)")
+    g.add_argument("--reports", type=Path, required=True, help="report --input -o file whose rows carry findings")
+    g.add_argument("-o", "--output", type=Path, required=True)
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
         prepare(a.instruct, a.out)
+        return 0
+    if a.cmd == "grounds":
+        grounds(a.reports, a.output)
         return 0
     res = score(a.out, a.reports)
     if a.json:

@@ -63,3 +63,46 @@ def test_always_af_is_a_false_af_on_every_sinus_record(ludb_refs):
 def test_lengths_must_match():
     with pytest.raises(ValueError, match="references"):
         report_goals(["a"], ["a", "b"])
+
+
+def _bench_report_goals():
+    import importlib.util
+
+    from ecgbatch._paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_report_goals", REPO_ROOT / "bench" / "report_goals.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_grounds_only_report_says_the_categorical_grounds_and_nothing_else(tmp_path):
+    """bench/report_goals.py grounds: a report row's findings (GroundFinding.to_dict, as report
+    --input writes them) become sentences by GROUNDS_RULES; values without a category (rate,
+    intervals, voltages below the criteria) are not stated, and the result scores as its words say."""
+    import json
+
+    from ecgbatch.llava.grounding import GroundFinding
+
+    bench = _bench_report_goals()
+    row = [GroundFinding("heart_rate", "heart rate", "measurement", 48.0, "bpm"),
+           GroundFinding("bradycardia", "bradycardia", "measurement", 48.0, "bpm"),
+           GroundFinding("rr_regularity", "irregular RR", "measurement", 0.3, "RMSSD/mean RR", "irregular"),
+           GroundFinding("axis", "left axis deviation", "measurement", -52.0, "degrees", "left"),
+           GroundFinding("sokolow_lyon", "Sokolow-Lyon", "measurement", 4.1, "mV"),
+           GroundFinding("lvh_voltage", "LVH voltage criteria met", "measurement", category="met"),
+           GroundFinding("qt_interval", "QT", "measurement", 420.0, "ms"),
+           GroundFinding("AFIB", "atrial fibrillation", "probe", probability=0.91, labelset="ptbxl-rhythm")]
+    text = bench.grounds_report([f.to_dict() for f in row])
+    assert text == ("Bradycardia. Left axis deviation. Left ventricular hypertrophy. Atrial fibrillation.")
+    assert bench.grounds_report([GroundFinding("heart_rate", "heart rate", "measurement", 72.0, "bpm").to_dict()]) == ""
+
+    reports = tmp_path / "reports.jsonl"
+    reports.write_text(json.dumps({"record_id": "a/1", "report": "x", "findings": [f.to_dict() for f in row]}) + "\n")
+    assert bench.grounds(reports, tmp_path / "g.jsonl") == 1
+    assert json.loads((tmp_path / "g.jsonl").read_text())["report"] == text
+    res = report_goals([text], ["Atrial fibrillation. Left axis deviation. Left ventricular hypertrophy."])
+    assert res["af_f1"]["value"] == 1.0 and res["lvh_f1"]["value"] == 1.0
+    reports.write_text(json.dumps({"record_id": "a/1", "report": "x"}) + "\n")     # a row of --no-grounded
+    with pytest.raises(SystemExit, match="no findings"):
+        bench.grounds(reports, tmp_path / "g.jsonl")
