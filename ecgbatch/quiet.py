@@ -46,6 +46,7 @@ NOISE = (
     "doesn't allow to use `torch.set_num_threads` after the thread binding",
     "deprecated support for supporting different tokenizers for different LoRAs",
     "is set; leaving Torch threads at",     # OMP_NUM_THREADS from ecgbatch's CPU thread binding
+    "Reset SSM cache type to float32",      # vLLM's CPU platform, for Mamba layers: ECG-LLaVA has none
 )
 # Python warnings dropped in quiet mode: (start of the message, category)
 PY_WARNINGS = (("`torch.distributed.reduce_op` is deprecated", FutureWarning),)

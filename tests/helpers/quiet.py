@@ -7,7 +7,7 @@ import os
 # What vLLM and torch print on every start that an ecgbatch user cannot act on (ecgbatch.quiet),
 # and what its exit printed before the engine was shut down explicitly
 NOISE = ("Triton", "is not found in LD_PRELOAD", "different tokenizers for different LoRAs", "reduce_op", "NUMA binding",
-         "Loading safetensors checkpoint shards", "Enforce eager set")
+         "Loading safetensors checkpoint shards", "Enforce eager set", "Reset SSM cache type")
 UNCLEAN_EXIT = ("exited unexpectedly", "force killing", "still running after")
 
 
