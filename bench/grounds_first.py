@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     from ecgbatch.llava.inputs import preprocess_for_model
     from ecgbatch.models.resolve import llava_model
     from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest, engine_env
+    from ecgbatch.training.instruct_format import write_jsonl
 
     rg = _report_goals()
     rows = [json.loads(x) for x in a.rows.read_text().splitlines() if x.strip()][: a.limit]
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
                 out[mode].append({"record_id": r["record_id"], "report": text, "prefix": p,
                                   "n_output_tokens": res.n_output_tokens, "finish_reason": res.finish_reason})
     for mode, path in modes.items():
-        path.write_text("".join(json.dumps(x) + "\n" for x in out[mode]))
+        write_jsonl(out[mode], path)
         print(f"{mode}: {len(out[mode])} reports -> {path}")
     print(f"{len(rows)} records, {time.time() - t0:.0f} s")
     engine.shutdown()

@@ -102,8 +102,9 @@ def grounds(reports: Path, dest: Path) -> int:
     if lacking:
         raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
                          "grounded default")
-    dest.write_text("".join(json.dumps({"record_id": r["record_id"], "report": grounds_report(r["findings"])}) + "\n"
-                            for r in rows))
+    from ecgbatch.training.instruct_format import write_jsonl
+
+    write_jsonl([{"record_id": r["record_id"], "report": grounds_report(r["findings"])} for r in rows], dest)
     print(f"{len(rows)} grounds-only reports -> {dest}")
     return len(rows)
 
