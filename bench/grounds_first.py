@@ -17,7 +17,6 @@ float32, the model's own adapter, max 256 new tokens as report --input; one engi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -25,13 +24,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _report_goals():
-    spec = importlib.util.spec_from_file_location("bench_report_goals", REPO / "bench" / "report_goals.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv=None) -> int:
@@ -53,8 +45,8 @@ def main(argv=None) -> int:
     from ecgbatch.models.resolve import llava_model
     from ecgbatch.serving.engine import EcgLlavaEngine, EcgRequest, engine_env
     from ecgbatch.training.instruct_format import write_jsonl
+    from report_goals import grounds_report     # bench/report_goals.py, beside this script
 
-    rg = _report_goals()
     rows = [json.loads(x) for x in a.rows.read_text().splitlines() if x.strip()][: a.limit]
     folder, adapter = llava_model(a.model)
     rank = json.loads((adapter / "adapter_config.json").read_text())["r"] if adapter else None
@@ -71,7 +63,7 @@ def main(argv=None) -> int:
             reqs, prefixes = [], []
             for r, ecg in zip(chunk, ecgs):
                 ids = engine.prompt_ids(r["question"])
-                prefix = rg.grounds_report(r["findings"]) if mode == "grounds_first" else ""
+                prefix = grounds_report(r["findings"]) if mode == "grounds_first" else ""
                 if prefix:
                     ids = ids + tok(prefix + " ", add_special_tokens=False)["input_ids"]
                 reqs.append(EcgRequest(ecg, ids, r["record_id"]))

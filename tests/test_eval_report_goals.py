@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from helpers.bench import bench_module
 
 from ecgbatch.eval.report_goals import axis_category, goal_rows, report_goals
 
@@ -65,17 +66,6 @@ def test_lengths_must_match():
         report_goals(["a"], ["a", "b"])
 
 
-def _bench_report_goals():
-    import importlib.util
-
-    from ecgbatch._paths import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_report_goals", REPO_ROOT / "bench" / "report_goals.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_grounds_only_report_says_the_categorical_grounds_and_nothing_else(tmp_path):
     """bench/report_goals.py grounds: a report row's findings (GroundFinding.to_dict, as report
     --input writes them) become sentences by GROUNDS_RULES; values without a category (rate,
@@ -84,7 +74,7 @@ def test_grounds_only_report_says_the_categorical_grounds_and_nothing_else(tmp_p
 
     from ecgbatch.llava.grounding import GroundFinding
 
-    bench = _bench_report_goals()
+    bench = bench_module("report_goals")
     row = [GroundFinding("heart_rate", "heart rate", "measurement", 48.0, "bpm"),
            GroundFinding("bradycardia", "bradycardia", "measurement", 48.0, "bpm"),
            GroundFinding("rr_regularity", "irregular RR", "measurement", 0.3, "RMSSD/mean RR", "irregular"),

@@ -1,14 +1,13 @@
 """`ecgbatch inspect` through typer's CliRunner on real records."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import typer
+from helpers.bench import bench_module
 from typer.testing import CliRunner
 
-from ecgbatch._paths import REPO_ROOT
 from ecgbatch.commands.inspect import register
 from ecgbatch.signal.plot import paper_size_px
 
@@ -34,10 +33,7 @@ def ludb(shared_data):
 
 
 def _ludb_reference(path):
-    spec = importlib.util.spec_from_file_location("ludb_intervals", REPO_ROOT / "bench" / "ludb_intervals.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.reference_intervals(path)
+    return bench_module("ludb_intervals").reference_intervals(path)
 
 
 def test_inspect_is_registered_in_the_cli():

@@ -3,13 +3,12 @@ input, and agreement with LUDB's cardiologist delineation."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 
 import numpy as np
 import pytest
+from helpers.bench import bench_module
 
-from ecgbatch._paths import REPO_ROOT
 from ecgbatch.io.errors import MissingLeadError
 from ecgbatch.io.record import Record
 from ecgbatch.signal import Measurements, ecgchat_wave_text, measure
@@ -20,10 +19,7 @@ nk = pytest.importorskip("neurokit2")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ludb_intervals", REPO_ROOT / "bench" / "ludb_intervals.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("ludb_intervals")
 
 
 @pytest.fixture(scope="module")

@@ -221,23 +221,20 @@ def test_a_report_states_lvh_by_voltage_when_the_labels_state_none(shared_data):
     "left ventricular hypertrophy by voltage criteria" (marked measured; "lvh" present, not
     absent); a record below the criteria, or labelled LVH, gets none. The goals' references drop
     it again (bench/report_goals.labels_only), with the measured axis after it."""
-    import importlib.util
+    from helpers.bench import bench_module
 
     from ecgbatch.io import read_record
     from ecgbatch.signal import measure
     from ecgbatch.text.findings import extract_findings
     from ecgbatch.training.instruct import MEASURED_LVH
     from ecgbatch.training.instruct_questions import report_text
-    from ecgbatch._paths import REPO_ROOT
 
     d = shared_data
     src = [InstructSource(SourceSpec("ptbxl2k", str(d / "ptbxl2k" / "records100"), "ptbxl",
                                      metadata=str(d / "ptbxl2k" / "ptbxl_database.csv"),
                                      statements=str(d / "ptbxl2k" / "scp_statements.csv"), limit=60))]
     b = build_instruct(src, seed=0, measure_method="multilead", dialogues=0)
-    spec = importlib.util.spec_from_file_location("report_goals", REPO_ROOT / "bench" / "report_goals.py")
-    goals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(goals)
+    goals = bench_module("report_goals")
     n_added = 0
     for f in b.records:
         m = measure(read_record(f.path), method="multilead")
