@@ -109,6 +109,76 @@ def grounds(reports: Path, dest: Path) -> int:
     return len(rows)
 
 
+def _af(text: str):
+    from ecgbatch.eval.llava_eval import AF_KEYS
+    from ecgbatch.text.findings import group_keys, positive_findings
+
+    return bool(set(AF_KEYS) & positive_findings(text, group_keys("rhythm")))
+
+
+def _lvh(text: str):
+    from ecgbatch.text.findings import positive_findings
+
+    return bool(positive_findings(text, ("lvh",)))
+
+
+def _axis(text: str):
+    from ecgbatch.eval.report_goals import axis_category
+
+    return axis_category(text)
+
+
+# finding -> what a text states of it: False/None = nothing stated, else the statement
+AGREEMENT_FINDINGS = {"AF/flutter": _af, "axis category": _axis, "LVH": _lvh}
+
+
+def agreement(rows: list[dict], refs: dict[str, dict]) -> dict:
+    """Per finding, the report (row["report"]) against its own grounds (grounds_report of
+    row["findings"]) and the reference: ``prompt_states`` records whose grounds state the finding,
+    ``said`` of them the report states the same, ``contrary`` it states another value (axis);
+    ``prompt_silent`` records whose grounds state nothing of it, ``added`` of them the report states
+    it anyway, ``added_right`` of those the reference agrees."""
+    out = {}
+    for name, f in AGREEMENT_FINDINGS.items():
+        c = dict.fromkeys(("prompt_states", "said", "contrary", "prompt_silent", "added", "added_right"), 0)
+        for r in rows:
+            g, m = f(grounds_report(r["findings"])), f(r["report"])
+            ref = refs.get(r["record_id"])
+            if g:
+                c["prompt_states"] += 1
+                c["said"] += m == g
+                c["contrary"] += bool(m) and m != g
+            else:
+                c["prompt_silent"] += 1
+                c["added"] += bool(m)
+                c["added_right"] += bool(m) and ref is not None and f(ref["reference"]) == m
+        out[name] = c
+    return out
+
+
+def agreement_table(out: Path, reports: Path) -> dict:
+    refs = {r["record_id"]: r for r in map(json.loads, (out / "references.jsonl").read_text().splitlines())}
+    rows = [json.loads(line) for line in reports.read_text().splitlines() if line.strip()]
+    lacking = [r["record_id"] for r in rows if r.get("findings") is None]
+    if lacking:
+        raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
+                         "grounded default")
+    result = {}
+    for source in ("all", *sorted({r["source"] for r in refs.values()})):
+        sel = [r for r in rows if source == "all" or refs.get(r["record_id"], {}).get("source") == source]
+        res = result[source] = agreement(sel, refs)
+        print(f"\n{source}: {len(sel)} reports against their own grounds")
+        table = [("finding", "prompt states: report says it", "says another", "prompt silent: report adds it",
+                  "added and right")]
+        for name, c in res.items():
+            table.append((name, f"{c['said']} of {c['prompt_states']}", str(c["contrary"]),
+                          f"{c['added']} of {c['prompt_silent']}", f"{c['added_right']} of {c['added']}"))
+        w = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    return result
+
+
 def score(out: Path, reports: Path | None = None) -> dict:
     from ecgbatch.eval.report_goals import goal_rows, report_goals
 
@@ -160,7 +230,16 @@ def main(argv=None) -> int:
     g = sub.add_parser("grounds", help="the grounds alone as reports (see GROUNDS_RULES)")
     g.add_argument("--reports", type=Path, required=True, help="report --input -o file whose rows carry findings")
     g.add_argument("-o", "--output", type=Path, required=True)
+    ag = sub.add_parser("agreement", help="does each report state what its own grounds stated?")
+    ag.add_argument("--out", type=Path, required=True)
+    ag.add_argument("--reports", type=Path, required=True, help="report --input -o file whose rows carry findings")
+    ag.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    if a.cmd == "agreement":
+        res = agreement_table(a.out, a.reports)
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=2))
+        return 0
     if a.cmd == "prepare":
         prepare(a.instruct, a.out)
         return 0

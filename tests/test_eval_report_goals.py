@@ -96,3 +96,40 @@ def test_grounds_only_report_says_the_categorical_grounds_and_nothing_else(tmp_p
     reports.write_text(json.dumps({"record_id": "a/1", "report": "x"}) + "\n")     # a row of --no-grounded
     with pytest.raises(SystemExit, match="no findings"):
         bench.grounds(reports, tmp_path / "g.jsonl")
+
+
+def test_agreement_counts_what_a_report_says_of_its_own_grounds(tmp_path):
+    """bench/report_goals.py agreement: per finding, a report that repeats its grounds, one that
+    contradicts them (another axis), one that adds LVH its grounds do not state (right or wrong by
+    the reference) are each counted where they belong."""
+    import json
+
+    from ecgbatch.llava.grounding import GroundFinding
+
+    bench = bench_module("report_goals")
+    lad = GroundFinding("axis", "left axis deviation", "measurement", -40.0, "degrees", "left").to_dict()
+    af = GroundFinding("AFIB", "atrial fibrillation", "probe", probability=0.9, labelset="ptbxl-rhythm").to_dict()
+    rows = [
+        {"record_id": "a", "findings": [lad, af], "report": "Atrial fibrillation. Left axis deviation."},
+        {"record_id": "b", "findings": [lad], "report": "Sinus rhythm. Normal axis. Left ventricular hypertrophy."},
+        {"record_id": "c", "findings": [], "report": "Sinus rhythm. Left ventricular hypertrophy."},
+    ]
+    refs = {"a": {"reference": "Atrial fibrillation. Left axis deviation.", "source": "x"},
+            "b": {"reference": "Sinus rhythm. Left axis deviation.", "source": "x"},
+            "c": {"reference": "Sinus rhythm. Left ventricular hypertrophy.", "source": "x"}}
+    res = bench.agreement(rows, refs)
+    assert res["AF/flutter"] == {"prompt_states": 1, "said": 1, "contrary": 0, "prompt_silent": 2, "added": 0,
+                                 "added_right": 0}
+    assert res["axis category"] == {"prompt_states": 2, "said": 1, "contrary": 1, "prompt_silent": 1, "added": 0,
+                                    "added_right": 0}
+    assert res["LVH"] == {"prompt_states": 0, "said": 0, "contrary": 0, "prompt_silent": 3, "added": 2,
+                          "added_right": 1}
+
+    (tmp_path / "references.jsonl").write_text("".join(json.dumps({"record_id": k, **v}) + "\n"
+                                                        for k, v in refs.items()))
+    reports = tmp_path / "reports.jsonl"
+    reports.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.agreement_table(tmp_path, reports)["x"] == res
+    reports.write_text(json.dumps({"record_id": "a", "report": "x"}) + "\n")     # a row of --no-grounded
+    with pytest.raises(SystemExit, match="no findings"):
+        bench.agreement_table(tmp_path, reports)
