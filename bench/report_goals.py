@@ -97,11 +97,7 @@ def grounds_report(findings: list[dict]) -> str:
 
 
 def grounds(reports: Path, dest: Path) -> int:
-    rows = [json.loads(line) for line in reports.read_text().splitlines() if line.strip()]
-    lacking = [r["record_id"] for r in rows if r.get("findings") is None]
-    if lacking:
-        raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
-                         "grounded default")
+    rows = _rows_with_findings(reports)
     from ecgbatch.training.instruct_format import write_jsonl
 
     write_jsonl([{"record_id": r["record_id"], "report": grounds_report(r["findings"])} for r in rows], dest)
@@ -109,27 +105,31 @@ def grounds(reports: Path, dest: Path) -> int:
     return len(rows)
 
 
-def _af(text: str):
-    from ecgbatch.eval.llava_eval import AF_KEYS
-    from ecgbatch.text.findings import group_keys, positive_findings
+def _finding_readers() -> dict:
+    """finding -> what a text states of it (False/None: nothing), as the goals score it."""
+    from ecgbatch.eval.report_goals import af_stated, axis_category, lvh_stated
 
-    return bool(set(AF_KEYS) & positive_findings(text, group_keys("rhythm")))
-
-
-def _lvh(text: str):
-    from ecgbatch.text.findings import positive_findings
-
-    return bool(positive_findings(text, ("lvh",)))
+    return {"AF/flutter": af_stated, "axis category": axis_category, "LVH": lvh_stated}
 
 
-def _axis(text: str):
-    from ecgbatch.eval.report_goals import axis_category
-
-    return axis_category(text)
+def _references(out: Path) -> dict[str, dict]:
+    return {r["record_id"]: r for r in map(json.loads, (out / "references.jsonl").read_text().splitlines())}
 
 
-# finding -> what a text states of it: False/None = nothing stated, else the statement
-AGREEMENT_FINDINGS = {"AF/flutter": _af, "axis category": _axis, "LVH": _lvh}
+def _rows_with_findings(reports: Path) -> list[dict]:
+    """The rows of a report --input -o file; refused unless every row carries its findings."""
+    rows = [json.loads(line) for line in reports.read_text().splitlines() if line.strip()]
+    lacking = [r["record_id"] for r in rows if r.get("findings") is None]
+    if lacking:
+        raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
+                         "grounded default")
+    return rows
+
+
+def _print_table(table: list[tuple]) -> None:
+    w = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
 
 
 def agreement(rows: list[dict], refs: dict[str, dict]) -> dict:
@@ -139,7 +139,7 @@ def agreement(rows: list[dict], refs: dict[str, dict]) -> dict:
     ``prompt_silent`` records whose grounds state nothing of it, ``added`` of them the report states
     it anyway, ``added_right`` of those the reference agrees."""
     out = {}
-    for name, f in AGREEMENT_FINDINGS.items():
+    for name, f in _finding_readers().items():
         c = dict.fromkeys(("prompt_states", "said", "contrary", "prompt_silent", "added", "added_right"), 0)
         for r in rows:
             g, m = f(grounds_report(r["findings"])), f(r["report"])
@@ -157,12 +157,7 @@ def agreement(rows: list[dict], refs: dict[str, dict]) -> dict:
 
 
 def agreement_table(out: Path, reports: Path) -> dict:
-    refs = {r["record_id"]: r for r in map(json.loads, (out / "references.jsonl").read_text().splitlines())}
-    rows = [json.loads(line) for line in reports.read_text().splitlines() if line.strip()]
-    lacking = [r["record_id"] for r in rows if r.get("findings") is None]
-    if lacking:
-        raise SystemExit(f"{len(lacking)} rows carry no findings (e.g. {lacking[0]}): run report --input with its "
-                         "grounded default")
+    refs, rows = _references(out), _rows_with_findings(reports)
     result = {}
     for source in ("all", *sorted({r["source"] for r in refs.values()})):
         sel = [r for r in rows if source == "all" or refs.get(r["record_id"], {}).get("source") == source]
@@ -173,16 +168,14 @@ def agreement_table(out: Path, reports: Path) -> dict:
         for name, c in res.items():
             table.append((name, f"{c['said']} of {c['prompt_states']}", str(c["contrary"]),
                           f"{c['added']} of {c['prompt_silent']}", f"{c['added_right']} of {c['added']}"))
-        w = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+        _print_table(table)
     return result
 
 
 def score(out: Path, reports: Path | None = None) -> dict:
     from ecgbatch.eval.report_goals import goal_rows, report_goals
 
-    refs = {r["record_id"]: r for r in map(json.loads, (out / "references.jsonl").read_text().splitlines())}
+    refs = _references(out)
     rows = [json.loads(line) for line in (reports or out / "reports.jsonl").read_text().splitlines() if line.strip()]
     got = {r["record_id"]: r["report"] for r in rows}
     missing = sorted(set(refs) - set(got))
@@ -200,9 +193,7 @@ def score(out: Path, reports: Path | None = None) -> dict:
         rows = goal_rows(res, None if source == "all" else source)
         table = [("measure", "value [95 % CI] (n)", "goal", "met", "template")]
         table += [(*r, f"{floor[r[0]]['value']:.3f}") for r in rows]
-        w = [max(len(r[i]) for r in table) for i in range(5)]
-        for r in table:
-            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+        _print_table(table)
     from ecgbatch.eval.report_metrics import comparison_rows, report_metrics
 
     ids = sorted(refs)
@@ -210,10 +201,7 @@ def score(out: Path, reports: Path | None = None) -> dict:
     result["text_metrics"] = text
     print(f"\nreport text metrics, all {len(ids)} records (0-100), beside ECG-Chat's paper figures "
           "(PTB-XL test, Vicuna-13B; not the same records)")
-    table = [("metric", "ecgbatch", "ECG-Chat + DDP", "ECG-Chat")] + comparison_rows(text)
-    w = [max(len(r[i]) for r in table) for i in range(4)]
-    for r in table:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    _print_table([("metric", "ecgbatch", "ECG-Chat + DDP", "ECG-Chat")] + comparison_rows(text))
     return result
 
 

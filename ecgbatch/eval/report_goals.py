@@ -46,6 +46,16 @@ def axis_category(text: str) -> str | None:
     return next(iter(found)).removeprefix("axis_")
 
 
+def af_stated(text: str) -> bool:
+    """The text states atrial fibrillation or flutter (negation-aware)."""
+    return bool(set(AF_KEYS) & positive_findings(text, group_keys("rhythm")))
+
+
+def lvh_stated(text: str) -> bool:
+    """The text states left ventricular hypertrophy (negation-aware)."""
+    return bool(positive_findings(text, ("lvh",)))
+
+
 def _f1(pred: np.ndarray, ref: np.ndarray) -> float:
     tp = float(np.sum(pred & ref))
     den = float(np.sum(pred) + np.sum(ref))
@@ -66,8 +76,8 @@ def record_scores(preds: Sequence[str], refs: Sequence[str]) -> dict[str, np.nda
     sinus = np.array([bool(r) and not a and any(k.startswith("sinus") for k in r) for r, a in zip(rr, ra)])
     pax = [axis_category(p) for p in preds]
     rax = [axis_category(r) for r in refs]
-    pl = np.array([bool(positive_findings(p, ("lvh",))) for p in preds])
-    rl = np.array([bool(positive_findings(r, ("lvh",))) for r in refs])
+    pl = np.array([lvh_stated(p) for p in preds])
+    rl = np.array([lvh_stated(r) for r in refs])
     return {"pred_af": pa, "ref_af": ra, "has_rhythm": has_rhythm, "rhythm_ok": rhythm_ok, "sinus": sinus,
             "has_axis": np.array([a is not None for a in rax]),
             "axis_ok": np.array([p is not None and p == r for p, r in zip(pax, rax)]),
