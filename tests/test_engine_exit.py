@@ -18,6 +18,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_watch_stops_engine_cores_whose_parent_died(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
-        lines = [_first_line(proc, 120) for _ in range(4)]
+        lines = _lines(proc, 4, 120)
         pids = dict(zip(("EngineCore", "EngineCore_DP1", "Worker"),
                         map(int, next(x for x in lines if x.startswith("pids")).split()[1:])))
         assert sorted(x.strip() for x in lines if not x.startswith("pids")) == [
@@ -96,10 +97,22 @@ def test_watch_stops_engine_cores_whose_parent_died(tmp_path):
         proc.wait(60)
 
 
-def _first_line(proc: subprocess.Popen, timeout: float) -> str:
+def _lines(proc: subprocess.Popen, n: int, timeout: float) -> list[str]:
+    """The first n lines of proc's stdout, or fewer when timeout (s) passes first. It reads the pipe's
+    file descriptor itself: a select() on the fd after the text wrapper's readline() would wait on lines
+    that the wrapper has already buffered (two children writing at once), which failed in CI."""
+    deadline = time.monotonic() + timeout
+    fd, buf = proc.stdout.fileno(), b""
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        return proc.stdout.readline() if sel.select(timeout) else ""
+        sel.register(fd, selectors.EVENT_READ)
+        while buf.count(b"\n") < n and (left := deadline - time.monotonic()) > 0:
+            if not sel.select(left):
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:       # EOF: the process is gone
+                break
+            buf += chunk
+    return [line + "\n" for line in buf.decode().split("\n")[:n] if line] if buf else []
 
 
 @pytest.mark.vllm
@@ -115,7 +128,7 @@ def test_engine_core_exits_when_its_client_is_killed(llava_converted, tmp_path):
                                 cwd=tmp_path, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=err_f, text=True, start_new_session=True)
     try:
-        line = _first_line(proc, START_S)
+        line = next(iter(_lines(proc, 1, START_S)), "")
         assert line.startswith("generated 1"), err.read_text()[-3000:]
         below = psutil.Process(proc.pid).children(recursive=True)
         cores = [p for p in below if "EngineCore" in p.name()]       # vLLM's process title
