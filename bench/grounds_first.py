@@ -1,5 +1,5 @@
 """Grounds-first decoding, an experiment for issue 20: the report's first sentences are the grounds
-themselves (bench/report_goals.py's GROUNDS_RULES: probe findings above their thresholds, the
+themselves (ecgbatch.llava.grounding.STATED_RULES: probe findings above their thresholds, the
 measured axis category, measured brady/tachycardia, LVH when the voltage criteria are met), given
 to the model as the start of its answer (a prefilled assistant turn), and the model writes the rest.
 Against the model alone (report --input's defaults) on the same records, prompts and engine.

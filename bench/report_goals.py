@@ -12,7 +12,7 @@ Three steps (each can be run alone):
     python bench/report_goals.py score --out .ecgbatch/goals [--json goals.json]
 
     # the grounds alone as reports (no language model): what each report row's `findings` say the
-    # prompt stated, joined into sentences (GROUNDS_RULES), then scored the same way; the
+    # prompt stated, joined into sentences (ecgbatch.llava.grounding.STATED_RULES), then scored the same way; the
     # report run may use --max-tokens 1, since only its findings are read
     python bench/report_goals.py grounds --reports .ecgbatch/goals/reports.jsonl -o .ecgbatch/goals/grounds.jsonl
     python bench/report_goals.py score --out .ecgbatch/goals --reports .ecgbatch/goals/grounds.jsonl
@@ -74,26 +74,14 @@ def prepare(instruct: Path, out: Path) -> int:
     return len(refs)
 
 
-# the grounds-only report: which stated findings become a sentence, and its words. A diagnostic, not
-# a product feature: it shows what repeating the prompt would score, i.e. how much of a goal the
-# grounds carry and how much the model adds or loses. Nothing here is fitted.
-GROUNDS_RULES = (
-    "every probe finding, as the prompt names it (above its cross-validated threshold)",
-    "the measured axis category (e.g. 'left axis deviation', 'horizontal axis')",
-    "measured bradycardia / tachycardia (rate < 60 / > 100 bpm)",
-    "'left ventricular hypertrophy' when the measured LVH voltage criteria are met",
-)
-
-
 def grounds_report(findings: list[dict]) -> str:
-    """One report from a row's ``findings`` by GROUNDS_RULES, in the order the prompt states them."""
-    said = []
-    for f in findings:
-        if f.get("source") == "probe" or f.get("label") in ("axis", "bradycardia", "tachycardia"):
-            said.append(f["text"])
-        elif f.get("label") == "lvh_voltage" and f.get("category") == "met":
-            said.append("left ventricular hypertrophy")
-    return " ".join(t[:1].upper() + t[1:] + "." for t in dict.fromkeys(said))
+    """The grounds-only report of a row's ``findings``: ecgbatch.llava.grounding.stated_report, whose
+    STATED_RULES (once GROUNDS_RULES here) say which stated findings become a sentence, and its
+    words. A diagnostic, not a product feature: it shows what repeating the prompt would score, i.e.
+    how much of a goal the grounds carry and how much the model adds or loses."""
+    from ecgbatch.llava.grounding import stated_report
+
+    return stated_report(findings)
 
 
 def grounds(reports: Path, dest: Path) -> int:
@@ -215,7 +203,7 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--reports", type=Path, default=None, help="report --input -o file (default OUT/reports.jsonl)")
     s.add_argument("--json", type=Path, default=None)
-    g = sub.add_parser("grounds", help="the grounds alone as reports (see GROUNDS_RULES)")
+    g = sub.add_parser("grounds", help="the grounds alone as reports (see ecgbatch.llava.grounding.STATED_RULES)")
     g.add_argument("--reports", type=Path, required=True, help="report --input -o file whose rows carry findings")
     g.add_argument("-o", "--output", type=Path, required=True)
     ag = sub.add_parser("agreement", help="does each report state what its own grounds stated?")

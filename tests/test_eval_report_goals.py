@@ -68,7 +68,7 @@ def test_lengths_must_match():
 
 def test_grounds_only_report_says_the_categorical_grounds_and_nothing_else(tmp_path):
     """bench/report_goals.py grounds: a report row's findings (GroundFinding.to_dict, as report
-    --input writes them) become sentences by GROUNDS_RULES; values without a category (rate,
+    --input writes them) become sentences by STATED_RULES (ecgbatch.llava.grounding); values without a category (rate,
     intervals, voltages below the criteria) are not stated, and the result scores as its words say."""
     import json
 

@@ -238,6 +238,46 @@ def test_repeat_puts_reports_stating_a_rare_finding_k_times():
         repeat_items(items, {"no-such-finding": 2})
 
 
+def test_repeat_grounded_puts_items_whose_prompt_and_answer_state_the_finding_k_times():
+    """data.repeat_grounded: an item (report or dialogue) is repeated when its grounded prompt states
+    the finding (the LVH voltage criteria met) and its answers state it; not when only one of them
+    does, nor when the answer denies it, nor an item asked without grounding. A config that gives it
+    without data.grounded is refused."""
+    from ecgbatch.llava.grounding import GroundFinding, stated_report
+    from ecgbatch.training.instruct_format import InstructItem
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+    from ecgbatch.training.llava_job import repeat_grounded_items
+
+    met = [GroundFinding("heart_rate", "heart rate", "measurement", 72.0, "bpm").to_dict(),
+           GroundFinding("lvh_voltage", "LVH voltage criteria met", "measurement", category="met").to_dict()]
+    silent = met[:1]
+    assert stated_report(met) == "Left ventricular hypertrophy." and stated_report(silent) == ""
+
+    def item(i, kind, answers, findings):
+        conv = []
+        for j, a in enumerate(answers):
+            conv += [{"from": "human", "value": ("<ecg>\n" if j == 0 else "") + "Q?"}, {"from": "gpt", "value": a}]
+        meta = {"kind": kind} | ({"grounding": {"text": "t", "findings": findings}} if findings is not None else {})
+        return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta=meta, conversations=conv)
+
+    items = [item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], met),
+             item(1, "report", ["Sinus rhythm. Left ventricular hypertrophy."], silent),     # prompt silent
+             item(2, "report", ["Sinus rhythm. No left ventricular hypertrophy."], met),     # answer denies
+             item(3, "dialogue", ["72 bpm.", "Yes, the ECG shows left ventricular hypertrophy."], met),
+             item(4, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None),       # not grounded
+             item(5, "report", ["Sinus rhythm."], met)]
+    got = [it.id for it in repeat_grounded_items(items, {"lvh": 3})]
+    assert got == ["r0"] * 3 + ["r1", "r2"] + ["r3"] * 3 + ["r4", "r5"]
+    assert [it.id for it in repeat_grounded_items(items, {})] == [f"r{i}" for i in range(6)]
+    with pytest.raises(ValueError, match="repeat_grounded wants a whole number"):
+        repeat_grounded_items(items, {"lvh": 0})
+    with pytest.raises(ValueError, match="unknown findings"):
+        repeat_grounded_items(items, {"no-such-finding": 2})
+    with pytest.raises(ValueError, match="needs data.grounded"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(repeat_grounded={"lvh": 3}))
+    LlavaJobConfig(name="x", data=LlavaDataConfig(repeat_grounded={"lvh": 3}, grounded=0.5))
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_an_sft_run_starts_from_another_runs_adapter(tmp_path, llava_runs, llava_converted, instruct_file):

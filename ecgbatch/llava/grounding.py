@@ -117,6 +117,30 @@ def finding_text(d: Mapping[str, Any]) -> str:
     return str(d["text"])
 
 
+# What a grounding states as findings, in a report's words: the categorical part of the prompt. Used
+# where a text must be compared with its own prompt (bench/report_goals.py's grounds and agreement,
+# data.repeat_grounded in training). Nothing here is fitted.
+STATED_RULES = (
+    "every probe finding, as the prompt names it (above its cross-validated threshold)",
+    "the measured axis category (e.g. 'left axis deviation', 'horizontal axis')",
+    "measured bradycardia / tachycardia (rate < 60 / > 100 bpm)",
+    "'left ventricular hypertrophy' when the measured LVH voltage criteria are met",
+)
+
+
+def stated_report(findings: Sequence) -> str:
+    """One report of what ``findings`` (GroundFinding or their to_dict()) state, by STATED_RULES, in
+    the order the prompt states them ("" when they state no category)."""
+    said = []
+    for f in findings:
+        f = f.to_dict() if isinstance(f, GroundFinding) else f
+        if f.get("source") == "probe" or f.get("label") in ("axis", "bradycardia", "tachycardia"):
+            said.append(f["text"])
+        elif f.get("label") == "lvh_voltage" and f.get("category") == "met":
+            said.append("left ventricular hypertrophy")
+    return " ".join(t[:1].upper() + t[1:] + "." for t in dict.fromkeys(said))
+
+
 def _value(m, key: str, zero_ok: bool = False) -> float | None:
     """A finite number from a Measurements or a row dict, else None; 0 is None unless
     ``zero_ok`` (ECG-Chat's method writes 0 for a failed interval; an axis of 0 is real)."""

@@ -45,6 +45,11 @@ class LlavaDataConfig:
                                       # the finding (negation-aware, ecgbatch.text.findings) are seen
                                       # k times per epoch (after max_items): a rare statement the model
                                       # must learn to make, e.g. {lvh: 3}
+    repeat_grounded: dict = field(default_factory=dict)   # {finding key: k}: with grounded, items (any
+                                      # kind) whose grounded prompt states the finding and whose answers
+                                      # state it too are seen k times (llava_job.repeat_grounded_items):
+                                      # the prompt -> answer link, without raising the finding's rate
+                                      # where the prompt is silent
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven
@@ -105,6 +110,9 @@ class LlavaJobConfig:
                              f"{self.data.diagnosis_prompt!r}")
         if not 0.0 <= self.data.grounded <= 1.0:
             raise ValueError(f"data.grounded must be a fraction in [0, 1], got {self.data.grounded!r}")
+        if self.data.repeat_grounded and not self.data.grounded:
+            raise ValueError("data.repeat_grounded repeats items by what their grounded prompt states: it needs "
+                             "data.grounded > 0")
         if self.data.grounded and self.data.diagnosis_prompt:
             raise ValueError("give data.grounded or data.diagnosis_prompt (data.ddp), not both: both state the "
                              "probes' findings before the question")

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from ecgbatch.llava.assemble import LORA_SUBDIR, base_model, load_projector, save_trained_only
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
 from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, FindingsLabeller
+from ecgbatch.llava.grounding import stated_report
 from ecgbatch.llava.inputs import preprocess_for_model
 from ecgbatch.text.findings import positive_findings
 from ecgbatch.training import data as D
@@ -195,20 +196,47 @@ def select_items(job: LlavaJobConfig):
     return repeat_items(items, job.data.repeat)
 
 
+def _check_repeat(repeat: dict, name: str) -> None:
+    bad = [k for k, n in repeat.items() if not (isinstance(n, int) and n >= 1)]
+    if bad:
+        raise ValueError(f"data.{name} wants a whole number >= 1 per finding, got {repeat!r}")
+    positive_findings("", tuple(repeat))        # an unknown finding key raises here
+
+
 def repeat_items(items, repeat: dict | None):
     """Report items whose answer states one of ``repeat``'s findings (negation-aware), ``k`` times
     in all (the largest k of the findings it states), kept next to each other; the loader shuffles."""
     if not repeat:
         return list(items)
-    bad = [k for k, n in repeat.items() if not (isinstance(n, int) and n >= 1)]
-    if bad:
-        raise ValueError(f"data.repeat wants a whole number >= 1 per finding, got {repeat!r}")
+    _check_repeat(repeat, "repeat")
     out = []
     for it in items:
         k = 1
         if it.meta.get("kind") == "report" and len(it.conversations) > 1:
             stated = positive_findings(it.conversations[-1]["value"], tuple(repeat))
             k = max((repeat[f] for f in stated), default=1)
+        out.extend([it] * k)
+    return out
+
+
+def repeat_grounded_items(items, repeat: dict | None):
+    """Items (any kind) asked with their grounded prompt (``meta.grounding``) whose prompt states one
+    of ``repeat``'s findings (ecgbatch.llava.grounding.stated_report of its findings) and whose answers
+    state it too (negation-aware), ``k`` times in all (the largest k of such findings). It teaches the
+    link from the prompt's statement to the answer's without raising the finding's rate where the
+    prompt is silent (data.repeat repeats every answer that states it)."""
+    if not repeat:
+        return list(items)
+    _check_repeat(repeat, "repeat_grounded")
+    keys, out = tuple(repeat), []
+    for it in items:
+        k = 1
+        grounding = it.meta.get("grounding")
+        if grounding:
+            prompt = positive_findings(stated_report(grounding.get("findings") or ()), keys)
+            if prompt:
+                answers = " ".join(t["value"] for t in it.conversations[1::2])
+                k = max((repeat[f] for f in prompt & positive_findings(answers, keys)), default=1)
         out.extend([it] * k)
     return out
 
@@ -284,6 +312,11 @@ def prepare(job: LlavaJobConfig, log=print):
     """Driver-side data: labelled examples, tower tokens per record, example -> record row."""
     model, tok = build_model(job, log)
     items = grounded_items(job, ddp_items(job, select_items(job), model.config, log), model.config, log)
+    if job.data.repeat_grounded:
+        n = len(items)
+        items = repeat_grounded_items(items, job.data.repeat_grounded)
+        log(f"data.repeat_grounded {job.data.repeat_grounded}: {len(items) - n} more presentations of items whose "
+            f"grounded prompt and answer both state the finding")
     examples, keep = label_items(items, tok, model.config, job.data.max_length, log)
     items = [items[i] for i in keep]
     paths = sorted({str(it.ecg_path) for it in items})
