@@ -49,13 +49,14 @@ def labels_only(reference: str, record_facts: dict) -> str:
     return reference
 
 
-def prepare(instruct: Path, out: Path) -> int:
+def prepare(instruct: Path, out: Path, split: str | None = None) -> int:
+    """The archive and references of ``instruct``'s report items (only meta.split ``split`` when given)."""
     from ecgbatch.training.instruct_format import read_instruct
     from ecgbatch.training.instruct_questions import report_text
 
     archive = out / "archive"
     refs = []
-    for it in read_instruct(instruct, check_files=True):
+    for it in read_instruct(instruct, check_files=True, split=split):
         src = it.meta.get("source")
         if it.meta.get("kind") != "report" or src not in ARCHIVE_SOURCES:
             continue
@@ -199,6 +200,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("prepare")
     p.add_argument("--instruct", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", default=None, help="only the items of this meta.split, e.g. val: a model-selection "
+                   "set held out from the LLM (the tower and probes trained on ../shared's val records)")
     s = sub.add_parser("score")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--reports", type=Path, default=None, help="report --input -o file (default OUT/reports.jsonl)")
@@ -217,7 +220,7 @@ def main(argv=None) -> int:
             a.json.write_text(json.dumps(res, indent=2))
         return 0
     if a.cmd == "prepare":
-        prepare(a.instruct, a.out)
+        prepare(a.instruct, a.out, a.split)
         return 0
     if a.cmd == "grounds":
         grounds(a.reports, a.output)
