@@ -49,7 +49,8 @@ class LlavaDataConfig:
                                       # kind) whose grounded prompt states the finding and whose answers
                                       # state it too are seen k times (llava_job.repeat_grounded_items):
                                       # the prompt -> answer link, without raising the finding's rate
-                                      # where the prompt is silent
+                                      # where the prompt is silent. Presences only: a yes/no
+                                      # question's "yes" rises with it (v10, bench/RESULTS.md)
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven
