@@ -224,7 +224,9 @@ def repeat_grounded_items(items, repeat: dict | None):
     of ``repeat``'s findings (ecgbatch.llava.grounding.stated_report of its findings) and whose answers
     state it too (negation-aware), ``k`` times in all (the largest k of such findings). It teaches the
     link from the prompt's statement to the answer's without raising the finding's rate where the
-    prompt is silent (data.repeat repeats every answer that states it)."""
+    prompt is silent (data.repeat repeats every answer that states it). Only agreeing presences are
+    repeated, not agreeing absences: on yes/no dialogue turns that raises the "yes" answers (v10 in
+    bench/RESULTS.md answered "yes" to every axis question)."""
     if not repeat:
         return list(items)
     _check_repeat(repeat, "repeat_grounded")
