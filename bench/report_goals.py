@@ -127,11 +127,11 @@ def agreement(rows: list[dict], refs: dict[str, dict]) -> dict:
     ``said`` of them the report states the same, ``contrary`` it states another value (axis);
     ``prompt_silent`` records whose grounds state nothing of it, ``added`` of them the report states
     it anyway, ``added_right`` of those the reference agrees."""
-    out = {}
+    out, grounds = {}, [grounds_report(r["findings"]) for r in rows]
     for name, f in _finding_readers().items():
         c = dict.fromkeys(("prompt_states", "said", "contrary", "prompt_silent", "added", "added_right"), 0)
-        for r in rows:
-            g, m = f(grounds_report(r["findings"])), f(r["report"])
+        for r, stated in zip(rows, grounds):
+            g, m = f(stated), f(r["report"])
             ref = refs.get(r["record_id"])
             if g:
                 c["prompt_states"] += 1
