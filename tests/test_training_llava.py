@@ -278,6 +278,55 @@ def test_repeat_grounded_puts_items_whose_prompt_and_answer_state_the_finding_k_
     LlavaJobConfig(name="x", data=LlavaDataConfig(repeat_grounded={"lvh": 3}, grounded=0.5))
 
 
+def test_drop_disagreeing_leaves_out_items_whose_answers_disagree_with_their_own_prompt():
+    """data.drop_disagreeing: a report that leaves out the LVH its prompt states, or states one its
+    prompt does not, is left out, as is a dialogue that denies the prompt's LVH or names another axis
+    category than the measured one; a dialogue silent on LVH, an axis where none was measured, and
+    items without grounding are kept. Unknown names and a config without data.grounded are refused."""
+    from ecgbatch.llava.grounding import GroundFinding
+    from ecgbatch.training.instruct_format import InstructItem
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+    from ecgbatch.training.llava_job import disagreements, drop_disagreeing_items
+
+    hr = GroundFinding("heart_rate", "heart rate", "measurement", 72.0, "bpm").to_dict()
+    lvh = GroundFinding("lvh_voltage", "LVH voltage criteria met", "measurement", category="met").to_dict()
+    lad = GroundFinding("axis", "left axis deviation", "measurement", -45.0, "degrees", "left").to_dict()
+    horizontal = GroundFinding("axis", "horizontal axis", "measurement", 10.0, "degrees", "horizontal").to_dict()
+
+    def item(i, kind, answers, findings):
+        conv = []
+        for j, a in enumerate(answers):
+            conv += [{"from": "human", "value": ("<ecg>\n" if j == 0 else "") + "Q?"}, {"from": "gpt", "value": a}]
+        meta = {"kind": kind} | ({"grounding": {"text": "t", "findings": findings}} if findings is not None else {})
+        return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta=meta, conversations=conv)
+
+    items = [item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr, lvh]),        # agrees
+             item(1, "report", ["Sinus rhythm."], [hr, lvh]),                                      # leaves it out
+             item(2, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr]),             # adds it
+             item(3, "report", ["Sinus rhythm. Normal electrical axis."], [hr, horizontal]),       # normal = horizontal
+             item(4, "report", ["Sinus rhythm. Normal electrical axis."], [hr, lad]),              # another axis
+             item(5, "report", ["Sinus rhythm. Left axis deviation."], [hr]),                      # no axis measured
+             item(6, "dialogue", ["72 bpm.", "No, the ECG does not show left ventricular hypertrophy."], [hr, lvh]),
+             item(7, "dialogue", ["72 bpm.", "Yes, the ECG shows left axis deviation."], [hr, lad]),
+             item(8, "dialogue", ["72 bpm."], [hr, lvh]),                                          # silent on LVH
+             item(9, "dialogue", ["No, the electrical axis is normal."], [hr, lad]),
+             item(10, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None)]            # not grounded
+    assert [sorted(disagreements(it, ["lvh", "axis"])) for it in items] == [
+        [], ["lvh"], ["lvh"], [], ["axis"], [], ["lvh"], [], [], ["axis"], []]
+    logged = []
+    kept = drop_disagreeing_items(items, ["lvh", "axis"], log=logged.append)
+    assert [it.id for it in kept] == ["r0", "r3", "r5", "r7", "r8", "r10"]
+    assert "5 of 11 items left out" in logged[0] and "'axis': 2" in logged[0] and "'lvh': 3" in logged[0]
+    assert [it.id for it in drop_disagreeing_items(items, ["axis"], log=logged.append)] == [
+        "r0", "r1", "r2", "r3", "r5", "r6", "r7", "r8", "r10"]
+    assert drop_disagreeing_items(items, []) == items
+    with pytest.raises(ValueError, match="names \\['rhythm'\\]"):
+        drop_disagreeing_items(items, ["rhythm"])
+    with pytest.raises(ValueError, match="needs data.grounded"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(drop_disagreeing=["lvh"]))
+    LlavaJobConfig(name="x", data=LlavaDataConfig(drop_disagreeing=["lvh"], grounded=0.5))
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_an_sft_run_starts_from_another_runs_adapter(tmp_path, llava_runs, llava_converted, instruct_file):

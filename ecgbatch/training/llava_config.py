@@ -51,6 +51,10 @@ class LlavaDataConfig:
                                       # the prompt -> answer link, without raising the finding's rate
                                       # where the prompt is silent. Presences only: a yes/no
                                       # question's "yes" rises with it (v10, bench/RESULTS.md)
+    drop_disagreeing: list = field(default_factory=list)   # with grounded: names of llava_job.
+                                      # AGREE_FINDINGS (af, lvh, bbb, axis); grounded items whose
+                                      # answers disagree with their own prompt on one are left out
+                                      # (llava_job.disagreements), so the answers follow the prompt
     max_length: int = 2048            # positions incl. ECG tokens (tail cut, as ECG-Chat)
     cache_dir: str = ".ecgbatch/cache"   # ECG-token cache (ecgbatch.training.ecg_tokens)
     diagnosis_prompt: float = 0.0     # seeded fraction of report items asked with the diagnosis-driven
@@ -113,6 +117,9 @@ class LlavaJobConfig:
             raise ValueError(f"data.grounded must be a fraction in [0, 1], got {self.data.grounded!r}")
         if self.data.repeat_grounded and not self.data.grounded:
             raise ValueError("data.repeat_grounded repeats items by what their grounded prompt states: it needs "
+                             "data.grounded > 0")
+        if self.data.drop_disagreeing and not self.data.grounded:
+            raise ValueError("data.drop_disagreeing compares answers with their grounded prompt: it needs "
                              "data.grounded > 0")
         if self.data.grounded and self.data.diagnosis_prompt:
             raise ValueError("give data.grounded or data.diagnosis_prompt (data.ddp), not both: both state the "

@@ -28,7 +28,7 @@ from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
 from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, FindingsLabeller
 from ecgbatch.llava.grounding import stated_report
 from ecgbatch.llava.inputs import preprocess_for_model
-from ecgbatch.text.findings import positive_findings
+from ecgbatch.text.findings import extract_findings, positive_findings
 from ecgbatch.training import data as D
 from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
 from ecgbatch.training.ecg_tokens import ecg_tokens
@@ -243,6 +243,74 @@ def repeat_grounded_items(items, repeat: dict | None):
     return out
 
 
+# data.drop_disagreeing: name -> the finding keys that state it (axis: its category, compared as a category)
+AGREE_FINDINGS = {"af": ("atrial_fibrillation", "atrial_flutter"), "lvh": ("lvh",), "bbb": ("rbbb", "lbbb"),
+                  "axis": ("axis_left", "axis_right", "axis_normal")}
+
+
+def _says(text: str, name: str) -> str | None:
+    """What ``text`` says of one AGREE_FINDINGS name: its axis category for "axis" (None: none
+    stated); else "yes" (present or hedged), "no" (negated and not present elsewhere) or None."""
+    from ecgbatch.eval.report_goals import axis_category
+
+    if name == "axis":
+        return axis_category(text)
+    states = set(extract_findings(text, AGREE_FINDINGS[name]).values())
+    if states & {"present", "uncertain"}:
+        return "yes"
+    return "no" if states else None
+
+
+def disagreements(item, names) -> set[str]:
+    """The ``names`` (AGREE_FINDINGS) on which a grounded item's answers disagree with what its own
+    prompt states (ecgbatch.llava.grounding.stated_report of ``meta.grounding``'s findings).
+
+    - a report answer disagrees when it states AF/flutter, LVH or a complete bundle branch block and
+      its prompt does not, or the other way round (a report lists its findings: silence is "no"), or
+      states another axis category than the prompt's;
+    - a dialogue answer disagrees when it affirms one of those that its prompt does not state, denies
+      one that its prompt states, or names another axis category.
+    An axis is judged only where the prompt states one (nothing is measured on some records).
+    Items asked without grounding have no disagreements."""
+    grounding = item.meta.get("grounding")
+    if not grounding:
+        return set()
+    prompt = stated_report(grounding.get("findings") or ())
+    answers = [t["value"] for t in item.conversations[1::2]]
+    report = item.meta.get("kind") == "report"
+    out = set()
+    for name in names:
+        p = _says(prompt, name) or (None if name == "axis" else "no")
+        for a in answers:
+            s = _says(a, name)
+            if report and s is None and name != "axis":
+                s = "no"
+            if s is not None and p is not None and s != p:
+                out.add(name)
+    return out
+
+
+def drop_disagreeing_items(items, names, log=print):
+    """``items`` without those whose answers disagree with their own grounded prompt on one of
+    ``names`` (``disagreements``): the model is then shown only prompts that its answers follow, at
+    the findings' natural rates (unlike data.repeat_grounded, which raised one side)."""
+    if not names:
+        return list(items)
+    unknown = sorted(set(names) - set(AGREE_FINDINGS))
+    if unknown:
+        raise ValueError(f"data.drop_disagreeing names {unknown!r}; known: {sorted(AGREE_FINDINGS)}")
+    out, dropped = [], {}
+    for it in items:
+        bad = disagreements(it, names)
+        for name in bad:
+            dropped[name] = dropped.get(name, 0) + 1
+        if not bad:
+            out.append(it)
+    log(f"data.drop_disagreeing {list(names)}: {len(items) - len(out)} of {len(items)} items left out "
+        f"(per finding: {dict(sorted(dropped.items()))})")
+    return out
+
+
 def label_items(items, tokenizer, config, max_length: int, log=print):
     """[(ids, labels)] for the items; conversations whose labels are all masked (template
     mismatch, or the answer cut by max_length) are left out and counted."""
@@ -314,6 +382,8 @@ def prepare(job: LlavaJobConfig, log=print):
     """Driver-side data: labelled examples, tower tokens per record, example -> record row."""
     model, tok = build_model(job, log)
     items = grounded_items(job, ddp_items(job, select_items(job), model.config, log), model.config, log)
+    if job.data.drop_disagreeing:
+        items = drop_disagreeing_items(items, job.data.drop_disagreeing, log)
     if job.data.repeat_grounded:
         n = len(items)
         items = repeat_grounded_items(items, job.data.repeat_grounded)
