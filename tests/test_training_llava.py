@@ -238,13 +238,24 @@ def test_repeat_puts_reports_stating_a_rare_finding_k_times():
         repeat_items(items, {"no-such-finding": 2})
 
 
+def _grounded_item(i, kind, answers, findings):
+    """An instruction item r{i} with one answer per turn, asked with a grounding of ``findings``
+    (GroundFinding dicts; None: asked without grounding)."""
+    from ecgbatch.training.instruct_format import InstructItem
+
+    conv = []
+    for j, a in enumerate(answers):
+        conv += [{"from": "human", "value": ("<ecg>\n" if j == 0 else "") + "Q?"}, {"from": "gpt", "value": a}]
+    meta = {"kind": kind} | ({"grounding": {"text": "t", "findings": findings}} if findings is not None else {})
+    return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta=meta, conversations=conv)
+
+
 def test_repeat_grounded_puts_items_whose_prompt_and_answer_state_the_finding_k_times():
     """data.repeat_grounded: an item (report or dialogue) is repeated when its grounded prompt states
     the finding (the LVH voltage criteria met) and its answers state it; not when only one of them
     does, nor when the answer denies it, nor an item asked without grounding. A config that gives it
     without data.grounded is refused."""
     from ecgbatch.llava.grounding import GroundFinding, stated_report
-    from ecgbatch.training.instruct_format import InstructItem
     from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
     from ecgbatch.training.llava_job import repeat_grounded_items
 
@@ -253,19 +264,12 @@ def test_repeat_grounded_puts_items_whose_prompt_and_answer_state_the_finding_k_
     silent = met[:1]
     assert stated_report(met) == "Left ventricular hypertrophy." and stated_report(silent) == ""
 
-    def item(i, kind, answers, findings):
-        conv = []
-        for j, a in enumerate(answers):
-            conv += [{"from": "human", "value": ("<ecg>\n" if j == 0 else "") + "Q?"}, {"from": "gpt", "value": a}]
-        meta = {"kind": kind} | ({"grounding": {"text": "t", "findings": findings}} if findings is not None else {})
-        return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta=meta, conversations=conv)
-
-    items = [item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], met),
-             item(1, "report", ["Sinus rhythm. Left ventricular hypertrophy."], silent),     # prompt silent
-             item(2, "report", ["Sinus rhythm. No left ventricular hypertrophy."], met),     # answer denies
-             item(3, "dialogue", ["72 bpm.", "Yes, the ECG shows left ventricular hypertrophy."], met),
-             item(4, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None),       # not grounded
-             item(5, "report", ["Sinus rhythm."], met)]
+    items = [_grounded_item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], met),
+             _grounded_item(1, "report", ["Sinus rhythm. Left ventricular hypertrophy."], silent),     # prompt silent
+             _grounded_item(2, "report", ["Sinus rhythm. No left ventricular hypertrophy."], met),     # answer denies
+             _grounded_item(3, "dialogue", ["72 bpm.", "Yes, the ECG shows left ventricular hypertrophy."], met),
+             _grounded_item(4, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None),       # not grounded
+             _grounded_item(5, "report", ["Sinus rhythm."], met)]
     got = [it.id for it in repeat_grounded_items(items, {"lvh": 3})]
     assert got == ["r0"] * 3 + ["r1", "r2"] + ["r3"] * 3 + ["r4", "r5"]
     assert [it.id for it in repeat_grounded_items(items, {})] == [f"r{i}" for i in range(6)]
@@ -284,7 +288,6 @@ def test_drop_disagreeing_leaves_out_items_whose_answers_disagree_with_their_own
     category than the measured one; a dialogue silent on LVH, an axis where none was measured, and
     items without grounding are kept. Unknown names and a config without data.grounded are refused."""
     from ecgbatch.llava.grounding import GroundFinding
-    from ecgbatch.training.instruct_format import InstructItem
     from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
     from ecgbatch.training.llava_job import disagreements, drop_disagreeing_items
 
@@ -293,24 +296,17 @@ def test_drop_disagreeing_leaves_out_items_whose_answers_disagree_with_their_own
     lad = GroundFinding("axis", "left axis deviation", "measurement", -45.0, "degrees", "left").to_dict()
     horizontal = GroundFinding("axis", "horizontal axis", "measurement", 10.0, "degrees", "horizontal").to_dict()
 
-    def item(i, kind, answers, findings):
-        conv = []
-        for j, a in enumerate(answers):
-            conv += [{"from": "human", "value": ("<ecg>\n" if j == 0 else "") + "Q?"}, {"from": "gpt", "value": a}]
-        meta = {"kind": kind} | ({"grounding": {"text": "t", "findings": findings}} if findings is not None else {})
-        return InstructItem(id=f"r{i}", ecg=f"{i}.hea", ecg_path=f"/x/{i}.hea", meta=meta, conversations=conv)
-
-    items = [item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr, lvh]),        # agrees
-             item(1, "report", ["Sinus rhythm."], [hr, lvh]),                                      # leaves it out
-             item(2, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr]),             # adds it
-             item(3, "report", ["Sinus rhythm. Normal electrical axis."], [hr, horizontal]),       # normal = horizontal
-             item(4, "report", ["Sinus rhythm. Normal electrical axis."], [hr, lad]),              # another axis
-             item(5, "report", ["Sinus rhythm. Left axis deviation."], [hr]),                      # no axis measured
-             item(6, "dialogue", ["72 bpm.", "No, the ECG does not show left ventricular hypertrophy."], [hr, lvh]),
-             item(7, "dialogue", ["72 bpm.", "Yes, the ECG shows left axis deviation."], [hr, lad]),
-             item(8, "dialogue", ["72 bpm."], [hr, lvh]),                                          # silent on LVH
-             item(9, "dialogue", ["No, the electrical axis is normal."], [hr, lad]),
-             item(10, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None)]            # not grounded
+    items = [_grounded_item(0, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr, lvh]),        # agrees
+             _grounded_item(1, "report", ["Sinus rhythm."], [hr, lvh]),                                      # leaves it out
+             _grounded_item(2, "report", ["Sinus rhythm. Left ventricular hypertrophy."], [hr]),             # adds it
+             _grounded_item(3, "report", ["Sinus rhythm. Normal electrical axis."], [hr, horizontal]),       # normal = horizontal
+             _grounded_item(4, "report", ["Sinus rhythm. Normal electrical axis."], [hr, lad]),              # another axis
+             _grounded_item(5, "report", ["Sinus rhythm. Left axis deviation."], [hr]),                      # no axis measured
+             _grounded_item(6, "dialogue", ["72 bpm.", "No, the ECG does not show left ventricular hypertrophy."], [hr, lvh]),
+             _grounded_item(7, "dialogue", ["72 bpm.", "Yes, the ECG shows left axis deviation."], [hr, lad]),
+             _grounded_item(8, "dialogue", ["72 bpm."], [hr, lvh]),                                          # silent on LVH
+             _grounded_item(9, "dialogue", ["No, the electrical axis is normal."], [hr, lad]),
+             _grounded_item(10, "report", ["Sinus rhythm. Left ventricular hypertrophy."], None)]            # not grounded
     assert [sorted(disagreements(it, ["lvh", "axis"])) for it in items] == [
         [], ["lvh"], ["lvh"], [], ["axis"], [], ["lvh"], [], [], ["axis"], []]
     logged = []
