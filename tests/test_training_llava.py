@@ -320,7 +320,8 @@ def test_drop_disagreeing_leaves_out_items_whose_answers_disagree_with_their_own
         drop_disagreeing_items(items, ["rhythm"])
     with pytest.raises(ValueError, match="needs data.grounded"):
         LlavaJobConfig(name="x", data=LlavaDataConfig(drop_disagreeing=["lvh"]))
-    LlavaJobConfig(name="x", data=LlavaDataConfig(drop_disagreeing=["lvh"], grounded=0.5))
+    job = LlavaJobConfig(name="x", data=LlavaDataConfig(drop_disagreeing="lvh", grounded=0.5))
+    assert job.data.drop_disagreeing == ["lvh"]
 
 
 @pytest.mark.slow

@@ -118,6 +118,8 @@ class LlavaJobConfig:
         if self.data.repeat_grounded and not self.data.grounded:
             raise ValueError("data.repeat_grounded repeats items by what their grounded prompt states: it needs "
                              "data.grounded > 0")
+        if isinstance(self.data.drop_disagreeing, str):       # YAML "drop_disagreeing: lvh"
+            self.data.drop_disagreeing = [self.data.drop_disagreeing]
         if self.data.drop_disagreeing and not self.data.grounded:
             raise ValueError("data.drop_disagreeing compares answers with their grounded prompt: it needs "
                              "data.grounded > 0")
