@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from ecgbatch.eval.report_goals import axis_category
 from ecgbatch.llava.assemble import LORA_SUBDIR, base_model, load_projector, save_trained_only
 from ecgbatch.llava.configuration_ecg_llava import IGNORE_INDEX, num_ecg_tokens
 from ecgbatch.llava.diagnosis_prompt import DiagnosisPromptUnavailableError, FindingsLabeller
@@ -251,8 +252,6 @@ AGREE_FINDINGS = {"af": ("atrial_fibrillation", "atrial_flutter"), "lvh": ("lvh"
 def _says(text: str, name: str) -> str | None:
     """What ``text`` says of one AGREE_FINDINGS name: its axis category for "axis" (None: none
     stated); else "yes" (present or hedged), "no" (negated and not present elsewhere) or None."""
-    from ecgbatch.eval.report_goals import axis_category
-
     if name == "axis":
         return axis_category(text)
     states = set(extract_findings(text, AGREE_FINDINGS[name]).values())
