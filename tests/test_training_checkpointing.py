@@ -37,6 +37,31 @@ def test_write_and_find_latest_checkpoint(tiny, tmp_path):
         C.read_train_state(tmp_path / "partial")
 
 
+def test_a_checkpoint_torn_by_a_crash_mid_copy_is_passed_over(tiny, tmp_path):
+    """Ray copies a reported checkpoint file by file: a worker killed during the copy leaves files
+    cut short or missing, whatever the order. The resume takes the last whole checkpoint."""
+    from ecgbatch.training import checkpointing as C
+
+    model, _ = tiny
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for step in (2, 4, 6):
+        C.write_checkpoint(tmp_path / f"ck{step}", model, opt, None, {"epoch": step // 2 - 1, "global_step": step})
+    manifest = json.loads((tmp_path / "ck6" / C.MANIFEST_FILE).read_text())
+    assert {C.STATE_FILE, C.PROGRESS_FILE} <= set(manifest) and any(k.startswith("model/") for k in manifest)
+    assert C.latest_checkpoint(tmp_path) == tmp_path / "ck6"
+    state = tmp_path / "ck6" / C.STATE_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])       # cut short
+    assert C.latest_checkpoint(tmp_path) == tmp_path / "ck4"
+    weights = next(p for p in (tmp_path / "ck4" / "model").rglob("*") if p.is_file())
+    weights.unlink()                                                          # not copied yet
+    assert C.latest_checkpoint(tmp_path) == tmp_path / "ck2"
+    (tmp_path / "ck2" / C.MANIFEST_FILE).unlink()                             # the manifest not copied yet
+    assert C.latest_checkpoint(tmp_path) is None
+    for ck in ("ck4", "ck6"):                                                 # a run from before manifests
+        (tmp_path / ck / C.MANIFEST_FILE).unlink()
+    assert C.latest_checkpoint(tmp_path) == tmp_path / "ck6"
+
+
 def test_trained_only_round_trip(tiny, tmp_path):
     from ecgbatch.training import checkpointing as C
     from ecgbatch.training.coca_task import configure_trainable, trainable_names

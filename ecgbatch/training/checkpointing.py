@@ -10,6 +10,13 @@ A training checkpoint (one per epoch, reported to Ray Train) is a directory::
                         checkpoint; "step_in_epoch" (steps of that epoch done) marks one taken
                         within the epoch
                         without opening the large files
+    manifest.json       {relative path: size in bytes} of every other file, written last
+
+Ray Train copies a reported checkpoint into the run folder file by file, in no set order; a worker
+killed during that copy (a crashed node, or another rank's error tearing the group down) leaves a
+folder with some files missing or cut short. ``latest_checkpoint`` takes only checkpoints whose
+files match their manifest, so a resume continues from the last whole one instead of failing on a
+torn ``train_state.pt`` (checkpoints written before the manifest existed are taken as before).
 
 A trained-only folder (what ships in ecgbatch/models/weights/<name>/) is the same folder
 format, but ``model.safetensors`` holds only the tensors training changed; config.json's
@@ -31,6 +38,7 @@ from ecgbatch.encoders.checkpoint import TRAINED_ONLY, load_folder, tensors_hash
 
 STATE_FILE = "train_state.pt"
 PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "manifest.json"
 
 
 def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict, save_model=None) -> Path:
@@ -50,7 +58,30 @@ def write_checkpoint(folder: str | Path, model, optimizer, scaler, state: dict, 
     if state.get("step_in_epoch"):      # a checkpoint within the epoch (optim.checkpoint_every_steps)
         progress["step_in_epoch"] = int(state["step_in_epoch"])
     (out / PROGRESS_FILE).write_text(json.dumps(progress))
+    (out / MANIFEST_FILE).write_text(json.dumps(file_sizes(out)))
     return out
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """{path relative to ``folder``: size in bytes} of every file under it but the manifest."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST_FILE}
+
+
+def is_whole(ck: Path, legacy: bool = False) -> bool:
+    """Whether checkpoint folder ``ck`` holds every file of its manifest at its written size.
+    ``legacy``: a folder without a manifest (written before it existed) counts when it has the train
+    state and the model folder."""
+    if not ((ck / STATE_FILE).is_file() and (ck / MODEL_SUBDIR).is_dir()):
+        return False
+    m = ck / MANIFEST_FILE
+    if not m.exists():
+        return legacy
+    try:
+        want = json.loads(m.read_text())
+        return all((ck / rel).stat().st_size == size for rel, size in want.items())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_train_state(folder: str | Path) -> dict:
@@ -62,21 +93,21 @@ def read_train_state(folder: str | Path) -> dict:
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint with the highest global step under ``run_dir`` (None when there is none).
-    Only complete checkpoints count (progress.json is written last)."""
-    best, best_key = None, None
+    Only whole checkpoints count (``is_whole``: a copy cut short by a crash is passed over; a run
+    whose checkpoints all predate the manifest is read as before)."""
     root = Path(run_dir)
     if not root.is_dir():
         return None
+    found = []
     for prog in root.rglob(PROGRESS_FILE):
         try:
             d = json.loads(prog.read_text())
-            key = (int(d["global_step"]), int(d["epoch"]))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            found.append(((int(d["global_step"]), int(d["epoch"])), prog.parent))
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        ck = prog.parent
-        if (ck / STATE_FILE).is_file() and (ck / MODEL_SUBDIR).is_dir() and (best_key is None or key > best_key):
-            best, best_key = ck, key
-    return best
+    legacy = not any((ck / MANIFEST_FILE).exists() for _, ck in found)
+    whole = [(key, ck) for key, ck in found if is_whole(ck, legacy)]
+    return max(whole, key=lambda kc: kc[0])[1] if whole else None
 
 
 # --- trained-only folders --------------------------------------------------------------------

@@ -208,12 +208,24 @@ def train_one_epoch(task: TrainTask, w: Worker, amp, scaler, epoch: int, progres
             checkpoint(task, w, scaler, {"epoch": epoch, "step_in_epoch": s + 1, "global_step": progress.global_step,
                                          "train/loss": values[-1]})
         if job.fail_after_steps is not None and progress.global_step >= job.fail_after_steps:
-            raise SimulatedCrash(f"simulated crash after {progress.global_step} steps")
+            simulated_crash(progress.global_step)
     elapsed, ran = time.time() - t0, task.steps - first
     return {"epoch": epoch, "global_step": progress.global_step, "lr": task.optimizer.param_groups[0]["lr"],
             **task.epoch_metrics(), "epoch_s": elapsed, "s_per_step": elapsed / ran,
             **{f"train/{k}": v / ran for k, v in sums.items()},
             "train/first_loss": values[0], "train/last_loss": values[-1]}
+
+
+def simulated_crash(step: int) -> None:
+    """``fail_after_steps``: every rank raises SimulatedCrash, after the others got here. Rank 0
+    returns from a checkpoint's report only once Ray has copied it; without the barrier another
+    rank's error could tear the group down in the middle of that copy, and a test of "a crash after
+    a checkpoint" would get a torn one instead (latest_checkpoint passes those over)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+    raise SimulatedCrash(f"simulated crash after {step} steps")
 
 
 def checkpoint(task: TrainTask, w: Worker, scaler, metrics: dict, log_metrics: bool = False) -> None:
