@@ -223,6 +223,40 @@ def test_lvh_voltage_criteria_stated_by_the_published_thresholds():
     assert "Sokolow" not in ground({"hr_bpm": 70.0, "quality": "ok", "cornell_mv": float("nan")}).text
 
 
+def test_the_prompt_words_follow_the_models_wording_version():
+    """WORDINGS: version 2 states a met LVH voltage criterion in the training reports' words; every
+    other word is version 1's, and a
+    model config without prompt.wording is served with version 1, the words it was trained with."""
+    from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfigError
+    from ecgbatch.llava.grounding import LEGACY_WORDING, WORDINGS
+    from ecgbatch.pipelines.report import batch_groundings
+    from ecgbatch.text.findings import positive_findings
+    from ecgbatch.training.instruct import MEASURED_LVH
+
+    row = {"hr_bpm": 70.0, "quality": "ok", "axis_deg": -45.0, "sokolow_lyon_mv": 3.6, "cornell_mv": 1.1}
+    v1, v2 = ground(row), ground(row, wording=2)
+    assert ground(row, wording=LEGACY_WORDING).text == v1.text and v1.text.endswith("(LVH voltage criteria met).")
+    assert v2.text == v1.text.replace("LVH voltage criteria met", "left ventricular hypertrophy by voltage criteria")
+    assert WORDINGS[2]["lvh_voltage"] == MEASURED_LVH[1]                 # the training reports' words
+    assert positive_findings(v2.text, ("lvh",)) == {"lvh"}
+    assert [f.label for f in v2.findings] == [f.label for f in v1.findings]
+    batch = {"ok": np.array([True]), **{k: np.array([v]) for k, v in row.items()}}
+    assert batch_groundings(batch, np.zeros((1, 12, 5000), np.float32), None, 2)[0].text == v2.text
+    with pytest.raises(ValueError, match="unknown grounding wording 3"):
+        ground(row, wording=3)
+    cfg = _tiny_llava_config()
+    assert cfg.grounding_wording == 1
+    assert type(cfg)(**{**cfg.to_dict(), "prompt": {"grounded": True, "wording": 2}}).grounding_wording == 2
+    with pytest.raises(EcgLlavaConfigError, match="prompt.wording: unknown grounding wording 7"):
+        type(cfg)(**{**cfg.to_dict(), "prompt": {"grounded": True, "wording": 7}})
+
+
+def _tiny_llava_config():
+    from test_llava_model import _tiny_config
+
+    return _tiny_config()
+
+
 def test_a_record_not_in_a_voltage_unit_states_no_voltage(sample_archive):
     rec = read_record(sample_archive / "ptbxl" / "raw" / "00001_lr.hea")   # PTB-XL 1, 100 Hz, mV
     in_mv = measure(rec, method="multilead")

@@ -324,6 +324,31 @@ def test_drop_disagreeing_leaves_out_items_whose_answers_disagree_with_their_own
     assert job.data.drop_disagreeing == ["lvh"]
 
 
+def test_data_wording_is_checked_and_recorded_in_the_model_config(tiny, tmp_path):
+    """data.wording (the grounded prompt's words) must be a known version and needs data.grounded;
+    a grounded run's checkpoint records it in the model config, so it is served in those words."""
+    from ecgbatch.llava.configuration_ecg_llava import EcgLlavaConfig
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig, ModelSpec
+    from ecgbatch.training.llava_job import save_trained
+
+    assert LlavaJobConfig(name="x").data.wording == 1
+    with pytest.raises(ValueError, match="data.wording: unknown grounding wording 9"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(wording=9, grounded=0.9))
+    with pytest.raises(ValueError, match="needs data.grounded"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(wording=2))
+    model, _ = tiny
+    before = dict(model.config.prompt)
+    try:
+        for wording in (1, 2):
+            job = LlavaJobConfig(name="x", model=ModelSpec(folder=str(tmp_path)),
+                                 data=LlavaDataConfig(wording=wording, grounded=0.9))
+            cfg = json.loads((save_trained(job)(model, tmp_path / f"w{wording}") / "config.json").read_text())
+            assert cfg["prompt"] == {"grounded": True, "wording": wording}
+            assert EcgLlavaConfig(**{**model.config.to_dict(), "prompt": cfg["prompt"]}).grounding_wording == wording
+    finally:
+        model.config.prompt = before
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_an_sft_run_starts_from_another_runs_adapter(tmp_path, llava_runs, llava_converted, instruct_file):

@@ -190,7 +190,7 @@ def chat_cmd(
     ok, failed = read_for_model([record], config, measured)
     if failed:
         fail(f"{record}: {failed[0][1]}")
-    grounding = ground_inputs(measured, [ok[0][1]], grounds_labeller(model))[0]
+    grounding = ground_inputs(measured, [ok[0][1]], grounds_labeller(model), config.grounding_wording)[0]
     use = config.grounded_prompt if grounded is None else grounded
     try:
         rec = read_record(record)

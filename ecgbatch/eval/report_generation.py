@@ -50,7 +50,7 @@ def generate_for_items(model: str, items, limit: Optional[int] = None, read_opti
         return preprocess_for_model(rec, m.config, record_id=it.id)
 
     def ground(chunk, x):
-        return ground_inputs([measured[it.id] for it in chunk], x, probes)
+        return ground_inputs([measured[it.id] for it in chunk], x, probes, m.config.grounding_wording)
 
     asked: list[str] = []
     grounds: list = []

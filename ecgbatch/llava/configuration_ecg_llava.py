@@ -22,7 +22,9 @@ Fields (all JSON-serialisable):
   prompt          how the model's prompts were built when it was trained, e.g. {"grounded": true}:
                   the grounded prompt (ecgbatch.llava.grounding) before the first question. A
                   model is served with the prompts it was trained on, so this is the default of
-                  --grounded/--no-grounded (``grounded_prompt``; default false)
+                  --grounded/--no-grounded (``grounded_prompt``; default false); "wording": the
+                  grounded prompt's words (ecgbatch.llava.grounding.WORDINGS; absent: 1), which
+                  every prompt it is served with uses (``grounding_wording``)
 """
 from __future__ import annotations
 
@@ -137,6 +139,13 @@ class EcgLlavaConfig(PretrainedConfig):
                                       f"ecg_config.seq_length ({tower.seq_length})")
         if not isinstance(self.prompt.get("grounded", False), bool):
             raise EcgLlavaConfigError(f"prompt.grounded must be true or false, got {self.prompt.get('grounded')!r}")
+        if "wording" in self.prompt:
+            from ecgbatch.llava.grounding import check_wording
+
+            try:
+                check_wording(self.prompt["wording"])
+            except ValueError as exc:
+                raise EcgLlavaConfigError(f"prompt.wording: {exc}") from None
         rp = self.generation.get("repetition_penalty", 1.0)
         if isinstance(rp, bool) or not isinstance(rp, (int, float)) or not 0.0 < rp <= 10.0:
             raise EcgLlavaConfigError(f"generation.repetition_penalty must be a number in (0, 10], got {rp!r}")
@@ -160,6 +169,12 @@ class EcgLlavaConfig(PretrainedConfig):
     def grounded_prompt(self) -> bool:
         """Whether the model was trained (so is served) with the grounded prompt."""
         return bool(self.prompt.get("grounded", False))
+
+    @property
+    def grounding_wording(self) -> int:
+        """The grounded prompt's words it was trained (so is served) with: prompt.wording, else 1
+        (ecgbatch.llava.grounding.WORDINGS; every model from before the versions)."""
+        return int(self.prompt.get("wording", 1))
 
     @property
     def default_repetition_penalty(self) -> float:

@@ -24,6 +24,14 @@ the RR is irregular (ECG-Chat's method measures one in atrial fibrillation too).
 ecgbatch.llava.contradictions.report_fields(text, grounding) gives a report row's ``findings``
 and ``contradictions``. ``Grounding.question(q)`` puts the lines before a question.
 
+The words of a grounding are versioned (``WORDINGS``): a model folder's config records the version
+its prompts were built with when it was trained (``prompt.wording``; a config without one was
+trained with version 1, ``LEGACY_WORDING``), and every path that builds its prompts passes it on
+(``wording=``), so a model is served in the words it learned. Version 2 states a met LVH voltage
+criterion in the words the training reports use for it ("left ventricular hypertrophy by voltage
+criteria", ecgbatch.training.instruct.MEASURED_LVH): a model repeats the findings its prompt names
+in a report's own words (bench/RESULTS.md, ecg-llava-mini v12).
+
 ``Grounding.findings`` lists what the text states (label, source "measurement" | "probe", value
 or probability) for report rows; ``Grounding.probabilities`` keeps every probe label's calibrated
 probability (the highest over probes naming it), which ecgbatch.llava.contradictions needs to
@@ -57,6 +65,12 @@ GROUND_METHOD = "multilead"      # the measurement method of every grounded prom
 # 0.871, the AHA's for 0.749 (bench/axis.py). The degrees are always stated beside the category.
 GROUND_AXIS_CONVENTION = "ludb"
 MEASURED_INTRO = "Measured:"
+# The prompt's words by version (see the module doc): what changed from one to the next, by finding.
+WORDINGS = {
+    1: {"lvh_voltage": "LVH voltage criteria met"},
+    2: {"lvh_voltage": "left ventricular hypertrophy by voltage criteria"},
+}
+LEGACY_WORDING = 1   # the words of a model config without prompt.wording (every model before versions)
 PROBE_INTRO = "Classifier findings:"
 # label, text, measurement key
 INTERVALS = (("pr_interval", "PR", "pr_ms"), ("qrs_duration", "QRS", "qrs_ms"))
@@ -161,7 +175,15 @@ def _fmt(v: float) -> str:
     return f"{int(round(v))}"
 
 
-def measured_findings(m, axis_convention: str = GROUND_AXIS_CONVENTION) -> list[GroundFinding]:
+def check_wording(wording) -> int:
+    """``wording`` as a WORDINGS version, or ValueError naming the known ones."""
+    if isinstance(wording, bool) or wording not in WORDINGS:
+        raise ValueError(f"unknown grounding wording {wording!r}: one of {sorted(WORDINGS)}")
+    return int(wording)
+
+
+def measured_findings(m, axis_convention: str = GROUND_AXIS_CONVENTION,
+                      wording: int = LEGACY_WORDING) -> list[GroundFinding]:
     """The measurement findings of a Measurements (or a row dict with its columns); [] when the
     measurement failed."""
     if m is None or not _quality_ok(m):
@@ -182,7 +204,7 @@ def measured_findings(m, axis_convention: str = GROUND_AXIS_CONVENTION) -> list[
     if axis is not None:
         cat = axis_category(axis, axis_convention)
         out.append(GroundFinding("axis", AXIS_TEXT.get(cat, cat), "measurement", round(axis, 1), "degrees", cat))
-    out += voltage_findings(m)
+    out += voltage_findings(m, wording)
     method = m.get("method") if isinstance(m, Mapping) else getattr(m, "method", None)
     irregular = any(f.category == "irregular" for f in out)
     for label, text, key in INTERVALS:
@@ -200,13 +222,14 @@ def measured_findings(m, axis_convention: str = GROUND_AXIS_CONVENTION) -> list[
     return out
 
 
-def voltage_findings(m) -> list[GroundFinding]:
-    """The LVH voltages of a measurement (mV), and "LVH voltage criteria met" when one is."""
+def voltage_findings(m, wording: int = LEGACY_WORDING) -> list[GroundFinding]:
+    """The LVH voltages of a measurement (mV), and "LVH voltage criteria met" (WORDINGS) when one is."""
     sl, co = _value(m, "sokolow_lyon_mv", zero_ok=True), _value(m, "cornell_mv", zero_ok=True)
     out = [GroundFinding(label, text, "measurement", round(v, 2), "mV")
            for label, text, v in (("sokolow_lyon", "Sokolow-Lyon", sl), ("cornell", "Cornell", co)) if v is not None]
     if lvh_voltage_met(sl, co):
-        out.append(GroundFinding("lvh_voltage", "LVH voltage criteria met", "measurement", category="met"))
+        out.append(GroundFinding("lvh_voltage", WORDINGS[check_wording(wording)]["lvh_voltage"], "measurement",
+                                 category="met"))
     return out
 
 
@@ -248,12 +271,12 @@ def _measured_text(fs: list[GroundFinding]) -> str:
         parts.append(", ".join(iv))
     volts = [f"{by[lab].text} {by[lab].value:.1f} mV" for lab in ("sokolow_lyon", "cornell") if lab in by]
     if volts:
-        parts.append(", ".join(volts) + (" (LVH voltage criteria met)" if "lvh_voltage" in by else ""))
+        parts.append(", ".join(volts) + (f" ({by['lvh_voltage'].text})" if "lvh_voltage" in by else ""))
     return f"{MEASURED_INTRO} {'; '.join(parts)}." if parts else ""
 
 
 def ground(measurements=None, *, probes: Sequence = (), embedding=None,
-           axis_convention: str = GROUND_AXIS_CONVENTION) -> Grounding:
+           axis_convention: str = GROUND_AXIS_CONVENTION, wording: int = LEGACY_WORDING) -> Grounding:
     """The grounded part of a prompt for one ECG.
 
     ``measurements``: an ecgbatch.signal.Measurements (best: method="multilead") or a row dict
@@ -261,8 +284,9 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
     cornell_mv, quality), or
     None. ``probes`` (ecgbatch.encoders.probes.LinearProbe, e.g. a FindingsLabeller's ``probes``) and
     ``embedding`` (that encoder's embedding of the ECG, [D]) give the probe findings; leave them
-    out for measurements only. Deterministic: the same inputs give the same text."""
-    measured = measured_findings(measurements, axis_convention)
+    out for measurements only. ``wording``: the WORDINGS version (the model config's
+    ``grounding_wording``). Deterministic: the same inputs give the same text."""
+    measured = measured_findings(measurements, axis_convention, check_wording(wording))
     found, probs = probe_findings(probes, embedding)
     lines = [_measured_text(measured)]
     if found:
@@ -271,13 +295,13 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
 
 
 def ground_batch(measurements: Sequence, *, probes: Sequence = (), embeddings=None,
-                 axis_convention: str = GROUND_AXIS_CONVENTION) -> list[Grounding]:
+                 axis_convention: str = GROUND_AXIS_CONVENTION, wording: int = LEGACY_WORDING) -> list[Grounding]:
     """``ground`` per ECG: ``measurements`` (one per ECG, None where there are none) and, with
     ``probes``, the encoder's ``embeddings`` [N, D] in the same order."""
     if embeddings is not None and len(embeddings) != len(measurements):
         raise ValueError(f"{len(measurements)} measurements but {len(embeddings)} embeddings")
     embs = [None] * len(measurements) if embeddings is None else list(np.asarray(embeddings))
-    return [ground(m, probes=probes, embedding=e, axis_convention=axis_convention)
+    return [ground(m, probes=probes, embedding=e, axis_convention=axis_convention, wording=wording)
             for m, e in zip(measurements, embs)]
 
 
@@ -311,12 +335,14 @@ def grounds_labeller(model):
         return None
 
 
-def ground_inputs(measurements: Sequence, xs=None, labeller=None) -> list[Grounding]:
+def ground_inputs(measurements: Sequence, xs=None, labeller=None, wording: int = LEGACY_WORDING) -> list[Grounding]:
     """``ground_batch`` for the model inputs ``xs`` [N, leads, samples] of N ECGs: the probe
-    findings from ``labeller`` (grounds_labeller's) on the model inputs, when there is one."""
+    findings from ``labeller`` (grounds_labeller's) on the model inputs, when there is one;
+    ``wording``: the model config's ``grounding_wording``."""
     if labeller is None or xs is None or not len(measurements):
-        return ground_batch(measurements)
-    return ground_batch(measurements, probes=labeller.probes, embeddings=labeller.embed(np.stack(list(xs))))
+        return ground_batch(measurements, wording=wording)
+    return ground_batch(measurements, probes=labeller.probes, embeddings=labeller.embed(np.stack(list(xs))),
+                        wording=wording)
 
 
 class GroundedWithDdpError(EcgLlavaError):

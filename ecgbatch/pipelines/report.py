@@ -37,7 +37,7 @@ from ecgbatch.device import (CUDA, Device, check_lora, detect, report_batch_size
                              tensor_parallel_size)
 from ecgbatch.io.errors import NoPhysiologicalContentError
 from ecgbatch.llava.contradictions import report_fields
-from ecgbatch.llava.grounding import GROUND_METHOD, ground_inputs, grounds_labeller
+from ecgbatch.llava.grounding import GROUND_METHOD, LEGACY_WORDING, ground_inputs, grounds_labeller
 from ecgbatch.llava.questions import DEFAULT_QUESTION
 from ecgbatch.pipelines import sources as src
 from ecgbatch.pipelines.blocks import consume_blocks, count_kinds, plan_blocks, split_failures
@@ -150,6 +150,7 @@ class ReportUDF:
         self.engine = EcgLlavaEngine(model_dir, **engine_kwargs)
         self.lora, self.max_tokens, self.question = lora, int(max_tokens), question
         self.grounded, self.labeller = bool(grounded), grounds_labeller(model_dir)
+        self.wording = self.engine.config.grounding_wording
         self._prompt_ids = prompt_id_cache(self.engine.prompt_ids)
         self._slots = asyncio.Semaphore(int(overlap))     # bound to the actor's loop at first use
 
@@ -172,7 +173,7 @@ class ReportUDF:
                "generation_s": np.full(n, np.nan), "findings": np.array(["[]"] * n, dtype=object),
                "contradictions": np.array(["[]"] * n, dtype=object),
                "engine_in_flight": np.zeros(n, np.int64)}
-        groundings = batch_groundings(batch, x, self.labeller)
+        groundings = batch_groundings(batch, x, self.labeller, self.wording)
         if self.grounded:
             questions = batch["question"] = np.array([g.question(str(q)) for g, q in zip(groundings, questions)],
                                                      dtype=object)
@@ -268,15 +269,16 @@ def _settle(fut: asyncio.Future, res, err) -> None:
         fut.set_result(res)
 
 
-def batch_groundings(batch: dict[str, np.ndarray], x, labeller=None) -> list:
+def batch_groundings(batch: dict[str, np.ndarray], x, labeller=None, wording: int = LEGACY_WORDING) -> list:
     """Per row of a read-stage batch: its Grounding, from the measurement columns (NaN: left
-    out) and, with ``labeller`` (grounds_labeller's), the probes on the model inputs ``x``."""
+    out) and, with ``labeller`` (grounds_labeller's), the probes on the model inputs ``x``; in the
+    model's ``wording``."""
     n = len(x)
     rows = [{k: batch[k][i] for k in MEASUREMENT_COLUMNS if k in batch} for i in range(n)]
     ok = np.asarray(batch["ok"], dtype=bool)
-    out = ground_inputs([None] * n)
+    out = ground_inputs([None] * n, wording=wording)
     if ok.any():
-        got = ground_inputs([rows[i] for i in np.flatnonzero(ok)], x[ok], labeller)
+        got = ground_inputs([rows[i] for i in np.flatnonzero(ok)], x[ok], labeller, wording)
         for i, g in zip(np.flatnonzero(ok), got):
             out[i] = g
     return out

@@ -71,7 +71,7 @@ def report_records(records: list[str], model: str = DEFAULT_LLAVA, lora: Optiona
     questions = [question] * len(ecgs)
     if ddp:
         questions, out.findings, out.ddp = diagnosis_questions(model, ecgs, question)
-    groundings = ground_inputs(measurements, [x for _, x in ecgs], grounds_labeller(model))
+    groundings = ground_inputs(measurements, [x for _, x in ecgs], grounds_labeller(model), config.grounding_wording)
     if use:
         questions = [g.question(q) for g, q in zip(groundings, questions)]
     engine = EcgLlavaEngine(folder, dtype=dtype, lora_rank=rank, max_num_seqs=max(1, len(ecgs)),

@@ -175,7 +175,7 @@ class ChatService:
 
     def grounding(self, ecg, measurements):
         """The request's Grounding (measurements + probe findings; in a worker thread)."""
-        return ground_inputs(measurements, [ecg], self.labeller)[0]
+        return ground_inputs(measurements, [ecg], self.labeller, self.engine.config.grounding_wording)[0]
 
     def models(self) -> dict:
         now = int(time.time())

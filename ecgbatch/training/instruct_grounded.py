@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ecgbatch.llava.contradictions import contradictions
-from ecgbatch.llava.grounding import Grounding, ground, measure_for_grounds
+from ecgbatch.llava.grounding import LEGACY_WORDING, Grounding, ground, measure_for_grounds
 from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, placed_like, record_embeddings
 
 SEED_SALT = 17
@@ -83,12 +83,14 @@ def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
 
 
 def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Callable, labeller=None,
-                           read=None, cache_dir=None, config=None, log=print, only_supported: bool = False):
+                           read=None, cache_dir=None, config=None, log=print, only_supported: bool = False,
+                           wording: int = LEGACY_WORDING):
     """(items with the chosen report items asked with their grounding, number rewritten).
     ``read_record(item)`` -> the item's Record (measured); with ``labeller`` (FindingsLabeller),
     ``read(path)`` -> the model input for the probes' embeddings (cached in ``cache_dir``).
     ``only_supported``: the chosen items keep only their turns ``turn_supported`` by their
-    grounding (an item with none left is left out)."""
+    grounding (an item with none left is left out). ``wording``: the grounding's words
+    (ecgbatch.llava.grounding.WORDINGS), those the model will be served with."""
     chosen = grounded_selection(items, fraction, seed)
     if not chosen:
         return list(items), 0
@@ -100,7 +102,7 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
     embs = (record_embeddings(labeller, paths, read, cache_dir, config, log) if labeller is not None
             else [None] * len(paths))
     probes = labeller.probes if labeller is not None else ()
-    by_path = {p: ground(measured[p], probes=probes, embedding=e) for p, e in zip(paths, embs)}
+    by_path = {p: ground(measured[p], probes=probes, embedding=e, wording=wording) for p, e in zip(paths, embs)}
     out = list(items)
     token = config.ecg_token if config is not None else "<ecg>"
     dropped_turns = 0

@@ -64,6 +64,10 @@ class LlavaDataConfig:
     grounded: float = 0.0             # seeded fraction of items (every kind) asked with the grounded prompt
                                       # (ecgbatch.training.instruct_grounded; the serving prompt of
                                       # --grounded); not with diagnosis_prompt
+    wording: int = 1                  # with grounded: the grounded prompt's words (ecgbatch.llava.grounding.
+                                      # WORDINGS), recorded in the model config's prompt.wording so
+                                      # that it is served in the same words; 2 states a met LVH voltage
+                                      # criterion in the training reports' words (v12, bench/RESULTS.md)
     only_supported: bool = False      # with grounded: a grounded item's turns whose answer disagrees
                                       # with its own prompt (instruct_grounded.turn_supported) are
                                       # left out, so the model learns that its prompt can be read
@@ -123,6 +127,14 @@ class LlavaJobConfig:
         if self.data.drop_disagreeing and not self.data.grounded:
             raise ValueError("data.drop_disagreeing compares answers with their grounded prompt: it needs "
                              "data.grounded > 0")
+        from ecgbatch.llava.grounding import LEGACY_WORDING, check_wording
+
+        try:
+            self.data.wording = check_wording(self.data.wording)
+        except ValueError as exc:
+            raise ValueError(f"data.wording: {exc}") from None
+        if self.data.wording != LEGACY_WORDING and not self.data.grounded:
+            raise ValueError("data.wording chooses the grounded prompt's words: it needs data.grounded > 0")
         if self.data.grounded and self.data.diagnosis_prompt:
             raise ValueError("give data.grounded or data.diagnosis_prompt (data.ddp), not both: both state the "
                              "probes' findings before the question")

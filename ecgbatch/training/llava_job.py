@@ -106,7 +106,7 @@ def save_trained(job: LlavaJobConfig):
     """The checkpoint's model writer: the trained-only folder (projector, LoRA adapter)."""
     def save(model, folder):
         if job.data.grounded >= 0.5:   # trained mostly on grounded prompts: served with them by default
-            model.config.prompt = {**(model.config.prompt or {}), "grounded": True}
+            model.config.prompt = {**(model.config.prompt or {}), "grounded": True, "wording": job.data.wording}
         return save_trained_only(model, folder, job.model.base(), extra={"trained_by": {
             "stage": job.stage, "run": job.name, "ddp": job.data.ddp, "grounded": job.data.grounded}})
     return save
@@ -373,7 +373,7 @@ def grounded_items(job: LlavaJobConfig, items, config, log=print):
     by_path = {str(it.ecg_path): it for it in items}
     items, _ = apply_grounded_prompts(items, job.data.grounded, job.seed, item_record_reader(job), labeller,
                                       lambda p: read_item(by_path[p]), job.data.cache_dir, config, log,
-                                      only_supported=job.data.only_supported)
+                                      only_supported=job.data.only_supported, wording=job.data.wording)
     return items
 
 
