@@ -74,7 +74,9 @@ def test_streaming_matches_the_whole_answer(client, record):
     whole, whole_grounds = whole_answer.choices[0].message.content, whole_answer.model_extra["ecgbatch"]
     chunks = list(ask(client, {"path": RECORD}, max_tokens=12, stream=True, stream_options={"include_usage": True}))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(pieces) > 1 and "".join(pieces) == whole
+    # pieces, not a count of them: vLLM merges the DELTA outputs a busy server loop has not taken yet
+    # (RequestOutputCollector), so on a loaded machine all 12 tokens came as one piece (session 17)
+    assert pieces and "".join(pieces) == whole
     assert chunks[-1].usage.completion_tokens == 12
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     # the finishing chunk (only it) carries the ecgbatch field, as the whole answer's
