@@ -80,7 +80,7 @@ def test_report_input_marks_and_refuses_a_record_without_content(sample_archive)
     assert out["ok"][0] and NO_CONTENT in out["quality"][0].split(LABEL_SEP)
     udf = ReportUDF.__new__(ReportUDF)
     udf.question, udf.max_tokens, udf.lora = "Please describe this ECG.", 2, None
-    udf.grounded, udf.labeller = True, None          # grounded: the question gets no grounds to state
+    udf.grounded, udf.labeller, udf.wording = True, None, 1   # grounded: the question gets no grounds to state
     udf._prompt_ids = None                           # no prompt is built for it (a call would fail)
     res = udf.report_batch(dict(out))                # one batch, as the actor's __call__ runs it in a thread
     assert not res["ok"][0] and res["error_kind"][0] == NO_CONTENT and res["report"][0] == ""
