@@ -244,17 +244,13 @@ def test_the_prompt_words_follow_the_models_wording_version():
     assert batch_groundings(batch, np.zeros((1, 12, 5000), np.float32), None, 2)[0].text == v2.text
     with pytest.raises(ValueError, match="unknown grounding wording 3"):
         ground(row, wording=3)
-    cfg = _tiny_llava_config()
+    from test_llava_model import _tiny_config
+
+    cfg = _tiny_config()
     assert cfg.grounding_wording == 1
     assert type(cfg)(**{**cfg.to_dict(), "prompt": {"grounded": True, "wording": 2}}).grounding_wording == 2
     with pytest.raises(EcgLlavaConfigError, match="prompt.wording: unknown grounding wording 7"):
         type(cfg)(**{**cfg.to_dict(), "prompt": {"grounded": True, "wording": 7}})
-
-
-def _tiny_llava_config():
-    from test_llava_model import _tiny_config
-
-    return _tiny_config()
 
 
 def test_a_record_not_in_a_voltage_unit_states_no_voltage(sample_archive):

@@ -174,7 +174,9 @@ class EcgLlavaConfig(PretrainedConfig):
     def grounding_wording(self) -> int:
         """The grounded prompt's words it was trained (so is served) with: prompt.wording, else 1
         (ecgbatch.llava.grounding.WORDINGS; every model from before the versions)."""
-        return int(self.prompt.get("wording", 1))
+        from ecgbatch.llava.grounding import LEGACY_WORDING
+
+        return int(self.prompt.get("wording", LEGACY_WORDING))
 
     @property
     def default_repetition_penalty(self) -> float:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ecgbatch.io.errors import EcgReadError, MissingLeadError
 from ecgbatch.io.snomed import snomed_table
-from ecgbatch.llava.grounding import GROUND_AXIS_CONVENTION
+from ecgbatch.llava.grounding import GROUND_AXIS_CONVENTION, WORDINGS
 from ecgbatch.signal import measure
 from ecgbatch.signal.axis import axis_category
 from ecgbatch.signal.measurements import INTERVAL_RANGES
@@ -241,7 +241,7 @@ def measured_axis(m, present: list[str], uncertain: list[str], statements: str) 
 # state none: the report says so, as the grounded prompt does ("LVH voltage criteria met"), so
 # a model learns to state the LVH the prompt measured. Worded "... by voltage criteria" (a
 # finding, where "voltage criteria for ..." reads as a hedge to ecgbatch.text.findings).
-MEASURED_LVH = ("lvh", "left ventricular hypertrophy by voltage criteria")
+MEASURED_LVH = ("lvh", WORDINGS[2]["lvh_voltage"])   # the grounded prompt's wording 2 says the same
 
 
 def measured_lvh(m, present: list[str], uncertain: list[str], statements: str) -> tuple[str, str] | None:
