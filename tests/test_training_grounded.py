@@ -11,7 +11,8 @@ import pytest
 
 from ecgbatch.llava.grounding import ground
 from ecgbatch.training.instruct_format import InstructItem
-from ecgbatch.training.instruct_grounded import apply_grounded_prompts, supported_turns, turn_supported
+from ecgbatch.training.instruct_grounded import (apply_grounded_prompts, evidence_first, evidence_text,
+                                                 supported_turns, turn_supported)
 
 LEFT = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": -20, "qrs_ms": 90})      # LUDB convention: left
 NORMAL = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": 50, "qrs_ms": 90})
@@ -105,3 +106,67 @@ def test_apply_grounded_prompts_keeps_only_supported_answers_on_real_records(sam
     # without only_supported every turn stays
     kept, _ = apply_grounded_prompts(items, 1.0, 0, lambda it: read_record(it.ecg_path), log=logs.append)
     assert [len(k.conversations) for k in kept] == [4, 4]
+
+
+VOLTAGES = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": -20, "qrs_ms": 130, "sokolow_lyon_mv": 4.1,
+                   "cornell_mv": 2.9})
+
+
+def test_evidence_text_restates_only_what_the_prompt_says_about_the_finding():
+    assert evidence_text(GROUP_AXIS, LEFT) == "Measured: QRS axis -20 degrees (left axis deviation)."
+    assert evidence_text(["lvh"], VOLTAGES) == ("Measured: Sokolow-Lyon 4.1 mV, Cornell 2.9 mV "
+                                                "(LVH voltage criteria met).")
+    assert evidence_text(["rbbb", "lbbb"], VOLTAGES) == "Measured: QRS 130 ms."
+    assert evidence_text(["atrial_fibrillation"], LEFT) == "Measured: heart rate 72 bpm (regular RR)."
+    # nothing in the prompt about it: no evidence (LEFT has no voltages; no probe speaks of MI)
+    assert evidence_text(["lvh"], LEFT) == "" and evidence_text(["infarction"], VOLTAGES) == ""
+    # every piece is a piece of the prompt, in its words
+    for keys in (GROUP_AXIS, ["lvh"], ["rbbb"], ["atrial_fibrillation"]):
+        for part in evidence_text(keys, VOLTAGES).removeprefix("Measured: ").rstrip(".").split("; "):
+            assert part in VOLTAGES.text
+
+
+def test_evidence_first_puts_the_prompts_facts_before_the_labels_verdict():
+    lvh_yes = ("Is there left ventricular hypertrophy?", "Yes, the ECG shows left ventricular hypertrophy.",
+               {"kind": "finding_yes", "finding": "lvh", "present": True})
+    item = _item([AXIS_NO, RATE, lvh_yes, AF_NO])
+    out, n = evidence_first(item, VOLTAGES)
+    answers = [t["value"] for t in out.conversations[1::2]]
+    assert n == 3
+    # the verdict stays the labels' even where the prompt's axis says otherwise
+    assert answers[0] == "Measured: QRS axis -20 degrees (left axis deviation). No, the electrical axis is normal."
+    assert answers[1] == RATE[1]                                  # not a yes/no turn
+    assert answers[2].endswith(" Yes, the ECG shows left ventricular hypertrophy.")
+    assert answers[2].startswith("Measured: Sokolow-Lyon 4.1 mV")
+    assert answers[3] == "Measured: heart rate 72 bpm (regular RR). No, the ECG does not show atrial fibrillation."
+    assert [t["value"] for t in out.conversations[0::2]] == [t["value"] for t in item.conversations[0::2]]
+    # the evidence never reads as a yes or a no: the bench's yes/no reading still gets the verdict
+    import re
+    for a, want in zip(answers, ("no", None, "yes", "no")):
+        if want:
+            assert bool(re.search(r"\byes\b", a.lower())) == (want == "yes")
+            assert bool(re.search(r"\bno\b|\bnot\b", a.lower())) == (want == "no")
+    # a prompt with nothing on any of its findings changes nothing
+    assert evidence_first(_item([lvh_yes]), LEFT) == (_item([lvh_yes]), 0)
+
+
+def test_evidence_first_on_real_records_through_apply_grounded_prompts(sample_archive):
+    from ecgbatch.io import read_record
+
+    items = [_item([AF_NO, RATE], path=str(sample_archive / "cinc2021" / f"{rid}.hea")) for rid in ("A0689", "HR03961")]
+    logs = []
+    kept, n = apply_grounded_prompts(items, 1.0, 0, lambda it: read_record(it.ecg_path), log=logs.append,
+                                     evidence=True)
+    assert n == 2
+    af, sinus = (k.conversations[1]["value"] for k in kept)
+    assert "irregular RR" in af and af.endswith(AF_NO[1]) and af.startswith("Measured: heart rate")
+    assert "(regular RR)" in sinus and sinus.endswith(AF_NO[1])
+    assert any("evidence first: 2 yes/no answers" in m for m in logs)
+
+
+def test_evidence_first_needs_the_grounded_prompt():
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+
+    with pytest.raises(ValueError, match="evidence_first .* needs data.grounded"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first=True))
+    assert LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first=True, grounded=0.9)).data.evidence_first

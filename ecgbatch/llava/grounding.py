@@ -251,7 +251,8 @@ def probe_findings(probes: Sequence, embedding) -> tuple[list[GroundFinding], di
     return out, probs
 
 
-def _measured_text(fs: list[GroundFinding]) -> str:
+def measured_text(fs: Sequence[GroundFinding]) -> str:
+    """The "Measured: ..." line of the measurement findings ``fs`` ("" when they state nothing)."""
     by = {f.label: f for f in fs}
     parts = []
     if "heart_rate" in by:
@@ -288,7 +289,7 @@ def ground(measurements=None, *, probes: Sequence = (), embedding=None,
     ``grounding_wording``). Deterministic: the same inputs give the same text."""
     measured = measured_findings(measurements, axis_convention, check_wording(wording))
     found, probs = probe_findings(probes, embedding)
-    lines = [_measured_text(measured)]
+    lines = [measured_text(measured)]
     if found:
         lines.append(f"{PROBE_INTRO} " + ", ".join(f"{f.text} (p={f.probability:.2f})" for f in found) + ".")
     return Grounding("\n".join(line for line in lines if line), tuple(measured + found), probs)

@@ -19,7 +19,8 @@ from typing import Callable
 import numpy as np
 
 from ecgbatch.llava.contradictions import contradictions
-from ecgbatch.llava.grounding import LEGACY_WORDING, Grounding, ground, measure_for_grounds
+from ecgbatch.llava.grounding import (LEGACY_WORDING, PROBE_INTRO, Grounding, measured_text, ground,
+                                      measure_for_grounds)
 from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, placed_like, record_embeddings
 
 SEED_SALT = 17
@@ -29,6 +30,65 @@ SEED_SALT = 17
 AXIS_CATEGORIES = {"axis_left": ("left", "extreme", "ALAD", "LAD", "ARAD"),
                    "axis_right": ("right", "extreme", "RAD", "ARAD"),
                    "axis_normal": ("normal", "horizontal", "vertical", "MID", "AXR")}
+
+
+# data.evidence_first: the grounded prompt's facts that bear on a finding of the labels (ecgbatch.text.
+# findings keys): its measurement labels (with the categories stated beside them) and its probe
+# labels. A yes/no answer about the finding first restates these facts in the prompt's own words,
+# then says yes or no, so a small model decides after copying what it reads (which it does well in
+# reports) instead of in the answer's first token (where every version so far said "No").
+RATE_FACTS = ("heart_rate", "bradycardia", "tachycardia", "rr_regularity")
+EVIDENCE_FOR = {
+    "axis_left": (("axis",), ()), "axis_right": (("axis",), ()), "axis_normal": (("axis",), ()),
+    "lvh": (("sokolow_lyon", "cornell", "lvh_voltage"), ("HYP",)),
+    "rvh": ((), ("HYP",)),
+    "rbbb": (("qrs_duration",), ("RBBB", "CD")), "lbbb": (("qrs_duration",), ("LBBB", "CD")),
+    "lafb": (("axis", "qrs_duration"), ("CD",)),
+    "atrial_fibrillation": (RATE_FACTS, ("AFIB", "AFLT")), "atrial_flutter": (RATE_FACTS, ("AFLT", "AFIB")),
+    "sinus_rhythm": (RATE_FACTS, ("SR", "AFIB", "AFLT", "PACE")),
+    "sinus_bradycardia": (RATE_FACTS, ("SBRAD",)), "sinus_tachycardia": (RATE_FACTS, ("STACH",)),
+    "sinus_arrhythmia": (RATE_FACTS, ("SARRH",)),
+    "av_block": (("pr_interval",), ("1AVB",)),
+    "infarction": ((), ("MI",)), "ischemia": ((), ("STTC", "STD")), "st_t_change": ((), ("STTC", "STD")),
+}
+
+
+def evidence_text(keys, grounding: Grounding) -> str:
+    """What ``grounding`` states that bears on the findings ``keys`` (EVIDENCE_FOR), in the prompt's
+    own words and order ("Measured: QRS axis -45 degrees (left axis deviation)." and/or "Classifier
+    findings: ... (p=0.93)."); "" when it states nothing about them. Facts only: a probe below its
+    threshold is not mentioned, so the text never says "no" or "not"."""
+    measured, probes = set(), set()
+    for k in keys:
+        m, p = EVIDENCE_FOR.get(k, ((), ()))
+        measured.update(m)
+        probes.update(p)
+    lines = [measured_text([f for f in grounding.findings if f.source == "measurement" and f.label in measured])]
+    found = [f for f in grounding.findings if f.source == "probe" and f.label in probes]
+    if found:
+        lines.append(f"{PROBE_INTRO} " + ", ".join(f"{f.text} (p={f.probability:.2f})" for f in found) + ".")
+    return " ".join(line for line in lines if line)
+
+
+def evidence_first(item, grounding: Grounding):
+    """(A copy of ``item`` whose yes/no answers (meta.facts kind finding_yes / finding_no) begin with
+    ``evidence_text`` of their finding(s), number of answers changed). The verdict stays the labels'
+    ("Yes, the ECG shows ..." / "No, ..."), so the model learns how often the labels say yes given
+    what the prompt states. Answers with no evidence in the prompt, and items whose meta.facts do
+    not list one fact per turn, are unchanged."""
+    conv, facts = item.conversations, item.meta.get("facts") or []
+    if len(conv) != 2 * len(facts):
+        return item, 0
+    out, n = [dict(t) for t in conv], 0
+    for j, f in enumerate(facts):
+        if f.get("kind") not in ("finding_yes", "finding_no"):
+            continue
+        keys = [f["finding"]] if "finding" in f else list(f.get("findings") or ())
+        ev = evidence_text(keys, grounding)
+        if ev:
+            out[2 * j + 1]["value"] = f"{ev} {conv[2 * j + 1]['value']}"
+            n += 1
+    return (replace(item, conversations=out), n) if n else (item, 0)
 
 
 def grounded_selection(items, fraction: float, seed: int) -> list[int]:
@@ -84,13 +144,15 @@ def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
 
 def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Callable, labeller=None,
                            read=None, cache_dir=None, config=None, log=print, only_supported: bool = False,
-                           wording: int = LEGACY_WORDING):
+                           wording: int = LEGACY_WORDING, evidence: bool = False):
     """(items with the chosen report items asked with their grounding, number rewritten).
     ``read_record(item)`` -> the item's Record (measured); with ``labeller`` (FindingsLabeller),
     ``read(path)`` -> the model input for the probes' embeddings (cached in ``cache_dir``).
     ``only_supported``: the chosen items keep only their turns ``turn_supported`` by their
     grounding (an item with none left is left out). ``wording``: the grounding's words
-    (ecgbatch.llava.grounding.WORDINGS), those the model will be served with."""
+    (ecgbatch.llava.grounding.WORDINGS), those the model will be served with. ``evidence``: the
+    chosen items' yes/no answers begin with what their prompt states about the finding
+    (``evidence_first``)."""
     chosen = grounded_selection(items, fraction, seed)
     if not chosen:
         return list(items), 0
@@ -105,18 +167,24 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
     by_path = {p: ground(measured[p], probes=probes, embedding=e, wording=wording) for p, e in zip(paths, embs)}
     out = list(items)
     token = config.ecg_token if config is not None else "<ecg>"
-    dropped_turns = 0
+    dropped_turns = with_evidence = 0
     for i in chosen:
         g = by_path[str(items[i].ecg_path)]
         it = items[i]
         if only_supported:
             it, n = supported_turns(it, g, token)
             dropped_turns += n
+        if evidence and it is not None:
+            it, n = evidence_first(it, g)
+            with_evidence += n
         out[i] = None if it is None else with_grounded_prompt(it, g, token)
     log(f"grounded prompt: {len(chosen)} of {len(items)} items ask with their measurements"
         f"{' and the findings of ' + labeller.encoder + chr(39) + 's probes' if labeller is not None else ''}")
     if only_supported:
         log(f"only supported answers: {dropped_turns} turns of the grounded items disagree with their prompt "
             f"and are left out ({sum(o is None for o in out)} items with none left)")
+    if evidence:
+        log(f"evidence first: {with_evidence} yes/no answers of the grounded items begin with what their "
+            f"prompt states about the finding")
     kept = [o for o in out if o is not None]
     return kept, len(chosen) - (len(out) - len(kept))

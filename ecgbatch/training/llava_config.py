@@ -71,6 +71,9 @@ class LlavaDataConfig:
     only_supported: bool = False      # with grounded: a grounded item's turns whose answer disagrees
                                       # with its own prompt (instruct_grounded.turn_supported) are
                                       # left out, so the model learns that its prompt can be read
+    evidence_first: bool = False      # with grounded: a grounded item's yes/no answers begin with what
+                                      # its prompt states about the finding, in the prompt's words
+                                      # (instruct_grounded.evidence_first), then the labels' yes or no
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 
     @property
@@ -126,6 +129,9 @@ class LlavaJobConfig:
             self.data.drop_disagreeing = [self.data.drop_disagreeing]
         if self.data.drop_disagreeing and not self.data.grounded:
             raise ValueError("data.drop_disagreeing compares answers with their grounded prompt: it needs "
+                             "data.grounded > 0")
+        if self.data.evidence_first and not self.data.grounded:
+            raise ValueError("data.evidence_first restates the grounded prompt in yes/no answers: it needs "
                              "data.grounded > 0")
         from ecgbatch.llava.grounding import LEGACY_WORDING, check_wording
 

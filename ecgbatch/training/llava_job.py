@@ -373,7 +373,8 @@ def grounded_items(job: LlavaJobConfig, items, config, log=print):
     by_path = {str(it.ecg_path): it for it in items}
     items, _ = apply_grounded_prompts(items, job.data.grounded, job.seed, item_record_reader(job), labeller,
                                       lambda p: read_item(by_path[p]), job.data.cache_dir, config, log,
-                                      only_supported=job.data.only_supported, wording=job.data.wording)
+                                      only_supported=job.data.only_supported, wording=job.data.wording,
+                                      evidence=job.data.evidence_first)
     return items
 
 
