@@ -12,7 +12,7 @@ import pytest
 from ecgbatch.llava.grounding import ground
 from ecgbatch.training.instruct_format import InstructItem
 from ecgbatch.training.instruct_grounded import (apply_grounded_prompts, evidence_first, evidence_text,
-                                                 supported_turns, turn_supported)
+                                                 evidence_verdict, supported_turns, turn_supported)
 
 LEFT = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": -20, "qrs_ms": 90})      # LUDB convention: left
 NORMAL = ground({"hr_bpm": 72, "rr_nrmssd": 0.02, "axis_deg": 50, "qrs_ms": 90})
@@ -170,3 +170,74 @@ def test_evidence_first_needs_the_grounded_prompt():
     with pytest.raises(ValueError, match="evidence_first .* needs data.grounded"):
         LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first=True))
     assert LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first=True, grounded=0.9)).data.evidence_first
+
+
+def test_evidence_verdict_decides_only_where_the_prompts_facts_do():
+    assert evidence_verdict(GROUP_AXIS, LEFT) is True and evidence_verdict(GROUP_AXIS, NORMAL) is False
+    assert evidence_verdict(["axis_normal"], NORMAL) is True and evidence_verdict(["axis_right"], LEFT) is False
+    assert evidence_verdict(GROUP_AXIS, ground({"hr_bpm": 72})) is None            # no axis measured
+    assert evidence_verdict(["lvh"], VOLTAGES) is True                              # criterion met
+    not_met = ground({"hr_bpm": 72, "sokolow_lyon_mv": 1.2, "cornell_mv": 0.8})
+    assert evidence_verdict(["lvh"], not_met) is None                               # not met: undecided
+    assert evidence_verdict(["atrial_fibrillation"], LEFT) is False                 # regular RR, no probe
+    assert evidence_verdict(["atrial_fibrillation"], ground({"hr_bpm": 110, "rr_nrmssd": 0.3})) is None
+    assert evidence_verdict(["rbbb", "lbbb"], LEFT) is False                        # QRS 90 ms
+    assert evidence_verdict(["rbbb", "lbbb"], VOLTAGES) is None                     # QRS 130 ms, no probe
+    assert evidence_verdict(["sinus_bradycardia"], ground({"hr_bpm": 48})) is True
+    assert evidence_verdict(["sinus_bradycardia"], LEFT) is False
+    assert evidence_verdict(["infarction"], VOLTAGES) is None
+
+
+@pytest.mark.parametrize("ecg_first", [True, False])
+def test_consistent_evidence_first_leaves_out_verdicts_the_facts_contradict(ecg_first):
+    lvh_no = ("Is there left ventricular hypertrophy?", "No, the ECG does not show left ventricular hypertrophy.",
+              {"kind": "finding_no", "finding": "lvh", "present": False})
+    item = _item([AXIS_NO, RATE, lvh_no, AF_NO], ecg_first)
+    out, n = evidence_first(item, VOLTAGES, consistent=True)
+    # the axis "no" (prompt: left axis deviation) and the LVH "no" (criterion met) leave; AF "no" stays
+    assert [f["kind"] for f in out.meta["facts"]] == ["rate", "finding_no"] and n == 1
+    assert out.conversations[0]["value"] == ("<ecg>\n" + RATE[0] if ecg_first else RATE[0] + "\n<ecg>")
+    assert out.conversations[3]["value"].startswith("Measured: heart rate 72 bpm (regular RR). No,")
+    assert evidence_first(item, VOLTAGES)[0].meta["facts"] == item.meta["facts"]    # not consistent: all stay
+    gone, _ = evidence_first(_item([AXIS_NO]), LEFT, consistent=True)
+    assert gone is None
+    kept, n = evidence_first(_item([AXIS_NO]), NORMAL, consistent=True)
+    assert n == 1 and kept.conversations[1]["value"].startswith("Measured: QRS axis 50 degrees (normal axis). No,")
+    with pytest.raises(ValueError, match="true, false or consistent"):
+        from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+        LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first="always", grounded=0.9))
+
+
+def test_yes_no_items_draw_as_many_yes_as_no_answers_per_question():
+    """data.yes_no: one-question items on AF, LVH, bundle branch block and axis deviation, n answered
+    "yes" and n "no" by the labels of the report items' records; seeded; unknown names refused."""
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+    from ecgbatch.training.llava_job import yes_no_items
+
+    def report(i, present, absent):
+        return InstructItem(f"src/{i}/report", f"{i}.hea", Path(f"{i}.hea"),
+                            [{"from": "human", "value": "<ecg>\nReport?"}, {"from": "gpt", "value": "x."}],
+                            {"kind": "report", "patient": f"p{i}", "facts": [{"kind": "report"}],
+                             "record_facts": {"present": present, "absent": absent}})
+
+    items = ([report(i, ["lvh", "axis_left"], ["rbbb", "lbbb", "atrial_fibrillation"]) for i in range(5)]
+             + [report(i, ["axis_normal"], ["lvh", "rbbb", "lbbb", "atrial_fibrillation"]) for i in range(5, 12)]
+             + [report(12, ["rbbb"], [])])
+    out = yes_no_items(items, {"lvh": 3, "bbb": 2, "axis": 4}, seed=1)
+    got = {}
+    for it in out:
+        (fact,) = it.meta["facts"]
+        name = it.id.split("yes_no-")[1]
+        got.setdefault(name, []).append(fact["present"])
+        assert it.meta["kind"] == "dialogue" and len(it.conversations) == 2
+        assert it.conversations[0]["value"].startswith("<ecg>\n")
+        assert it.conversations[1]["value"].startswith("Yes," if fact["present"] else "No,")
+    assert sorted(got["lvh"]) == [False] * 3 + [True] * 3
+    assert sorted(got["bbb"]) == [False, False, True]                    # one record has a BBB
+    assert sorted(got["axis"]) == [False] * 4 + [True] * 4
+    assert [it.id for it in yes_no_items(items, {"lvh": 3}, seed=1)] == \
+        [it.id for it in yes_no_items(items, {"lvh": 3}, seed=1)]
+    with pytest.raises(ValueError, match="data.yes_no"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(yes_no={"rhythm": 3}))
+    with pytest.raises(ValueError, match="data.yes_no"):
+        LlavaJobConfig(name="x", data=LlavaDataConfig(yes_no={"lvh": 0}))

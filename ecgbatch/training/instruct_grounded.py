@@ -70,25 +70,79 @@ def evidence_text(keys, grounding: Grounding) -> str:
     return " ".join(line for line in lines if line)
 
 
-def evidence_first(item, grounding: Grounding):
+def evidence_verdict(keys, grounding: Grounding) -> bool | None:
+    """What ``grounding`` decides about "is any of ``keys`` present?" (True / False), or None where
+    its facts do not decide it. Decisive facts, each as the prompt states it: the measured axis
+    category (AXIS_CATEGORIES); a met LVH voltage criterion (yes; criteria not met do not decide: they
+    miss most hypertrophy); the probe naming the finding above its threshold (yes), or for AF/flutter
+    a regular RR with no such probe (no); for a complete bundle branch block a measured QRS under
+    100 ms (no: it needs >= 120 ms); for sinus brady-/tachycardia the measured rate category."""
+    keys = list(keys)
+    by = {f.label: f for f in grounding.findings if f.source == "measurement"}
+    found = {f.label for f in grounding.findings if f.source == "probe"}
+    axis_keys = [k for k in keys if k in AXIS_CATEGORIES]
+    if axis_keys:
+        if "axis" not in by:
+            return None
+        return by["axis"].category in {c for k in axis_keys for c in AXIS_CATEGORIES[k]}
+    if "lvh" in keys and "lvh_voltage" in by:
+        return True
+    probe_yes = {"atrial_fibrillation": ("AFIB", "AFLT"), "atrial_flutter": ("AFLT",), "rbbb": ("RBBB",),
+                 "lbbb": ("LBBB",), "sinus_bradycardia": ("SBRAD",), "sinus_tachycardia": ("STACH",)}
+    if any(lab in found for k in keys for lab in probe_yes.get(k, ())):
+        return True
+    rr = by.get("rr_regularity")
+    if keys and set(keys) <= {"atrial_fibrillation", "atrial_flutter"} and rr is not None and rr.category == "regular":
+        return False
+    qrs = by.get("qrs_duration")
+    if keys and set(keys) <= {"rbbb", "lbbb"} and qrs is not None and qrs.value < 100:
+        return False
+    for k, lab in (("sinus_bradycardia", "bradycardia"), ("sinus_tachycardia", "tachycardia")):
+        if keys == [k] and "heart_rate" in by:
+            return lab in by
+    return None
+
+
+def evidence_first(item, grounding: Grounding, consistent: bool = False, ecg_token: str = "<ecg>"):
     """(A copy of ``item`` whose yes/no answers (meta.facts kind finding_yes / finding_no) begin with
     ``evidence_text`` of their finding(s), number of answers changed). The verdict stays the labels'
     ("Yes, the ECG shows ..." / "No, ..."), so the model learns how often the labels say yes given
     what the prompt states. Answers with no evidence in the prompt, and items whose meta.facts do
-    not list one fact per turn, are unchanged."""
+    not list one fact per turn, are unchanged.
+
+    ``consistent``: a yes/no turn whose labels' verdict disagrees with what its evidence decides
+    (``evidence_verdict``) is left out, so that the verdict after the facts follows them wherever
+    they decide (session 18's v15, trained without it, wrote "(left axis deviation). No, ..."); the
+    ECG placeholder moves to the new first question, and an item with no turn left is None."""
     conv, facts = item.conversations, item.meta.get("facts") or []
     if len(conv) != 2 * len(facts):
         return item, 0
-    out, n = [dict(t) for t in conv], 0
+    out, n, keep = [dict(t) for t in conv], 0, []
     for j, f in enumerate(facts):
+        keep.append(j)
         if f.get("kind") not in ("finding_yes", "finding_no"):
             continue
         keys = [f["finding"]] if "finding" in f else list(f.get("findings") or ())
+        if consistent:
+            verdict = evidence_verdict(keys, grounding)
+            if verdict is not None and verdict != bool(f.get("present", f["kind"] == "finding_yes")):
+                keep.pop()
+                continue
         ev = evidence_text(keys, grounding)
         if ev:
             out[2 * j + 1]["value"] = f"{ev} {conv[2 * j + 1]['value']}"
             n += 1
-    return (replace(item, conversations=out), n) if n else (item, 0)
+    if len(keep) == len(facts):
+        return (replace(item, conversations=out), n) if n else (item, 0)
+    if not keep:
+        return None, n
+    conv2 = []
+    for j in keep:
+        q = dict(out[2 * j])
+        q["value"] = q["value"].replace(ecg_token, "").strip()
+        conv2 += [q, out[2 * j + 1]]
+    conv2[0]["value"] = placed_like(conv2[0]["value"], conv[0]["value"], ecg_token)
+    return replace(item, conversations=conv2, meta={**item.meta, "facts": [facts[j] for j in keep]}), n
 
 
 def grounded_selection(items, fraction: float, seed: int) -> list[int]:
@@ -144,7 +198,7 @@ def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
 
 def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Callable, labeller=None,
                            read=None, cache_dir=None, config=None, log=print, only_supported: bool = False,
-                           wording: int = LEGACY_WORDING, evidence: bool = False):
+                           wording: int = LEGACY_WORDING, evidence: bool = False, consistent: bool = False):
     """(items with the chosen report items asked with their grounding, number rewritten).
     ``read_record(item)`` -> the item's Record (measured); with ``labeller`` (FindingsLabeller),
     ``read(path)`` -> the model input for the probes' embeddings (cached in ``cache_dir``).
@@ -152,7 +206,8 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
     grounding (an item with none left is left out). ``wording``: the grounding's words
     (ecgbatch.llava.grounding.WORDINGS), those the model will be served with. ``evidence``: the
     chosen items' yes/no answers begin with what their prompt states about the finding
-    (``evidence_first``)."""
+    (``evidence_first``); with ``consistent``, those whose verdict disagrees with what the facts
+    decide are left out."""
     chosen = grounded_selection(items, fraction, seed)
     if not chosen:
         return list(items), 0
@@ -167,7 +222,7 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
     by_path = {p: ground(measured[p], probes=probes, embedding=e, wording=wording) for p, e in zip(paths, embs)}
     out = list(items)
     token = config.ecg_token if config is not None else "<ecg>"
-    dropped_turns = with_evidence = 0
+    dropped_turns = with_evidence = inconsistent = 0
     for i in chosen:
         g = by_path[str(items[i].ecg_path)]
         it = items[i]
@@ -175,8 +230,10 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
             it, n = supported_turns(it, g, token)
             dropped_turns += n
         if evidence and it is not None:
-            it, n = evidence_first(it, g)
+            before = len(it.conversations)
+            it, n = evidence_first(it, g, consistent, token)
             with_evidence += n
+            inconsistent += (before - (len(it.conversations) if it is not None else 0)) // 2
         out[i] = None if it is None else with_grounded_prompt(it, g, token)
     log(f"grounded prompt: {len(chosen)} of {len(items)} items ask with their measurements"
         f"{' and the findings of ' + labeller.encoder + chr(39) + 's probes' if labeller is not None else ''}")
@@ -185,6 +242,8 @@ def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Calla
             f"and are left out ({sum(o is None for o in out)} items with none left)")
     if evidence:
         log(f"evidence first: {with_evidence} yes/no answers of the grounded items begin with what their "
-            f"prompt states about the finding")
+            f"prompt states about the finding"
+            + (f"; {inconsistent} turns whose verdict disagrees with it left out "
+               f"({sum(o is None for o in out)} items with none left)" if consistent else ""))
     kept = [o for o in out if o is not None]
     return kept, len(chosen) - (len(out) - len(kept))

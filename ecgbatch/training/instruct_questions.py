@@ -141,3 +141,22 @@ def conversation(turns: list[dict], ecg_first: bool = True) -> list[dict]:
             q = f"<ecg>\n{q}" if ecg_first else f"{q}\n<ecg>"
         conv += [{"from": "human", "value": q}, {"from": "gpt", "value": t["a"]}]
     return conv
+
+
+# data.yes_no (a llava job): single-question items on the findings a user asks about most, by name:
+# the finding keys whose presence means "yes" (one key: FINDING_QUESTIONS; two: GROUP_QUESTIONS).
+FOCUS_QUESTIONS = {"af": ("atrial_fibrillation",), "lvh": ("lvh",), "bbb": ("rbbb", "lbbb"),
+                   "axis": ("axis_left", "axis_right")}
+
+
+def focus_turn(name: str, facts, rng) -> dict | None:
+    """The yes/no turn of FOCUS_QUESTIONS[name] that a record's labels (``facts.present`` /
+    ``facts.absent``) answer, or None when they do not."""
+    keys = FOCUS_QUESTIONS[name]
+    if len(keys) > 1:
+        return next((t for t in group_turns(facts, rng) if t["facts"]["findings"] == list(keys)), None)
+    if keys[0] in facts.present:
+        return finding_turn(keys[0], True, rng)
+    if keys[0] in facts.absent:
+        return finding_turn(keys[0], False, rng)
+    return None

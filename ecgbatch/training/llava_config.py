@@ -71,9 +71,13 @@ class LlavaDataConfig:
     only_supported: bool = False      # with grounded: a grounded item's turns whose answer disagrees
                                       # with its own prompt (instruct_grounded.turn_supported) are
                                       # left out, so the model learns that its prompt can be read
-    evidence_first: bool = False      # with grounded: a grounded item's yes/no answers begin with what
+    yes_no: dict = field(default_factory=dict)   # {af|lvh|bbb|axis: n}: n one-question items answered
+                                      # "yes" and n answered "no" by the labels, besides max_items
+                                      # (llava_job.yes_no_items)
+    evidence_first: bool | str = False     # with grounded: a grounded item's yes/no answers begin with what
                                       # its prompt states about the finding, in the prompt's words
-                                      # (instruct_grounded.evidence_first), then the labels' yes or no
+                                      # (instruct_grounded.evidence_first), then the labels' yes or no;
+                                      # "consistent": turns whose verdict the facts contradict are left out
     read_options: dict = field(default_factory=dict)   # {source name: reader options}
 
     @property
@@ -130,6 +134,16 @@ class LlavaJobConfig:
         if self.data.drop_disagreeing and not self.data.grounded:
             raise ValueError("data.drop_disagreeing compares answers with their grounded prompt: it needs "
                              "data.grounded > 0")
+        if self.data.yes_no:
+            from ecgbatch.training.instruct_questions import FOCUS_QUESTIONS
+
+            bad = {k: n for k, n in self.data.yes_no.items()
+                   if k not in FOCUS_QUESTIONS or isinstance(n, bool) or not isinstance(n, int) or n < 1}
+            if bad:
+                raise ValueError(f"data.yes_no wants {{question: n >= 1}} with questions of "
+                                 f"{sorted(FOCUS_QUESTIONS)}, got {bad!r}")
+        if self.data.evidence_first not in (False, True, "consistent"):
+            raise ValueError(f"data.evidence_first is true, false or consistent, got {self.data.evidence_first!r}")
         if self.data.evidence_first and not self.data.grounded:
             raise ValueError("data.evidence_first restates the grounded prompt in yes/no answers: it needs "
                              "data.grounded > 0")

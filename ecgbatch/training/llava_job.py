@@ -34,7 +34,7 @@ from ecgbatch.training import data as D
 from ecgbatch.training.checkpointing import MODEL_SUBDIR, latest_checkpoint
 from ecgbatch.training.ecg_tokens import ecg_tokens
 from ecgbatch.training.instruct_diagnosis_prompt import apply_diagnosis_prompts
-from ecgbatch.training.instruct_format import read_instruct
+from ecgbatch.training.instruct_format import InstructItem, read_instruct
 from ecgbatch.training.instruct_grounded import apply_grounded_prompts
 from ecgbatch.training.llava_config import LlavaJobConfig
 from ecgbatch.training.llava_task import (LlavaTask, LoraConfig, collate, configure_stage, fit_length,
@@ -194,7 +194,45 @@ def select_items(job: LlavaJobConfig):
         items = seeded_subset(items, cap, job.seed)
     if not items:
         raise ValueError(f"no items of {job.data.instruct!r} match split={job.data.split!r}, kinds={job.data.kinds!r}")
+    if job.data.yes_no:
+        items = items + yes_no_items(read_instruct(resolve_path(job.data.instruct), job.data.root,
+                                                   split=job.data.split), job.data.yes_no, job.seed)
     return repeat_items(items, job.data.repeat)
+
+
+def yes_no_items(items, per_answer: dict, seed: int) -> list:
+    """``data.yes_no: {name: n}``: for each FOCUS_QUESTIONS name, one-question items ("dialogue" kind)
+    on up to n records whose labels answer it "yes" and n answering "no" (a seeded draw from the
+    records of ``items``' report items, their ``meta.record_facts``), so the question is seen with
+    both answers as often: the natural rates (LVH in about 1 in 10 records) teach "no"."""
+    from types import SimpleNamespace
+
+    from ecgbatch.training.instruct_questions import FOCUS_QUESTIONS, conversation, focus_turn
+
+    unknown = sorted(set(per_answer) - set(FOCUS_QUESTIONS))
+    if unknown:
+        raise ValueError(f"data.yes_no names {unknown!r}; known: {sorted(FOCUS_QUESTIONS)}")
+    records = [it for it in items if it.meta.get("kind") == "report" and it.meta.get("record_facts")]
+    out = []
+    for j, (name, n) in enumerate(sorted(per_answer.items())):
+        if not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"data.yes_no wants a whole number >= 1 per question, got {per_answer!r}")
+        rng = np.random.default_rng([seed, 23, j])
+        by_answer: dict = {True: [], False: []}
+        for it in records:
+            rf = it.meta["record_facts"]
+            turn = focus_turn(name, SimpleNamespace(present=rf.get("present") or [], absent=rf.get("absent") or []), rng)
+            if turn is not None:
+                by_answer[turn["facts"]["present"]].append((it, turn))
+        for present in (True, False):
+            group = by_answer[present]
+            for k in sorted(rng.permutation(len(group))[:n].tolist()):
+                it, turn = group[k]
+                meta = {key: v for key, v in it.meta.items() if key not in ("facts", "kind")}
+                out.append(InstructItem(f"{it.id.rsplit('/', 1)[0]}/yes_no-{name}", it.ecg, it.ecg_path,
+                                        conversation([turn]),
+                                        {**meta, "kind": "dialogue", "facts": [{"kind": turn["kind"], **turn["facts"]}]}))
+    return out
 
 
 def _check_repeat(repeat: dict, name: str) -> None:
@@ -374,7 +412,8 @@ def grounded_items(job: LlavaJobConfig, items, config, log=print):
     items, _ = apply_grounded_prompts(items, job.data.grounded, job.seed, item_record_reader(job), labeller,
                                       lambda p: read_item(by_path[p]), job.data.cache_dir, config, log,
                                       only_supported=job.data.only_supported, wording=job.data.wording,
-                                      evidence=job.data.evidence_first)
+                                      evidence=bool(job.data.evidence_first),
+                                      consistent=job.data.evidence_first == "consistent")
     return items
 
 
