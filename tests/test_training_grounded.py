@@ -203,8 +203,9 @@ def test_consistent_evidence_first_leaves_out_verdicts_the_facts_contradict(ecg_
     assert gone is None
     kept, n = evidence_first(_item([AXIS_NO]), NORMAL, consistent=True)
     assert n == 1 and kept.conversations[1]["value"].startswith("Measured: QRS axis 50 degrees (normal axis). No,")
+    from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
+
     with pytest.raises(ValueError, match="true, false or consistent"):
-        from ecgbatch.training.llava_config import LlavaDataConfig, LlavaJobConfig
         LlavaJobConfig(name="x", data=LlavaDataConfig(evidence_first="always", grounded=0.9))
 
 

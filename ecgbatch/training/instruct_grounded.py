@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 
 from ecgbatch.llava.contradictions import contradictions
-from ecgbatch.llava.grounding import (LEGACY_WORDING, PROBE_INTRO, Grounding, measured_text, ground,
-                                      measure_for_grounds)
+from ecgbatch.llava.grounding import (LEGACY_WORDING, PROBE_INTRO, Grounding, ground, measure_for_grounds,
+                                      measured_text)
 from ecgbatch.training.instruct_diagnosis_prompt import ask_first_turn, placed_like, record_embeddings
 
 SEED_SALT = 17
@@ -51,6 +51,11 @@ EVIDENCE_FOR = {
     "av_block": (("pr_interval",), ("1AVB",)),
     "infarction": ((), ("MI",)), "ischemia": ((), ("STTC", "STD")), "st_t_change": ((), ("STTC", "STD")),
 }
+
+
+# evidence_verdict: the probe labels whose finding (above threshold) decides "yes" for a finding key
+PROBE_SAYS_YES = {"atrial_fibrillation": ("AFIB", "AFLT"), "atrial_flutter": ("AFLT",), "rbbb": ("RBBB",),
+                  "lbbb": ("LBBB",), "sinus_bradycardia": ("SBRAD",), "sinus_tachycardia": ("STACH",)}
 
 
 def evidence_text(keys, grounding: Grounding) -> str:
@@ -87,9 +92,7 @@ def evidence_verdict(keys, grounding: Grounding) -> bool | None:
         return by["axis"].category in {c for k in axis_keys for c in AXIS_CATEGORIES[k]}
     if "lvh" in keys and "lvh_voltage" in by:
         return True
-    probe_yes = {"atrial_fibrillation": ("AFIB", "AFLT"), "atrial_flutter": ("AFLT",), "rbbb": ("RBBB",),
-                 "lbbb": ("LBBB",), "sinus_bradycardia": ("SBRAD",), "sinus_tachycardia": ("STACH",)}
-    if any(lab in found for k in keys for lab in probe_yes.get(k, ())):
+    if any(lab in found for k in keys for lab in PROBE_SAYS_YES.get(k, ())):
         return True
     rr = by.get("rr_regularity")
     if keys and set(keys) <= {"atrial_fibrillation", "atrial_flutter"} and rr is not None and rr.category == "regular":
@@ -134,15 +137,7 @@ def evidence_first(item, grounding: Grounding, consistent: bool = False, ecg_tok
             n += 1
     if len(keep) == len(facts):
         return (replace(item, conversations=out), n) if n else (item, 0)
-    if not keep:
-        return None, n
-    conv2 = []
-    for j in keep:
-        q = dict(out[2 * j])
-        q["value"] = q["value"].replace(ecg_token, "").strip()
-        conv2 += [q, out[2 * j + 1]]
-    conv2[0]["value"] = placed_like(conv2[0]["value"], conv[0]["value"], ecg_token)
-    return replace(item, conversations=conv2, meta={**item.meta, "facts": [facts[j] for j in keep]}), n
+    return keep_turns(item, out, keep, ecg_token), n
 
 
 def grounded_selection(items, fraction: float, seed: int) -> list[int]:
@@ -184,16 +179,22 @@ def supported_turns(item, grounding: Grounding, ecg_token: str = "<ecg>"):
     keep = [j for j, f in enumerate(facts) if turn_supported(f, conv[2 * j + 1]["value"], grounding)]
     if len(keep) == len(facts):
         return item, 0
+    return keep_turns(item, conv, keep, ecg_token), len(facts) - len(keep)
+
+
+def keep_turns(item, conv: list[dict], keep: list[int], ecg_token: str = "<ecg>"):
+    """A copy of ``item`` with only the turns ``keep`` (indices into its meta.facts) of ``conv`` (its
+    conversation, answers possibly rewritten), or None when ``keep`` is empty; the ECG placeholder
+    moves to the new first question, placed as in the item's first."""
     if not keep:
-        return None, len(facts)
-    out = []
+        return None
+    facts, out = item.meta.get("facts") or [], []
     for j in keep:
         q, a = dict(conv[2 * j]), dict(conv[2 * j + 1])
         q["value"] = q["value"].replace(ecg_token, "").strip()
         out += [q, a]
-    out[0]["value"] = placed_like(out[0]["value"], conv[0]["value"], ecg_token)
-    return replace(item, conversations=out, meta={**item.meta, "facts": [facts[j] for j in keep]}), \
-        len(facts) - len(keep)
+    out[0]["value"] = placed_like(out[0]["value"], item.conversations[0]["value"], ecg_token)
+    return replace(item, conversations=out, meta={**item.meta, "facts": [facts[j] for j in keep]})
 
 
 def apply_grounded_prompts(items, fraction: float, seed: int, read_record: Callable, labeller=None,
