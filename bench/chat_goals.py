@@ -8,7 +8,9 @@ weights trained on them; prepared by `bench/report_goals.py prepare`).
 - Yes/no questions on atrial fibrillation (or flutter), left ventricular hypertrophy, bundle branch
   block (complete left or right) and axis deviation (left or right), against the
   record's header diagnoses (ecgbatch.text.findings); goal: >= 90 % right, with "yes" and "no" both
-  used.
+  used. The axis question is scored on the records whose labels state an axis (normal or
+  deviated), as report_goals scores the report's axis: a reference silent on the axis is unknown,
+  not "normal". `--rescore JSON` prints a saved run's table with its truths read again.
 
 On PTB-XL and Challenge records of the test fold (`--source ptbxl2k` / `cinc2021`) the yes/no
 truth is the record's labelled reference (`references.jsonl` of the same prepare, measured
@@ -46,11 +48,18 @@ NUMBER = re.compile(r"\b(\d{2,3}(?:\.\d+)?)\b")
 
 
 def reference_truth(reference: str) -> dict:
-    """Yes/no truth from a labelled reference text (no annotated rate: hr_bpm NaN)."""
+    """Yes/no truth from a labelled reference text (no annotated rate: hr_bpm NaN). The axis truth
+    is None (not scored) when the reference states no axis: many PTB-XL records have no
+    ``heart_axis``, and a text silent on the axis does not say it is normal (report_goals scores
+    the report's axis on the same records only)."""
+    from ecgbatch.eval.report_goals import axis_category
     from ecgbatch.text.findings import KEYS, positive_findings
 
     found = positive_findings(reference, KEYS)
-    return {**{k: bool(set(keys) & found) for k, (_, keys) in YES_NO.items()}, "hr_bpm": float("nan")}
+    out = {k: bool(set(keys) & found) for k, (_, keys) in YES_NO.items()}
+    if axis_category(reference) is None:
+        out["axis"] = None
+    return {**out, "hr_bpm": float("nan")}
 
 
 def truth(hea: Path) -> dict:
@@ -116,7 +125,12 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `ecgbatch serve` argument")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rescore", type=Path, default=None, metavar="JSON",
+                    help="print the table of a saved --json run with its truths read again; runs no model")
     a = ap.parse_args(argv)
+    if a.rescore:
+        rescore(a.rescore, a.archive, a.source)
+        return 0
     import openai
 
     from ecgbatch.serving.server import free_port
@@ -145,35 +159,58 @@ def main(argv=None) -> int:
             row["hr_said"] = float(m.group(1)) if m else None
             for k, (q, _) in YES_NO.items():
                 ans = ask(h, q)
-                row[k] = {"truth": "yes" if t[k] else "no", "said": yes_no(ans), "answer": ans}
+                row[k] = {"truth": None if t[k] is None else "yes" if t[k] else "no", "said": yes_no(ans), "answer": ans}
             rows.append(row)
             print(f"{i + 1}/{len(heas)} {row['record']}: rate {row['hr_said']} (true {t['hr_bpm']:.0f}); "
                   + ", ".join(f"{k} {row[k]['said']}/{row[k]['truth']}" for k in YES_NO), flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+    summary = report(rows, a.source)
+    if a.json:
+        a.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+def report(rows: list[dict], source: str) -> dict:
+    """Print the goals table of answered rows and return its summary. A question is scored on the
+    rows whose truth is known (``truth`` not None: the axis of a record whose labels state none is
+    not)."""
     rate_ok = [r["hr_said"] is not None and abs(r["hr_said"] - r["hr_true"]) <= 10 for r in rows
                if r["hr_true"] == r["hr_true"]]
     table = [("question", "right", "n", "said yes / no / neither", "truth yes", "goal met")]
     rate = sum(rate_ok) / len(rate_ok) if rate_ok else None
     table.append(("heart rate within 10 bpm", "-" if rate is None else f"{rate:.3f}", str(len(rate_ok)), "-", "-",
                   "no reference rate" if rate is None else "yes" if rate >= 0.9 else "no"))
-    summary = {"rate_within_10": rate, "n": len(rows), "source": a.source}
+    summary = {"rate_within_10": rate, "n": len(rows), "source": source}
     for k in YES_NO:
-        said = [r[k]["said"] for r in rows]
-        right = sum(r[k]["said"] == r[k]["truth"] for r in rows) / len(rows)
+        known = [r for r in rows if r[k]["truth"] is not None]
+        said = [r[k]["said"] for r in known]
+        right = sum(r[k]["said"] == r[k]["truth"] for r in known) / len(known) if known else float("nan")
         ys, ns = said.count("yes"), said.count("no")
-        table.append((f"yes/no {k}", f"{right:.3f}", str(len(rows)), f"{ys} / {ns} / {len(rows) - ys - ns}",
-                      str(sum(r[k]["truth"] == "yes" for r in rows)),
+        table.append((f"yes/no {k}", f"{right:.3f}", str(len(known)), f"{ys} / {ns} / {len(known) - ys - ns}",
+                      str(sum(r[k]["truth"] == "yes" for r in known)),
                       "yes" if right >= 0.9 and ys and ns else "no"))
-        summary[k] = {"right": right, "said_yes": ys, "said_no": ns}
+        summary[k] = {"right": right, "n": len(known), "said_yes": ys, "said_no": ns}
     w = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     print()
     for r in table:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    if a.json:
-        a.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    return 0
+    return summary
+
+
+def rescore(path: Path, archive: Path, source: str) -> dict:
+    """The table of a saved ``--json`` run, its truths recomputed from the archive (e.g. after a
+    change to how truth is read): no server, no model."""
+    saved = json.loads(path.read_text())
+    rows = saved["rows"]
+    truths = fold_records(archive, source, len(rows))
+    by_record = {f"{source}/{h.stem}": t for h, t in truths.items()}
+    for r in rows:
+        t = by_record[r["record"]]
+        for k in YES_NO:
+            r[k]["truth"] = None if t[k] is None else "yes" if t[k] else "no"
+    return report(rows, source)
 
 
 if __name__ == "__main__":

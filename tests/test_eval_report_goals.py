@@ -133,3 +133,23 @@ def test_agreement_counts_what_a_report_says_of_its_own_grounds(tmp_path):
     reports.write_text(json.dumps({"record_id": "a", "report": "x"}) + "\n")     # a row of --no-grounded
     with pytest.raises(SystemExit, match="no findings"):
         bench.agreement_table(tmp_path, reports)
+
+
+def test_chat_bench_scores_the_axis_only_where_the_labels_state_one(tmp_path, capsys):
+    """bench/chat_goals.py: a reference silent on the axis is not an axis "no" (many PTB-XL records
+    have no heart_axis); the table counts each question on the rows whose truth is known."""
+    bench = bench_module("chat_goals")
+    assert bench.reference_truth("Sinus rhythm. Left axis deviation.")["axis"] is True
+    assert bench.reference_truth("Sinus rhythm. Normal electrical axis.")["axis"] is False
+    silent = bench.reference_truth("Atrial fibrillation. Left ventricular hypertrophy.")
+    assert silent["axis"] is None and silent["af"] is True and silent["lvh"] is True and silent["bbb"] is False
+
+    def row(axis_truth, said):
+        qa = {"truth": "no", "said": "no", "answer": "No."}
+        return {"record": "x", "hr_true": float("nan"), "hr_said": None, "af": qa, "lvh": qa, "bbb": qa,
+                "axis": {"truth": axis_truth, "said": said, "answer": said}}
+
+    summary = bench.report([row("yes", "yes"), row("no", "no"), row(None, "yes"), row(None, "yes")], "ptbxl2k")
+    assert summary["axis"] == {"right": 1.0, "n": 2, "said_yes": 1, "said_no": 1}
+    assert summary["af"]["n"] == 4 and summary["af"]["said_yes"] == 0
+    assert "yes/no axis" in capsys.readouterr().out
