@@ -62,6 +62,11 @@ def reference_truth(reference: str) -> dict:
     return {**out, "hr_bpm": float("nan")}
 
 
+def truth_word(known: bool | None) -> str | None:
+    """A row's "truth": "yes", "no", or None where the labels do not say (not scored)."""
+    return None if known is None else "yes" if known else "no"
+
+
 def truth(hea: Path) -> dict:
     """A LUDB record's truth: its header's diagnoses, and the rate of its QRS annotations."""
     from ecgbatch._paths import shared_dir
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
             row["hr_said"] = float(m.group(1)) if m else None
             for k, (q, _) in YES_NO.items():
                 ans = ask(h, q)
-                row[k] = {"truth": None if t[k] is None else "yes" if t[k] else "no", "said": yes_no(ans), "answer": ans}
+                row[k] = {"truth": truth_word(t[k]), "said": yes_no(ans), "answer": ans}
             rows.append(row)
             print(f"{i + 1}/{len(heas)} {row['record']}: rate {row['hr_said']} (true {t['hr_bpm']:.0f}); "
                   + ", ".join(f"{k} {row[k]['said']}/{row[k]['truth']}" for k in YES_NO), flush=True)
@@ -209,7 +214,7 @@ def rescore(path: Path, archive: Path, source: str) -> dict:
     for r in rows:
         t = by_record[r["record"]]
         for k in YES_NO:
-            r[k]["truth"] = None if t[k] is None else "yes" if t[k] else "no"
+            r[k]["truth"] = truth_word(t[k])
     return report(rows, source)
 
 

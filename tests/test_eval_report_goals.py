@@ -135,7 +135,7 @@ def test_agreement_counts_what_a_report_says_of_its_own_grounds(tmp_path):
         bench.agreement_table(tmp_path, reports)
 
 
-def test_chat_bench_scores_the_axis_only_where_the_labels_state_one(tmp_path, capsys):
+def test_chat_bench_scores_the_axis_only_where_the_labels_state_one(capsys):
     """bench/chat_goals.py: a reference silent on the axis is not an axis "no" (many PTB-XL records
     have no heart_axis); the table counts each question on the rows whose truth is known."""
     bench = bench_module("chat_goals")
